@@ -1,0 +1,1 @@
+"""Shared code of the cthulhu-sft scripts: prompt format, data loading, Wikipedia crawling."""

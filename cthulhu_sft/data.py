@@ -1,0 +1,106 @@
+"""Reading and validating instruction/response records (JSONL or a JSON array).
+
+Two record shapes are accepted:
+    {"instruction": ..., "response": ..., other fields allowed}   (this project's format)
+    {"text": ..., "output": ...}                                    (the original notebook's format)
+Every record is checked before anything expensive runs; a problem is reported with file, line and field.
+"""
+
+import json
+import os
+from pathlib import Path
+
+FIELD_SHAPES = (("instruction", "response"), ("text", "output"))
+MAX_REPORTED_PROBLEMS = 20
+
+
+class DataError(ValueError):
+    """Invalid data file; the message names file, line and field of each problem."""
+
+
+def _json_array_items(text: str):
+    """Yields (line number, item) for each element of a top-level JSON array."""
+    decoder = json.JSONDecoder()
+    index = text.index("[") + 1
+    while True:
+        while index < len(text) and text[index] in " \t\r\n,":
+            index += 1
+        if index >= len(text):
+            raise json.JSONDecodeError("the array is not closed with ']'", text, index)
+        if text[index] == "]":
+            return
+        item, end = decoder.raw_decode(text, index)
+        yield text.count("\n", 0, index) + 1, item
+        index = end
+
+
+def _read_items(path: Path):
+    """Yields (line number, parsed JSON value) for each record in the file; raises DataError on bad JSON."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            yield from _json_array_items(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+        return
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{line_number}: invalid JSON: {error.msg} (column {error.colno})") from None
+
+
+def _to_pair(item) -> tuple[dict | None, str | None]:
+    """Returns ({instruction, response, extra fields...}, None) or (None, problem)."""
+    if not isinstance(item, dict):
+        return None, f"expected a JSON object, got {type(item).__name__}"
+    question_key, answer_key = next(
+        (shape for shape in FIELD_SHAPES if any(key in item for key in shape)), FIELD_SHAPES[0]
+    )
+    record = {key: value for key, value in item.items() if key not in (question_key, answer_key)}
+    for key, name in ((question_key, "instruction"), (answer_key, "response")):
+        if key not in item:
+            return None, f"field '{key}': missing"
+        value = item[key]
+        if not isinstance(value, str):
+            return None, f"field '{key}': expected a string, got {type(value).__name__}"
+        if not value.strip():
+            return None, f"field '{key}': empty"
+        record[name] = value.strip()
+    return record, None
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """Reads and validates a data file; each record gets 'instruction', 'response' (stripped) and 'line'."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    records, problems = [], []
+    for line_number, item in _read_items(path):
+        record, problem = _to_pair(item)
+        if problem:
+            problems.append(f"{path}:{line_number}: {problem}")
+        else:
+            records.append({**record, "line": line_number})
+    if problems:
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        raise DataError("\n".join(shown + ([f"... and {more} more problems"] if more else [])))
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows) -> None:
+    """Writes one JSON object per line; the file appears complete or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
