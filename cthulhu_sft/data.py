@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from .files import write_text_atomic
+
 FIELD_SHAPES = (("instruction", "response"), ("text", "output"))
 MAX_REPORTED_PROBLEMS = 20
 
@@ -95,12 +97,19 @@ def load_records(path: str | os.PathLike) -> list[dict]:
 
 def write_jsonl_atomic(path: str | os.PathLike, rows) -> None:
     """Writes one JSON object per line; the file appears complete or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def tokenize_records(records: list[dict], fmt, max_length: int | None) -> tuple[list[dict], list[int]]:
+    """Training rows {input_ids, labels} in file order, and the line numbers of examples over max_length.
+
+    Too-long examples are dropped, never truncated: a cut answer would teach the model to stop mid-sentence.
+    """
+    rows, dropped_lines = [], []
+    for record in records:
+        example = fmt.encode_example(record["instruction"], record["response"])
+        if max_length is not None and len(example.input_ids) > max_length:
+            dropped_lines.append(record["line"])
+            continue
+        rows.append({"input_ids": example.input_ids, "labels": example.labels})
+    return rows, dropped_lines

@@ -1,0 +1,60 @@
+"""Command-line and YAML configuration: our own options beside TRL's SFTConfig and ModelConfig."""
+
+import sys
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, SFTConfig, TrlParser
+
+# Keys that hold credentials: never written to run.json, the saved config or the logs.
+SECRET_KEYS = ("hub_token", "push_to_hub_token")
+
+
+@dataclass
+class ScriptArguments:
+    """Data, post-training samples and model-card options of train_sft.py (defaults live in sft_config.yaml)."""
+
+    train_file: str = field(default="data/train.jsonl", metadata={"help": "JSONL of {instruction, response}."})
+    eval_file: str | None = field(default="data/eval.jsonl", metadata={"help": "Held-out JSONL; null for none."})
+    dump_tokenized: str | None = field(
+        default=None,
+        metadata={"help": "Write the training examples as they enter the trainer ({input_ids, labels} per line) and exit."},
+    )
+    sample_prompts: list[str] = field(
+        default_factory=list, metadata={"help": "Prompts answered after training (saved to samples.jsonl)."}
+    )
+    sample_temperature: float = field(default=0.1, metadata={"help": "Temperature of the samples; 0 is greedy."})
+    sample_max_new_tokens: int = field(default=256, metadata={"help": "Token limit of each sample answer."})
+    base_model_hub_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base model for the model card, when model_name_or_path is a local folder."},
+    )
+    license: str = field(default="cc-by-sa-4.0", metadata={"help": "License of the adapter in the model card."})
+    card_datasets: list[str] = field(
+        default_factory=list, metadata={"help": "Hub dataset ids named in the model card's metadata."}
+    )
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((ScriptArguments, SFTConfig, ModelConfig))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, SFTConfig, ModelConfig]:
+    """Parses `--config file.yaml` plus command-line overrides; a bad key or value exits with code 2."""
+    parser = make_parser()
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except ValueError as error:  # unknown YAML keys, or values the dataclasses reject
+        message = str(error)
+        if "bf16/gpu" in message:
+            message += "\nOn a machine without a GPU, pass --bf16 false (and --dtype float32)."
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def resolved_config(*configs) -> dict:
+    """All options as plain values, credentials removed, for run.json and the saved config."""
+    resolved = {}
+    for config in configs:
+        values = config.to_dict() if hasattr(config, "to_dict") else vars(config).copy()
+        resolved.update({key: value for key, value in values.items() if key not in SECRET_KEYS})
+    return resolved

@@ -1,0 +1,234 @@
+"""LoRA fine-tuning of Mistral-7B-Instruct-v0.2 (8-bit base) on Cthulhu-mythos Q&A, with TRL's SFTTrainer.
+
+On one A100 80GB:
+```bash
+accelerate launch --config_file accelerate_config.yaml train_sft.py --config sft_config.yaml
+accelerate launch --config_file accelerate_config.yaml train_sft.py --config sft_config.yaml \
+    --push_to_hub --hub_model_id <user>/<repo>
+```
+Any field of sft_config.yaml can be overridden on the command line (`--learning_rate 1e-4 --num_train_epochs 2`).
+Continue an interrupted run from its newest checkpoint with `--resume_from_checkpoint true`.
+Inspect the exact training ids without loading the model: `--dump_tokenized tokenized.jsonl`.
+
+Examples are tokenized exactly as Mistral's reference (mistral-common, tokenizer v1) does:
+`<s>▁[INST]▁{instruction}▁[/INST]` + answer + `</s>`, with loss on the answer and its `</s>` only.
+"""
+
+import os
+import shutil
+import sys
+
+import yaml
+
+from cthulhu_sft.config import parse_args, resolved_config
+from cthulhu_sft.data import DataError, load_records, tokenize_records, write_jsonl_atomic
+from cthulhu_sft.files import write_json_atomic, write_text_atomic
+from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat
+from cthulhu_sft.manifest import data_file_entry, git_commit, now, package_versions
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def fail(message: str, code: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def load_data(script_args, fmt, max_length):
+    """Validates and tokenizes the train/eval files; returns {split: (records, rows, manifest entry)}."""
+    splits = {}
+    for split, path in (("train", script_args.train_file), ("eval", script_args.eval_file)):
+        if not path:
+            continue
+        records = load_records(path)
+        rows, dropped_lines = tokenize_records(records, fmt, max_length)
+        if dropped_lines:
+            print(
+                f"warning: {path}: {len(dropped_lines)} of {len(records)} examples are longer than max_length="
+                f"{max_length} tokens and are left out (lines {dropped_lines[:10]}{' ...' if len(dropped_lines) > 10 else ''}); "
+                "prepare_data.py --max_tokens splits long articles so that they fit.",
+                file=sys.stderr,
+            )
+        if not rows:
+            raise DataError(f"{path}: no example fits max_length={max_length}")
+        splits[split] = (records, rows, data_file_entry(path, len(records), len(rows), dropped_lines))
+    return splits
+
+
+def resume_checkpoint(value: str | None, output_dir: str):
+    """`--resume_from_checkpoint true` means the newest checkpoint in output_dir; a path is used as given."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
+    if str(value).lower() == "true":
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            fail(f"--resume_from_checkpoint true: no checkpoint-* folder in {output_dir}")
+        return last
+    if not os.path.isdir(value):
+        fail(f"--resume_from_checkpoint: {value} is not a folder")
+    return value
+
+
+def load_base_model(model_args, training_args):
+    """The base model, quantized if configured, on this process's own device, prepared for k-bit training."""
+    from accelerate import PartialState
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    quantization_config = get_quantization_config(model_args)
+    kwargs = dict(
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    if quantization_config is not None:
+        # Each data-parallel process holds a whole 8-bit copy on its own GPU ("auto" would split it).
+        kwargs.update(quantization_config=quantization_config, device_map={"": PartialState().device})
+    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    if quantization_config is not None:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=training_args.activation_checkpointing,
+            gradient_checkpointing_kwargs=training_args.activation_checkpointing_kwargs,
+        )
+    return model
+
+
+def answer_samples(model, fmt, script_args) -> list[dict]:
+    from cthulhu_sft.inference import generate
+
+    conversations = [[{"role": "user", "content": prompt}] for prompt in script_args.sample_prompts]
+    generations = generate(
+        model, fmt, conversations,
+        temperature=script_args.sample_temperature,
+        max_new_tokens=script_args.sample_max_new_tokens,
+        seed=0,
+    )
+    return [
+        {"prompt": prompt, "answer": generation.text, "ended_with_eos": generation.stopped}
+        for prompt, generation in zip(script_args.sample_prompts, generations)
+    ]
+
+
+def main(script_args, training_args, model_args):
+    started = now()
+    output_dir = training_args.output_dir
+    # We push ourselves once everything is saved: the Trainer's own push contacts the Hub at start-up and uploads
+    # in the background, so a failure could not be reported plainly.
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False
+    if training_args.hub_token:  # the Trainer pickles its arguments into every checkpoint: keep the token out
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
+    if push and not training_args.hub_model_id:
+        fail("--push_to_hub needs --hub_model_id <user>/<repo>")
+    resume_from = resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    if resume_from is None and os.path.isfile(os.path.join(output_dir, "run.json")):
+        fail(f"{output_dir} already holds a run; pass --resume_from_checkpoint true to continue it, "
+             "or choose another --output_dir")
+
+    # Validate and tokenize the data before anything heavy is loaded
+    try:
+        fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        splits = load_data(script_args, fmt, training_args.max_length)
+    except (DataError, FileNotFoundError) as error:
+        fail(str(error))
+    if script_args.dump_tokenized:
+        write_jsonl_atomic(script_args.dump_tokenized, splits["train"][1])
+        print(f"wrote {len(splits['train'][1])} tokenized training examples to {script_args.dump_tokenized}")
+        return
+
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer, get_peft_config
+
+    is_main = PartialState().is_main_process
+    config = resolved_config(script_args, training_args, model_args)
+    manifest = {
+        "status": "running",
+        "start_time": started,
+        "git_commit": git_commit(REPO_DIR),
+        "versions": package_versions(),
+        "data": {split: entry for split, (_, _, entry) in splits.items()},
+        "config": config,
+    }
+    if is_main:
+        write_json_atomic(os.path.join(output_dir, "run.json"), manifest)
+
+    # Model: 8-bit base + LoRA
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = load_base_model(model_args, training_args)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=Dataset.from_list(splits["train"][1]),
+        eval_dataset=Dataset.from_list(splits["eval"][1]) if "eval" in splits else None,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    if is_main and hasattr(trainer.model, "print_trainable_parameters"):
+        trainer.model.print_trainable_parameters()
+
+    # Train
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics = dict(result.metrics)
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+
+    # Save adapter, tokenizer (with chat template and the SentencePiece model), config, samples, card, manifest
+    trainer.save_model(output_dir)
+    if is_main:
+        shutil.copy(fmt.model_file, os.path.join(output_dir, "tokenizer.model"))
+        write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+        if script_args.sample_prompts:
+            samples = answer_samples(trainer.model, fmt, script_args)
+            write_jsonl_atomic(os.path.join(output_dir, "samples.jsonl"), samples)
+            for sample in samples:
+                stop = "</s>" if sample["ended_with_eos"] else "(max_new_tokens reached)"
+                print(f"\n[INST] {sample['prompt']} [/INST]\n{sample['answer']} {stop}")
+        write_card(output_dir, script_args, training_args, model_args, config, metrics, splits["train"][0])
+        manifest.update(status="finished", end_time=now(), metrics=metrics)
+        write_json_atomic(os.path.join(output_dir, "run.json"), manifest)
+        print(f"saved the adapter, tokenizer, model card and run.json to {output_dir}")
+
+    # Push to the Hub
+    if push and is_main:
+        from cthulhu_sft.hub import PushError, push_output
+
+        try:
+            url = push_output(output_dir, training_args.hub_model_id, training_args.hub_private_repo)
+        except PushError as error:
+            fail(f"{error}\nEverything is still in {output_dir}; retry the upload with "
+                 f"`hf upload {training_args.hub_model_id} {output_dir}`.", code=1)
+        print(f"pushed to {url}")
+    trainer.accelerator.end_training()
+
+
+def write_card(output_dir, script_args, training_args, model_args, config, metrics, records):
+    from cthulhu_sft import card
+
+    base_path = model_args.model_name_or_path
+    base_id = script_args.base_model_hub_id or (None if os.path.isdir(base_path) else base_path)
+    text = card.render(
+        repo_id=training_args.hub_model_id,
+        base_model=base_id,
+        base_model_path=base_path,
+        license=script_args.license,
+        config=config,
+        metrics=metrics,
+        records=records,
+        dataset_ids=script_args.card_datasets,
+    )
+    write_text_atomic(os.path.join(output_dir, "README.md"), text)  # replaces the README PEFT writes
+
+
+if __name__ == "__main__":
+    main(*parse_args())
