@@ -34,13 +34,10 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def load_data(script_args, fmt, max_length):
-    """Validates and tokenizes the train/eval files; returns {split: (records, rows, manifest entry)}."""
+def tokenize_splits(data_files: dict, fmt, max_length):
+    """Tokenizes the validated train/eval records; returns {split: (records, rows, manifest entry)}."""
     splits = {}
-    for split, path in (("train", script_args.train_file), ("eval", script_args.eval_file)):
-        if not path:
-            continue
-        records = load_records(path)
+    for split, (path, records) in data_files.items():
         rows, dropped_lines = tokenize_records(records, fmt, max_length)
         if dropped_lines:
             print(
@@ -53,6 +50,12 @@ def load_data(script_args, fmt, max_length):
             raise DataError(f"{path}: no example fits max_length={max_length}")
         splits[split] = (records, rows, data_file_entry(path, len(records), len(rows), dropped_lines))
     return splits
+
+
+def read_data_files(script_args) -> dict:
+    """Validates every record of the train and eval files: {split: (path, records)}."""
+    files = {"train": script_args.train_file, "eval": script_args.eval_file}
+    return {split: (path, load_records(path)) for split, path in files.items() if path}
 
 
 def resume_checkpoint(value: str | None, output_dir: str):
@@ -133,8 +136,9 @@ def main(script_args, training_args, model_args):
 
     # Validate and tokenize the data before anything heavy is loaded
     try:
+        data_files = read_data_files(script_args)  # bad records fail before even the tokenizer is fetched
         fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-        splits = load_data(script_args, fmt, training_args.max_length)
+        splits = tokenize_splits(data_files, fmt, training_args.max_length)
     except (DataError, FileNotFoundError) as error:
         fail(str(error))
     if script_args.dump_tokenized:

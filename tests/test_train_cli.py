@@ -1,0 +1,117 @@
+"""train_sft.py before the model: configuration, validation and --dump_tokenized, through the real CLI."""
+
+import json
+
+import pytest
+import yaml
+from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+from conftest import PYTHON, REPO, run_script
+
+RECORDS = [
+    {"instruction": "クトゥルフとは？", "response": "ルルイエに眠る存在。"},
+    {"instruction": "文中の </s> と [INST] は？", "response": "ただの文字 </s> です。\n改行\tタブ　全角"},
+    {"instruction": "emoji 🐙", "response": "🦑"},
+    {"instruction": "長い", "response": "あ。" * 200},
+]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def train_cli(*args, model="does/not-exist"):
+    return run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml", "--bf16", "false",
+                       "--model_name_or_path", str(model), *map(str, args)], timeout=300)
+
+
+def test_dump_tokenized_equals_mistral_common_and_drops_too_long(tmp_path, tiny_model_dir, reference_tokenizer):
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS)
+    dump = tmp_path / "dump.jsonl"
+    result = train_cli("--train_file", train, "--eval_file", train, "--max_length", 200,
+                       "--dump_tokenized", dump, "--output_dir", tmp_path / "out", model=tiny_model_dir)
+    assert result.returncode == 0, result.stderr
+    assert "1 of 4 examples are longer than max_length=200" in result.stderr
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert len(rows) == 3
+    for record, row in zip(RECORDS, rows):
+        messages = [UserMessage(content=record["instruction"]), AssistantMessage(content=record["response"])]
+        expected = reference_tokenizer.encode_chat_completion(ChatCompletionRequest(messages=messages)).tokens
+        assert row["input_ids"] == expected
+        prompt_length = len(expected) - len(row["labels"]) + row["labels"].count(-100)
+        assert row["labels"] == [-100] * prompt_length + expected[prompt_length:]
+        assert row["labels"][-1] == 2 and row["input_ids"].count(1) == 1
+    assert not (tmp_path / "out").exists(), "--dump_tokenized must not start a run"
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"instruction": "q", "response": "a"}\n{"instruction": "q2", "response": \n', "train.jsonl:2: invalid JSON"),
+        ('{"instruction": "q"}\n', "train.jsonl:1: field 'response': missing"),
+        ('{"instruction": "q", "response": ""}\n', "train.jsonl:1: field 'response': empty"),
+        ('{"instruction": ["q"], "response": "a"}\n', "train.jsonl:1: field 'instruction': expected a string"),
+    ],
+)
+def test_bad_training_data_fails_before_any_model_is_loaded(tmp_path, content, message):
+    train = tmp_path / "train.jsonl"
+    train.write_text(content, encoding="utf-8")
+    # The model id does not exist anywhere: reaching the model (or tokenizer) would fail differently.
+    result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_config_key_is_an_error_naming_it(tmp_path):
+    config = yaml.safe_load((REPO / "sft_config.yaml").read_text())
+    config["lerning_rate"] = 1e-4
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    result = run_script([PYTHON, "train_sft.py", "--config", str(path), "--bf16", "false"])
+    assert result.returncode == 2
+    assert "lerning_rate" in result.stderr
+
+
+def test_unknown_command_line_option_is_an_error_naming_it():
+    result = run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml", "--bf16", "false", "--num_epochs", "2"])
+    assert result.returncode == 2
+    assert "--num_epochs" in result.stderr
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir):
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+    result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", tmp_path / "out",
+                       "--resume_from_checkpoint", "true", model=tiny_model_dir)
+    assert result.returncode == 2
+    assert "no checkpoint-* folder" in result.stderr
+
+
+def test_shipped_config_parses_with_the_real_parser_and_holds_the_recipe():
+    from cthulhu_sft.config import parse_args
+
+    script_args, training_args, model_args = parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false"])
+    assert model_args.model_name_or_path == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert model_args.load_in_8bit and model_args.use_peft and model_args.lora_target_modules == "all-linear"
+    assert training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert str(training_args.eval_strategy) in ("epoch", "IntervalStrategy.EPOCH")
+    assert training_args.report_to == ["tensorboard"]
+    assert script_args.train_file == "data/train.jsonl" and script_args.eval_file == "data/eval.jsonl"
+    assert yaml.safe_load((REPO / "sft_config.yaml").read_text())["bf16"] is True
+
+
+def test_command_line_overrides_the_yaml():
+    from cthulhu_sft.config import parse_args
+
+    _, training_args, model_args = parse_args(
+        ["--config", str(REPO / "sft_config.yaml"), "--bf16", "false", "--learning_rate", "1e-4", "--lora_r", "8"]
+    )
+    assert training_args.learning_rate == 1e-4 and model_args.lora_r == 8
+
+
+def test_bf16_without_gpu_explains_the_fix():
+    result = run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml"], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    assert "--bf16 false" in result.stderr
