@@ -1,13 +1,13 @@
 """Fixtures: Mistral's real tokenizer (from mistral-common) and a tiny random Mistral model, all offline."""
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from cthulhu_sft.tiny import sentencepiece_v1_file, write_tiny_model, write_tokenizer  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -15,54 +15,6 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def sentencepiece_v1_file() -> Path:
-    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
-
-    return Path(MistralTokenizer._data_path()) / "tokenizer.model.v1"
-
-
-def write_tokenizer(folder: Path) -> Path:
-    """A Hugging Face tokenizer folder holding Mistral-7B-Instruct-v0.2's SentencePiece model."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(sentencepiece_v1_file(), folder / "tokenizer.model")
-    config = {
-        "tokenizer_class": "LlamaTokenizer",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "legacy": False,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
-
-
-def write_tiny_model(folder: Path) -> Path:
-    """A randomly initialised MistralForCausalLM with the real vocabulary, small enough for the CPU."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=32000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        sliding_window=None,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    model = MistralForCausalLM(config)
-    model.save_pretrained(folder)
-    write_tokenizer(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
