@@ -23,7 +23,7 @@ import yaml
 from cthulhu_sft.config import parse_args, resolved_config
 from cthulhu_sft.data import DataError, load_records, tokenize_records, write_jsonl_atomic
 from cthulhu_sft.files import write_json_atomic, write_text_atomic
-from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat
+from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat, chat_template_mismatches
 from cthulhu_sft.manifest import data_file_entry, git_commit, now, package_versions
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -101,6 +101,16 @@ def load_base_model(model_args, training_args):
     return model
 
 
+def check_chat_template(tokenizer, fmt, instructions, is_main):
+    mismatches = chat_template_mismatches(tokenizer, fmt, instructions)
+    if mismatches and is_main:
+        print(
+            f"warning: for {len(mismatches)} of {len(instructions)} instructions the tokenizer's chat template gives "
+            f"other prompt ids than training (first: {mismatches[0]!r}); generate.py builds exact ids in every case.",
+            file=sys.stderr,
+        )
+
+
 def answer_samples(model, fmt, script_args) -> list[dict]:
     from cthulhu_sft.inference import generate
 
@@ -169,6 +179,7 @@ def main(script_args, training_args, model_args):
         model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    check_chat_template(tokenizer, fmt, [record["instruction"] for record in splits["train"][0][:100]], is_main)
     model = load_base_model(model_args, training_args)
     trainer = SFTTrainer(
         model=model,

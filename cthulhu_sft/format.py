@@ -90,3 +90,20 @@ class MistralFormat:
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)
+
+
+def chat_template_mismatches(tokenizer, fmt: MistralFormat, instructions: list[str]) -> list[str]:
+    """Instructions for which `tokenizer.apply_chat_template` (with CHAT_TEMPLATE) gives other ids than training.
+
+    Hugging Face's tokenizer can differ from SentencePiece on unusual spacing; the saved template is only a
+    convenience for users of the tokenizer, so a mismatch is reported rather than fatal.
+    """
+    mismatches = []
+    for instruction in instructions:
+        messages = [{"role": "user", "content": instruction}]
+        ids = tokenizer.apply_chat_template(
+            messages, chat_template=CHAT_TEMPLATE, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        if list(ids) != fmt.encode_prompt(messages):
+            mismatches.append(instruction)
+    return mismatches

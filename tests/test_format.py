@@ -98,3 +98,13 @@ def test_chat_template_generation_prompt_matches(tokenizer_dir, mistral_format, 
         ):
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
             assert ids == mistral_format.encode_prompt(messages), messages
+
+
+def test_chat_template_mismatches_lists_only_the_instructions_that_differ(tokenizer_dir, mistral_format):
+    from transformers import AutoTokenizer
+
+    from cthulhu_sft.format import chat_template_mismatches
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    # Runs of spaces are where Hugging Face's BPE and SentencePiece part ways (see test_format CASES).
+    assert chat_template_mismatches(tokenizer, mistral_format, ["クトゥルフとは？", "a  b   c"]) == ["a  b   c"]
