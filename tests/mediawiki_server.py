@@ -1,0 +1,385 @@
+"""A stand-in for the MediaWiki Action API on 127.0.0.1, a real http.server in a thread.
+
+It answers what prepare_data.py asks, the way MediaWiki documents it:
+  * list=categorymembers with cmtitle/cmtype/cmnamespace/cmlimit and `cmcontinue`, a few members per
+    answer (and, with `empty_first_page`, an answer with no members but a `continue`, as miser mode does);
+  * prop=extracts (TextExtracts: one whole-page extract per answer and `excontinue`, explaintext,
+    exsectionformat wiki/raw), prop=info (lastrevid, fullurl), prop=revisions (rvslots=main content,
+    a few pages per answer and `rvcontinue`), with redirects=1, normalized titles, missing and
+    invalid titles, and the `continue` string that marks finished modules;
+  * formatversion=2 shapes when asked (or `force_formatversion`), formatversion 1 shapes otherwise;
+  * faults, one per request from `faults` in order: "maxlag" (200 + error + Retry-After), "maxlag503",
+    "429", "503html", "html200", "drop" (connection closed without an answer), "truncate" (half a body);
+    and `fail_after`: every request after that many answers gets a 503 HTML page (an outage).
+Every request is recorded in `requests` (params, headers, time) so tests can count and inspect them.
+"""
+
+import gzip
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
+
+HTML_ERROR = (
+    "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>Wikimedia Error</title></head>"
+    "<body><h1>Error</h1><p>Our servers are currently under maintenance or experiencing a technical issue.</p>"
+    "</body></html>"
+)
+
+
+@dataclass
+class Page:
+    title: str
+    pageid: int
+    revid: int
+    ns: int = 0
+    extract: str = ""  # TextExtracts' plain text with "== heading ==" lines
+    wikitext: str = ""
+    redirect: str | None = None
+
+
+@dataclass
+class Wiki:
+    pages: dict = field(default_factory=dict)
+    categories: dict = field(default_factory=dict)  # category title -> [member titles]
+    _next_id: int = 100
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def add_page(self, title, extract="", wikitext="", categories=(), ns=0):
+        self.pages[title] = Page(title, self._new_id(), self._new_id() * 10, ns, extract, wikitext)
+        for category in categories:
+            self.categories.setdefault(category, []).append(title)
+        return self.pages[title]
+
+    def add_redirect(self, title, target, categories=()):
+        page = self.add_page(title, categories=categories)
+        page.redirect = target
+        return page
+
+    def add_category(self, title, parents=()):
+        if title not in self.pages:
+            self.add_page(title, ns=14)
+        self.categories.setdefault(title, [])
+        for parent in parents:
+            self.categories.setdefault(parent, []).append(title)
+
+
+def normalize(title: str) -> str:
+    title = " ".join(title.replace("_", " ").split())
+    return title[:1].upper() + title[1:]
+
+
+class MediaWikiServer:
+    def __init__(self, wiki: Wiki, members_per_response=2, revisions_per_response=2, extracts=True,
+                 force_formatversion=None, retry_after="0", empty_first_page=False):
+        self.wiki = wiki
+        self.members_per_response = members_per_response
+        self.revisions_per_response = revisions_per_response
+        self.extracts = extracts
+        self.force_formatversion = force_formatversion
+        self.retry_after = retry_after
+        self.empty_first_page = empty_first_page
+        self.faults = deque()
+        self.fail_after = None
+        self.answered = 0
+        self.requests = []
+        self.extracts_served = []  # titles, one per extract sent
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/w/api.php"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def params_of(self, index: int) -> dict:
+        return self.requests[index]["params"]
+
+    # -----------------------------------------------------------------------------------------------
+
+    def _handler_class(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle stalls
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                parts = urlsplit(self.path)
+                params = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
+                with server._lock:
+                    server.requests.append({"params": params, "headers": dict(self.headers), "time": time.monotonic()})
+                    fault = server.faults.popleft() if server.faults else None
+                    outage = server.fail_after is not None and server.answered >= server.fail_after
+                if outage:
+                    fault = "503html"
+                if fault == "drop":
+                    self.close_connection = True
+                    return
+                if fault == "maxlag" or fault == "maxlag503":
+                    body = {"error": {"code": "maxlag", "info": "Waiting for 10.64.0.1: 7 seconds lagged",
+                                      "host": "10.64.0.1", "lag": 7, "type": "db"}}
+                    headers = {"Retry-After": server.retry_after, "X-Database-Lag": "7", "MediaWiki-API-Error": "maxlag"}
+                    return self._send(200 if fault == "maxlag" else 503, json.dumps(body), "application/json", headers)
+                if fault == "429":
+                    return self._send(429, "Too many requests", "text/plain", {"Retry-After": server.retry_after})
+                if fault == "503html":
+                    return self._send(503, HTML_ERROR, "text/html; charset=utf-8")
+                if fault == "html200":
+                    return self._send(200, HTML_ERROR, "text/html; charset=utf-8")
+                if parts.path != "/w/api.php":
+                    return self._send(404, "not found", "text/plain")
+                body = server.answer(params)
+                with server._lock:
+                    server.answered += 1
+                text = json.dumps(body, ensure_ascii=False)
+                if fault == "truncate":
+                    return self._send(200, text, "application/json", truncate=True)
+                self._send(200, text, "application/json; charset=utf-8")
+
+            def _send(self, status, text, content_type, headers=None, truncate=False):
+                data = text.encode("utf-8")
+                gzipped = "gzip" in self.headers.get("Accept-Encoding", "") and not truncate
+                if gzipped:
+                    data = gzip.compress(data)
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                if gzipped:
+                    self.send_header("Content-Encoding", "gzip")
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                if truncate:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2] if truncate else data)
+
+        return Handler
+
+    # -----------------------------------------------------------------------------------------------
+
+    def answer(self, params: dict) -> dict:
+        fv2 = (self.force_formatversion or int(params.get("formatversion", "1"))) == 2
+        if params.get("action") != "query":
+            return {"error": {"code": "badvalue", "info": f"Unrecognized value for parameter \"action\": {params.get('action')}."}}
+        if params.get("list") == "categorymembers":
+            return self._categorymembers(params)
+        if "titles" in params:
+            return self._props(params, fv2)
+        return {"batchcomplete": True if fv2 else ""}
+
+    def _categorymembers(self, params: dict) -> dict:
+        members = []
+        types = set(params.get("cmtype", "page|subcat|file").split("|"))
+        namespaces = {int(ns) for ns in params["cmnamespace"].split("|")} if params.get("cmnamespace") else None
+        for title in sorted(self.wiki.categories.get(normalize(params["cmtitle"]), [])):
+            page = self.wiki.pages[title]
+            kind = "subcat" if page.ns == 14 else "file" if page.ns == 6 else "page"
+            if kind in types and (namespaces is None or page.ns in namespaces):
+                members.append({"pageid": page.pageid, "ns": page.ns, "title": page.title, "type": kind})
+        offset = int(params["cmcontinue"].split("|")[-1]) if "cmcontinue" in params else 0
+        if self.empty_first_page and "cmcontinue" not in params:
+            count = 0  # miser mode: zero members, but a continuation
+        else:
+            limit = len(members) if params.get("cmlimit") == "max" else int(params.get("cmlimit", "10"))
+            count = min(limit, self.members_per_response)
+        body = {"query": {"categorymembers": members[offset: offset + count]}}
+        if offset + count < len(members) or (count == 0 and members):
+            body["continue"] = {"cmcontinue": f"page|{offset + count}", "continue": "-||"}
+        else:
+            body["batchcomplete"] = True
+        return body
+
+    def _props(self, params: dict, fv2: bool) -> dict:
+        query, warnings = {}, {}
+        props = set(params.get("prop", "").split("|")) - {""}
+        done = set(params.get("continue", "").split("||")[-1].split("|")) - {"", "-"}
+        if "extracts" in props and not self.extracts:
+            warnings["main"] = {"warnings" if fv2 else "*": 'Unrecognized value for parameter "prop": extracts.'}
+            props.discard("extracts")
+        titles, normalized, redirects = [], [], []
+        for requested in params["titles"].split("|"):
+            title = normalize(requested)
+            if title != requested:
+                normalized.append({"from": requested, "to": title})
+            seen = set()
+            while params.get("redirects") and title in self.wiki.pages and self.wiki.pages[title].redirect and title not in seen:
+                seen.add(title)
+                redirects.append({"from": title, "to": self.wiki.pages[title].redirect})
+                title = self.wiki.pages[title].redirect
+            if title not in titles:
+                titles.append(title)
+        if normalized:
+            query["normalized"] = normalized
+        if redirects:
+            query["redirects"] = redirects
+        pages, good = [], []
+        for index, title in enumerate(titles):
+            if any(char in title for char in "[]{}<>#"):
+                pages.append({"title": title, "invalidreason": "The requested page title contains invalid characters.",
+                              "invalid": True if fv2 else ""})
+            elif title not in self.wiki.pages:
+                pages.append({"ns": 0, "title": title, "missing": True if fv2 else ""})
+            else:
+                page = self.wiki.pages[title]
+                entry = {"pageid": page.pageid, "ns": page.ns, "title": page.title}
+                if "info" in props and "info" not in done:
+                    entry.update({"contentmodel": "wikitext", "pagelanguage": "ja", "lastrevid": page.revid,
+                                  "length": len(page.wikitext.encode())})
+                    if "url" in params.get("inprop", ""):
+                        url = f"https://ja.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}"
+                        entry.update({"fullurl": url, "canonicalurl": url})
+                pages.append(entry)
+                good.append(entry)
+        continuation = {}
+        if "extracts" in props and "extracts" not in done:
+            start = int(params.get("excontinue", "0"))
+            limit = 1 if not params.get("exintro") else 20
+            if int(params.get("exlimit", "20")) > 1 and not params.get("exintro"):
+                warnings["extracts"] = {"warnings" if fv2 else "*": '"exlimit" was too large for a whole article extracts request, lowered to 1.'}
+            for entry in good[start: start + limit]:
+                text = self.wiki.pages[entry["title"]].extract
+                if params.get("exsectionformat") == "raw":
+                    text = "\n".join(_raw_heading(line) for line in text.split("\n"))
+                entry["extract"] = text
+                self.extracts_served.append(entry["title"])
+            if start + limit < len(good):
+                continuation["excontinue"] = start + limit
+        if "revisions" in props and "revisions" not in done:
+            start = int(params.get("rvcontinue", "0"))
+            for entry in good[start: start + self.revisions_per_response]:
+                page = self.wiki.pages[entry["title"]]
+                slot = {"contentmodel": "wikitext", "contentformat": "text/x-wiki"}
+                slot["content" if fv2 else "*"] = page.wikitext
+                entry["revisions"] = [{"revid": page.revid, "parentid": page.revid - 1, "slots": {"main": slot}}]
+            if start + self.revisions_per_response < len(good):
+                continuation["rvcontinue"] = str(start + self.revisions_per_response)
+        query["pages"] = pages if fv2 else {str(p.get("pageid", -1 - i)): p for i, p in enumerate(pages)}
+        body = {"query": query}
+        if warnings:
+            body["warnings"] = warnings
+        if continuation:
+            finished = sorted((props & {"info"}) | done)
+            body["continue"] = {**continuation, "continue": "||" + "|".join(finished)}
+        else:
+            body["batchcomplete"] = True if fv2 else ""
+        return body
+
+
+def _raw_heading(line: str) -> str:
+    stripped = line.strip()
+    level = len(stripped) - len(stripped.lstrip("="))
+    if 2 <= level <= 6 and stripped.endswith("=" * level):
+        return f"\x01\x02{level}\x02\x01{stripped[level:-level].strip()}"
+    return line
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small Cthulhu wiki for the tests (text written for the tests, not copied from Wikipedia)
+
+LONG_TITLE = "クトゥルフ神話TRPG: 第7版/" + "ルールブックに登場する架空の書物と神格の一覧" * 4
+
+
+def cthulhu_wiki() -> Wiki:
+    wiki = Wiki()
+    root, gods, works, old_ones = ("Category:クトゥルフ神話", "Category:クトゥルフ神話の神格",
+                                   "Category:クトゥルフ神話の作品", "Category:旧支配者")
+    wiki.add_category(root)
+    wiki.add_category(gods, parents=[root])
+    wiki.add_category(works, parents=[root])
+    wiki.add_category(old_ones, parents=[gods])
+    wiki.categories[gods].append(root)  # a cycle: the root inside its own subcategory
+    wiki.add_page(
+        "クトゥルフ",
+        extract=(
+            "クトゥルフ（Cthulhu）は、怪奇作家が創作した架空の神格である[1]。海底都市ルルイエで眠り続けているとされる。\n\n\n"
+            "== 概要 ==\n"
+            "巨大な体と蛸に似た頭部を持つ存在として描かれる。夢を通じて人間の心に働きかけるという[要出典]。\n\n\n"
+            "== 登場作品 ==\n\n\n"
+            "=== 小説 ===\n"
+            "最初に登場したのは1928年に発表された短編である。その後、多くの作家が作品に取り入れた。\n\n\n"
+            "== 脚注 ==\n\n\n"
+            "=== 注釈 ===\n"
+            "^ 出典の説明文。ここは学習に使わない。\n\n\n"
+            "== 関連項目 ==\n"
+            "ルルイエ\nダゴン (クトゥルフ神話)\n\n\n"
+            "== 外部リンク ==\n"
+            "公式サイト"
+        ),
+        wikitext=(
+            "{{Infobox 神格|名前=クトゥルフ}}\n'''クトゥルフ'''（{{lang|en|Cthulhu}}）は、怪奇作家が創作した架空の神格である"
+            "<ref>出典の本</ref>。海底都市[[ルルイエ]]で眠り続けているとされる。\n"
+            "[[ファイル:Cthulhu.png|thumb|像のキャプション]]\n"
+            "== 概要 ==\n巨大な体と蛸に似た頭部を持つ存在として描かれる。{{要出典|date=2020年1月}}\n"
+            "{| class=\"wikitable\"\n|-\n| 表のセル || 別のセル\n|}\n"
+            "== 脚注 ==\n{{Reflist}}\n== 関連項目 ==\n* [[ルルイエ]]\n[[Category:クトゥルフ神話]]"
+        ),
+        categories=[root, gods],
+    )
+    wiki.add_page(
+        "ルルイエ",
+        extract="ルルイエは、太平洋の底に沈んだとされる架空の都市である。非ユークリッド的な幾何学で造られているという。\n\n\n"
+                "== 特徴 ==\n都市は緑色の石で築かれている。星辰が正しい位置に来ると浮上するとされる。",
+        wikitext="'''ルルイエ'''は、太平洋の底に沈んだとされる架空の都市である。",
+        categories=[root],
+    )
+    wiki.add_page(
+        "ネクロノミコン",
+        extract="ネクロノミコンは、作中に登場する架空の魔道書である。狂える詩人が著したと設定されている。\n\n\n"
+                "== 来歴 ==\n原題はアラビア語で書かれたとされる。後に複数の言語へ翻訳されたという設定がある。\n\n\n"
+                "== 参考文献 ==\n架空の書誌情報。",
+        categories=[root],
+    )
+    wiki.add_page(
+        "ニャルラトホテプ",
+        extract="ニャルラトホテプは、千の姿を持つとされる神格である。人間の姿で現れることもある。\n\n\n"
+                "== 化身 ==\n黒い男の姿や、顔のない怪物の姿で描かれる。",
+        categories=[gods],
+    )
+    wiki.add_page(
+        "ダゴン (クトゥルフ神話)",
+        extract="ダゴンは、深きものどもに崇拝される存在である。海に住む巨大な生き物として描かれる。",
+        categories=[gods],
+    )
+    wiki.add_page("ハスター", extract="ハスターは、名状しがたいものとも呼ばれる神格である。風に関係づけられることが多い。",
+                  categories=[old_ones])
+    wiki.add_page("インスマスを覆う影", extract="インスマスを覆う影は、寂れた港町を舞台にした中編小説である。語り手は町の秘密を知ることになる。",
+                  categories=[works])
+    wiki.add_redirect("インスマウスの影", "インスマスを覆う影", categories=[works])
+    wiki.add_page("狂気の山脈にて", extract="狂気の山脈にては、南極探検を描いた長編小説である。探検隊は古代の都市を発見する。",
+                  categories=[works])
+    wiki.add_page(LONG_TITLE, extract="この一覧は、ゲームの資料に登場する書物と神格をまとめたものである。項目は五十音順に並ぶ。",
+                  categories=[works])
+    wiki.add_page("Template:クトゥルフ神話", ns=10, extract="ナビゲーション", categories=[root])
+    wiki.add_page("ヨグ＝ソトース", extract="ヨグ＝ソトースは、時間と空間に関わる神格である。門にして鍵とも呼ばれる。")
+    wiki.add_redirect("Cthulhu", "クトゥルフ")
+    return wiki
+
+
+# Articles of cthulhu_wiki() under the root category, by depth.
+ARTICLES_DEPTH_0 = {"クトゥルフ", "ルルイエ", "ネクロノミコン"}
+ARTICLES_DEPTH_1 = ARTICLES_DEPTH_0 | {"ニャルラトホテプ", "ダゴン (クトゥルフ神話)", "インスマスを覆う影",
+                                      "インスマウスの影", "狂気の山脈にて", LONG_TITLE}
+ARTICLES_DEPTH_2 = ARTICLES_DEPTH_1 | {"ハスター"}

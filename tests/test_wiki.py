@@ -1,0 +1,276 @@
+"""The MediaWiki client against a real HTTP server on 127.0.0.1 (tests/mediawiki_server.py)."""
+
+import json
+import os
+
+import pytest
+
+from cthulhu_sft.wiki import (
+    DEFAULT_USER_AGENT,
+    Cache,
+    WikiClient,
+    WikiError,
+    crawl_category_tree,
+    fetch_pages,
+    safe_filename,
+)
+from mediawiki_server import (
+    ARTICLES_DEPTH_0,
+    ARTICLES_DEPTH_1,
+    ARTICLES_DEPTH_2,
+    LONG_TITLE,
+    MediaWikiServer,
+    Wiki,
+    cthulhu_wiki,
+)
+
+ROOT = "Category:クトゥルフ神話"
+
+
+def fast_client(server, **kwargs) -> WikiClient:
+    return WikiClient(server.url, interval=0, backoff_factor=0, **kwargs)
+
+
+@pytest.fixture
+def server():
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        yield server
+
+
+@pytest.fixture
+def cache(tmp_path, server):
+    return Cache(tmp_path / "cache", server.url)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Crawl
+
+
+@pytest.mark.parametrize("depth, expected", [(0, ARTICLES_DEPTH_0), (1, ARTICLES_DEPTH_1), (2, ARTICLES_DEPTH_2)])
+def test_category_crawl_lists_each_main_namespace_article_once_to_the_given_depth(server, cache, depth, expected):
+    articles, categories = crawl_category_tree(fast_client(server), cache, ROOT, depth)
+    assert len(articles) == len(set(articles))  # クトゥルフ is in two categories
+    assert set(articles) == expected  # no Template:, no categories, ハスター only at depth 2
+    assert len(categories) == len(set(categories))  # the cycle back to the root is not followed
+    listings = [r["params"] for r in server.requests if r["params"].get("list") == "categorymembers"]
+    assert any("cmcontinue" in params for params in listings)  # 2 members per answer: continued
+
+
+def test_category_crawl_continues_through_an_answer_with_no_members(tmp_path):
+    with MediaWikiServer(cthulhu_wiki(), empty_first_page=True) as server:
+        articles, _ = crawl_category_tree(fast_client(server), Cache(tmp_path, server.url), ROOT, 0)
+    assert set(articles) == ARTICLES_DEPTH_0
+
+
+def test_a_category_listing_cut_short_resumes_from_its_continuation(tmp_path):
+    with MediaWikiServer(cthulhu_wiki(), members_per_response=1) as server:
+        server.fail_after = 3
+        with pytest.raises(WikiError):
+            crawl_category_tree(fast_client(server, retries=0), Cache(tmp_path, server.url), ROOT, 0)
+        server.fail_after = None
+        first_resumed = len(server.requests)
+        articles, _ = crawl_category_tree(fast_client(server), Cache(tmp_path, server.url), ROOT, 0)
+    assert sorted(articles) == sorted(ARTICLES_DEPTH_0)
+    assert server.params_of(first_resumed)["cmcontinue"] == "page|3"  # not from the start again
+
+
+def test_requests_carry_user_agent_maxlag_formatversion_and_accept_gzip(server, cache):
+    crawl_category_tree(fast_client(server), cache, ROOT, 0)
+    request = server.requests[0]
+    assert request["headers"]["User-Agent"] == DEFAULT_USER_AGENT
+    assert "github.com" in DEFAULT_USER_AGENT and "@" in DEFAULT_USER_AGENT  # contact, as Wikimedia asks
+    assert "gzip" in request["headers"]["Accept-Encoding"]
+    assert request["params"]["maxlag"] == "5"
+    assert request["params"]["formatversion"] == "2" and request["params"]["format"] == "json"
+
+
+def test_user_agent_can_be_overridden(server, cache):
+    crawl_category_tree(fast_client(server, user_agent="MyBot/1.0 (me@example.org)"), cache, ROOT, 0)
+    assert server.requests[0]["headers"]["User-Agent"] == "MyBot/1.0 (me@example.org)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pages
+
+
+def test_extracts_are_continued_one_page_per_answer_and_redirects_resolve_to_one_page(server, cache):
+    titles = ["クトゥルフ", "Cthulhu", "インスマウスの影", "インスマスを覆う影", "存在しないページ", "ルルイエ"]
+    pages = fetch_pages(fast_client(server), cache, titles)
+    assert pages["Cthulhu"]["title"] == pages["クトゥルフ"]["title"] == "クトゥルフ"
+    assert pages["インスマウスの影"]["title"] == "インスマスを覆う影"
+    assert pages["存在しないページ"]["missing"] is True
+    real = {page["title"] for page in pages.values() if not page.get("missing")}
+    assert real == {"クトゥルフ", "インスマスを覆う影", "ルルイエ"}
+    assert sorted(server.extracts_served) == sorted(real)  # each page's text fetched once
+    assert len(server.requests) == len(real)  # one extract per answer, nothing else needed
+    assert any("excontinue" in r["params"] for r in server.requests)
+    for title in real:
+        page = next(p for p in pages.values() if p.get("title") == title)
+        assert page["text"] and page["revid"] and page["url"].startswith("https://ja.wikipedia.org/wiki/")
+    assert "== 概要 ==" in pages["クトゥルフ"]["text"]
+
+
+def test_a_redirect_to_a_page_of_an_earlier_batch_does_not_fetch_that_page_again(tmp_path):
+    wiki = Wiki()
+    titles = [f"項目{i:02d}" for i in range(60)]  # more than the 50 titles of one request
+    for title in titles:
+        wiki.add_page(title, extract=f"{title}についての本文である。")
+    wiki.add_redirect("別名", "項目00")
+    wiki.add_redirect("別名2", "項目01")
+    with MediaWikiServer(wiki) as server:
+        client = fast_client(server)
+        # The first answer of a batch tells where its redirects lead (and sends one extract, here 項目50's).
+        pages = fetch_pages(client, Cache(tmp_path, server.url), titles[:51] + ["別名", "別名2"] + titles[51:])
+    assert sorted(server.extracts_served) == titles  # each page's text exactly once
+    assert pages["別名"]["title"] == "項目00" and pages["別名2"]["title"] == "項目01"
+    assert client.requests == 60  # one per page: skipping the known pages cost no extra request
+
+
+@pytest.mark.parametrize("formatversion", [1, 2])
+def test_both_formatversion_shapes_are_read(tmp_path, formatversion):
+    with MediaWikiServer(cthulhu_wiki(), force_formatversion=formatversion) as server:
+        client = fast_client(server)
+        cache = Cache(tmp_path, server.url)
+        articles, _ = crawl_category_tree(client, cache, ROOT, 1)
+        pages = fetch_pages(client, cache, articles + ["存在しないページ", "A[b]"])
+    assert pages["存在しないページ"]["missing"] and pages["A[b]"]["missing"]
+    assert pages["インスマウスの影"]["title"] == "インスマスを覆う影"
+    assert pages["ルルイエ"]["text"].startswith("ルルイエは") and pages["ルルイエ"]["revid"] > 0
+
+
+def test_raw_section_format_headings_are_kept(tmp_path):
+    """exsectionformat=raw marks headings with control characters; a server may answer that way."""
+    from cthulhu_sft.examples import parse_sections
+
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        client = fast_client(server)
+        data = client.get({"action": "query", "prop": "extracts", "explaintext": 1, "exsectionformat": "raw",
+                           "titles": "ルルイエ"})
+    text = data["query"]["pages"][0]["extract"]
+    assert "\x01\x02" in text
+    sections, _ = parse_sections(text)
+    assert [section.path for section in sections] == [(), ("特徴",)]
+
+
+def test_wiki_without_textextracts_is_read_as_wikitext_and_rendered(tmp_path):
+    from cthulhu_sft.examples import wikitext_to_text
+
+    with MediaWikiServer(cthulhu_wiki(), extracts=False) as server:
+        pages = fetch_pages(fast_client(server), Cache(tmp_path, server.url), ["クトゥルフ", "ルルイエ", "Cthulhu"])
+    page = pages["クトゥルフ"]
+    assert page["text_format"] == "wikitext" and page["revid"] == pages["Cthulhu"]["revid"]
+    text = wikitext_to_text(page["text"])
+    assert "Cthulhu" in text and "ルルイエ" in text  # {{lang|en|Cthulhu}} and [[ルルイエ]] render as text
+    for residue in ("[[", "{{", "'''", "<ref", "出典の本", "キャプション", "表のセル", "Infobox"):
+        assert residue not in text
+    assert pages["ルルイエ"]["text"].startswith("'''ルルイエ'''")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults
+
+
+def test_maxlag_429_html_503_dropped_and_cut_connections_are_retried(server, cache):
+    server.faults.extend(["maxlag", "429", "503html", "drop", "truncate", "html200", "maxlag503"])
+    client = fast_client(server)
+    pages = fetch_pages(client, cache, ["クトゥルフ", "ルルイエ"])
+    assert pages["クトゥルフ"]["text"] and pages["ルルイエ"]["text"]
+    assert client.retries == 7 and client.requests == len(server.requests) == 9
+
+
+def test_retry_after_of_a_maxlag_error_is_honoured(tmp_path):
+    with MediaWikiServer(cthulhu_wiki(), retry_after="1") as server:
+        server.faults.append("maxlag")
+        fetch_pages(fast_client(server), Cache(tmp_path, server.url), ["ルルイエ"])
+    first, second = server.requests[0]["time"], server.requests[1]["time"]
+    assert second - first >= 0.95
+
+
+def test_requests_are_spaced_by_the_polite_interval(server, cache):
+    client = WikiClient(server.url, interval=0.2, backoff_factor=0)
+    fetch_pages(client, cache, ["クトゥルフ", "ルルイエ", "ネクロノミコン"])
+    times = [request["time"] for request in server.requests]
+    assert len(times) == 3 and min(b - a for a, b in zip(times, times[1:])) >= 0.18
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [("503html", "HTTP 503"), ("html200", "not JSON"), ("maxlag", "maxlag"), ("drop", "no answer")],
+)
+def test_retries_running_out_is_a_clear_error_and_fetched_pages_stay_cached(server, cache, fault, message):
+    client = fast_client(server, retries=2)
+    fetch_pages(client, cache, ["ルルイエ"])
+    server.faults.extend([fault] * 10)
+    with pytest.raises(WikiError, match=message) as error:
+        fetch_pages(client, cache, ["ルルイエ", "クトゥルフ"])
+    assert server.url in str(error.value)
+    assert len(server.requests) == 1 + 3  # the cached page was not asked again; 1 try + 2 retries
+    if fault == "503html":
+        assert "Wikimedia Error" in str(error.value)  # the HTML page's title, not its markup
+    assert cache.load("pages", "ルルイエ")["text"].startswith("ルルイエは")
+
+
+def test_non_retryable_api_error_is_raised_at_once(server):
+    with pytest.raises(WikiError, match="badvalue"):
+        fast_client(server).get({"action": "nonsense"})
+    assert len(server.requests) == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cache
+
+
+def test_second_fetch_makes_no_request_and_refresh_fetches_again(server, tmp_path):
+    titles = ["クトゥルフ", "Cthulhu", "存在しないページ", LONG_TITLE]
+    first = fetch_pages(fast_client(server), Cache(tmp_path, server.url), titles)
+    crawl_category_tree(fast_client(server), Cache(tmp_path, server.url), ROOT, 2)
+    count = len(server.requests)
+    again = fetch_pages(fast_client(server), Cache(tmp_path, server.url), titles)
+    crawl_category_tree(fast_client(server), Cache(tmp_path, server.url), ROOT, 2)
+    assert len(server.requests) == count
+    assert again == first
+    fetch_pages(fast_client(server), Cache(tmp_path, server.url, refresh=True), titles)
+    assert len(server.requests) > count
+
+
+def test_pages_are_cached_as_they_arrive_so_an_interrupted_batch_resumes(server, tmp_path):
+    titles = ["クトゥルフ", "ルルイエ", "ネクロノミコン", "ハスター"]
+    server.fail_after = 2  # an outage after two answers
+    with pytest.raises(WikiError):
+        fetch_pages(fast_client(server, retries=1), Cache(tmp_path, server.url), titles)
+    served_before = list(server.extracts_served)
+    assert len(served_before) == 2
+    server.fail_after = None
+    pages = fetch_pages(fast_client(server), Cache(tmp_path, server.url), titles)
+    assert all(pages[title]["text"] for title in titles)
+    resumed = server.extracts_served[len(served_before):]
+    assert sorted(resumed) == sorted(set(titles) - set(served_before))  # nothing fetched twice
+
+
+@pytest.mark.parametrize("title", ["AC/DC", "Category:クトゥルフ神話", "Dagon (mythos)", LONG_TITLE, ".hidden", "a\\b*c?"])
+def test_cache_file_names_are_safe_for_any_title(tmp_path, title):
+    name = safe_filename(title)
+    assert "/" not in name and "\\" not in name and ":" not in name and not name.startswith(".")
+    assert len(name.encode("utf-8")) <= 255
+    cache = Cache(tmp_path, "https://ja.wikipedia.org/w/api.php")
+    cache.save("pages", title, {"title": title, "text": "本文"})
+    assert cache.load("pages", title)["text"] == "本文"
+    assert safe_filename(title) != safe_filename(title + "2")
+
+
+def test_a_corrupt_cache_file_is_fetched_again(server, tmp_path):
+    cache = Cache(tmp_path, server.url)
+    fetch_pages(fast_client(server), cache, ["ルルイエ"])
+    cache.path("pages", "ルルイエ").write_text('{"key": "ルルイエ", "tex', encoding="utf-8")
+    pages = fetch_pages(fast_client(server), cache, ["ルルイエ"])
+    assert pages["ルルイエ"]["text"].startswith("ルルイエは") and len(server.requests) == 2
+    assert json.loads(cache.path("pages", "ルルイエ").read_text(encoding="utf-8"))["title"] == "ルルイエ"
+    assert not [name for name in os.listdir(cache.path("pages", "x").parent) if name.startswith(".tmp")]
+
+
+def test_cache_is_kept_apart_per_wiki(tmp_path):
+    a = Cache(tmp_path, "https://ja.wikipedia.org/w/api.php")
+    b = Cache(tmp_path, "http://127.0.0.1:8080/w/api.php")
+    a.save("pages", "ルルイエ", {"text": "ja"})
+    assert b.load("pages", "ルルイエ") is None
+    assert a.load("pages", "ルルイエ")["text"] == "ja"
