@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cthulhu_sft.data import DataError, load_records, write_jsonl_atomic
 from cthulhu_sft.files import write_text_atomic
-from cthulhu_sft.examples import build_examples, dedupe, example_length, fit, wikitext_to_text, BuildStats
+from cthulhu_sft.examples import BuildStats, build_examples, clean_text, dedupe, example_length, fit, wikitext_to_text
 from cthulhu_sft.format import MistralFormat
 from cthulhu_sft.wiki import (
     DEFAULT_API_URL,
@@ -40,6 +40,7 @@ from cthulhu_sft.wiki import (
 )
 
 REPO = Path(__file__).resolve().parent
+SOURCE_TEXTS = "source_texts.jsonl"  # evaluate.py reads it from beside eval.jsonl
 CONFIG = REPO / "sft_config.yaml"
 logger = logging.getLogger("prepare_data")
 
@@ -272,6 +273,7 @@ def main(argv=None) -> int:
             text = page["text"] or ""
             if page["text_format"] == "wikitext":
                 text = wikitext_to_text(text)
+            page["plain_text"] = text
             built, page_stats = build_examples(page["title"], text, fmt, args.max_tokens, args.seed)
             stats.add(page_stats)
             if not built:
@@ -293,6 +295,13 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     for name, rows in splits.items():
         write_jsonl_atomic(out_dir / f"{name}.jsonl", rows)
+    # The held-out articles' text, for evaluate.py's unsupported-term rate (facts found nowhere in the source).
+    sources = [{"title": p["title"], "text": clean_text(p["plain_text"]), "source": p["url"], "revid": p["revid"]}
+               for p in pages if p["title"] in held_out]
+    if sources:
+        write_jsonl_atomic(out_dir / SOURCE_TEXTS, sources)
+    else:
+        (out_dir / SOURCE_TEXTS).unlink(missing_ok=True)  # never leave texts of another dataset beside this one
     used = {example["title"] for example in examples}
     crawl.update({"seed": args.seed, "eval_ratio": args.eval_ratio, "max_tokens": args.max_tokens,
                   "duplicates removed": duplicates, "sentences dropped (longer than max_tokens)": stats.dropped_sentences})
@@ -310,7 +319,8 @@ def main(argv=None) -> int:
         per_article = requests["requests"] / max(1, len(pages))
         print(f"requests: {requests['requests']} ({requests['retries']} retries, {per_article:.2f} per article), "
               f"missing pages: {crawl['missing pages']}, cache: {args.cache_dir}")
-    print(f"wrote {out_dir / 'train.jsonl'}, {out_dir / 'eval.jsonl'}, {out_dir / 'README.md'} "
+    print(f"wrote {out_dir / 'train.jsonl'}, {out_dir / 'eval.jsonl'}, {out_dir / 'README.md'}"
+          f"{', ' + str(out_dir / SOURCE_TEXTS) if sources else ''} "
           f"in {time.monotonic() - started:.1f}s")
     return 0
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from .inference import DEFAULT_TEMPERATURE
+
 # Keys that hold credentials: never written to run.json, the saved config or the logs.
 SECRET_KEYS = ("hub_token", "push_to_hub_token")
 
@@ -22,7 +24,9 @@ class ScriptArguments:
     sample_prompts: list[str] = field(
         default_factory=list, metadata={"help": "Prompts answered after training (saved to samples.jsonl)."}
     )
-    sample_temperature: float = field(default=0.1, metadata={"help": "Temperature of the samples; 0 is greedy."})
+    sample_temperature: float = field(
+        default=DEFAULT_TEMPERATURE, metadata={"help": "Temperature of the samples; 0 is greedy."}
+    )
     sample_max_new_tokens: int = field(default=256, metadata={"help": "Token limit of each sample answer."})
     base_model_hub_id: str | None = field(
         default=None,

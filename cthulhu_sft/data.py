@@ -36,7 +36,7 @@ def _json_array_items(text: str):
         index = end
 
 
-def _read_items(path: Path):
+def read_items(path: Path):
     """Yields (line number, parsed JSON value) for each record in the file; raises DataError on bad JSON."""
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
@@ -80,7 +80,7 @@ def load_records(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     records, problems = [], []
-    for line_number, item in _read_items(path):
+    for line_number, item in read_items(path):
         record, problem = _to_pair(item)
         if problem:
             problems.append(f"{path}:{line_number}: {problem}")

@@ -13,7 +13,8 @@ Generation defaults (the argparse defaults of generate.py and evaluate.py) favou
                       mild: Japanese repeats particles (の, は, 。) and the question's names legitimately;
                       stronger values push the model to paraphrase names, which reads as invention.
     max_new_tokens 512
-                      longer than the answers in the training data, so a model that stops learned to stop.
+                      room for a full answer (prepare_data.py's answers are mostly much shorter) while bounding
+                      a model that never stops; evaluate.py's EOS-stop rate shows whether it stops by itself.
 """
 
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from cthulhu_sft.data import DataError, FIELD_SHAPES, _read_items
+from cthulhu_sft.data import DataError, FIELD_SHAPES, read_items
 from cthulhu_sft.format import CHAT_TEMPLATE, IGNORE_INDEX, MistralFormat
 
 DEFAULT_BASE_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
@@ -47,6 +48,22 @@ class Generation:
 
 def is_local(name_or_path: str) -> bool:
     return os.path.isdir(name_or_path)
+
+
+def model_location_problem(name_or_path: str, what: str = "model", adapter: bool = False) -> str | None:
+    """Why `name_or_path` cannot be the model or adapter asked for, or None; checks local paths only.
+
+    A value that is not a folder is taken for a Hub id unless it looks like a path: it starts with
+    '.', '/' or '~', or its first component is a local folder (output/run-1 with output/ present).
+    """
+    if os.path.isdir(name_or_path):
+        if adapter and not os.path.isfile(os.path.join(name_or_path, "adapter_config.json")):
+            return f"{what} {name_or_path}: no adapter_config.json in this folder (a merged model is a base model)"
+        return None
+    first = Path(name_or_path).parts[0] if Path(name_or_path).parts else ""
+    if name_or_path.startswith((".", "/", "~")) or os.path.isdir(first) or os.path.exists(name_or_path):
+        return f"{what} {name_or_path}: no such folder"
+    return None
 
 
 def resolve_base(base: str | None, adapter: str | None, adapter_revision: str | None = None) -> str:
@@ -186,12 +203,11 @@ def generate(
 
         set_seed(seed)
     sampling = temperature > 0
+    # Sampling: temperature and nucleus only (top_k=0 switches off transformers' default top_k=50).
+    sampler = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if sampling else dict(do_sample=False)
     options = dict(
+        **sampler,
         max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        temperature=temperature if sampling else 1.0,
-        top_p=top_p if sampling else 1.0,
-        top_k=0,
         repetition_penalty=repetition_penalty,
         num_beams=1,
         eos_token_id=fmt.eos_id,
@@ -311,7 +327,7 @@ def read_prompts(path: str | os.PathLike) -> list[dict]:
         raise DataError(f"{path}: file not found")
     records, problems = [], []
     question_keys = [shape[0] for shape in FIELD_SHAPES]
-    for line_number, item in _read_items(path):
+    for line_number, item in read_items(path):
         if not isinstance(item, dict):
             problems.append(f"{path}:{line_number}: expected a JSON object, got {type(item).__name__}")
             continue
@@ -327,7 +343,8 @@ def read_prompts(path: str | os.PathLike) -> list[dict]:
             record = {k: v for k, v in item.items() if k != key}
             records.append({**record, "instruction": value.strip(), "line": line_number})
     if problems:
-        raise DataError("\n".join(problems[:20] + ([f"... and {len(problems) - 20} more problems"] if len(problems) > 20 else [])))
+        more = [f"... and {len(problems) - 20} more problems"] if len(problems) > 20 else []
+        raise DataError("\n".join(problems[:20] + more))
     if not records:
         raise DataError(f"{path}: no records")
     return records
@@ -360,10 +377,11 @@ def merge_adapter(
         adapter_revision=adapter_revision,
     )
     merged = model.merge_and_unload()
-    tokenizer_source = adapter if is_local(adapter) and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else base
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_source, revision=None if tokenizer_source == adapter else revision, trust_remote_code=trust_remote_code
-    )
+    # The tokenizer saved with the adapter (train_sft.py writes one), else the base model's.
+    if is_local(adapter) and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(base, revision=revision, trust_remote_code=trust_remote_code)
     tokenizer.chat_template = CHAT_TEMPLATE
 
     temporary = output_dir.with_name(f".{output_dir.name}.tmp")

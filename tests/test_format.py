@@ -1,8 +1,7 @@
 """Training ids and labels against Mistral's reference tokenization (mistral-common, tokenizer v1)."""
 
 import pytest
-from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
-from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from conftest import mistral_common_ids
 
 from cthulhu_sft.format import CHAT_TEMPLATE, IGNORE_INDEX, MistralFormat
 
@@ -33,9 +32,8 @@ def reference_ids(reference_tokenizer, serving_reference_tokenizer):
     """mistral-common's ids: fine-tuning encoding for a finished exchange, serving encoding for a prompt."""
 
     def encode(messages):
-        typed = [UserMessage(content=m["content"]) if m["role"] == "user" else AssistantMessage(content=m["content"]) for m in messages]
         tokenizer = reference_tokenizer if messages[-1]["role"] == "assistant" else serving_reference_tokenizer
-        return tokenizer.encode_chat_completion(ChatCompletionRequest(messages=typed)).tokens
+        return mistral_common_ids(tokenizer, messages)
 
     return encode
 

@@ -225,6 +225,9 @@ def test_crawl_writes_article_split_examples_that_fit_with_sources_and_a_card(tm
     assert "存在しないページ" in result.stderr  # reported, not fatal
     assert "requests: 2" in result.stdout and "4 retries" in result.stdout
     assert "examples: train" in result.stdout and "tokens: min" in result.stdout
+    sources = read_jsonl(tmp_path / "out/source_texts.jsonl")  # for evaluate.py's unsupported-term rate
+    assert {s["title"] for s in sources} == {r["title"] for r in eval_}
+    assert all(s["text"] and not any(residue in s["text"] for residue in RESIDUE) for s in sources)
 
 
 @pytest.mark.slow
@@ -294,6 +297,7 @@ def test_legacy_text_output_file_is_converted_split_by_subject_and_fitted(tmp_pa
     assert all(length(fmt, r["instruction"], r["response"]) <= 64 for r in records)
     assert records[0]["source"].startswith("data_lora_formatted.json:")
     assert (tmp_path / "out/README.md").is_file()
+    assert not (tmp_path / "out/source_texts.jsonl").exists()  # no article text in a converted file
 
 
 @pytest.mark.slow

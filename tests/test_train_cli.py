@@ -4,10 +4,7 @@ import json
 
 import pytest
 import yaml
-from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
-from mistral_common.protocol.instruct.request import ChatCompletionRequest
-
-from conftest import PYTHON, REPO, run_script
+from conftest import PYTHON, REPO, mistral_common_ids, run_script
 
 RECORDS = [
     {"instruction": "クトゥルフとは？", "response": "ルルイエに眠る存在。"},
@@ -37,8 +34,8 @@ def test_dump_tokenized_equals_mistral_common_and_drops_too_long(tmp_path, tiny_
     rows = [json.loads(line) for line in dump.read_text().splitlines()]
     assert len(rows) == 3
     for record, row in zip(RECORDS, rows):
-        messages = [UserMessage(content=record["instruction"]), AssistantMessage(content=record["response"])]
-        expected = reference_tokenizer.encode_chat_completion(ChatCompletionRequest(messages=messages)).tokens
+        messages = [{"role": "user", "content": record["instruction"]}, {"role": "assistant", "content": record["response"]}]
+        expected = mistral_common_ids(reference_tokenizer, messages)
         assert row["input_ids"] == expected
         prompt_length = len(expected) - len(row["labels"]) + row["labels"].count(-100)
         assert row["labels"] == [-100] * prompt_length + expected[prompt_length:]

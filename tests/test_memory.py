@@ -1,0 +1,195 @@
+"""The peak-memory estimate: hand-checked counts, the real libraries' numbers on tiny models, and the warning."""
+
+import pytest
+import torch
+
+from cthulhu_sft.memory import (
+    GiB,
+    ModelShape,
+    Precision,
+    base_weight_bytes,
+    check_fits,
+    estimate_for_args,
+    estimate_memory,
+    format_estimate,
+    layer_activation_bytes_per_token,
+    lora_parameter_count,
+    with_settings,
+)
+
+MISTRAL_7B = ModelShape(
+    hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, vocab_size=32000,
+)
+
+
+def small_mistral_config(layers=2, hidden=64, intermediate=160, heads=4, kv_heads=2, vocab=1000):
+    from transformers import MistralConfig
+
+    return MistralConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, sliding_window=None, tie_word_embeddings=False,
+    )
+
+
+def test_lora_parameter_count_of_mistral_7b_by_hand():
+    r = 16
+    q_and_o = 2 * r * (4096 + 4096)
+    k_and_v = 2 * r * (4096 + 8 * 128)
+    gate_up_down = 3 * r * (4096 + 14336)
+    assert lora_parameter_count(MISTRAL_7B, r, "all-linear") == 32 * (q_and_o + k_and_v + gate_up_down) == 41_943_040
+    assert lora_parameter_count(MISTRAL_7B, r, ["q_proj", "v_proj"]) == 32 * r * (8192 + 5120)
+
+
+def test_base_weights_of_mistral_7b_by_hand():
+    linear = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    unquantized = 2 * 32000 * 4096 + 65 * 4096  # embed_tokens, lm_head, 65 norms
+    assert linear + unquantized == 7_241_732_096  # Mistral-7B-v0.2's parameter count
+    rows = 32 * (4096 + 1024 + 1024 + 4096 + 2 * 14336 + 4096)
+    assert base_weight_bytes(MISTRAL_7B, "8bit", 2) == linear + 4 * rows + 4 * unquantized
+    assert base_weight_bytes(MISTRAL_7B, "4bit", 2) == linear // 2 + linear // 64 * 4 + 4 * unquantized
+    assert base_weight_bytes(MISTRAL_7B, "none", 2) == 2 * (linear + unquantized)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"], ["down_proj", "o_proj", "k_proj"]])
+def test_lora_parameter_count_matches_peft(targets):
+    from peft import LoraConfig, get_peft_model
+    from transformers import MistralForCausalLM
+
+    config = small_mistral_config()
+    model = get_peft_model(MistralForCausalLM(config), LoraConfig(r=8, target_modules=targets))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lora_parameter_count(ModelShape.from_config(config), 8, targets) == trainable
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantized_base_bytes_match_bitsandbytes_after_kbit_preparation(tmp_path, bits):
+    """bitsandbytes' own tensors (weights, scales) after prepare_model_for_kbit_training upcast the rest to float32."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, MistralForCausalLM
+
+    config = small_mistral_config()
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(load_in_8bit=True) if bits == "8bit" else BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=quantization, dtype=torch.bfloat16, device_map={"": "cpu"}
+    )
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    held = 0
+    for param in model.parameters():
+        held += param.numel() * param.element_size()
+        if getattr(param, "SCB", None) is not None:
+            held += param.SCB.numel() * param.SCB.element_size()
+        if getattr(param, "quant_state", None) is not None:
+            held += param.quant_state.absmax.numel() * param.quant_state.absmax.element_size()
+    assert base_weight_bytes(ModelShape.from_config(config), bits, 2) == held
+
+
+def saved_activation_bytes(model, input_ids) -> int:
+    """Bytes of the tensors autograd saves for the backward during one forward, parameters left out."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=input_ids, use_cache=False)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_per_layer_activations_match_what_autograd_saves(checkpointing):
+    """The per-layer formula against a real LoRA forward on the CPU (float32: r = p = c = m = 4 bytes).
+
+    Two models that differ only in depth give the bytes of one layer; the formula must match them exactly.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import MistralForCausalLM
+
+    tokens, rank = 96, 8
+    measured = {}
+    for layers in (2, 4):
+        torch.manual_seed(0)
+        config = small_mistral_config(layers=layers)
+        config._attn_implementation = "sdpa"
+        model = MistralForCausalLM(config)
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        model = get_peft_model(model, LoraConfig(r=rank, target_modules="all-linear", lora_dropout=0.1))
+        if checkpointing:
+            model.enable_input_require_grads()
+        model.train()
+        measured[layers] = saved_activation_bytes(model, torch.randint(3, 1000, (1, tokens)))
+    per_layer = (measured[4] - measured[2]) / 2 / tokens
+
+    shape = ModelShape.from_config(config)
+    if checkpointing:
+        assert per_layer == 4 * shape.hidden_size
+        return
+    fp32 = Precision(residual=4, projection=4, compute=4, mask=4, linear_keeps_input=False)
+    expected = layer_activation_bytes_per_token(
+        shape, fp32, rank, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        lora_dropout=True, row_length=tokens, attention="sdpa", masked=False,
+    )
+    assert per_layer == expected
+
+
+def test_estimate_grows_with_the_batch_the_length_and_the_rank():
+    base = estimate_memory(MISTRAL_7B)
+    for changes in ({"per_device_train_batch_size": 16}, {"max_length": 2048}, {"lora_r": 64},
+                    {"activation_checkpointing": False}, {"load_in_8bit": False}):
+        assert with_settings(base, **changes).total > base.total, changes
+    for changes in ({"per_device_train_batch_size": 4}, {"max_length": 512}, {"lora_r": 8},
+                    {"load_in_4bit": True, "load_in_8bit": False}):
+        assert with_settings(base, **changes).total < base.total, changes
+    batches = [with_settings(base, per_device_train_batch_size=b).peak_allocated for b in (1, 2, 4, 8)]
+    assert batches == sorted(batches) and len(set(batches)) == 4
+
+
+def test_default_config_on_an_a100_and_without_checkpointing():
+    """sft_config.yaml's defaults fit an 80 GB A100 easily; the same batch without checkpointing does not."""
+    default = estimate_memory(MISTRAL_7B)
+    assert 8.0e9 < default.base_weights < 8.1e9  # 7.0e9 int8 weights + 1.05e9 float32 embeddings and lm_head
+    assert 15 * GiB < default.total < 30 * GiB
+    assert check_fits(default, 80 * GiB) is None
+    assert default.activations_without_checkpointing > 80 * GiB
+
+
+def test_warning_names_the_settings_that_fit():
+    estimate = estimate_memory(MISTRAL_7B, activation_checkpointing=False)
+    warning = check_fits(estimate, 80 * GiB)
+    assert warning.startswith("warning: the estimated peak GPU memory")
+    assert "exceeds this device's 80.0 GiB" in warning
+    assert "--activation_checkpointing true" in warning
+    assert "--per_device_train_batch_size 4" in warning  # the largest batch that fits, found by the estimate
+    assert "--max_length" in warning and "--load_in_4bit true --load_in_8bit false" in warning
+    suggested_batch = with_settings(estimate, per_device_train_batch_size=4)
+    assert check_fits(suggested_batch, 80 * GiB) is None
+
+
+def test_warning_when_no_single_change_fits():
+    estimate = estimate_memory(MISTRAL_7B, activation_checkpointing=False, per_device_train_batch_size=64,
+                               max_length=8192)
+    warning = check_fits(estimate, 16 * GiB)
+    assert "No single change" in warning and "configs/fsdp_qlora.yaml" in warning
+
+
+def test_estimate_from_the_shipped_config(tiny_model_dir):
+    """The real parser's SFTConfig and ModelConfig (sft_config.yaml) feed the estimate; config.json is all it reads."""
+    from cthulhu_sft.config import parse_args
+
+    _, training_args, model_args = parse_args(
+        ["--config", "sft_config.yaml", "--model_name_or_path", str(tiny_model_dir), "--bf16", "false"]
+    )
+    estimate = estimate_for_args(training_args, model_args, longest_example=300)
+    assert estimate.settings["max_length"] == 300  # padded batches are no longer than the longest example
+    assert estimate.settings["load_in_8bit"] and estimate.settings["activation_checkpointing"]
+    text = format_estimate(estimate, device_bytes=80 * GiB, device_name="NVIDIA A100-SXM4-80GB")
+    assert "8-bit base, LoRA r=16, 8 x 300 tokens per micro-batch" in text
+    assert "device memory (NVIDIA A100-SXM4-80GB)" in text and "total" in text
