@@ -222,7 +222,7 @@ def main(script_args, training_args, model_args):
             url = push_output(output_dir, training_args.hub_model_id, training_args.hub_private_repo)
         except PushError as error:
             fail(f"{error}\nEverything is still in {output_dir}; retry the upload with "
-                 f"`hf upload {training_args.hub_model_id} {output_dir}`.", code=1)
+                 f"`python -m cthulhu_sft.hub {output_dir} {training_args.hub_model_id}`.", code=1)
         print(f"pushed to {url}")
     trainer.accelerator.end_training()
 

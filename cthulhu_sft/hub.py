@@ -38,3 +38,28 @@ def push_output(output_dir: str, repo_id: str, private: bool | None) -> str:
             message = message.replace(token, "***")
         raise PushError(f"push to the Hub ({repo_id}) failed: {message}") from None
     return commit.commit_url
+
+
+def main(argv=None) -> int:
+    """`python -m cthulhu_sft.hub OUTPUT_DIR USER/REPO [--private]`: upload a finished run (again)."""
+    import argparse
+    import os
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m cthulhu_sft.hub", description=main.__doc__)
+    parser.add_argument("output_dir")
+    parser.add_argument("repo_id")
+    parser.add_argument("--private", action="store_true", default=None)
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.output_dir, "adapter_config.json")):
+        parser.error(f"{args.output_dir} holds no trained adapter (adapter_config.json)")
+    try:
+        print(f"pushed to {push_output(args.output_dir, args.repo_id, args.private)}")
+    except PushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -195,3 +195,20 @@ def test_finished_run_is_not_overwritten(tiny_model_dir, tmp_path):
     result = run_script(launch_args(tiny_model_dir, tmp_path / "data", out, "--max_steps", 1))
     assert result.returncode != 0
     assert "already holds a run" in result.stderr
+
+
+def test_push_can_be_retried_alone_and_fails_plainly(trained, tmp_path):
+    _, out, _ = trained
+    from conftest import PYTHON
+
+    hub = RefusingHub(status=403)
+    result = run_script([PYTHON, "-m", "cthulhu_sft.hub", str(out), "someone/again"],
+                        env={"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"})
+    hub.close()
+    assert result.returncode == 1
+    assert "push to the Hub (someone/again) failed" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert any(headers.get("authorization") == f"Bearer {SECRET}" or headers.get("Authorization") == f"Bearer {SECRET}"
+               for _, _, headers in hub.requests), "the token is sent to the Hub, and only there"
+    not_a_run = run_script([PYTHON, "-m", "cthulhu_sft.hub", str(tmp_path), "someone/again"])
+    assert not_a_run.returncode == 2 and "holds no trained adapter" in not_a_run.stderr
