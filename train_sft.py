@@ -75,12 +75,18 @@ def resume_checkpoint(value: str | None, output_dir: str):
 
 
 def load_base_model(model_args, training_args):
-    """The base model, quantized if configured, on this process's own device, prepared for k-bit training."""
+    """The base model, quantized if configured, on this process's own device, prepared for k-bit training.
+
+    Under FSDP (configs/fsdp_qlora.yaml) FSDP places the shards itself, and the float32 upcast of k-bit
+    preparation would mix dtypes inside the modules it flattens, so both steps are left to it.
+    """
     from accelerate import PartialState
+    from accelerate.utils import DistributedType
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
 
+    sharded = PartialState().distributed_type == DistributedType.FSDP
     quantization_config = get_quantization_config(model_args)
     kwargs = dict(
         revision=model_args.model_revision,
@@ -89,16 +95,54 @@ def load_base_model(model_args, training_args):
         trust_remote_code=training_args.trust_remote_code,
     )
     if quantization_config is not None:
-        # Each data-parallel process holds a whole 8-bit copy on its own GPU ("auto" would split it).
-        kwargs.update(quantization_config=quantization_config, device_map={"": PartialState().device})
+        kwargs["quantization_config"] = quantization_config
+        if not sharded:
+            # Each data-parallel process holds a whole 8-bit copy on its own GPU ("auto" would split it).
+            kwargs["device_map"] = {"": PartialState().device}
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
-    if quantization_config is not None:
+    if quantization_config is not None and not sharded:
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=training_args.activation_checkpointing,
             gradient_checkpointing_kwargs=training_args.activation_checkpointing_kwargs,
         )
     return model
+
+
+def report_memory_estimate(training_args, model_args, rows):
+    """Prints the estimated peak GPU memory; warns, naming the settings to change, when it exceeds this GPU."""
+    import torch
+    from accelerate import PartialState
+
+    from cthulhu_sft.memory import check_fits, estimate_for_args, format_estimate
+
+    longest = max(len(row["input_ids"]) for row in rows)
+    estimate = estimate_for_args(training_args, model_args, longest_example=longest)
+    if not torch.cuda.is_available():
+        print(format_estimate(estimate))
+        return
+    device = torch.cuda.get_device_properties(PartialState().device)
+    print(format_estimate(estimate, device.total_memory, device.name))
+    warning = check_fits(estimate, device.total_memory)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+def traced_collator(collator, folder: str):
+    """The collator, also appending the input_ids of each example this process collates to a file (a test hook)."""
+    import json
+
+    from accelerate import PartialState
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"process-{PartialState().process_index}.jsonl")
+
+    def collate(examples):
+        with open(path, "a", encoding="utf-8") as file:
+            file.writelines(json.dumps(example["input_ids"]) + "\n" for example in examples)
+        return collator(examples)
+
+    return collate
 
 
 def check_chat_template(tokenizer, fmt, instructions, is_main):
@@ -151,6 +195,9 @@ def main(script_args, training_args, model_args):
         splits = tokenize_splits(data_files, fmt, training_args.max_length)
     except (DataError, FileNotFoundError) as error:
         fail(str(error))
+    if "eval" not in splits and training_args.eval_strategy.value != "no":
+        fail(f"eval_strategy is {training_args.eval_strategy.value!r} but there is no eval_file: "
+             "pass --eval_file FILE, or --eval_strategy no")
     if script_args.dump_tokenized:
         write_jsonl_atomic(script_args.dump_tokenized, splits["train"][1])
         print(f"wrote {len(splits['train'][1])} tokenized training examples to {script_args.dump_tokenized}")
@@ -166,6 +213,7 @@ def main(script_args, training_args, model_args):
     manifest = {
         "status": "running",
         "start_time": started,
+        "resumed_from": resume_from,
         "git_commit": git_commit(REPO_DIR),
         "versions": package_versions(),
         "data": {split: entry for split, (_, _, entry) in splits.items()},
@@ -173,6 +221,10 @@ def main(script_args, training_args, model_args):
     }
     if is_main:
         write_json_atomic(os.path.join(output_dir, "run.json"), manifest)
+
+    # Will it fit? Estimated from config.json alone, before the weights are loaded
+    if is_main and model_args.use_peft:
+        report_memory_estimate(training_args, model_args, splits["train"][1])
 
     # Model: 8-bit base + LoRA
     tokenizer = AutoTokenizer.from_pretrained(
@@ -189,6 +241,10 @@ def main(script_args, training_args, model_args):
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    # Test hook: with CTHULHU_SFT_TRACE_DATA=<folder>, every process appends the input_ids of each example it is given
+    # to <folder>/process-<index>.jsonl (tests/test_multiprocess.py checks that data-parallel processes differ)
+    if os.environ.get("CTHULHU_SFT_TRACE_DATA"):
+        trainer.data_collator = traced_collator(trainer.data_collator, os.environ["CTHULHU_SFT_TRACE_DATA"])
     if is_main and hasattr(trainer.model, "print_trainable_parameters"):
         trainer.model.print_trainable_parameters()
 

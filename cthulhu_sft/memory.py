@@ -27,6 +27,8 @@ case: a batch padded, or a row packed, to max_length), summed over what autograd
                 repeated to q's width when a mask is passed) + c*q (its output) + 4*heads (logsumexp)
                 + c*row (the float mask SDPA builds per layer from a boolean one: padded or packed rows)
                 + o LoRA  [+ r*h (norm output) + c*q (o's input) that an 8-bit linear keeps for its backward]
+                (flash attention: no mask, k and v not repeated; eager: k and v repeated, and the probabilities,
+                (4 + c) x heads x row, instead of the logsumexp)
     MLP:        r*h (norm input) + gate, up LoRA + 3*p*i (SiLU input, its output, up's output) + down LoRA
                 [+ r*h + p*i that an 8-bit linear keeps]
     With activation checkpointing (non-reentrant) a layer keeps only its input, r*h; one layer at a time is
@@ -310,7 +312,7 @@ def estimate_memory(
     if lm_head_bytes != prec.compute:
         loss_head += prec.compute * shape.vocab_size * shape.hidden_size  # the head cast to the compute dtype
     if device != "cuda":
-        loss_head += 4 * 4 * chunk * shape.vocab_size  # float32 temporaries of the torch path (no Triton)
+        loss_head += 8 * 4 * chunk * shape.vocab_size  # float32 temporaries of the torch path (no Triton)
     largest = max(fan_in * fan_out for fan_in, fan_out in shape.linears().values())
     dequantized = largest * (prec.residual + prec.compute) if quantization != "none" else 0
     layer_backward = (3 * prec.projection * shape.intermediate_size + 4 * prec.residual * shape.hidden_size) * tokens
@@ -404,10 +406,10 @@ def format_estimate(estimate: MemoryEstimate, device_bytes: int | None = None, d
         ("CUDA context, allocator slack", estimate.overhead, ""),
         ("total", estimate.total, ""),
     ]
-    lines = [
+    lines = [(
         f"Estimated peak GPU memory per process ({base} base, LoRA r={s['lora_r']}, "
         f"{s['per_device_train_batch_size']} x {s['max_length']} tokens per micro-batch):"
-    ]
+    )]
     lines += [f"  {name:<36}{gib(value):>10}  {note}".rstrip() for name, value, note in rows]
     if device_bytes:
         lines.append(f"  {'device memory' + (f' ({device_name})' if device_name else ''):<36}{gib(device_bytes):>10}")
@@ -430,13 +432,13 @@ def check_fits(estimate: MemoryEstimate, device_bytes: int) -> str | None:
     batch = s["per_device_train_batch_size"]
     for smaller in range(batch - 1, 0, -1):
         if found := fits(per_device_train_batch_size=smaller):
-            suggestions.append((f"--per_device_train_batch_size {smaller}", f"{gib(found.total)}; multiply "
-                                f"gradient_accumulation_steps by {batch / smaller:g} to keep the examples per step"))
+            note = f"{gib(found.total)}; multiply gradient_accumulation_steps by {batch / smaller:g} to keep the examples per step"
+            suggestions.append((f"--per_device_train_batch_size {smaller}", note))
             break
     for shorter in (s["max_length"] * 3 // 4, s["max_length"] // 2, s["max_length"] // 4):
         if shorter >= 16 and (found := fits(max_length=shorter)):
-            suggestions.append((f"--max_length {shorter}", f"{gib(found.total)}; rerun prepare_data.py so that "
-                                "the examples fit it"))
+            note = f"{gib(found.total)}; rerun prepare_data.py so that the examples fit it"
+            suggestions.append((f"--max_length {shorter}", note))
             break
     if not s["load_in_4bit"] and (found := fits(load_in_4bit=True, load_in_8bit=False)):
         suggestions.append(("--load_in_4bit true --load_in_8bit false", f"{gib(found.total)}; QLoRA instead of the 8-bit base"))

@@ -66,7 +66,11 @@ def test_lora_parameter_count_matches_peft(targets):
 def test_quantized_base_bytes_match_bitsandbytes_after_kbit_preparation(tmp_path, bits):
     """bitsandbytes' own tensors (weights, scales) after prepare_model_for_kbit_training upcast the rest to float32."""
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, MistralForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        BitsAndBytesConfig,
+        MistralForCausalLM,
+    )
 
     config = small_mistral_config()
     MistralForCausalLM(config).save_pretrained(tmp_path)

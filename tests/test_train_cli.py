@@ -112,3 +112,10 @@ def test_bf16_without_gpu_explains_the_fix():
     result = run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml"], env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
     assert "--bf16 false" in result.stderr
+
+
+def test_evaluation_without_eval_file_is_refused_before_training(tmp_path, tiny_model_dir):
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+    result = train_cli("--train_file", train, "--eval_file", "", "--output_dir", tmp_path / "out", model=tiny_model_dir)
+    assert result.returncode == 2
+    assert "eval_strategy is 'epoch' but there is no eval_file" in result.stderr

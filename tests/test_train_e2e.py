@@ -168,7 +168,8 @@ def test_resume_continues_at_the_saved_step(tiny_model_dir, tmp_path):
     assert state["global_step"] == step + 3
     logged_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert logged_steps == list(range(1, step + 4)), "each step trained exactly once across the two runs"
-    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["resumed_from"] == str(out / f"checkpoint-{step}")
 
 
 def test_push_with_hub_down_keeps_outputs_and_leaks_no_token(tiny_model_dir, tmp_path):

@@ -1,0 +1,527 @@
+"""Training speed and memory of train_sft.py's real path, per variant: batching, checkpointing, base precision.
+
+Each variant runs in its own process: sft_config.yaml parsed by the real parser with the variant's overrides,
+data tokenized by `cthulhu_sft.data.tokenize_records`, the base loaded by `train_sft.load_base_model`, LoRA and
+the collator from SFTTrainer. After `--warmup` optimizer steps, `--steps` timed ones give per variant: answer
+tokens/s, tokens/s (prompt + answer, padding not counted), share of padding, step time, peak memory (CUDA max
+allocated on a GPU, peak RSS on the CPU) beside the estimate of cthulhu_sft.memory, and on a GPU the model FLOPs
+utilisation against the device's dense bf16 peak.
+
+CPU, the tiny test model (hidden 64, 2 layers, the real 32000 vocabulary), variants compared by ratio:
+    python benchmarks/bench_train.py --model tiny
+GPU, a MistralForCausalLM of Mistral-7B-v0.2's shape with random weights (saved once to --cache_dir, 14.5 GB,
+then loaded through the real 8-bit/4-bit/bf16 path; no download):
+    python benchmarks/bench_train.py --model mistral-7b-shaped --batch_size 8 --accumulation 2 --warmup 2 --steps 5
+Exactness of each batching strategy (no example may attend to another): the per-token loss of padded, packed and
+padding-free batches against each example run alone, for each attention implementation available:
+    python benchmarks/bench_train.py --exactness
+`--variants a b ...` picks variants by name (`<padded|packing|padding_free>+<ckpt|no-ckpt>+<8bit|4bit|16bit>`,
+optionally `+liger`); `--append_to benchmarks/RESULTS.md` adds the printed section to that file.
+
+Synthetic data: questions of 10-40 and answers of 100-900 characters (uniform), the lengths prepare_data.py's
+Wikipedia sections have at max_length 1024, made of characters drawn with the frequencies of the shipped
+data/train.jsonl answers, so that the tokenizer sees real Japanese (about one token per character).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+BATCHING = {
+    "padded": [],
+    "packing": ["--packing", "true", "--packing_strategy", "bfd"],
+    "padding_free": ["--padding_free", "true"],
+}
+CHECKPOINTING = {"ckpt": ["--activation_checkpointing", "true"], "no-ckpt": ["--activation_checkpointing", "false"]}
+BASES = {
+    "8bit": ["--load_in_8bit", "true", "--load_in_4bit", "false"],
+    "4bit": ["--load_in_8bit", "false", "--load_in_4bit", "true"],
+    "16bit": ["--load_in_8bit", "false", "--load_in_4bit", "false"],  # bfloat16 on a GPU, float32 on the CPU
+}
+# One change at a time from sft_config.yaml's defaults (the first)
+DEFAULT_VARIANTS = [
+    "padded+ckpt+8bit",
+    "packing+ckpt+8bit",
+    "padding_free+ckpt+8bit",
+    "padded+no-ckpt+8bit",
+    "packing+no-ckpt+8bit",
+    "padded+ckpt+4bit",
+    "padded+ckpt+16bit",
+]
+GPU_EXTRA_VARIANTS = ["packing+no-ckpt+8bit+liger"]
+# Dense bf16 peak of the GPUs we may get, by a part of the name torch reports
+PEAK_BF16_FLOPS = {"A100": 312e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 70e12}
+MISTRAL_7B = dict(
+    vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=32768, rope_theta=1e6, sliding_window=None,
+    rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+)  # mistralai/Mistral-7B-Instruct-v0.2's config.json
+SMALL = dict(
+    vocab_size=32000, hidden_size=512, intermediate_size=1792, num_hidden_layers=8, num_attention_heads=8,
+    num_key_value_heads=2, max_position_embeddings=4096, sliding_window=None, bos_token_id=1, eos_token_id=2,
+    tie_word_embeddings=False,
+)  # Mistral-7B's ratios at 1/8 width: the layers weigh more against the 32000-word head than in the tiny model
+
+
+def variant_flags(name: str) -> list[str]:
+    parts = name.split("+")
+    if len(parts) not in (3, 4) or parts[0] not in BATCHING or parts[1] not in CHECKPOINTING or parts[2] not in BASES \
+            or (len(parts) == 4 and parts[3] != "liger"):
+        raise SystemExit(f"unknown variant {name!r}: <{'|'.join(BATCHING)}>+<{'|'.join(CHECKPOINTING)}>+"
+                         f"<{'|'.join(BASES)}>[+liger]")
+    flags = BATCHING[parts[0]] + CHECKPOINTING[parts[1]] + BASES[parts[2]]
+    return flags + (["--use_liger_kernel", "true"] if len(parts) == 4 else [])
+
+
+# --- Models ---------------------------------------------------------------------------------------------------
+
+def prepare_model(name: str, cache_dir: Path) -> Path:
+    """A model folder with Mistral's tokenizer.model: the tiny test model, a small one, or Mistral-7B's shape."""
+    from tests.conftest import write_tiny_model, write_tokenizer
+
+    if os.path.isdir(name):
+        return Path(name)
+    folder = cache_dir / name
+    if (folder / "config.json").is_file() and (folder / "tokenizer.model").is_file():
+        return folder
+    if name == "tiny":
+        return write_tiny_model(folder)
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    if name == "small":
+        torch.manual_seed(0)
+        MistralForCausalLM(MistralConfig(**SMALL)).save_pretrained(folder)
+    elif name == "mistral-7b-shaped":
+        # Random weights, initialised on the GPU in bfloat16 (seconds), saved once so that every variant loads them
+        # through the real path (quantized by bitsandbytes on load, like the real checkpoint).
+        if not torch.cuda.is_available():
+            raise SystemExit("--model mistral-7b-shaped needs a GPU (14.5 GB of weights)")
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = MistralForCausalLM._from_config(MistralConfig(**MISTRAL_7B), dtype=torch.bfloat16)
+        model.save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+    else:
+        raise SystemExit(f"--model: tiny, small, mistral-7b-shaped or a model folder, got {name!r}")
+    write_tokenizer(folder)
+    return folder
+
+
+# --- Data -----------------------------------------------------------------------------------------------------
+
+def character_pool() -> tuple[list[str], list[int]]:
+    """Characters of the shipped answers and their counts (real Japanese text; punctuation included)."""
+    counts = Counter()
+    for line in (REPO / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            counts.update(json.loads(line)["response"])
+    return list(counts), list(counts.values())
+
+
+def synthetic_records(n: int, seed: int, question_chars=(10, 40), answer_chars=(100, 900)) -> list[dict]:
+    rng = random.Random(seed)
+    chars, weights = character_pool()
+
+    def text(low, high):
+        return "".join(rng.choices(chars, weights, k=rng.randint(low, high)))
+
+    return [{"instruction": text(*question_chars) + "？", "response": text(*answer_chars)} for _ in range(n)]
+
+
+def write_data(path: Path, args) -> dict:
+    """Enough examples for every timed step of the most token-hungry variant (packed rows of max_length)."""
+    from cthulhu_sft.data import tokenize_records
+    from cthulhu_sft.format import MistralFormat
+
+    steps = args.warmup + args.steps + 2
+    fmt = MistralFormat(str(args.model_dir / "tokenizer.model"))
+    records = synthetic_records(64, args.seed)
+    rows, _ = tokenize_records([{**r, "line": i} for i, r in enumerate(records)], fmt, args.max_length)
+    mean_tokens = sum(len(row["input_ids"]) for row in rows) / len(rows)
+    per_step = args.batch_size * args.accumulation * max(1.0, args.max_length / mean_tokens)
+    records = synthetic_records(int(1.3 * steps * per_step) + 64, args.seed)
+    with open(path, "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    rows, dropped = tokenize_records([{**r, "line": i} for i, r in enumerate(records)], fmt, args.max_length)
+    lengths = sorted(len(row["input_ids"]) for row in rows)
+    answer_chars = sum(len(r["response"]) for r in records)
+    answer_tokens = sum(sum(1 for label in row["labels"] if label != -100) - 1 for row in rows)  # without </s>
+    return {
+        "examples": len(records),
+        "dropped_over_max_length": len(dropped),
+        "tokens_median": lengths[len(lengths) // 2],
+        "tokens_max": lengths[-1],
+        "answer_tokens_per_char": round(answer_tokens / answer_chars, 3),
+    }
+
+
+# --- One variant (in its own process) -------------------------------------------------------------------------
+
+def count_batches(collator, log: list):
+    """The trainer's collator, also recording each micro-batch's token counts (in the order they are trained)."""
+
+    def collate(examples):
+        batch = collator(examples)
+        input_ids = batch["input_ids"]
+        if "attention_mask" in batch:
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+        else:  # padding-free: one row; sequences start where position_ids restart at 0
+            lengths = batch["cu_seq_lens_q"].diff().tolist()
+        log.append({
+            "slots": input_ids.numel(),
+            "tokens": int(sum(lengths)),
+            "answer_tokens": int((batch["labels"] != -100).sum()),
+            "lengths": [int(n) for n in lengths],
+        })
+        return batch
+
+    return collate
+
+
+def model_flops(batch: dict, shape, lora_params: int) -> float:
+    """Training FLOPs of one micro-batch that a frozen base with LoRA must do, recomputation not counted.
+
+    Frozen linears: 2 FLOPs per weight per token forward, 2 backward (input gradients only: no weight gradients);
+    LoRA: 6 per weight per token; the LM head: 4 per weight per answer token (TRL projects only those);
+    causal attention: 2 x q_dim x n(n+1) forward per layer for a sequence of n tokens, twice that backward.
+    """
+    tokens = batch["tokens"]
+    linear = shape.layer_linear_params() * shape.num_hidden_layers
+    q_dim = shape.num_attention_heads * shape.head_dim
+    attention = sum(6 * q_dim * n * (n + 1) for n in batch["lengths"]) * shape.num_hidden_layers
+    return 4 * linear * tokens + 6 * lora_params * tokens + 4 * shape.vocab_size * shape.hidden_size * \
+        batch["answer_tokens"] + attention
+
+
+def peak_flops(device_name: str, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in device_name:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
+def run_variant(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoConfig, AutoTokenizer, TrainerCallback
+    from trl import SFTTrainer, get_peft_config
+
+    import train_sft
+    from cthulhu_sft.config import parse_args
+    from cthulhu_sft.data import load_records, tokenize_records
+    from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat
+    from cthulhu_sft.memory import ModelShape, estimate_for_args
+
+    cuda = torch.cuda.is_available()
+    output_dir = tempfile.mkdtemp(prefix="bench-")
+    argv = [
+        "--config", str(REPO / "sft_config.yaml"),
+        "--model_name_or_path", str(args.model_dir),
+        "--output_dir", output_dir,
+        "--max_steps", str(args.warmup + args.steps),
+        "--per_device_train_batch_size", str(args.batch_size),
+        "--gradient_accumulation_steps", str(args.accumulation),
+        "--max_length", str(args.max_length),
+        "--attn_implementation", args.attn_implementation,
+        "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1000",
+        "--seed", str(args.seed),
+    ]
+    argv += [] if cuda else ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32"]
+    argv += variant_flags(args.variant)
+    _, training_args, model_args = parse_args(argv)
+
+    fmt = MistralFormat.from_pretrained(str(args.model_dir))
+    rows, _ = tokenize_records(load_records(args.data), fmt, training_args.max_length)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    estimate = estimate_for_args(
+        training_args, model_args, longest_example=max(len(row["input_ids"]) for row in rows),
+        device="cuda" if cuda else "cpu",
+    )
+    if training_args.padding_free and not training_args.packing:
+        training_args.max_length = None  # TRL refuses padding-free without packing otherwise; every row already fits
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model = train_sft.load_base_model(model_args, training_args)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_step_end(self, *_, **__):
+            if cuda:
+                torch.cuda.synchronize()
+            self.ends.append(time.perf_counter())
+
+    batches = []
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=[step_times := StepTimes()],
+    )
+    trainer.data_collator = count_batches(trainer.data_collator, batches)
+    trainer.train()
+    shutil.rmtree(output_dir, ignore_errors=True)
+
+    ends = step_times.ends
+    timed = batches[args.warmup * args.accumulation:(args.warmup + args.steps) * args.accumulation]
+    seconds = ends[args.warmup + args.steps - 1] - ends[args.warmup - 1]
+    answer = sum(b["answer_tokens"] for b in timed)
+    tokens = sum(b["tokens"] for b in timed)
+    slots = sum(b["slots"] for b in timed)
+    result = {
+        "variant": args.variant,
+        "step_seconds": seconds / args.steps,
+        "answer_tokens_per_s": answer / seconds,
+        "tokens_per_s": tokens / seconds,
+        "padding_share": 1 - tokens / slots,
+        "examples_per_step": sum(len(b["lengths"]) for b in timed) / args.steps,
+        "tokens_per_micro_batch_max": max(b["slots"] for b in timed),
+        "estimate_peak_allocated": estimate.peak_allocated,
+        "estimate_total": estimate.total,
+    }
+    if cuda:
+        result["peak_memory"] = torch.cuda.max_memory_allocated()
+        result["device"] = torch.cuda.get_device_name()
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(args.model_dir))
+        flops = sum(model_flops(b, shape, estimate.lora_parameter_count) for b in timed)
+        peak = peak_flops(result["device"], args.peak_tflops)
+        result["mfu"] = flops / seconds / peak if peak else None
+    else:
+        result["peak_memory"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result["rss_after_loading"] = rss_loaded
+        result["device"] = platform.processor() or platform.machine()
+    return result
+
+
+# --- Exactness ------------------------------------------------------------------------------------------------
+
+def exactness(args) -> list[dict]:
+    """Mean loss per answer token over the same examples: each alone vs padded, packed and padding-free batches.
+
+    A control packs the examples into one row without restarting position_ids (so they attend to each other):
+    it must differ, which shows the check can see a leak.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl.data_utils import pack_dataset
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from cthulhu_sft.data import tokenize_records
+    from cthulhu_sft.format import MistralFormat
+
+    fmt = MistralFormat(str(args.model_dir / "tokenizer.model"))
+    records = synthetic_records(8, args.seed, answer_chars=(20, 200))
+    rows, _ = tokenize_records([{**r, "line": i} for i, r in enumerate(records)], fmt, None)
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    implementations = ["sdpa", "eager"]
+    try:
+        import flash_attn  # noqa: F401
+
+        implementations += ["flash_attention_2"] if cuda else []
+    except ImportError:
+        pass
+
+    def loss(model, batch) -> tuple[float, int]:
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            logits = model(**inputs, use_cache=False).logits.float()
+        labels = batch["labels"].to(device)[:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        return losses.item(), int((labels != -100).sum())
+
+    def mean(parts):
+        return sum(p[0] for p in parts) / sum(p[1] for p in parts)
+
+    padded = DataCollatorForLanguageModeling(pad_token_id=fmt.eos_id)
+    flat = DataCollatorForLanguageModeling(pad_token_id=fmt.eos_id, padding_free=True)
+    packed_rows = list(pack_dataset(Dataset.from_list(rows), seq_length=512, strategy="bfd"))
+    results = []
+    for implementation in implementations:
+        # float32 where the kernel allows it, so that rounding does not hide a leak; flash attention needs bfloat16
+        dtype = torch.bfloat16 if implementation == "flash_attention_2" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype, attn_implementation=implementation)
+        model.to(device).eval()
+        reference = mean([loss(model, padded([row])) for row in rows])
+        leak = flat(rows)
+        leak["position_ids"] = torch.arange(leak["input_ids"].size(1))[None]
+        for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
+            leak.pop(key)
+        ways = {
+            "padded": [loss(model, padded(rows))],
+            "padding_free": [loss(model, flat(rows))],
+            "packing (bfd)": [loss(model, flat(packed_rows))],
+            "control: packed, positions not restarted": [loss(model, leak)],
+        }
+        for way, parts in ways.items():
+            results.append({"attention": implementation, "batching": way, "reference": reference,
+                            "loss": mean(parts), "difference": abs(mean(parts) - reference)})
+    return results
+
+
+# --- Driver ---------------------------------------------------------------------------------------------------
+
+def gib(n):
+    return f"{n / 1024**3:.2f}"
+
+
+def table(results: list[dict], cuda: bool) -> str:
+    baseline = results[0]
+    head = ["variant", "answer tok/s", "tokens/s", "vs first", "padding", "s/step", "examples/step",
+            "peak GiB" if cuda else "peak RSS GiB", "estimate GiB"] + (["MFU"] if cuda else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | failed: {r['error']} |" + " |" * (len(head) - 2))
+            continue
+        cells = [
+            r["variant"], f"{r['answer_tokens_per_s']:.0f}", f"{r['tokens_per_s']:.0f}",
+            f"{r['answer_tokens_per_s'] / baseline['answer_tokens_per_s']:.2f}x" if "error" not in baseline else "",
+            f"{100 * r['padding_share']:.0f} %", f"{r['step_seconds']:.2f}", f"{r['examples_per_step']:.1f}",
+            gib(r["peak_memory"]), gib(r["estimate_peak_allocated"]),
+        ]
+        if cuda:
+            cells.append(f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny, small, mistral-7b-shaped, or a model folder")
+    parser.add_argument("--variants", nargs="+", default=None, help="default: one change at a time from the defaults")
+    parser.add_argument("--batch_size", type=int, default=8, help="per_device_train_batch_size (default: %(default)s)")
+    parser.add_argument("--accumulation", type=int, default=None, help="gradient_accumulation_steps (default: 2 on a "
+                        "GPU as in sft_config.yaml, 1 on the CPU)")
+    parser.add_argument("--max_length", type=int, default=1024, help="(default: %(default)s)")
+    parser.add_argument("--attn_implementation", default="sdpa", help="(default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed optimizer steps (default: 2 GPU, 1 CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default: 5 GPU, 3 CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak_tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not known")
+    parser.add_argument("--cache_dir", default=str(REPO / ".cache" / "bench"), help="built models are kept here")
+    parser.add_argument("--exactness", action="store_true", help="check the batching strategies' losses instead")
+    parser.add_argument("--append_to", default=None, help="append the printed section to this Markdown file")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--model_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    import torch
+
+    cuda = torch.cuda.is_available()
+    for name, on_gpu, on_cpu in (("accumulation", 2, 1), ("warmup", 2, 1), ("steps", 5, 3)):
+        if getattr(args, name) is None:
+            setattr(args, name, on_gpu if cuda else on_cpu)
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1")
+
+    if args.variant:  # worker
+        args.model_dir = Path(args.model_dir)
+        print("BENCH_RESULT " + json.dumps(run_variant(args)))
+        return
+
+    args.model_dir = prepare_model(args.model, Path(args.cache_dir))
+    command = " ".join(["python benchmarks/bench_train.py", *(argv if argv is not None else sys.argv[1:])])
+    title = f"### {'Exactness' if args.exactness else 'Throughput'}: {args.model} ({datetime.date.today().isoformat()})"
+    header = [
+        title,
+        "",
+        f"- Machine: {machine_line()}",
+        f"- Command: `{command}`",
+    ]
+    if args.exactness:
+        rows = exactness(args)
+        lines = ["| attention | batching | mean loss per answer token | each example alone | difference |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {r['attention']} | {r['batching']} | {r['loss']:.6f} | {r['reference']:.6f} | "
+                  f"{r['difference']:.1e} |" for r in rows]
+        section = "\n".join(header + [""] + lines) + "\n"
+    else:
+        variants = args.variants or DEFAULT_VARIANTS + (GPU_EXTRA_VARIANTS if cuda else [])
+        for variant in variants:
+            variant_flags(variant)
+        work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+        data_stats = write_data(work / "train.jsonl", args)
+        results = []
+        for variant in variants:
+            if variant.endswith("+liger") and not _importable("liger_kernel"):
+                results.append({"variant": variant, "error": "liger-kernel is not installed"})
+                continue
+            command_line = [sys.executable, __file__, "--variant", variant, "--data", str(work / "train.jsonl"),
+                            "--model_dir", str(args.model_dir), "--batch_size", str(args.batch_size),
+                            "--accumulation", str(args.accumulation), "--max_length", str(args.max_length),
+                            "--attn_implementation", args.attn_implementation, "--warmup", str(args.warmup),
+                            "--steps", str(args.steps), "--seed", str(args.seed)]
+            if args.peak_tflops:
+                command_line += ["--peak_tflops", str(args.peak_tflops)]
+            started = time.time()
+            done = subprocess.run(command_line, capture_output=True, text=True, cwd=REPO, check=False)
+            found = [line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+            if done.returncode or not found:
+                error = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+                results.append({"variant": variant, "error": error})
+            else:
+                results.append(json.loads(found[-1].removeprefix("BENCH_RESULT ")))
+            print(f"{variant}: {time.time() - started:.0f} s", file=sys.stderr)
+        step = (
+            f"- Optimizer step: gradient_accumulation_steps {args.accumulation} x per_device_train_batch_size "
+            f"{args.batch_size} rows (examples, or packed rows of up to {args.max_length} tokens); "
+            f"warm-up steps {args.warmup}, timed steps {args.steps}; attention: {args.attn_implementation}"
+        )
+        data = (
+            f"- Data: {data_stats['examples']} synthetic examples, median {data_stats['tokens_median']} and longest "
+            f"{data_stats['tokens_max']} tokens, {data_stats['answer_tokens_per_char']} answer tokens per character"
+        )
+        header += [step, data]
+        section = "\n".join(header + ["", table(results, cuda)]) + "\n"
+        (work / "results.json").write_text(json.dumps(results, indent=1))
+        print(f"raw results: {work / 'results.json'}", file=sys.stderr)
+    print(section)
+    if args.append_to:
+        with open(args.append_to, "a", encoding="utf-8") as file:
+            file.write("\n" + section)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+if __name__ == "__main__":
+    main()
