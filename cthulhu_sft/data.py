@@ -38,14 +38,16 @@ def _json_array_items(text: str):
 
 def read_items(path: Path):
     """Yields (line number, parsed JSON value) for each record in the file; raises DataError on bad JSON."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark from Windows editors is not data
     if text.lstrip().startswith("["):
         try:
             yield from _json_array_items(text)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
         return
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines are separated by "\n" alone: str.splitlines would also cut at U+2028, U+0085 and the like,
+    # which JSON strings may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so).
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

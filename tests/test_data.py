@@ -72,3 +72,17 @@ def test_missing_and_empty_files_are_errors(tmp_path):
         load_records(tmp_path / "nope.jsonl")
     with pytest.raises(DataError, match="no records"):
         load_records(write(tmp_path, "empty.jsonl", "\n"))
+
+
+def test_unicode_line_separators_inside_strings_do_not_split_records(tmp_path):
+    records = [{"instruction": "区切り\u2028文字", "response": "答え\u0085と\u2029段落\x0cページ"}, {"instruction": "次", "response": "二"}]
+    path = write(tmp_path, "d.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in records))
+    loaded = load_records(path)
+    assert [(r["instruction"], r["response"], r["line"]) for r in loaded] == [
+        ("区切り\u2028文字", "答え\u0085と\u2029段落\x0cページ", 1), ("次", "二", 2)]
+
+
+def test_byte_order_mark_is_not_data(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes("\ufeff".encode() + json.dumps({"instruction": "q", "response": "a"}).encode() + b"\n")
+    assert load_records(path)[0]["instruction"] == "q"
