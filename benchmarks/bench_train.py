@@ -127,10 +127,11 @@ def prepare_model(name: str, cache_dir: Path) -> Path:
 
 def character_pool() -> tuple[list[str], list[int]]:
     """Characters of the shipped answers and their counts (real Japanese text; punctuation included)."""
+    from cthulhu_sft.data import load_records
+
     counts = Counter()
-    for line in (REPO / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            counts.update(json.loads(line)["response"])
+    for record in load_records(REPO / "data" / "train.jsonl"):
+        counts.update(record["response"])
     return list(counts), list(counts.values())
 
 
