@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from cthulhu_sft.data import DataError, read_items, load_records, write_jsonl_atomic
+from cthulhu_sft.data import DataError, load_items, load_records, write_jsonl_atomic
 from cthulhu_sft.files import write_json_atomic, write_text_atomic
 from cthulhu_sft.inference import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -56,23 +56,19 @@ def parse_model_spec(spec: str) -> dict:
 
 def read_source_texts(path: str) -> dict[str, str]:
     """JSONL of {"title": ..., "text": ...} -> {title: text}; texts of a repeated title are joined."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: file not found")
-    texts, problems = {}, []
-    for line_number, item in read_items(Path(path)):
-        if not isinstance(item, dict):
-            problems.append(f"{path}:{line_number}: expected a JSON object, got {type(item).__name__}")
-            continue
-        for field in ("title", "text"):
-            if not isinstance(item.get(field), str):
-                problems.append(f"{path}:{line_number}: field '{field}': missing or not a string")
-                break
-        else:
-            previous = texts.get(item["title"])
-            texts[item["title"]] = item["text"] if previous is None else previous + "\n" + item["text"]
-    if problems:
-        raise DataError("\n".join(problems[:20]))
+    texts = {}
+    for item in load_items(path, _to_source_text):
+        texts[item["title"]] = texts[item["title"]] + "\n" + item["text"] if item["title"] in texts else item["text"]
     return texts
+
+
+def _to_source_text(item) -> tuple[dict | None, str | None]:
+    if not isinstance(item, dict):
+        return None, f"expected a JSON object, got {type(item).__name__}"
+    for field in ("title", "text"):
+        if not isinstance(item.get(field), str):
+            return None, f"field '{field}': missing or not a string"
+    return item, None
 
 
 def parse_args(argv=None):
@@ -134,12 +130,12 @@ def is_adapter(path: str) -> bool:
     if os.path.isdir(path):
         return os.path.isfile(os.path.join(path, "adapter_config.json"))
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     try:
         hf_hub_download(path, "adapter_config.json")
         return True
-    except EntryNotFoundError:
+    except RemoteEntryNotFoundError:  # absent on the Hub; being offline is an error, not absence
         return False
 
 
@@ -281,17 +277,18 @@ def main(args) -> None:
                         "new_tokens": len(answer.token_ids), "reference_loss": nll / n, **scored,
                     })
             report["models"].append(entry)
+            # Written after every model, so that a failure in a later one keeps what was measured so far
+            write_json_atomic(output_dir / "report.json", report)
+            write_jsonl_atomic(output_dir / "generations.jsonl", generations)
             del model
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    # 3. Write the report, the table, the chart and every answer.
-    write_json_atomic(output_dir / "report.json", report)
+    # 3. The table and the chart (report.json and generations.jsonl are already written).
     markdown = markdown_report(report)
     write_text_atomic(output_dir / "report.md", markdown)
     plot_report(report, output_dir / "report.png")
-    write_jsonl_atomic(output_dir / "generations.jsonl", generations)
     print(markdown)
     print(f"Wrote report.json, report.md, report.png and generations.jsonl to {output_dir}", file=sys.stderr)
 

@@ -288,13 +288,19 @@ def main(argv=None) -> int:
         return 1
 
     # 4. Split by article, 5. write atomically, with the dataset card.
-    held_out = split_by_article(list({example["title"] for example in examples}), args.eval_ratio, args.seed)
+    used_titles = {example["title"] for example in examples}
+    held_out = split_by_article(list(used_titles), args.eval_ratio, args.seed)
     splits = {"train": [e for e in examples if e["title"] not in held_out], "eval": [e for e in examples if e["title"] in held_out]}
     lengths = [example_length(fmt, e["instruction"], e["response"]) for e in examples]
     assert max(lengths) <= args.max_tokens, "an example exceeds --max_tokens"
     out_dir = Path(args.out_dir)
     for name, rows in splits.items():
-        write_jsonl_atomic(out_dir / f"{name}.jsonl", rows)
+        if rows:
+            write_jsonl_atomic(out_dir / f"{name}.jsonl", rows)
+        else:  # an empty file would fail train_sft.py's validation; a stale one would evaluate other articles
+            (out_dir / f"{name}.jsonl").unlink(missing_ok=True)
+            print(f"note: no {name} split (--eval_ratio {args.eval_ratio}, {len(used_titles)} article(s)); "
+                  "train with --eval_file '' --eval_strategy no", file=sys.stderr)
     # The held-out articles' text, for evaluate.py's unsupported-term rate (facts found nowhere in the source).
     sources = [{"title": p["title"], "text": clean_text(p["plain_text"]), "source": p["url"], "revid": p["revid"]}
                for p in pages if p["title"] in held_out]
@@ -302,14 +308,13 @@ def main(argv=None) -> int:
         write_jsonl_atomic(out_dir / SOURCE_TEXTS, sources)
     else:
         (out_dir / SOURCE_TEXTS).unlink(missing_ok=True)  # never leave texts of another dataset beside this one
-    used = {example["title"] for example in examples}
     crawl.update({"seed": args.seed, "eval_ratio": args.eval_ratio, "max_tokens": args.max_tokens,
                   "duplicates removed": duplicates, "sentences dropped (longer than max_tokens)": stats.dropped_sentences})
-    write_text_atomic(out_dir / "README.md", dataset_card(args, splits, lengths, [p for p in pages if p["title"] in used], crawl))
+    write_text_atomic(out_dir / "README.md", dataset_card(args, splits, lengths, [p for p in pages if p["title"] in used_titles], crawl))
 
     # 6. Summary.
     length = length_stats(lengths)
-    print(f"articles: {len(pages) if legacy is None else len({e['title'] for e in examples})} "
+    print(f"articles: {len(pages) if legacy is None else len(used_titles)} "
           f"(train {len({e['title'] for e in splits['train']})}, eval {len({e['title'] for e in splits['eval']})})")
     print(f"examples: train {len(splits['train'])}, eval {len(splits['eval'])}; {duplicates} duplicates removed, "
           f"{stats.split_sections} texts split at sentence ends, {stats.dropped_sentences} over-long sentences dropped")
@@ -319,7 +324,8 @@ def main(argv=None) -> int:
         per_article = requests["requests"] / max(1, len(pages))
         print(f"requests: {requests['requests']} ({requests['retries']} retries, {per_article:.2f} per article), "
               f"missing pages: {crawl['missing pages']}, cache: {args.cache_dir}")
-    print(f"wrote {out_dir / 'train.jsonl'}, {out_dir / 'eval.jsonl'}, {out_dir / 'README.md'}"
+    written = [str(out_dir / f"{name}.jsonl") for name, rows in splits.items() if rows]
+    print(f"wrote {', '.join(written)}, {out_dir / 'README.md'}"
           f"{', ' + str(out_dir / SOURCE_TEXTS) if sources else ''} "
           f"in {time.monotonic() - started:.1f}s")
     return 0

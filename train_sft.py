@@ -14,11 +14,14 @@ Examples are tokenized exactly as Mistral's reference (mistral-common, tokenizer
 `<s>▁[INST]▁{instruction}▁[/INST]` + answer + `</s>`, with loss on the answer and its `</s>` only.
 """
 
+import json
 import os
 import shutil
 import sys
 
 import yaml
+from accelerate import PartialState
+from accelerate.utils import DistributedType
 
 from cthulhu_sft.config import parse_args, resolved_config
 from cthulhu_sft.data import DataError, load_records, tokenize_records, write_jsonl_atomic
@@ -34,12 +37,12 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def tokenize_splits(data_files: dict, fmt, max_length):
+def tokenize_splits(data_files: dict, fmt, max_length, is_main: bool):
     """Tokenizes the validated train/eval records; returns {split: (records, rows, manifest entry)}."""
     splits = {}
     for split, (path, records) in data_files.items():
         rows, dropped_lines = tokenize_records(records, fmt, max_length)
-        if dropped_lines:
+        if dropped_lines and is_main:
             print(
                 f"warning: {path}: {len(dropped_lines)} of {len(records)} examples are longer than max_length="
                 f"{max_length} tokens and are left out (lines {dropped_lines[:10]}{' ...' if len(dropped_lines) > 10 else ''}); "
@@ -80,8 +83,6 @@ def load_base_model(model_args, training_args):
     Under FSDP (configs/fsdp_qlora.yaml) FSDP places the shards itself, and the float32 upcast of k-bit
     preparation would mix dtypes inside the modules it flattens, so both steps are left to it.
     """
-    from accelerate import PartialState
-    from accelerate.utils import DistributedType
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
@@ -112,7 +113,6 @@ def load_base_model(model_args, training_args):
 def report_memory_estimate(training_args, model_args, rows):
     """Prints the estimated peak GPU memory; warns, naming the settings to change, when it exceeds this GPU."""
     import torch
-    from accelerate import PartialState
 
     from cthulhu_sft.memory import check_fits, estimate_for_args, format_estimate
 
@@ -130,10 +130,6 @@ def report_memory_estimate(training_args, model_args, rows):
 
 def traced_collator(collator, folder: str):
     """The collator, also appending the input_ids of each example this process collates to a file (a test hook)."""
-    import json
-
-    from accelerate import PartialState
-
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"process-{PartialState().process_index}.jsonl")
 
@@ -171,8 +167,20 @@ def answer_samples(model, fmt, script_args) -> list[dict]:
     ]
 
 
+def refuse_to_overwrite(output_dir: str):
+    """A finished run, or one with checkpoints, is continued with --resume_from_checkpoint, never overwritten."""
+    manifest = os.path.join(output_dir, "run.json")
+    finished = os.path.isfile(manifest) and json.loads(open(manifest, encoding="utf-8").read()).get("status") == "finished"
+    checkpoints = os.path.isdir(output_dir) and any(name.startswith("checkpoint-") for name in os.listdir(output_dir))
+    if finished or checkpoints:
+        fail(f"{output_dir} already holds a {'finished run' if finished else 'run with checkpoints'}; pass "
+             "--resume_from_checkpoint true to continue it, or choose another --output_dir")
+
+
 def main(script_args, training_args, model_args):
     started = now()
+    state = PartialState()
+    is_main = state.is_main_process
     output_dir = training_args.output_dir
     # We push ourselves once everything is saved: the Trainer's own push contacts the Hub at start-up and uploads
     # in the background, so a failure could not be reported plainly.
@@ -184,32 +192,30 @@ def main(script_args, training_args, model_args):
     if push and not training_args.hub_model_id:
         fail("--push_to_hub needs --hub_model_id <user>/<repo>")
     resume_from = resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
-    if resume_from is None and os.path.isfile(os.path.join(output_dir, "run.json")):
-        fail(f"{output_dir} already holds a run; pass --resume_from_checkpoint true to continue it, "
-             "or choose another --output_dir")
+    if resume_from is None:
+        refuse_to_overwrite(output_dir)
 
     # Validate and tokenize the data before anything heavy is loaded
     try:
         data_files = read_data_files(script_args)  # bad records fail before even the tokenizer is fetched
         fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-        splits = tokenize_splits(data_files, fmt, training_args.max_length)
+        splits = tokenize_splits(data_files, fmt, training_args.max_length, is_main)
     except (DataError, FileNotFoundError) as error:
         fail(str(error))
     if "eval" not in splits and training_args.eval_strategy.value != "no":
         fail(f"eval_strategy is {training_args.eval_strategy.value!r} but there is no eval_file: "
              "pass --eval_file FILE, or --eval_strategy no")
     if script_args.dump_tokenized:
-        write_jsonl_atomic(script_args.dump_tokenized, splits["train"][1])
-        print(f"wrote {len(splits['train'][1])} tokenized training examples to {script_args.dump_tokenized}")
+        if is_main:
+            write_jsonl_atomic(script_args.dump_tokenized, splits["train"][1])
+            print(f"wrote {len(splits['train'][1])} tokenized training examples to {script_args.dump_tokenized}")
         return
 
-    from accelerate import PartialState
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTTrainer, get_peft_config
 
-    is_main = PartialState().is_main_process
-    config = resolved_config(script_args, training_args, model_args)
+    config = resolved_config(script_args, training_args, model_args) | {"push_to_hub": push}
     manifest = {
         "status": "running",
         "start_time": started,
@@ -219,6 +225,7 @@ def main(script_args, training_args, model_args):
         "data": {split: entry for split, (_, _, entry) in splits.items()},
         "config": config,
     }
+    state.wait_for_everyone()  # every process has looked at output_dir before the main one writes to it
     if is_main:
         write_json_atomic(os.path.join(output_dir, "run.json"), manifest)
 
@@ -248,27 +255,30 @@ def main(script_args, training_args, model_args):
     if is_main and hasattr(trainer.model, "print_trainable_parameters"):
         trainer.model.print_trainable_parameters()
 
-    # Train
+    # Train, then save the adapter and tokenizer before anything else can fail
     result = trainer.train(resume_from_checkpoint=resume_from)
-    metrics = dict(result.metrics)
-    if trainer.eval_dataset is not None:
-        metrics.update(trainer.evaluate())
-
-    # Save adapter, tokenizer (with chat template and the SentencePiece model), config, samples, card, manifest
     trainer.save_model(output_dir)
+    metrics = dict(result.metrics) | final_eval_metrics(trainer)
+
+    # Config, model card and manifest (with the SentencePiece model that generate.py uses for exact ids)
     if is_main:
         shutil.copy(fmt.model_file, os.path.join(output_dir, "tokenizer.model"))
         write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-        if script_args.sample_prompts:
+        write_card(output_dir, script_args, training_args, model_args, config, metrics, splits["train"][0])
+        manifest.update(status="finished", end_time=now(), metrics=metrics)
+        write_json_atomic(os.path.join(output_dir, "run.json"), manifest)
+        print(f"saved the adapter, tokenizer, model card and run.json to {output_dir}")
+
+    # Inference test: the sample prompts at the configured low temperature
+    if script_args.sample_prompts and is_main:
+        if state.distributed_type == DistributedType.FSDP:  # a sharded model cannot generate on one process
+            print("samples skipped under FSDP: answer them with generate.py on the saved adapter")
+        else:
             samples = answer_samples(trainer.model, fmt, script_args)
             write_jsonl_atomic(os.path.join(output_dir, "samples.jsonl"), samples)
             for sample in samples:
                 stop = "</s>" if sample["ended_with_eos"] else "(max_new_tokens reached)"
                 print(f"\n[INST] {sample['prompt']} [/INST]\n{sample['answer']} {stop}")
-        write_card(output_dir, script_args, training_args, model_args, config, metrics, splits["train"][0])
-        manifest.update(status="finished", end_time=now(), metrics=metrics)
-        write_json_atomic(os.path.join(output_dir, "run.json"), manifest)
-        print(f"saved the adapter, tokenizer, model card and run.json to {output_dir}")
 
     # Push to the Hub
     if push and is_main:
@@ -281,6 +291,16 @@ def main(script_args, training_args, model_args):
                  f"`python -m cthulhu_sft.hub {output_dir} {training_args.hub_model_id}`.", code=1)
         print(f"pushed to {url}")
     trainer.accelerator.end_training()
+
+
+def final_eval_metrics(trainer) -> dict:
+    """Eval metrics at the last step: those the epoch's evaluation logged, else a new evaluation (all processes)."""
+    if trainer.eval_dataset is None:
+        return {}
+    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return {key: value for key, value in last.items() if key.startswith("eval_")}
+    return trainer.evaluate()
 
 
 def write_card(output_dir, script_args, training_args, model_args, config, metrics, records):

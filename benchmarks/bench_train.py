@@ -91,7 +91,7 @@ def variant_flags(name: str) -> list[str]:
 
 def prepare_model(name: str, cache_dir: Path) -> Path:
     """A model folder with Mistral's tokenizer.model: the tiny test model, a small one, or Mistral-7B's shape."""
-    from tests.conftest import write_tiny_model, write_tokenizer
+    from cthulhu_sft.tiny import write_tiny_model, write_tokenizer
 
     if os.path.isdir(name):
         return Path(name)

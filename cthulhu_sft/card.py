@@ -69,9 +69,9 @@ from transformers import AutoTokenizer
 model = AutoPeftModelForCausalLM.from_pretrained("{repo_id or 'path/to/adapter'}", device_map="auto")
 tokenizer = AutoTokenizer.from_pretrained("{repo_id or 'path/to/adapter'}")
 messages = [{{"role": "user", "content": "クトゥルフとはどのような存在ですか？"}}]
-input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt").to(model.device)
-output = model.generate(input_ids, max_new_tokens=256, do_sample=True, temperature=0.1)
-print(tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True))
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+output = model.generate(**inputs.to(model.device), max_new_tokens=256, do_sample=True, temperature=0.2)
+print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
 A low temperature (0–0.3) gives fewer made-up facts. `generate.py` of cthulhu-sft builds the prompt ids
@@ -97,7 +97,7 @@ training code are in [`run.json`](run.json).
 ## データと出典 / Data and attribution
 
 The training text comes from Japanese Wikipedia articles, licensed under
-[{SOURCE_LICENSE}]({WIKIPEDIA_LICENSE_URL}); this adapter is shared under the same terms.
+[{SOURCE_LICENSE}]({WIKIPEDIA_LICENSE_URL}); this adapter is shared under `{license}`.
 Question/answer pairs were generated from the articles' sections by `prepare_data.py`.
 Source articles (title, URL, revision):
 

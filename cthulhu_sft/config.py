@@ -5,36 +5,32 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from .inference import DEFAULT_TEMPERATURE
-
 # Keys that hold credentials: never written to run.json, the saved config or the logs.
 SECRET_KEYS = ("hub_token", "push_to_hub_token")
 
 
 @dataclass
 class ScriptArguments:
-    """Data, post-training samples and model-card options of train_sft.py (defaults live in sft_config.yaml)."""
+    """Data, post-training samples and model-card options of train_sft.py.
 
-    train_file: str = field(default="data/train.jsonl", metadata={"help": "JSONL of {instruction, response}."})
-    eval_file: str | None = field(default="data/eval.jsonl", metadata={"help": "Held-out JSONL; null for none."})
+    Their values live in sft_config.yaml alone (hence no defaults here, but "none"); the options below that
+    default to None are switched off unless given.
+    """
+
+    train_file: str = field(metadata={"help": "JSONL of {instruction, response}."})
+    eval_file: str | None = field(metadata={"help": "Held-out JSONL; null (or '') for none."})
+    sample_prompts: list[str] = field(metadata={"help": "Prompts answered after training (saved to samples.jsonl)."})
+    sample_temperature: float = field(metadata={"help": "Temperature of the samples; 0 is greedy."})
+    sample_max_new_tokens: int = field(metadata={"help": "Token limit of each sample answer."})
+    license: str = field(metadata={"help": "License of the adapter in the model card."})
+    card_datasets: list[str] = field(metadata={"help": "Hub dataset ids named in the model card's metadata."})
     dump_tokenized: str | None = field(
         default=None,
         metadata={"help": "Write the training examples as they enter the trainer ({input_ids, labels} per line) and exit."},
     )
-    sample_prompts: list[str] = field(
-        default_factory=list, metadata={"help": "Prompts answered after training (saved to samples.jsonl)."}
-    )
-    sample_temperature: float = field(
-        default=DEFAULT_TEMPERATURE, metadata={"help": "Temperature of the samples; 0 is greedy."}
-    )
-    sample_max_new_tokens: int = field(default=256, metadata={"help": "Token limit of each sample answer."})
     base_model_hub_id: str | None = field(
         default=None,
         metadata={"help": "Hub id of the base model for the model card, when model_name_or_path is a local folder."},
-    )
-    license: str = field(default="cc-by-sa-4.0", metadata={"help": "License of the adapter in the model card."})
-    card_datasets: list[str] = field(
-        default_factory=list, metadata={"help": "Hub dataset ids named in the model card's metadata."}
     )
 
 

@@ -76,14 +76,17 @@ def _to_pair(item) -> tuple[dict | None, str | None]:
     return record, None
 
 
-def load_records(path: str | os.PathLike) -> list[dict]:
-    """Reads and validates a data file; each record gets 'instruction', 'response' (stripped) and 'line'."""
+def load_items(path: str | os.PathLike, convert) -> list[dict]:
+    """Reads a JSONL file or JSON array, turning each item into a record with `convert(item) -> (record, problem)`.
+
+    Each record gets its 'line'. All problems are reported together in one DataError naming file, line and field.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     records, problems = [], []
     for line_number, item in read_items(path):
-        record, problem = _to_pair(item)
+        record, problem = convert(item)
         if problem:
             problems.append(f"{path}:{line_number}: {problem}")
         else:
@@ -95,6 +98,11 @@ def load_records(path: str | os.PathLike) -> list[dict]:
     if not records:
         raise DataError(f"{path}: no records")
     return records
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """Reads and validates a data file; each record gets 'instruction', 'response' (stripped) and 'line'."""
+    return load_items(path, _to_pair)
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows) -> None:

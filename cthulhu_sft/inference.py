@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from cthulhu_sft.data import DataError, FIELD_SHAPES, read_items
+from cthulhu_sft.data import FIELD_SHAPES, load_items
 from cthulhu_sft.format import CHAT_TEMPLATE, IGNORE_INDEX, MistralFormat
 
 DEFAULT_BASE_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
@@ -89,11 +89,11 @@ def load_format(
             if os.path.isfile(os.path.join(adapter, "tokenizer.model")):
                 return MistralFormat.from_pretrained(adapter)
         else:
-            from huggingface_hub.errors import EntryNotFoundError
+            from huggingface_hub.errors import RemoteEntryNotFoundError
 
             try:
                 return MistralFormat.from_pretrained(adapter, revision=adapter_revision)
-            except EntryNotFoundError:
+            except RemoteEntryNotFoundError:  # absent on the Hub; being offline is an error, not absence
                 pass  # an adapter repository without tokenizer files: the base model's tokenizer is the one
     return MistralFormat.from_pretrained(resolve_base(base, adapter, adapter_revision), revision=revision)
 
@@ -188,7 +188,8 @@ def generate(
     """Answers each conversation (alternating user/assistant messages ending with a user message).
 
     Prompts are `fmt.encode_prompt(conversation)`, left-padded into batches of similar length; temperature 0 is
-    greedy decoding, and greedy results do not depend on the batch size. `seed` seeds sampling once, before the
+    greedy decoding, and in float32 greedy results do not depend on the batch size (in bf16 or 8-bit, left
+    padding can change rounding and so, rarely, a token). `seed` seeds sampling once, before the
     first batch. `streamer` (one conversation only) receives the tokens as they come; `progress` (e.g. a tqdm
     bar) is advanced by the number of answers in each finished batch. Results are in the input order.
     """
@@ -322,32 +323,21 @@ def read_prompts(path: str | os.PathLike) -> list[dict]:
     'title', ...) are kept. Each record gets 'instruction' (stripped) and 'line'. Raises DataError naming
     file, line and field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    records, problems = [], []
-    question_keys = [shape[0] for shape in FIELD_SHAPES]
-    for line_number, item in read_items(path):
-        if not isinstance(item, dict):
-            problems.append(f"{path}:{line_number}: expected a JSON object, got {type(item).__name__}")
-            continue
-        key = next((key for key in question_keys if key in item), None)
-        value = item.get(key) if key else None
-        if key is None:
-            problems.append(f"{path}:{line_number}: field 'instruction': missing")
-        elif not isinstance(value, str):
-            problems.append(f"{path}:{line_number}: field '{key}': expected a string, got {type(value).__name__}")
-        elif not value.strip():
-            problems.append(f"{path}:{line_number}: field '{key}': empty")
-        else:
-            record = {k: v for k, v in item.items() if k != key}
-            records.append({**record, "instruction": value.strip(), "line": line_number})
-    if problems:
-        more = [f"... and {len(problems) - 20} more problems"] if len(problems) > 20 else []
-        raise DataError("\n".join(problems[:20] + more))
-    if not records:
-        raise DataError(f"{path}: no records")
-    return records
+    return load_items(path, _to_prompt)
+
+
+def _to_prompt(item) -> tuple[dict | None, str | None]:
+    if not isinstance(item, dict):
+        return None, f"expected a JSON object, got {type(item).__name__}"
+    key = next((shape[0] for shape in FIELD_SHAPES if shape[0] in item), None)
+    value = item.get(key) if key else None
+    if key is None:
+        return None, "field 'instruction': missing"
+    if not isinstance(value, str):
+        return None, f"field '{key}': expected a string, got {type(value).__name__}"
+    if not value.strip():
+        return None, f"field '{key}': empty"
+    return {**{k: v for k, v in item.items() if k != key}, "instruction": value.strip()}, None
 
 
 def merge_adapter(

@@ -340,3 +340,16 @@ def test_tokenizer_and_max_tokens_default_to_sft_config_yaml(tmp_path, tokenizer
     assert "(limit 48)" in result.stdout and str(tokenizer_dir) in (tmp_path / "out/README.md").read_text(encoding="utf-8")
     records = read_jsonl(tmp_path / "out/train.jsonl") + read_jsonl(tmp_path / "out/eval.jsonl")
     assert max(length(fmt, r["instruction"], r["response"]) for r in records) <= 48
+
+
+@pytest.mark.slow
+def test_no_eval_split_writes_no_empty_eval_file_and_says_how_to_train(tmp_path, tokenizer_dir):
+    source = write_legacy(tmp_path / "old.jsonl", LEGACY, as_array=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/eval.jsonl").write_text('{"instruction": "stale", "response": "stale"}\n', encoding="utf-8")
+    result = run_script([PYTHON, "prepare_data.py", "--from_json", str(source), "--tokenizer", str(tokenizer_dir),
+                         "--max_tokens", "64", "--out_dir", str(tmp_path / "out"), "--eval_ratio", "0"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert read_jsonl(tmp_path / "out/train.jsonl")
+    assert not (tmp_path / "out/eval.jsonl").exists()
+    assert "--eval_file '' --eval_strategy no" in result.stderr

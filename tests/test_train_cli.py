@@ -119,3 +119,27 @@ def test_evaluation_without_eval_file_is_refused_before_training(tmp_path, tiny_
     result = train_cli("--train_file", train, "--eval_file", "", "--output_dir", tmp_path / "out", model=tiny_model_dir)
     assert result.returncode == 2
     assert "eval_strategy is 'epoch' but there is no eval_file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "status,checkpoint,refusal",
+    [
+        ("finished", False, "already holds a finished run"),
+        ("running", True, "already holds a run with checkpoints"),
+        ("running", False, None),  # crashed before its first checkpoint: a plain rerun starts again
+    ],
+)
+def test_only_finished_or_checkpointed_runs_are_protected(tmp_path, tiny_model_dir, status, checkpoint, refusal):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"status": status}))
+    if checkpoint:
+        (out / "checkpoint-3").mkdir()
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+    result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", out,
+                       "--dump_tokenized", tmp_path / "dump.jsonl", model=tiny_model_dir)
+    if refusal:
+        assert result.returncode == 2 and refusal in result.stderr
+        assert not (tmp_path / "dump.jsonl").exists()
+    else:
+        assert result.returncode == 0, result.stderr

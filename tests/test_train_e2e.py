@@ -189,15 +189,6 @@ def test_push_with_hub_down_keeps_outputs_and_leaks_no_token(tiny_model_dir, tmp
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
-def test_finished_run_is_not_overwritten(tiny_model_dir, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "run.json").write_text('{"status": "finished"}')
-    result = run_script(launch_args(tiny_model_dir, tmp_path / "data", out, "--max_steps", 1))
-    assert result.returncode != 0
-    assert "already holds a run" in result.stderr
-
-
 def test_push_can_be_retried_alone_and_fails_plainly(trained, tmp_path):
     _, out, _ = trained
     from conftest import PYTHON
