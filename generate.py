@@ -115,18 +115,17 @@ def main(args) -> None:
     from cthulhu_sft.inference import AnswerPrinter, generate, load_format, load_model, merge_adapter, resolve_base
 
     # 1. Merge and exit.
+    base = resolve_base(args.base_model, args.adapter, args.adapter_revision)
     if args.merge_to:
-        base = resolve_base(args.base_model, args.adapter, args.adapter_revision)
         log(f"Merging {args.adapter} into {base} ({args.merge_dtype})")
         merge_adapter(
-            args.base_model, args.adapter, args.merge_to, dtype=args.merge_dtype,
+            base, args.adapter, args.merge_to, dtype=args.merge_dtype,
             trust_remote_code=args.trust_remote_code, revision=args.revision, adapter_revision=args.adapter_revision,
         )
         log(f"Saved the merged model, tokenizer and chat template to {args.merge_to}")
         return
 
     # 2. Load the tokenizer's format and the model (base, + adapter).
-    base = resolve_base(args.base_model, args.adapter, args.adapter_revision)
     log(f"Loading {base}" + (f" + adapter {args.adapter}" if args.adapter else ""))
     fmt = load_format(base, args.adapter, args.revision, args.adapter_revision)
     model = load_model(
