@@ -47,14 +47,15 @@ def render(*, repo_id: str | None, base_model: str | None, base_model_path: str,
     )
     name = repo_id or "cthulhu-sft adapter"
     base = base_model or base_model_path
+    base_link = f"[{base}](https://huggingface.co/{base})" if base_model else f"`{base}`"
     eval_loss = metrics.get("eval_loss")
     eval_text = f"{eval_loss:.4f}" if isinstance(eval_loss, (int, float)) else "not evaluated"
     sources = _sources(records)
     body = f"""
 # {name}
 
-クトゥルフ神話に関する日本語 Wikipedia の記事から作った質問応答で、[{base}](https://huggingface.co/{base}) を
-LoRA で追加学習したアダプタです（[cthulhu-sft](https://github.com/) で学習）。
+クトゥルフ神話に関する日本語 Wikipedia の記事から作った質問応答で、{base_link} を
+LoRA で追加学習したアダプタです（cthulhu-sft で学習）。
 A LoRA adapter for {base}, fine-tuned on Cthulhu-mythos question/answer pairs built from Japanese Wikipedia.
 
 ## 使い方 / How to use

@@ -13,8 +13,8 @@ SECRET_KEYS = ("hub_token", "push_to_hub_token")
 class ScriptArguments:
     """Data, post-training samples and model-card options of train_sft.py.
 
-    Their values live in sft_config.yaml alone (hence no defaults here, but "none"); the options below that
-    default to None are switched off unless given.
+    Their values live in sft_config.yaml alone, so the fields without a default here are required when no
+    --config is given; the two that default to None are off unless asked for.
     """
 
     train_file: str = field(metadata={"help": "JSONL of {instruction, response}."})
