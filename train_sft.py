@@ -62,19 +62,44 @@ def read_data_files(script_args) -> dict:
 
 
 def resume_checkpoint(value: str | None, output_dir: str):
-    """`--resume_from_checkpoint true` means the newest checkpoint in output_dir; a path is used as given."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """`--resume_from_checkpoint true` means the newest complete checkpoint in output_dir; a path is used as given."""
     if value is None or str(value).lower() in ("false", "none", ""):
         return None
     if str(value).lower() == "true":
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        last = newest_complete_checkpoint(output_dir)
         if last is None:
-            fail(f"--resume_from_checkpoint true: no checkpoint-* folder in {output_dir}")
+            fail(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}")
         return last
     if not os.path.isdir(value):
         fail(f"--resume_from_checkpoint: {value} is not a folder")
     return value
+
+
+def newest_complete_checkpoint(output_dir: str) -> str | None:
+    """The checkpoint with the highest step whose trainer_state.json, which the Trainer writes last, is whole.
+
+    A run killed while saving leaves a checkpoint folder without it (transformers' get_last_checkpoint would
+    pick that folder and fail); such folders are skipped with a warning.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), name)
+        for name in os.listdir(output_dir)
+        if name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit() and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        try:
+            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
+                json.load(handle)
+            return path
+        except (OSError, ValueError):
+            if PartialState().is_main_process:
+                print(f"warning: {path} is incomplete (the run stopped while saving it); skipping it", file=sys.stderr)
+    return None
 
 
 def load_base_model(model_args, training_args):

@@ -83,7 +83,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir):
     result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", tmp_path / "out",
                        "--resume_from_checkpoint", "true", model=tiny_model_dir)
     assert result.returncode == 2
-    assert "no checkpoint-* folder" in result.stderr
+    assert "no complete checkpoint-* folder" in result.stderr
 
 
 def test_shipped_config_parses_with_the_real_parser_and_holds_the_recipe():
@@ -143,3 +143,22 @@ def test_only_finished_or_checkpointed_runs_are_protected(tmp_path, tiny_model_d
         assert not (tmp_path / "dump.jsonl").exists()
     else:
         assert result.returncode == 0, result.stderr
+
+
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path, tiny_model_dir):
+    """A run killed while saving leaves checkpoint-N without trainer_state.json: resume uses the one before."""
+    out = tmp_path / "out"
+    (out / "checkpoint-3").mkdir(parents=True)
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
+    (out / "checkpoint-6").mkdir()
+    (out / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"partial")
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+    args = ["--train_file", train, "--eval_file", train, "--output_dir", out, "--resume_from_checkpoint", "true",
+            "--dump_tokenized", tmp_path / "dump.jsonl"]
+    result = train_cli(*args, model=tiny_model_dir)
+    assert result.returncode == 0, result.stderr
+    assert f"{out / 'checkpoint-6'} is incomplete" in result.stderr
+
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_st')  # cut mid-write
+    result = train_cli(*args, model=tiny_model_dir)
+    assert result.returncode == 2 and "no complete checkpoint-* folder" in result.stderr
