@@ -305,6 +305,11 @@ def main(script_args, training_args, model_args):
                 stop = "</s>" if sample["ended_with_eos"] else "(max_new_tokens reached)"
                 print(f"\n[INST] {sample['prompt']} [/INST]\n{sample['answer']} {stop}")
 
+    # All processes leave the process group together, before the main one's upload (which needs none of them):
+    # a process tearing down its group while another still works can hang at exit.
+    state.wait_for_everyone()
+    trainer.accelerator.end_training()
+
     # Push to the Hub
     if push and is_main:
         from cthulhu_sft.hub import PushError, push_output
@@ -315,7 +320,6 @@ def main(script_args, training_args, model_args):
             fail(f"{error}\nEverything is still in {output_dir}; retry the upload with "
                  f"`python -m cthulhu_sft.hub {output_dir} {training_args.hub_model_id}`.", code=1)
         print(f"pushed to {url}")
-    trainer.accelerator.end_training()
 
 
 def final_eval_metrics(trainer) -> dict:
