@@ -38,6 +38,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -161,7 +163,9 @@ def write_data(path: Path, args) -> dict:
         file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     rows, dropped = tokenize_records([{**r, "line": i} for i, r in enumerate(records)], fmt, args.max_length)
     lengths = sorted(len(row["input_ids"]) for row in rows)
-    answer_chars = sum(len(r["response"]) for r in records)
+    dropped_lines = set(dropped)
+    kept = [record for line, record in enumerate(records) if line not in dropped_lines]
+    answer_chars = sum(len(record["response"]) for record in kept)
     answer_tokens = sum(sum(1 for label in row["labels"] if label != -100) - 1 for row in rows)  # without </s>
     return {
         "examples": len(records),
@@ -426,10 +430,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny, small, mistral-7b-shaped, or a model folder")
     parser.add_argument("--variants", nargs="+", default=None, help="default: one change at a time from the defaults")
-    parser.add_argument("--batch_size", type=int, default=8, help="per_device_train_batch_size (default: %(default)s)")
-    parser.add_argument("--accumulation", type=int, default=None, help="gradient_accumulation_steps (default: 2 on a "
-                        "GPU as in sft_config.yaml, 1 on the CPU)")
-    parser.add_argument("--max_length", type=int, default=1024, help="(default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=None, help="per_device_train_batch_size (default: "
+                        "sft_config.yaml's)")
+    parser.add_argument("--accumulation", type=int, default=None, help="gradient_accumulation_steps (default: "
+                        "sft_config.yaml's on a GPU, 1 on the CPU)")
+    parser.add_argument("--max_length", type=int, default=None, help="(default: sft_config.yaml's)")
     parser.add_argument("--attn_implementation", default="sdpa", help="(default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed optimizer steps (default: 2 GPU, 1 CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default: 5 GPU, 3 CPU)")
@@ -445,7 +450,15 @@ def main(argv=None):
     import torch
 
     cuda = torch.cuda.is_available()
-    for name, on_gpu, on_cpu in (("accumulation", 2, 1), ("warmup", 2, 1), ("steps", 5, 3)):
+    shipped = yaml.safe_load((REPO / "sft_config.yaml").read_text(encoding="utf-8"))
+    defaults = (
+        ("batch_size", shipped["per_device_train_batch_size"], shipped["per_device_train_batch_size"]),
+        ("accumulation", shipped["gradient_accumulation_steps"], 1),
+        ("max_length", shipped["max_length"], shipped["max_length"]),
+        ("warmup", 2, 1),
+        ("steps", 5, 3),
+    )
+    for name, on_gpu, on_cpu in defaults:
         if getattr(args, name) is None:
             setattr(args, name, on_gpu if cuda else on_cpu)
     if args.warmup < 1 or args.steps < 1:
@@ -507,6 +520,8 @@ def main(argv=None):
         data = (
             f"- Data: {data_stats['examples']} synthetic examples, median {data_stats['tokens_median']} and longest "
             f"{data_stats['tokens_max']} tokens, {data_stats['answer_tokens_per_char']} answer tokens per character"
+            + (f"; {data_stats['dropped_over_max_length']} longer than max_length left out"
+               if data_stats["dropped_over_max_length"] else "")
         )
         header += [step, data]
         section = "\n".join(header + ["", table(results, cuda)]) + "\n"

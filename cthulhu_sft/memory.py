@@ -258,25 +258,26 @@ class MemoryEstimate:
 def estimate_memory(
     shape: ModelShape,
     *,
-    load_in_8bit: bool = True,
-    load_in_4bit: bool = False,
-    dtype: str | None = "bfloat16",
-    bf16: bool = True,
-    use_bnb_nested_quant: bool = False,
-    use_peft: bool = True,
-    lora_r: int = 16,
-    lora_target_modules="all-linear",
-    lora_dropout: float = 0.05,
-    max_length: int = 1024,
-    per_device_train_batch_size: int = 8,
-    activation_checkpointing: bool = True,
-    packing: bool = False,
-    padding_free: bool = False,
-    attn_implementation: str | None = "sdpa",
-    optim: str = "adamw_torch",
+    load_in_8bit: bool,
+    load_in_4bit: bool,
+    dtype: str | None,
+    bf16: bool,
+    use_bnb_nested_quant: bool,
+    use_peft: bool,
+    lora_r: int,
+    lora_target_modules,
+    lora_dropout: float,
+    max_length: int,
+    per_device_train_batch_size: int,
+    activation_checkpointing: bool,
+    packing: bool,
+    padding_free: bool,
+    attn_implementation: str | None,
+    optim: str,
     device: str = "cuda",
 ) -> MemoryEstimate:
-    """The estimate for one training process (one GPU) with these settings (names as in sft_config.yaml)."""
+    """The estimate for one training process (one GPU) with these settings (names and meanings as in SFTConfig and
+    ModelConfig; their values come from sft_config.yaml through `estimate_for_args`)."""
     if not use_peft:
         raise ValueError("the estimate covers LoRA training (use_peft: true) only")
     settings = {key: value for key, value in locals().items() if key != "shape"}

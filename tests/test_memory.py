@@ -10,7 +10,6 @@ from cthulhu_sft.memory import (
     base_weight_bytes,
     check_fits,
     estimate_for_args,
-    estimate_memory,
     format_estimate,
     layer_activation_bytes_per_token,
     lora_parameter_count,
@@ -21,6 +20,24 @@ MISTRAL_7B = ModelShape(
     hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
     num_key_value_heads=8, head_dim=128, vocab_size=32000,
 )
+
+
+def shipped_estimate(**changes):
+    """The estimate for Mistral-7B at sft_config.yaml's settings (parsed by the real parser), with `changes`."""
+    import yaml
+    from transformers import MistralConfig
+
+    from cthulhu_sft.config import parse_args
+
+    # bf16 is parsed as false (no GPU here) and put back from the file, as on the A100
+    _, training_args, model_args = parse_args(["--config", "sft_config.yaml", "--bf16", "false"])
+    config = MistralConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, sliding_window=None, tie_word_embeddings=False,
+    )
+    estimate = estimate_for_args(training_args, model_args, config=config)
+    shipped_bf16 = yaml.safe_load(open("sft_config.yaml", encoding="utf-8"))["bf16"]
+    return with_settings(estimate, bf16=shipped_bf16, **changes)
 
 
 def small_mistral_config(layers=2, hidden=64, intermediate=160, heads=4, kv_heads=2, vocab=1000):
@@ -145,7 +162,7 @@ def test_per_layer_activations_match_what_autograd_saves(checkpointing):
 
 
 def test_estimate_grows_with_the_batch_the_length_and_the_rank():
-    base = estimate_memory(MISTRAL_7B)
+    base = shipped_estimate()
     for changes in ({"per_device_train_batch_size": 16}, {"max_length": 2048}, {"lora_r": 64},
                     {"activation_checkpointing": False}, {"load_in_8bit": False}):
         assert with_settings(base, **changes).total > base.total, changes
@@ -158,7 +175,7 @@ def test_estimate_grows_with_the_batch_the_length_and_the_rank():
 
 def test_default_config_on_an_a100_and_without_checkpointing():
     """sft_config.yaml's defaults fit an 80 GB A100 easily; the same batch without checkpointing does not."""
-    default = estimate_memory(MISTRAL_7B)
+    default = shipped_estimate()
     assert 8.0e9 < default.base_weights < 8.1e9  # 7.0e9 int8 weights + 1.05e9 float32 embeddings and lm_head
     assert 15 * GiB < default.total < 30 * GiB
     assert check_fits(default, 80 * GiB) is None
@@ -166,7 +183,7 @@ def test_default_config_on_an_a100_and_without_checkpointing():
 
 
 def test_warning_names_the_settings_that_fit():
-    estimate = estimate_memory(MISTRAL_7B, activation_checkpointing=False)
+    estimate = shipped_estimate(activation_checkpointing=False)
     warning = check_fits(estimate, 80 * GiB)
     assert warning.startswith("warning: the estimated peak GPU memory")
     assert "exceeds this device's 80.0 GiB" in warning
@@ -178,8 +195,7 @@ def test_warning_names_the_settings_that_fit():
 
 
 def test_warning_when_no_single_change_fits():
-    estimate = estimate_memory(MISTRAL_7B, activation_checkpointing=False, per_device_train_batch_size=64,
-                               max_length=8192)
+    estimate = shipped_estimate(activation_checkpointing=False, per_device_train_batch_size=64, max_length=8192)
     warning = check_fits(estimate, 16 * GiB)
     assert "No single change" in warning and "configs/fsdp_qlora.yaml" in warning
 
