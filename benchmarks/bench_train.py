@@ -91,7 +91,7 @@ def variant_flags(name: str) -> list[str]:
 
 # --- Models ---------------------------------------------------------------------------------------------------
 
-def prepare_model(name: str, cache_dir: Path) -> Path:
+def prepare_model(name: str, cache_dir: Path, sentencepiece_file: Path | None = None) -> Path:
     """A model folder with Mistral's tokenizer.model: the tiny test model, a small one, or Mistral-7B's shape."""
     from cthulhu_sft.tiny import write_tiny_model, write_tokenizer
 
@@ -101,7 +101,7 @@ def prepare_model(name: str, cache_dir: Path) -> Path:
     if (folder / "config.json").is_file() and (folder / "tokenizer.model").is_file():
         return folder
     if name == "tiny":
-        return write_tiny_model(folder)
+        return write_tiny_model(folder, sentencepiece_file=sentencepiece_file)
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -121,7 +121,7 @@ def prepare_model(name: str, cache_dir: Path) -> Path:
         torch.cuda.empty_cache()
     else:
         raise SystemExit(f"--model: tiny, small, mistral-7b-shaped or a model folder, got {name!r}")
-    write_tokenizer(folder)
+    write_tokenizer(folder, sentencepiece_file)
     return folder
 
 
@@ -441,6 +441,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak_tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not known")
     parser.add_argument("--cache_dir", default=str(REPO / ".cache" / "bench"), help="built models are kept here")
+    parser.add_argument("--tokenizer_model", type=Path, default=None, help="Mistral's SentencePiece file for a built "
+                        "model (default: the copy in the mistral-common package)")
     parser.add_argument("--exactness", action="store_true", help="check the batching strategies' losses instead")
     parser.add_argument("--append_to", default=None, help="append the printed section to this Markdown file")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
@@ -469,7 +471,7 @@ def main(argv=None):
         print("BENCH_RESULT " + json.dumps(run_variant(args)))
         return
 
-    args.model_dir = prepare_model(args.model, Path(args.cache_dir))
+    args.model_dir = prepare_model(args.model, Path(args.cache_dir), args.tokenizer_model)
     command = " ".join(["python benchmarks/bench_train.py", *(argv if argv is not None else sys.argv[1:])])
     title = f"### {'Exactness' if args.exactness else 'Throughput'}: {args.model} ({datetime.date.today().isoformat()})"
     header = [
@@ -511,7 +513,8 @@ def main(argv=None):
                 results.append({"variant": variant, "error": error})
             else:
                 results.append(json.loads(found[-1].removeprefix("BENCH_RESULT ")))
-            print(f"{variant}: {time.time() - started:.0f} s", file=sys.stderr)
+            # each result as soon as it is measured: a run stopped at a time limit keeps what it has
+            print(f"{variant}: {time.time() - started:.0f} s {json.dumps(results[-1])}", file=sys.stderr)
         step = (
             f"- Optimizer step: gradient_accumulation_steps {args.accumulation} x per_device_train_batch_size "
             f"{args.batch_size} rows (examples, or packed rows of up to {args.max_length} tokens); "

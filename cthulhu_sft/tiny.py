@@ -28,16 +28,17 @@ def sentencepiece_v1_file() -> Path:
     return Path(MistralTokenizer._data_path()) / "tokenizer.model.v1"
 
 
-def write_tokenizer(folder: Path) -> Path:
-    """A Hugging Face tokenizer folder holding Mistral-7B-Instruct-v0.2's SentencePiece model."""
+def write_tokenizer(folder: Path, sentencepiece_file: Path | None = None) -> Path:
+    """A Hugging Face tokenizer folder holding Mistral-7B-Instruct-v0.2's SentencePiece model (by default
+    mistral-common's copy; `sentencepiece_file` where that package is not installed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(sentencepiece_v1_file(), folder / "tokenizer.model")
+    shutil.copy(sentencepiece_file or sentencepiece_v1_file(), folder / "tokenizer.model")
     (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
     return folder
 
 
-def write_tiny_model(folder: Path, seed: int = 0) -> Path:
+def write_tiny_model(folder: Path, seed: int = 0, sentencepiece_file: Path | None = None) -> Path:
     """A randomly initialised MistralForCausalLM (hidden 64, 2 layers) with the real 32000-token vocabulary."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
@@ -57,7 +58,7 @@ def write_tiny_model(folder: Path, seed: int = 0) -> Path:
         tie_word_embeddings=False,
     )
     MistralForCausalLM(config).save_pretrained(folder)
-    return write_tokenizer(folder)
+    return write_tokenizer(folder, sentencepiece_file)
 
 
 if __name__ == "__main__":
