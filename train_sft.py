@@ -142,11 +142,13 @@ def report_memory_estimate(training_args, model_args, rows):
     from cthulhu_sft.memory import check_fits, estimate_for_args, format_estimate
 
     longest = max(len(row["input_ids"]) for row in rows)
-    estimate = estimate_for_args(training_args, model_args, longest_example=longest)
+    state = PartialState()
+    shards = state.num_processes if state.distributed_type == DistributedType.FSDP else 1
+    estimate = estimate_for_args(training_args, model_args, longest_example=longest, fsdp_processes=shards)
     if not torch.cuda.is_available():
         print(format_estimate(estimate))
         return
-    device = torch.cuda.get_device_properties(PartialState().device)
+    device = torch.cuda.get_device_properties(state.device)
     print(format_estimate(estimate, device.total_memory, device.name))
     warning = check_fits(estimate, device.total_memory)
     if warning:

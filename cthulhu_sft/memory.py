@@ -37,13 +37,19 @@ case: a batch padded, or a row packed, to max_length), summed over what autograd
     Loss: TRL 1.16's SFTTrainer never builds the (tokens x 32000) logits; its fused LM head projects at most
     4096 tokens at a time (a c x 4096 x vocab tile, 262 MB, plus a bfloat16 copy of a float32 lm_head) and
     keeps the final hidden states (r*h per token) for the backward.
+Sharded (FSDP, configs/fsdp_qlora.yaml; `fsdp_processes` > 1; not yet compared with a measurement)
+    train_sft.load_base_model skips prepare_model_for_kbit_training under FSDP, so embeddings, lm_head and norms
+    stay in `dtype` and so does the residual stream. FULL_SHARD splits the weights, LoRA parameters, gradients
+    and AdamW states over the processes; a process holds whole, at most, the root unit's weights (embeddings,
+    lm_head, final norm: FSDP keeps the root gathered between forward and backward) and two decoder layers (the
+    one computed and the one prefetched).
 Transient peaks and overhead
     The backward of a layer holds gradients of its widest tensors (3*p*i + 4*r*h per token) and, on a k-bit
     base, one dequantized weight. The CUDA context (~0.5 GiB) and allocator slack (5 %) are not in
     torch.cuda.max_memory_allocated; `peak_allocated` is comparable to it, `total` to the device's memory.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 GiB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2, None: 4}
@@ -80,6 +86,9 @@ class ModelShape:
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         )
 
+    def with_layers(self, num_hidden_layers: int) -> "ModelShape":
+        return replace(self, num_hidden_layers=num_hidden_layers)
+
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear layer of one decoder layer."""
         h, i = self.hidden_size, self.intermediate_size
@@ -115,14 +124,19 @@ def lora_parameter_count(shape: ModelShape, lora_r: int, target_modules="all-lin
     return per_layer * shape.num_hidden_layers
 
 
-def base_weight_bytes(shape: ModelShape, quantization: str, dtype_bytes: int, nested_quant: bool = False) -> int:
-    """Bytes of the base model's weights on the device during training (quantization: "8bit", "4bit" or "none")."""
+def base_weight_bytes(
+    shape: ModelShape, quantization: str, dtype_bytes: int, nested_quant: bool = False, upcast: bool = True
+) -> int:
+    """Bytes of the base model's weights on the device during training (quantization: "8bit", "4bit" or "none").
+
+    upcast: whether prepare_model_for_kbit_training casts the unquantized weights of a k-bit base to float32.
+    """
     layers = shape.num_hidden_layers
     linear = shape.layer_linear_params() * layers
     norms = (2 * layers + 1) * shape.hidden_size
     if quantization == "none":
         return (linear + shape.embedding_params() + norms) * dtype_bytes
-    unquantized = (shape.embedding_params() + norms) * 4  # upcast to float32 by prepare_model_for_kbit_training
+    unquantized = (shape.embedding_params() + norms) * (4 if upcast else dtype_bytes)
     if quantization == "8bit":
         out_rows = sum(fan_out for _, fan_out in shape.linears().values()) * layers
         return linear + 4 * out_rows + unquantized
@@ -143,9 +157,11 @@ class Precision:
     linear_keeps_input: bool  # an 8-bit linear keeps its input for the backward
 
 
-def precision(quantization: str, dtype_bytes: int, autocast_bytes: int | None, device: str) -> Precision:
+def precision(
+    quantization: str, dtype_bytes: int, autocast_bytes: int | None, device: str, upcast: bool = True
+) -> Precision:
     compute = autocast_bytes or dtype_bytes
-    residual = 4 if quantization in ("8bit", "4bit") else dtype_bytes
+    residual = 4 if quantization in ("8bit", "4bit") and upcast else dtype_bytes
     projection = residual if quantization == "8bit" and device == "cuda" else compute
     return Precision(
         residual=residual,
@@ -274,16 +290,19 @@ def estimate_memory(
     padding_free: bool,
     attn_implementation: str | None,
     optim: str,
+    fsdp_processes: int = 1,
     device: str = "cuda",
 ) -> MemoryEstimate:
     """The estimate for one training process (one GPU) with these settings (names and meanings as in SFTConfig and
-    ModelConfig; their values come from sft_config.yaml through `estimate_for_args`)."""
+    ModelConfig; their values come from sft_config.yaml through `estimate_for_args`). fsdp_processes: the number
+    of processes FSDP shards the model over (1: not sharded)."""
     if not use_peft:
         raise ValueError("the estimate covers LoRA training (use_peft: true) only")
     settings = {key: value for key, value in locals().items() if key != "shape"}
     quantization = "4bit" if load_in_4bit else "8bit" if load_in_8bit else "none"
     dtype_bytes = DTYPE_BYTES.get(dtype, 4)
-    prec = precision(quantization, dtype_bytes, 2 if bf16 else None, device)
+    sharded = fsdp_processes > 1
+    prec = precision(quantization, dtype_bytes, 2 if bf16 else None, device, upcast=not sharded)
     targets = lora_targets(lora_target_modules)
     layers = shape.num_hidden_layers
     tokens = per_device_train_batch_size * max_length
@@ -292,11 +311,17 @@ def estimate_memory(
     row_length = tokens if flattened else max_length
 
     # Static: weights, LoRA parameters, their gradients and AdamW states
-    base = base_weight_bytes(shape, quantization, dtype_bytes, use_bnb_nested_quant)
+    base = base_weight_bytes(shape, quantization, dtype_bytes, use_bnb_nested_quant, upcast=not sharded)
     lora_count = lora_parameter_count(shape, lora_r, targets)
     lora_bytes_each = 2 if quantization != "none" else 4
     lora_bytes = lora_count * lora_bytes_each
     states = lora_count * (2 if "8bit" in optim else 2 * lora_bytes_each)
+    if sharded:
+        layer = (base - base_weight_bytes(shape.with_layers(0), quantization, dtype_bytes, use_bnb_nested_quant,
+                                          upcast=False)) / layers
+        gathered = base - layers * layer + 2 * layer  # the root unit and two decoder layers, whole
+        base = base / fsdp_processes + gathered
+        lora_bytes, states = lora_bytes / fsdp_processes, states / fsdp_processes
 
     # Activations kept for the backward
     per_layer = layer_activation_bytes_per_token(
@@ -308,7 +333,7 @@ def estimate_memory(
 
     # Transients: the fused LM head's tile (at the start of the backward) or a layer's backward
     chunk = min(tokens, LOSS_TOKEN_CHUNK)
-    lm_head_bytes = 4 if quantization != "none" else dtype_bytes
+    lm_head_bytes = 4 if quantization != "none" and not sharded else dtype_bytes
     loss_head = prec.compute * chunk * (shape.vocab_size + shape.hidden_size) + 4 * tokens * shape.hidden_size
     if lm_head_bytes != prec.compute:
         loss_head += prec.compute * shape.vocab_size * shape.hidden_size  # the head cast to the compute dtype
@@ -326,9 +351,9 @@ def estimate_memory(
     overhead = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * (static + activations)) if device == "cuda" else 0
     return MemoryEstimate(
         base_weights=int(base),
-        lora_parameters=lora_bytes,
-        gradients=lora_bytes,
-        optimizer_states=states,
+        lora_parameters=int(lora_bytes),
+        gradients=int(lora_bytes),
+        optimizer_states=int(states),
         activations=int(activations),
         activations_without_checkpointing=int(peak_without),
         activations_with_checkpointing=int(peak_with),
@@ -342,12 +367,17 @@ def estimate_memory(
 
 
 def estimate_for_args(
-    training_args, model_args, longest_example: int | None = None, config=None, device: str = "cuda"
+    training_args,
+    model_args,
+    longest_example: int | None = None,
+    config=None,
+    fsdp_processes: int = 1,
+    device: str = "cuda",
 ) -> MemoryEstimate:
     """The estimate for train_sft.py's parsed SFTConfig and ModelConfig; reads config.json (no weights).
 
     longest_example: tokens of the longest training example; padded batches are never longer (packed rows fill
-    up to max_length whatever the examples).
+    up to max_length whatever the examples). fsdp_processes: as in `estimate_memory`.
     """
     length = training_args.max_length
     if longest_example is not None and not training_args.packing:
@@ -380,6 +410,7 @@ def estimate_for_args(
         padding_free=training_args.padding_free,
         attn_implementation=model_args.attn_implementation,
         optim=str(getattr(training_args.optim, "value", training_args.optim)),
+        fsdp_processes=fsdp_processes,
         device=device,
     )
 
@@ -407,8 +438,9 @@ def format_estimate(estimate: MemoryEstimate, device_bytes: int | None = None, d
         ("CUDA context, allocator slack", estimate.overhead, ""),
         ("total", estimate.total, ""),
     ]
+    sharded = f", sharded over {s['fsdp_processes']} processes (FSDP)" if s["fsdp_processes"] > 1 else ""
     lines = [(
-        f"Estimated peak GPU memory per process ({base} base, LoRA r={s['lora_r']}, "
+        f"Estimated peak GPU memory per process ({base} base{sharded}, LoRA r={s['lora_r']}, "
         f"{s['per_device_train_batch_size']} x {s['max_length']} tokens per micro-batch):"
     )]
     lines += [f"  {name:<36}{gib(value):>10}  {note}".rstrip() for name, value, note in rows]
@@ -448,6 +480,7 @@ def check_fits(estimate: MemoryEstimate, device_bytes: int) -> str | None:
         "training would likely stop with CUDA out of memory."
     )
     if not suggestions:
+        more = "use more GPUs" if s["fsdp_processes"] > 1 else "shard the model (configs/fsdp_qlora.yaml)"
         return message + (" No single change of activation_checkpointing, per_device_train_batch_size, max_length "
-                          "or load_in_4bit fits: combine them, or shard the model (configs/fsdp_qlora.yaml).")
+                          f"or load_in_4bit fits: combine them, or {more}.")
     return message + " Any one of these fits:\n" + "\n".join(f"  {flags}   ({note})" for flags, note in suggestions)

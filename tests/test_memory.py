@@ -200,6 +200,25 @@ def test_warning_when_no_single_change_fits():
     assert "No single change" in warning and "configs/fsdp_qlora.yaml" in warning
 
 
+def test_fsdp_splits_weights_and_optimizer_over_the_processes():
+    """configs/fsdp_qlora.yaml: 4-bit base without the float32 upcast, sharded; one root unit and two layers whole."""
+    qlora = shipped_estimate(load_in_4bit=True, load_in_8bit=False, dtype="bfloat16")
+    sharded = with_settings(qlora, fsdp_processes=4)
+    linear_per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336
+    layer = linear_per_layer // 2 + linear_per_layer // 64 * 4 + 2 * 4096 * 2  # NF4 + absmax + 2 bf16 norms
+    root = 2 * 32000 * 4096 * 2 + 4096 * 2  # embeddings, lm_head, final norm in bfloat16
+    whole = 32 * layer + root
+    assert abs(sharded.base_weights - (whole / 4 + root + 2 * layer)) <= 8
+    for part in ("lora_parameters", "gradients", "optimizer_states"):
+        assert abs(getattr(sharded, part) - getattr(qlora, part) / 4) <= 1, part
+    # the residual stream stays in bfloat16 (no k-bit preparation under FSDP): fewer activation bytes
+    assert sharded.activations_with_checkpointing < qlora.activations_with_checkpointing
+    assert sharded.total < with_settings(qlora, fsdp_processes=2).total < qlora.total
+    assert "4-bit base, sharded over 4 processes (FSDP)" in format_estimate(sharded)
+    too_big = with_settings(sharded, activation_checkpointing=False, per_device_train_batch_size=64, max_length=8192)
+    assert "or use more GPUs" in check_fits(too_big, 16 * GiB)
+
+
 def test_estimate_from_the_shipped_config(tiny_model_dir):
     """The real parser's SFTConfig and ModelConfig (sft_config.yaml) feed the estimate; config.json is all it reads."""
     from cthulhu_sft.config import parse_args
