@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -344,7 +345,7 @@ def exactness(args) -> list[dict]:
     rows, _ = tokenize_records([{**r, "line": i} for i, r in enumerate(records)], fmt, None)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    implementations = ["sdpa", "eager"]
+    implementations = ["sdpa", "eager", "flex_attention"]
     try:
         import flash_attn  # noqa: F401
 
@@ -355,6 +356,7 @@ def exactness(args) -> list[dict]:
     def loss(model, batch) -> tuple[float, int]:
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items() if k != "labels"}
         with torch.no_grad():
+            # As SFTTrainer.compute_loss calls it: with a cache, transformers builds no packed-sequence mask
             logits = model(**inputs, use_cache=False).logits.float()
         labels = batch["labels"].to(device)[:, 1:]
         losses = torch.nn.functional.cross_entropy(
@@ -509,8 +511,9 @@ def main(argv=None):
             done = subprocess.run(command_line, capture_output=True, text=True, cwd=REPO, check=False)
             found = [line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
             if done.returncode or not found:
-                error = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-                results.append({"variant": variant, "error": error})
+                lines = done.stderr.strip().splitlines()
+                exceptions = [line for line in lines if re.match(r"[\w.]+(Error|Exception)\b", line)]
+                results.append({"variant": variant, "error": (exceptions or lines or ["no output"])[-1][:200]})
             else:
                 results.append(json.loads(found[-1].removeprefix("BENCH_RESULT ")))
             # each result as soon as it is measured: a run stopped at a time limit keeps what it has

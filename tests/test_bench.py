@@ -29,7 +29,7 @@ def test_packing_and_padding_free_give_each_example_its_own_loss(tiny_model_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = table_rows(result.stdout, "attention")
     attentions = {row[0] for row in rows}
-    assert {"sdpa", "eager"} <= attentions
+    assert {"sdpa", "eager", "flex_attention"} <= attentions
     for attention, batching, loss, alone, _ in rows:
         difference = abs(float(loss) - float(alone))
         if batching.startswith("control"):
