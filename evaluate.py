@@ -77,7 +77,7 @@ def parse_args(argv=None):
                         help="'base' (the base model alone), or an adapter / merged model folder or Hub id, "
                              "optionally labelled: tuned=output/cthulhu-mistral")
     parser.add_argument("--base_model", help="base of 'base' and of the adapters (default: the first adapter's "
-                        "recorded base, else mistralai/Mistral-7B-Instruct-v0.2)")
+                        "recorded base, else sft_config.yaml's model_name_or_path)")
     parser.add_argument("--eval_file", default="data/eval.jsonl", help="held-out instruction/response JSONL")
     parser.add_argument("--source_texts", help="JSONL of {'title', 'text'}: the source articles (default: "
                         "source_texts.jsonl beside --eval_file, as prepare_data.py writes it, if present); records "

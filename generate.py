@@ -41,7 +41,7 @@ def parse_args(argv=None):
     model = parser.add_argument_group("model")
     model.add_argument("--adapter", help="LoRA adapter: folder or Hub id (train_sft.py's output_dir)")
     model.add_argument("--base_model", help="base or merged model: folder or Hub id (default: the adapter's base, "
-                       "else mistralai/Mistral-7B-Instruct-v0.2)")
+                       "else sft_config.yaml's model_name_or_path)")
     model.add_argument("--revision", help="revision (branch, tag, commit) of --base_model on the Hub")
     model.add_argument("--adapter_revision", help="revision of --adapter on the Hub")
     model.add_argument("--load_in_8bit", action="store_true", help="load the base in 8 bits (bitsandbytes)")

@@ -6,13 +6,14 @@
 
 Steps: crawl the category tree (every answer cached under --cache_dir, so a rerun makes no request and
 an interrupted one resumes) → clean each article's plain text → one question per lead and section,
-split at sentence ends so every example fits --max_tokens → split by article → write JSONL atomically
-with a dataset card (data/README.md) carrying the CC BY-SA 4.0 attribution → print a summary.
+split at sentence ends so every example fits --max_tokens → split by article → write the JSONL files and
+a dataset card (data/README.md) carrying the CC BY-SA 4.0 attribution, replaced together → print a summary.
 --tokenizer and --max_tokens default to `model_name_or_path` and `max_length` in sft_config.yaml.
 """
 
 import argparse
 import logging
+import os
 import random
 import re
 import statistics
@@ -24,10 +25,10 @@ from urllib.parse import quote
 import yaml
 from tqdm import tqdm
 
-from cthulhu_sft.data import DataError, load_records, write_jsonl_atomic
-from cthulhu_sft.files import write_text_atomic
+from cthulhu_sft.data import DataError, jsonl_text, load_records
 from cthulhu_sft.examples import BuildStats, build_examples, clean_text, dedupe, example_length, fit, wikitext_to_text
-from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.files import write_temporary
+from cthulhu_sft.format import MistralFormat, tokenizer_error
 from cthulhu_sft.wiki import (
     DEFAULT_API_URL,
     NS_MAIN,
@@ -41,6 +42,7 @@ from cthulhu_sft.wiki import (
 
 REPO = Path(__file__).resolve().parent
 SOURCE_TEXTS = "source_texts.jsonl"  # evaluate.py reads it from beside eval.jsonl
+OUTPUTS = ("train.jsonl", "eval.jsonl", SOURCE_TEXTS, "README.md")  # one run's set, written together
 CONFIG = REPO / "sft_config.yaml"
 logger = logging.getLogger("prepare_data")
 
@@ -107,12 +109,13 @@ def legacy_subject(instruction: str) -> str:
 
 
 def split_by_article(titles: list[str], eval_ratio: float, seed: int) -> set[str]:
-    """The titles held out for evaluation: at least one when there are two articles or more."""
+    """The titles held out for evaluation: at least one when there are two articles or more, never all of them
+    (an empty train split could not be trained on; a single article goes to train)."""
     titles = sorted(titles)
     random.Random(seed).shuffle(titles)
-    count = round(len(titles) * eval_ratio)
+    count = min(round(len(titles) * eval_ratio), len(titles) - 1)
     if eval_ratio > 0 and len(titles) >= 2:
-        count = min(max(count, 1), len(titles) - 1)
+        count = max(count, 1)
     return set(titles[:count])
 
 
@@ -188,6 +191,28 @@ def dataset_card(args, splits: dict, lengths: list[int], pages: list[dict], craw
     return "\n".join(lines)
 
 
+def write_outputs(out_dir: Path, texts: dict[str, str]) -> None:
+    """Replaces the previous run's OUTPUTS with `texts` ({file name: content}) as one set.
+
+    Writing the files one by one would let a crash leave this run's train.jsonl beside an earlier run's
+    eval.jsonl, with articles in both. So every file is first written in full to a temporary file beside
+    its target; only then are the previous run's files that this run does not produce removed and the
+    new ones renamed into place, which takes microseconds.
+    """
+    temporaries = {}
+    try:
+        for name, text in texts.items():
+            temporaries[name] = write_temporary(out_dir / name, text)
+        for name in OUTPUTS:
+            if name not in texts:  # e.g. eval.jsonl of a run with an eval split, when this one has none
+                (out_dir / name).unlink(missing_ok=True)
+        for name, temporary in temporaries.items():
+            os.replace(temporary, out_dir / name)
+    finally:
+        for temporary in temporaries.values():
+            temporary.unlink(missing_ok=True)  # left only when something failed
+
+
 def crawl_articles(args) -> tuple[list[dict], dict, dict]:
     """The articles' page records (sorted by title), the crawl's parameters and its request counts."""
     client = WikiClient(args.api_url, args.user_agent, retries=args.retries, backoff_factor=args.backoff_factor,
@@ -246,7 +271,7 @@ def main(argv=None) -> int:
     try:
         fmt = MistralFormat.from_pretrained(str(args.tokenizer))
     except (OSError, ValueError, RuntimeError) as error:
-        print(f"error: cannot load the tokenizer {args.tokenizer!r}: {error}\n"
+        print(f"error: {tokenizer_error(str(args.tokenizer), error)}\n"
               "(without access to the Hub, pass --tokenizer with a local folder that holds tokenizer.model)", file=sys.stderr)
         return 2
 
@@ -287,30 +312,27 @@ def main(argv=None) -> int:
         print("error: no examples were built (no article had text)", file=sys.stderr)
         return 1
 
-    # 4. Split by article, 5. write atomically, with the dataset card.
+    # 4. Split by article (train is never empty), 5. write the files and the dataset card as one set.
     used_titles = {example["title"] for example in examples}
     held_out = split_by_article(list(used_titles), args.eval_ratio, args.seed)
     splits = {"train": [e for e in examples if e["title"] not in held_out], "eval": [e for e in examples if e["title"] in held_out]}
     lengths = [example_length(fmt, e["instruction"], e["response"]) for e in examples]
     assert max(lengths) <= args.max_tokens, "an example exceeds --max_tokens"
-    out_dir = Path(args.out_dir)
-    for name, rows in splits.items():
-        if rows:
-            write_jsonl_atomic(out_dir / f"{name}.jsonl", rows)
-        else:  # an empty file would fail train_sft.py's validation; a stale one would evaluate other articles
-            (out_dir / f"{name}.jsonl").unlink(missing_ok=True)
-            print(f"note: no {name} split (--eval_ratio {args.eval_ratio}, {len(used_titles)} article(s)); "
-                  "train with --eval_file '' --eval_strategy no", file=sys.stderr)
+    # An empty file would fail train_sft.py's validation: a split without examples has no file.
+    texts = {f"{name}.jsonl": jsonl_text(rows) for name, rows in splits.items() if rows}
+    if not splits["eval"]:
+        print(f"note: no eval split (--eval_ratio {args.eval_ratio}, {len(used_titles)} article(s)); "
+              "train with --eval_file '' --eval_strategy no", file=sys.stderr)
     # The held-out articles' text, for evaluate.py's unsupported-term rate (facts found nowhere in the source).
     sources = [{"title": p["title"], "text": clean_text(p["plain_text"]), "source": p["url"], "revid": p["revid"]}
                for p in pages if p["title"] in held_out]
     if sources:
-        write_jsonl_atomic(out_dir / SOURCE_TEXTS, sources)
-    else:
-        (out_dir / SOURCE_TEXTS).unlink(missing_ok=True)  # never leave texts of another dataset beside this one
+        texts[SOURCE_TEXTS] = jsonl_text(sources)
     crawl.update({"seed": args.seed, "eval_ratio": args.eval_ratio, "max_tokens": args.max_tokens,
                   "duplicates removed": duplicates, "sentences dropped (longer than max_tokens)": stats.dropped_sentences})
-    write_text_atomic(out_dir / "README.md", dataset_card(args, splits, lengths, [p for p in pages if p["title"] in used_titles], crawl))
+    texts["README.md"] = dataset_card(args, splits, lengths, [p for p in pages if p["title"] in used_titles], crawl)
+    out_dir = Path(args.out_dir)
+    write_outputs(out_dir, texts)
 
     # 6. Summary.
     length = length_stats(lengths)

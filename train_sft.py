@@ -22,11 +22,12 @@ import sys
 import yaml
 from accelerate import PartialState
 from accelerate.utils import DistributedType
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
 from cthulhu_sft.config import parse_args, resolved_config
 from cthulhu_sft.data import DataError, load_records, tokenize_records, write_jsonl_atomic
 from cthulhu_sft.files import write_json_atomic, write_text_atomic
-from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat, chat_template_mismatches
+from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat, chat_template_mismatches, tokenizer_error
 from cthulhu_sft.manifest import data_file_entry, git_commit, now, package_versions
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -57,6 +58,8 @@ def tokenize_splits(data_files: dict, fmt, max_length, is_main: bool):
 
 def read_data_files(script_args) -> dict:
     """Validates every record of the train and eval files: {split: (path, records)}."""
+    if not script_args.train_file:
+        raise DataError("train_file is empty: pass --train_file data/train.jsonl (prepare_data.py writes it)")
     files = {"train": script_args.train_file, "eval": script_args.eval_file}
     return {split: (path, load_records(path)) for split, path in files.items() if path}
 
@@ -218,25 +221,34 @@ def main(script_args, training_args, model_args):
         training_args.hub_token = None
     if push and not training_args.hub_model_id:
         fail("--push_to_hub needs --hub_model_id <user>/<repo>")
-    resume_from = resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
-    if resume_from is None:
-        refuse_to_overwrite(output_dir)
+    if push and os.path.isdir(model_args.model_name_or_path) and not script_args.base_model_hub_id:
+        fail(f"--push_to_hub: the base is the local folder {model_args.model_name_or_path}, which the published "
+             "adapter cannot point to; name its Hub id with --base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2)")
 
     # Validate and tokenize the data before anything heavy is loaded
     try:
         data_files = read_data_files(script_args)  # bad records fail before even the tokenizer is fetched
-        fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-        splits = tokenize_splits(data_files, fmt, training_args.max_length, is_main)
     except (DataError, FileNotFoundError) as error:
         fail(str(error))
-    if "eval" not in splits and training_args.eval_strategy.value != "no":
-        fail(f"eval_strategy is {training_args.eval_strategy.value!r} but there is no eval_file: "
-             "pass --eval_file FILE, or --eval_strategy no")
+    try:
+        fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except (FileNotFoundError, HFValidationError, HfHubHTTPError) as error:  # offline misses are FileNotFoundError
+        fail(tokenizer_error(model_args.model_name_or_path, error))
+    try:
+        splits = tokenize_splits(data_files, fmt, training_args.max_length, is_main)
+    except DataError as error:
+        fail(str(error))
     if script_args.dump_tokenized:
         if is_main:
             write_jsonl_atomic(script_args.dump_tokenized, splits["train"][1])
             print(f"wrote {len(splits['train'][1])} tokenized training examples to {script_args.dump_tokenized}")
         return
+    if "eval" not in splits and training_args.eval_strategy.value != "no":
+        fail(f"eval_strategy is {training_args.eval_strategy.value!r} but there is no eval_file: "
+             "pass --eval_file FILE, or --eval_strategy no")
+    resume_from = resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    if resume_from is None:
+        refuse_to_overwrite(output_dir)
 
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -317,7 +329,8 @@ def main(script_args, training_args, model_args):
         from cthulhu_sft.hub import PushError, push_output
 
         try:
-            url = push_output(output_dir, training_args.hub_model_id, training_args.hub_private_repo)
+            url = push_output(output_dir, training_args.hub_model_id, training_args.hub_private_repo,
+                              script_args.base_model_hub_id)
         except PushError as error:
             fail(f"{error}\nEverything is still in {output_dir}; retry the upload with "
                  f"`python -m cthulhu_sft.hub {output_dir} {training_args.hub_model_id}`.", code=1)

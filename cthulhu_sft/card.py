@@ -51,6 +51,8 @@ def render(*, repo_id: str | None, base_model: str | None, base_model_path: str,
     eval_loss = metrics.get("eval_loss")
     eval_text = f"{eval_loss:.4f}" if isinstance(eval_loss, (int, float)) else "not evaluated"
     sources = _sources(records)
+    temperature = config["sample_temperature"]  # the snippet samples as train_sft.py's samples did
+    sampling = f"do_sample=True, temperature={temperature}" if temperature else "do_sample=False"
     body = f"""
 # {name}
 
@@ -71,7 +73,7 @@ model = AutoPeftModelForCausalLM.from_pretrained("{repo_id or 'path/to/adapter'}
 tokenizer = AutoTokenizer.from_pretrained("{repo_id or 'path/to/adapter'}")
 messages = [{{"role": "user", "content": "クトゥルフとはどのような存在ですか？"}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-output = model.generate(**inputs.to(model.device), max_new_tokens=256, do_sample=True, temperature=0.2)
+output = model.generate(**inputs.to(model.device), max_new_tokens={config["sample_max_new_tokens"]}, {sampling})
 print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 

@@ -3,6 +3,8 @@
 import sys
 from dataclasses import dataclass, field
 
+import yaml
+
 from trl import ModelConfig, SFTConfig, TrlParser
 
 # Keys that hold credentials: never written to run.json, the saved config or the logs.
@@ -43,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, SFTConfi
     parser = make_parser()
     try:
         return parser.parse_args_and_config(args=argv)
+    except (FileNotFoundError, yaml.YAMLError) as error:  # --config names no file, or one that is not YAML
+        print(f"error: --config: {error}", file=sys.stderr)
+        sys.exit(2)
     except ValueError as error:  # unknown YAML keys, or values the dataclasses reject
         message = str(error)
         if "bf16/gpu" in message:
@@ -52,9 +57,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, SFTConfi
 
 
 def resolved_config(*configs) -> dict:
-    """All options as plain values, credentials removed, for run.json and the saved config."""
+    """All options as plain values, credentials removed, for run.json and the saved config.
+
+    TrainingArguments.to_dict replaces every `*_token` value with a placeholder, SFTConfig's `eos_token` and
+    `pad_token` included; those are put back (a config saved with "<EOS_TOKEN>" would fail when reused).
+    """
     resolved = {}
     for config in configs:
         values = config.to_dict() if hasattr(config, "to_dict") else vars(config).copy()
+        for key in values:
+            if key.endswith("_token") and key not in SECRET_KEYS:
+                values[key] = getattr(config, key)
         resolved.update({key: value for key, value in values.items() if key not in SECRET_KEYS})
     return resolved

@@ -334,7 +334,8 @@ def build_examples(
 
 
 def dedupe(examples: list[dict]) -> tuple[list[dict], int]:
-    """Keeps the first of examples with the same response (and so the same instruction and response)."""
+    """Keeps the first of examples with the same response (whitespace aside), whatever their instructions;
+    returns them and how many were removed. Run before the split, it also keeps a text from being in both train and eval."""
     seen, kept = set(), []
     for example in examples:
         key = re.sub(r"\s+", " ", example["response"]).strip()

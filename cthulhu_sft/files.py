@@ -9,18 +9,36 @@ from pathlib import Path
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Writes to a unique temporary file beside `path`, then renames it over `path`."""
+    temporary = write_temporary(path, text)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_temporary(path: str | os.PathLike, text: str) -> Path:
+    """Writes `text` in full (flushed to disk) to a new hidden file beside `path`, to be renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, new_file_mode())  # mkstemp makes the file private (0600); open() would honour the umask
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return Path(temporary)
+
+
+def new_file_mode() -> int:
+    """The permissions open() gives a new file: 0666 less the process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json_atomic(path: str | os.PathLike, value) -> None:

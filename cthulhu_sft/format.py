@@ -107,3 +107,16 @@ def chat_template_mismatches(tokenizer, fmt: MistralFormat, instructions: list[s
         if list(ids) != fmt.encode_prompt(messages):
             mismatches.append(instruction)
     return mismatches
+
+
+def tokenizer_error(name_or_path: str, error: Exception) -> str:
+    """What went wrong fetching tokenizer.model (MistralFormat.from_pretrained), and what to do."""
+    from huggingface_hub.errors import GatedRepoError, HFValidationError
+
+    message = f"cannot read tokenizer.model of {name_or_path}: {type(error).__name__}: {str(error).splitlines()[0]}"
+    if isinstance(error, GatedRepoError):
+        message += ("\nThe model is gated: accept its terms on its Hub page, then log in with `hf auth login` "
+                    "(or set HF_TOKEN).")
+    elif isinstance(error, HFValidationError):
+        message += "\nIt is neither a local folder nor a Hub id."
+    return message

@@ -1,6 +1,11 @@
 """Publishing a finished run to the Hugging Face Hub: adapter, tokenizer, model card, run manifest."""
 
-from huggingface_hub import HfApi, get_token
+import json
+import os
+
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.utils import filter_repo_objects
 
 # What a published adapter repo holds; checkpoints and TensorBoard logs stay local.
 UPLOAD_PATTERNS = [
@@ -20,16 +25,56 @@ class PushError(RuntimeError):
     """The upload failed; the message is safe to print (no token)."""
 
 
-def push_output(output_dir: str, repo_id: str, private: bool | None) -> str:
+def published_base(output_dir: str, base_model_hub_id: str | None = None) -> str:
+    """The base model the published adapter names: its Hub id.
+
+    A run on a local copy of the base records that folder in adapter_config.json, which no one else can load;
+    the upload names `base_model_hub_id` (given, else the run's config.yaml) instead. Raises PushError when
+    the base is a local folder and no Hub id is known.
+    """
+    with open(os.path.join(output_dir, "adapter_config.json"), encoding="utf-8") as file:
+        recorded = json.load(file).get("base_model_name_or_path")
+    if base_model_hub_id is None and os.path.isfile(os.path.join(output_dir, "config.yaml")):
+        with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as file:
+            base_model_hub_id = (yaml.safe_load(file) or {}).get("base_model_hub_id")
+    if base_model_hub_id:
+        return base_model_hub_id
+    if recorded and is_local_path(recorded):
+        raise PushError(
+            f"the adapter's base is the local folder {recorded}, which no one else can load: name its Hub id "
+            "with --base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2)"
+        )
+    return recorded
+
+
+def is_local_path(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith(".") or os.path.isdir(name)
+
+
+def upload_operations(output_dir: str, base: str) -> list[CommitOperationAdd]:
+    """The run's files to publish; adapter_config.json with `base` as base_model_name_or_path."""
+    names = sorted(name for name in os.listdir(output_dir) if os.path.isfile(os.path.join(output_dir, name)))
+    operations = []
+    for name in filter_repo_objects(names, allow_patterns=UPLOAD_PATTERNS):
+        content = os.path.join(output_dir, name)
+        if name == "adapter_config.json":
+            with open(content, encoding="utf-8") as file:
+                adapter_config = json.load(file) | {"base_model_name_or_path": base}
+            content = (json.dumps(adapter_config, indent=2, sort_keys=True) + "\n").encode()
+        operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
+    return operations
+
+
+def push_output(output_dir: str, repo_id: str, private: bool | None, base_model_hub_id: str | None = None) -> str:
     """Creates the model repo if needed and uploads the run's files; returns the commit URL."""
+    operations = upload_operations(output_dir, published_base(output_dir, base_model_hub_id))
     token = get_token()  # HF_TOKEN or the saved login; never printed
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        commit = api.upload_folder(
+        commit = api.create_commit(
             repo_id=repo_id,
-            folder_path=output_dir,
-            allow_patterns=UPLOAD_PATTERNS,
+            operations=operations,
             commit_message="Upload LoRA adapter trained with cthulhu-sft",
         )
     except Exception as error:  # huggingface_hub, requests and OS errors alike end the same way
@@ -43,18 +88,19 @@ def push_output(output_dir: str, repo_id: str, private: bool | None) -> str:
 def main(argv=None) -> int:
     """`python -m cthulhu_sft.hub OUTPUT_DIR USER/REPO [--private]`: upload a finished run (again)."""
     import argparse
-    import os
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m cthulhu_sft.hub", description=main.__doc__)
     parser.add_argument("output_dir")
     parser.add_argument("repo_id")
     parser.add_argument("--private", action="store_true", default=None)
+    parser.add_argument("--base_model_hub_id", default=None,
+                        help="Hub id of the base, when the run used a local copy (default: the run's config.yaml)")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.output_dir, "adapter_config.json")):
         parser.error(f"{args.output_dir} holds no trained adapter (adapter_config.json)")
     try:
-        print(f"pushed to {push_output(args.output_dir, args.repo_id, args.private)}")
+        print(f"pushed to {push_output(args.output_dir, args.repo_id, args.private, args.base_model_hub_id)}")
     except PushError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ from transformers.generation.streamers import BaseStreamer
 from cthulhu_sft.data import FIELD_SHAPES, load_items
 from cthulhu_sft.format import CHAT_TEMPLATE, IGNORE_INDEX, MistralFormat
 
-DEFAULT_BASE_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
+SFT_CONFIG = Path(__file__).resolve().parent.parent / "sft_config.yaml"
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_TOP_P = 0.9
 DEFAULT_REPETITION_PENALTY = 1.05
@@ -67,7 +67,8 @@ def model_location_problem(name_or_path: str, what: str = "model", adapter: bool
 
 
 def resolve_base(base: str | None, adapter: str | None, adapter_revision: str | None = None) -> str:
-    """The base model: `base` if given, else the adapter's `base_model_name_or_path`, else Mistral-7B-Instruct-v0.2."""
+    """The base model: `base` if given, else the adapter's `base_model_name_or_path`, else sft_config.yaml's
+    model_name_or_path (the base train_sft.py trains)."""
     if base:
         return base
     if adapter:
@@ -77,7 +78,13 @@ def resolve_base(base: str | None, adapter: str | None, adapter_revision: str | 
         if not recorded:
             raise ValueError(f"{adapter}: adapter_config.json names no base_model_name_or_path; pass the base model")
         return recorded
-    return DEFAULT_BASE_MODEL
+    return default_base_model()
+
+
+def default_base_model() -> str:
+    import yaml
+
+    return yaml.safe_load(SFT_CONFIG.read_text(encoding="utf-8"))["model_name_or_path"]
 
 
 def load_format(

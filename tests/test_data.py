@@ -1,6 +1,7 @@
 """Validation of data files: every kind of bad record gets a message with file, line and field."""
 
 import json
+import time
 
 import pytest
 
@@ -86,3 +87,64 @@ def test_byte_order_mark_is_not_data(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_bytes("\ufeff".encode() + json.dumps({"instruction": "q", "response": "a"}).encode() + b"\n")
     assert load_records(path)[0]["instruction"] == "q"
+
+
+def test_array_followed_by_another_array_is_an_error_not_lost_records(tmp_path):
+    text = '[{"instruction":"q1","response":"a1"}]\n[{"instruction":"q2","response":"a2"},\n{"instruction":"q3","response":"a3"}]'
+    with pytest.raises(DataError, match=r"old.json:2: invalid JSON: text after the closing '\]'"):
+        load_records(write(tmp_path, "old.json", text))
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('[{"text": "q", "output": "a"}]\ntrailing garbage {', "old.json:2: invalid JSON: text after the closing ']'"),
+        ('[{"text": "q", "output": "a"}\n {"text": "q2", "output": "a2"}]', "old.json:2: invalid JSON: expected ',' or ']'"),
+        ('[{"text": "q", "output": "a"},\n,{"text": "q2", "output": "a2"}]', "old.json:2: invalid JSON: expected an item after ',', found ','"),
+        ('[{"text": "q", "output": "a"},\n]', "old.json:2: invalid JSON: expected an item after ',', found ']'"),
+        ('[\n,{"text": "q", "output": "a"}]', "old.json:2: invalid JSON: Expecting value"),
+        ('[{"text": "q", "output": "a"},\n', "old.json:2: invalid JSON: the array is not closed with ']'"),
+        ('[{"text": "q", "output": "a"}\n', "old.json:2: invalid JSON: the array is not closed with ']'"),
+    ],
+)
+def test_malformed_array_is_reported_with_file_and_line(tmp_path, text, expected):
+    path = write(tmp_path, "old.json", text)
+    with pytest.raises(DataError) as error:
+        load_records(path)
+    assert expected in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_empty_array_has_no_records_and_whitespace_after_an_array_is_fine(tmp_path):
+    with pytest.raises(DataError, match="no records"):
+        load_records(write(tmp_path, "empty.json", " [ \n ] \n"))
+    assert load_records(write(tmp_path, "one.json", '[{"text": "q", "output": "a"}]\r\n\n'))[0]["response"] == "a"
+
+
+def test_utf16_file_is_reported_as_not_utf8(tmp_path):
+    path = tmp_path / "win.json"
+    path.write_bytes(json.dumps([{"instruction": "q", "response": "a"}]).encode("utf-16"))  # with its BOM
+    with pytest.raises(DataError) as error:
+        load_records(path)
+    assert f"{path}:1: the file is UTF-16" in str(error.value)
+    assert "must be saved as UTF-8" in str(error.value)
+
+
+def test_latin1_byte_is_reported_with_its_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    # After a UTF-8 byte-order mark, so the line is counted in the file's own bytes: the bad byte opens line 2.
+    path.write_bytes("\ufeff".encode() + b'{"instruction": "q", "response": "a"}\n\xe9{"instruction": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: not UTF-8 \(byte 0xe9\); the file must be saved as UTF-8"):
+        load_records(path)
+
+
+def test_many_array_items_get_their_lines_in_linear_time(tmp_path):
+    # 20000 items of ~500 characters: counting newlines from the start for every item took ~30 s here; now well
+    # under a second, so the bound is loose enough not to flake on a busy machine.
+    items = [{"instruction": f"q{i}", "response": "a" * 500} for i in range(20000)]
+    path = write(tmp_path, "big.json", json.dumps(items, indent=1))
+    start = time.perf_counter()
+    records = load_records(path)
+    assert time.perf_counter() - start < 10
+    assert [r["line"] for r in records] == [2 + 4 * i for i in range(20000)]
+    assert records[-1]["instruction"] == "q19999"

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import PYTHON, STOP_QUESTION, load_script, mistral_common_ids, run_script
+from conftest import PYTHON, REPO, STOP_QUESTION, load_script, mistral_common_ids, run_script
 
 from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat
 from cthulhu_sft.inference import AnswerPrinter, generate, load_format, load_model, merge_adapter
@@ -246,3 +246,13 @@ def test_bad_arguments_are_refused(arguments, message, tiny_adapter_dir, tokeniz
         script.parse_args([replacements.get(argument, argument) for argument in arguments])
     assert exit_info.value.code == 2
     assert message.replace("MISSING", str(tmp_path / "missing.jsonl")) in capsys.readouterr().err
+
+
+def test_without_adapter_or_base_the_base_is_the_one_sft_config_trains():
+    import yaml
+
+    from cthulhu_sft.inference import resolve_base
+
+    shipped = yaml.safe_load((REPO / "sft_config.yaml").read_text(encoding="utf-8"))
+    assert resolve_base(None, None) == shipped["model_name_or_path"]
+    assert resolve_base("some/base", None) == "some/base"

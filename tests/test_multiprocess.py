@@ -1,11 +1,15 @@
 """Data-parallel training: two processes on the CPU through the shipped multi-GPU accelerate config; the configs."""
 
 import json
+import os
 import socket
+import sys
 
 import pytest
 import yaml
 from conftest import REPO, run_script
+
+ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")  # the venv's, whether or not it is activated
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +24,7 @@ def two_process_run(tiny_model_dir, tmp_path_factory):
         port = probe.getsockname()[1]
     result = run_script(
         [
-            "accelerate", "launch", "--config_file", "configs/multi_gpu.yaml", "--num_processes", "2",
+            ACCELERATE, "launch", "--config_file", "configs/multi_gpu.yaml", "--num_processes", "2",
             "--main_process_port", str(port),
             "train_sft.py", "--config", str(work / "config.yaml"),
             "--use_cpu", "true", "--bf16", "false", "--dtype", "float32",

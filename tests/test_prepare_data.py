@@ -175,6 +175,8 @@ def test_split_is_by_article_deterministic_and_eval_is_not_empty_with_two_articl
     assert held_out != split_by_article(titles, 0.2, seed=4)
     assert len(split_by_article(["甲", "乙"], 0.1, seed=0)) == 1
     assert split_by_article(["甲"], 0.1, seed=0) == set()
+    assert split_by_article(["甲"], 0.9, seed=0) == set()  # the train split is never empty
+    assert len(split_by_article(["甲", "乙"], 0.9, seed=0)) == 1
 
 
 def test_legacy_questions_are_grouped_by_their_subject():
@@ -187,12 +189,17 @@ def test_legacy_questions_are_grouped_by_their_subject():
 # prepare_data.py end to end
 
 
-def prepare(server, tmp_path, tokenizer_dir, *extra, max_tokens=256):
-    return run_script([
-        PYTHON, "prepare_data.py", "--api_url", server.url, "--tokenizer", str(tokenizer_dir),
+def prepare_args(server, tmp_path, tokenizer_dir, *extra, max_tokens=256) -> list[str]:
+    return [
+        "--api_url", server.url, "--tokenizer", str(tokenizer_dir),
         "--max_tokens", str(max_tokens), "--cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out"),
         "--request_interval", "0", "--backoff_factor", "0", "--depth", "2", *extra,
-    ], timeout=120)
+    ]
+
+
+def prepare(server, tmp_path, tokenizer_dir, *extra, max_tokens=256):
+    return run_script([PYTHON, "prepare_data.py", *prepare_args(server, tmp_path, tokenizer_dir, *extra, max_tokens=max_tokens)],
+                      timeout=120)
 
 
 @pytest.mark.slow
@@ -353,3 +360,48 @@ def test_no_eval_split_writes_no_empty_eval_file_and_says_how_to_train(tmp_path,
     assert read_jsonl(tmp_path / "out/train.jsonl")
     assert not (tmp_path / "out/eval.jsonl").exists()
     assert "--eval_file '' --eval_strategy no" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_single_article_with_a_high_eval_ratio_is_all_train_with_correct_advice(tmp_path, tokenizer_dir):
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        result = prepare(server, tmp_path, tokenizer_dir, "--category", "", "--titles", "ルルイエ", "--eval_ratio", "0.9")
+    assert result.returncode == 0, result.stderr
+    assert {r["title"] for r in read_jsonl(tmp_path / "out/train.jsonl")} == {"ルルイエ"}
+    assert not (tmp_path / "out/eval.jsonl").exists() and not (tmp_path / "out/source_texts.jsonl").exists()
+    assert "no eval split" in result.stderr and "--eval_file '' --eval_strategy no" in result.stderr
+    assert "no train split" not in result.stderr
+
+
+INTERRUPTED = """
+import os, sys
+import prepare_data
+real_fsync, calls = os.fsync, []
+def fsync(fd):  # Ctrl-C while the second output file is being written
+    calls.append(fd)
+    if len(calls) == 2:
+        raise KeyboardInterrupt
+    real_fsync(fd)
+os.fsync = fsync
+sys.exit(prepare_data.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_outputs_are_replaced_as_a_set_and_stale_ones_of_an_earlier_run_removed(tmp_path, tokenizer_dir):
+    out = tmp_path / "out"
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        first = prepare(server, tmp_path, tokenizer_dir, "--eval_ratio", "0.3")
+        assert first.returncode == 0, first.stderr
+        before = {path.name: path.read_bytes() for path in out.iterdir()}
+        assert set(before) == {"train.jsonl", "eval.jsonl", "source_texts.jsonl", "README.md"}
+
+        arguments = prepare_args(server, tmp_path, tokenizer_dir, "--eval_ratio", "0")
+        interrupted = run_script([PYTHON, "-c", INTERRUPTED, *arguments], timeout=120)
+        assert interrupted.returncode != 0 and "KeyboardInterrupt" in interrupted.stderr
+        assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # the first run's set, whole
+
+        second = prepare(server, tmp_path, tokenizer_dir, "--eval_ratio", "0")
+    assert second.returncode == 0, second.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["README.md", "train.jsonl"]  # no stale eval, no temp file
+    assert (out / "train.jsonl").read_bytes() != before["train.jsonl"]

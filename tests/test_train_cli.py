@@ -4,7 +4,7 @@ import json
 
 import pytest
 import yaml
-from conftest import PYTHON, REPO, mistral_common_ids, run_script
+from conftest import PYTHON, REPO, load_script, mistral_common_ids, run_script
 
 RECORDS = [
     {"instruction": "クトゥルフとは？", "response": "ルルイエに眠る存在。"},
@@ -126,39 +126,87 @@ def test_evaluation_without_eval_file_is_refused_before_training(tmp_path, tiny_
     [
         ("finished", False, "already holds a finished run"),
         ("running", True, "already holds a run with checkpoints"),
-        ("running", False, None),  # crashed before its first checkpoint: a plain rerun starts again
     ],
 )
-def test_only_finished_or_checkpointed_runs_are_protected(tmp_path, tiny_model_dir, status, checkpoint, refusal):
+def test_finished_or_checkpointed_runs_are_protected(tmp_path, tiny_model_dir, status, checkpoint, refusal):
     out = tmp_path / "out"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"status": status}))
     if checkpoint:
         (out / "checkpoint-3").mkdir()
     train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+    result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", out, model=tiny_model_dir)
+    assert result.returncode == 2 and refusal in result.stderr
+    assert json.loads((out / "run.json").read_text()) == {"status": status}, "the old run's manifest is untouched"
+
+
+@pytest.mark.slow
+def test_a_run_that_crashed_before_its_first_checkpoint_is_simply_rerun(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"status": "running"}))
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+    result = train_cli("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
+                       "--max_steps", 1, "--save_strategy", "no", "--report_to", "none", "--sample_max_new_tokens", 2,
+                       model=tiny_model_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_dump_tokenized_ignores_the_runs_in_output_dir(tmp_path, tiny_model_dir):
+    """The dump starts no run, so a finished run in the configured output_dir does not stop it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"status": "finished"}))
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
     result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", out,
                        "--dump_tokenized", tmp_path / "dump.jsonl", model=tiny_model_dir)
-    if refusal:
-        assert result.returncode == 2 and refusal in result.stderr
-        assert not (tmp_path / "dump.jsonl").exists()
-    else:
-        assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "dump.jsonl").read_text().splitlines()) == 1
 
 
-def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path, tiny_model_dir):
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path, capsys):
     """A run killed while saving leaves checkpoint-N without trainer_state.json: resume uses the one before."""
+    train_sft = load_script("train_sft")
     out = tmp_path / "out"
     (out / "checkpoint-3").mkdir(parents=True)
     (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
     (out / "checkpoint-6").mkdir()
     (out / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"partial")
-    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
-    args = ["--train_file", train, "--eval_file", train, "--output_dir", out, "--resume_from_checkpoint", "true",
-            "--dump_tokenized", tmp_path / "dump.jsonl"]
-    result = train_cli(*args, model=tiny_model_dir)
-    assert result.returncode == 0, result.stderr
-    assert f"{out / 'checkpoint-6'} is incomplete" in result.stderr
+    (out / "checkpoint-10-old").mkdir()  # not a checkpoint name the Trainer writes
+    assert train_sft.newest_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
+    assert f"{out / 'checkpoint-6'} is incomplete" in capsys.readouterr().err
 
     (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_st')  # cut mid-write
-    result = train_cli(*args, model=tiny_model_dir)
-    assert result.returncode == 2 and "no complete checkpoint-* folder" in result.stderr
+    assert train_sft.newest_complete_checkpoint(str(out)) is None
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--train_file", ""], "train_file is empty"),
+        (["--model_name_or_path", "/no/such/model"], "cannot read tokenizer.model of /no/such/model"),
+        (["--push_to_hub", "--hub_model_id", "someone/x", "--model_name_or_path", "{model}"],
+         "name its Hub id with --base_model_hub_id"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(tmp_path, tiny_model_dir, args, message):
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+    args = [arg.replace("{model}", str(tiny_model_dir)) for arg in args]
+    result = run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml", "--bf16", "false",
+                         "--train_file", str(train), "--eval_file", str(train), "--output_dir", str(tmp_path / "out"),
+                         *args], env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_or_broken_config_is_one_clear_error(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("learning_rate: [1e-4\n", encoding="utf-8")
+    for config, message in ((tmp_path / "missing.yaml", "No such file or directory"), (broken, "broken.yaml")):
+        result = run_script([PYTHON, "train_sft.py", "--config", str(config), "--bf16", "false"])
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "error: --config:" in result.stderr and message in result.stderr
+        assert "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 
@@ -99,9 +100,29 @@ def test_run_manifest_traces_data_config_and_versions(trained):
     assert set(run["versions"]) >= {"torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate"}
     assert run["config"]["learning_rate"] == 0.01 and run["config"]["lora_r"] == 16
     assert "hub_token" not in run["config"]
+    assert run["config"]["eos_token"] is None and run["config"]["pad_token"] is None  # not to_dict's "<EOS_TOKEN>"
     assert run["start_time"] <= run["end_time"]
     assert "train_loss" in run["metrics"] and "eval_loss" in run["metrics"]
     assert run["git_commit"] is None or len(run["git_commit"]) >= 40
+
+
+def test_saved_config_reproduces_the_run_settings(trained):
+    _, out, _ = trained
+    from cthulhu_sft.config import parse_args
+
+    script_args, training_args, model_args = parse_args(["--config", str(out / "config.yaml"), "--bf16", "false"])
+    assert training_args.eos_token is None and training_args.pad_token is None
+    assert training_args.learning_rate == 0.01 and training_args.max_steps == 80 and model_args.lora_r == 16
+    assert script_args.base_model_hub_id == "mistralai/Mistral-7B-Instruct-v0.2"
+
+
+def test_outputs_are_readable_as_the_umask_allows(trained):
+    """Atomic writes go through mkstemp, which makes files private; the outputs must not stay so."""
+    _, out, _ = trained
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("run.json", "config.yaml", "README.md", "samples.jsonl"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_model_card_replaces_peft_readme_with_metadata_and_attribution(trained):
@@ -116,6 +137,7 @@ def test_model_card_replaces_peft_readme_with_metadata_and_attribution(trained):
     assert "revision 101" in card.text and "run.json" in card.text
     run = json.loads((out / "run.json").read_text())
     assert f"{run['metrics']['eval_loss']:.4f}" in card.text
+    assert "max_new_tokens=24, do_sample=False)" in card.text  # the snippet decodes as the run's samples did
 
 
 def test_it_learns_and_stops_at_eos(trained):
@@ -179,7 +201,8 @@ def test_push_with_hub_down_keeps_outputs_and_leaks_no_token(tiny_model_dir, tmp
     out = tmp_path / "out"
     args = launch_args(tiny_model_dir, tmp_path / "data", out, "--max_steps", 1, "--eval_strategy", "no",
                        "--save_strategy", "no", "--sample_prompts", "x", "--sample_max_new_tokens", 2,
-                       "--push_to_hub", "--hub_model_id", "someone/down")
+                       "--push_to_hub", "--hub_model_id", "someone/down",
+                       "--base_model_hub_id", "mistralai/Mistral-7B-Instruct-v0.2")
     result = run_script(args, env={"HF_ENDPOINT": dead_url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0",
                                    "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
     assert result.returncode == 1
