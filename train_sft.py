@@ -21,8 +21,7 @@ import sys
 
 import yaml
 from accelerate import PartialState
-from accelerate.utils import DistributedType
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from accelerate.utils import parse_flag_from_env
 
 from cthulhu_sft.config import parse_args, resolved_config
 from cthulhu_sft.data import DataError, load_records, tokenize_records, write_jsonl_atomic
@@ -105,6 +104,12 @@ def newest_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def sharded_with_fsdp() -> bool:
+    """Whether `accelerate launch` runs FSDP (configs/fsdp_qlora.yaml), read from the variable the launcher sets:
+    accelerate's state says FSDP only once the Trainer has built its Accelerator, after the model is loaded."""
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")
+
+
 def load_base_model(model_args, training_args):
     """The base model, quantized if configured, on this process's own device, prepared for k-bit training.
 
@@ -115,7 +120,7 @@ def load_base_model(model_args, training_args):
     from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
 
-    sharded = PartialState().distributed_type == DistributedType.FSDP
+    sharded = sharded_with_fsdp()
     quantization_config = get_quantization_config(model_args)
     kwargs = dict(
         revision=model_args.model_revision,
@@ -146,7 +151,7 @@ def report_memory_estimate(training_args, model_args, rows):
 
     longest = max(len(row["input_ids"]) for row in rows)
     state = PartialState()
-    shards = state.num_processes if state.distributed_type == DistributedType.FSDP else 1
+    shards = state.num_processes if sharded_with_fsdp() else 1
     estimate = estimate_for_args(training_args, model_args, longest_example=longest, fsdp_processes=shards)
     if not torch.cuda.is_available():
         print(format_estimate(estimate))
@@ -232,7 +237,7 @@ def main(script_args, training_args, model_args):
         fail(str(error))
     try:
         fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    except (FileNotFoundError, HFValidationError, HfHubHTTPError) as error:  # offline misses are FileNotFoundError
+    except (OSError, ValueError, RuntimeError) as error:  # the Hub's errors, offline misses, a corrupt file
         fail(tokenizer_error(model_args.model_name_or_path, error))
     try:
         splits = tokenize_splits(data_files, fmt, training_args.max_length, is_main)
@@ -259,6 +264,7 @@ def main(script_args, training_args, model_args):
         "status": "running",
         "start_time": started,
         "resumed_from": resume_from,
+        "base_model_local": os.path.isdir(model_args.model_name_or_path),  # read by cthulhu_sft.hub's upload
         "git_commit": git_commit(REPO_DIR),
         "versions": package_versions(),
         "data": {split: entry for split, (_, _, entry) in splits.items()},
@@ -310,7 +316,7 @@ def main(script_args, training_args, model_args):
 
     # Inference test: the sample prompts at the configured low temperature
     if script_args.sample_prompts and is_main:
-        if state.distributed_type == DistributedType.FSDP:  # a sharded model cannot generate on one process
+        if sharded_with_fsdp():  # a sharded model cannot generate on one process
             print("samples skipped under FSDP: answer them with generate.py on the saved adapter")
         else:
             samples = answer_samples(trainer.model, fmt, script_args)

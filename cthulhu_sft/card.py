@@ -2,6 +2,8 @@
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from cthulhu_sft.inference import decoding_options
+
 SOURCE_LICENSE = "CC BY-SA 4.0"
 WIKIPEDIA_LICENSE_URL = "https://creativecommons.org/licenses/by-sa/4.0/"
 
@@ -51,8 +53,8 @@ def render(*, repo_id: str | None, base_model: str | None, base_model_path: str,
     eval_loss = metrics.get("eval_loss")
     eval_text = f"{eval_loss:.4f}" if isinstance(eval_loss, (int, float)) else "not evaluated"
     sources = _sources(records)
-    temperature = config["sample_temperature"]  # the snippet samples as train_sft.py's samples did
-    sampling = f"do_sample=True, temperature={temperature}" if temperature else "do_sample=False"
+    # the snippet decodes as train_sft.py's samples did
+    decoding = ", ".join(f"{key}={value}" for key, value in decoding_options(config["sample_temperature"]).items())
     body = f"""
 # {name}
 
@@ -73,7 +75,7 @@ model = AutoPeftModelForCausalLM.from_pretrained("{repo_id or 'path/to/adapter'}
 tokenizer = AutoTokenizer.from_pretrained("{repo_id or 'path/to/adapter'}")
 messages = [{{"role": "user", "content": "クトゥルフとはどのような存在ですか？"}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-output = model.generate(**inputs.to(model.device), max_new_tokens={config["sample_max_new_tokens"]}, {sampling})
+output = model.generate(**inputs.to(model.device), max_new_tokens={config["sample_max_new_tokens"]}, {decoding})
 print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 

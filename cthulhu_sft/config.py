@@ -1,5 +1,6 @@
 """Command-line and YAML configuration: our own options beside TRL's SFTConfig and ModelConfig."""
 
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -32,7 +33,8 @@ class ScriptArguments:
     )
     base_model_hub_id: str | None = field(
         default=None,
-        metadata={"help": "Hub id of the base model for the model card, when model_name_or_path is a local folder."},
+        metadata={"help": "Hub id of the base model when model_name_or_path is a local folder: named in the model "
+                          "card and in the published adapter_config.json; needed for --push_to_hub then."},
     )
 
 
@@ -43,10 +45,14 @@ def make_parser() -> TrlParser:
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, SFTConfig, ModelConfig]:
     """Parses `--config file.yaml` plus command-line overrides; a bad key or value exits with code 2."""
     parser = make_parser()
+    config = config_path(sys.argv[1:] if argv is None else argv)
+    if config is not None and not os.path.isfile(config):
+        print(f"error: --config: {config} is not a file", file=sys.stderr)
+        sys.exit(2)
     try:
         return parser.parse_args_and_config(args=argv)
-    except (FileNotFoundError, yaml.YAMLError) as error:  # --config names no file, or one that is not YAML
-        print(f"error: --config: {error}", file=sys.stderr)
+    except yaml.YAMLError as error:
+        print(f"error: --config: {config} is not valid YAML: {error}", file=sys.stderr)
         sys.exit(2)
     except ValueError as error:  # unknown YAML keys, or values the dataclasses reject
         message = str(error)
@@ -54,6 +60,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, SFTConfi
             message += "\nOn a machine without a GPU, pass --bf16 false (and --dtype float32)."
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def config_path(args: list[str]) -> str | None:
+    """The value of --config (as `--config FILE` or `--config=FILE`), if given."""
+    for index, arg in enumerate(args):
+        if arg == "--config" and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config=")
+    return None
 
 
 def resolved_config(*configs) -> dict:

@@ -36,9 +36,21 @@ def write_temporary(path: str | os.PathLike, text: str) -> Path:
 
 def new_file_mode() -> int:
     """The permissions open() gives a new file: 0666 less the process's umask."""
-    umask = os.umask(0o022)
+    return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """Read from /proc without changing it: os.umask can only read it by setting it, for every thread at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # no /proc (not Linux): the brief set-and-restore it is
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def write_json_atomic(path: str | os.PathLike, value) -> None:

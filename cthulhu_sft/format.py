@@ -113,7 +113,7 @@ def tokenizer_error(name_or_path: str, error: Exception) -> str:
     """What went wrong fetching tokenizer.model (MistralFormat.from_pretrained), and what to do."""
     from huggingface_hub.errors import GatedRepoError, HFValidationError
 
-    message = f"cannot read tokenizer.model of {name_or_path}: {type(error).__name__}: {str(error).splitlines()[0]}"
+    message = f"cannot read tokenizer.model of {name_or_path}: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
     if isinstance(error, GatedRepoError):
         message += ("\nThe model is gated: accept its terms on its Hub page, then log in with `hf auth login` "
                     "(or set HF_TOKEN).")

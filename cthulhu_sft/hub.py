@@ -32,14 +32,17 @@ def published_base(output_dir: str, base_model_hub_id: str | None = None) -> str
     the upload names `base_model_hub_id` (given, else the run's config.yaml) instead. Raises PushError when
     the base is a local folder and no Hub id is known.
     """
-    with open(os.path.join(output_dir, "adapter_config.json"), encoding="utf-8") as file:
-        recorded = json.load(file).get("base_model_name_or_path")
+    recorded = read_json(output_dir, "adapter_config.json").get("base_model_name_or_path")
     if base_model_hub_id is None and os.path.isfile(os.path.join(output_dir, "config.yaml")):
         with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as file:
             base_model_hub_id = (yaml.safe_load(file) or {}).get("base_model_hub_id")
     if base_model_hub_id:
         return base_model_hub_id
-    if recorded and is_local_path(recorded):
+    # train_sft.py records whether the base was a folder where it ran (a relative path means nothing elsewhere)
+    local = read_json(output_dir, "run.json").get("base_model_local")
+    if local is None:
+        local = bool(recorded) and (os.path.isabs(recorded) or recorded.startswith(".") or os.path.isdir(recorded))
+    if local:
         raise PushError(
             f"the adapter's base is the local folder {recorded}, which no one else can load: name its Hub id "
             "with --base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2)"
@@ -47,8 +50,13 @@ def published_base(output_dir: str, base_model_hub_id: str | None = None) -> str
     return recorded
 
 
-def is_local_path(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith(".") or os.path.isdir(name)
+def read_json(output_dir: str, name: str) -> dict:
+    """A JSON file of the run, or {} when it is absent."""
+    path = os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
 
 
 def upload_operations(output_dir: str, base: str) -> list[CommitOperationAdd]:

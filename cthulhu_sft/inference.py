@@ -179,6 +179,18 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
+def decoding_options(
+    temperature: float, top_p: float = DEFAULT_TOP_P, repetition_penalty: float = DEFAULT_REPETITION_PENALTY
+) -> dict:
+    """transformers' generate() settings for these: greedy at temperature 0, else sampling with temperature and
+    nucleus only (top_k=0 switches off transformers' default top_k=50)."""
+    if temperature > 0:
+        sampler = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        sampler = dict(do_sample=False)
+    return sampler | dict(repetition_penalty=repetition_penalty)
+
+
 def generate(
     model,
     fmt: MistralFormat,
@@ -210,13 +222,9 @@ def generate(
         from transformers import set_seed
 
         set_seed(seed)
-    sampling = temperature > 0
-    # Sampling: temperature and nucleus only (top_k=0 switches off transformers' default top_k=50).
-    sampler = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if sampling else dict(do_sample=False)
     options = dict(
-        **sampler,
+        **decoding_options(temperature, top_p, repetition_penalty),
         max_new_tokens=max_new_tokens,
-        repetition_penalty=repetition_penalty,
         num_beams=1,
         eos_token_id=fmt.eos_id,
         pad_token_id=fmt.eos_id,

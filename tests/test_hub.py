@@ -10,11 +10,13 @@ from hub_server import RefusingHub
 from cthulhu_sft.hub import PushError, published_base, upload_operations
 
 
-def finished_run(folder, base_path: str, base_model_hub_id: str | None):
+def finished_run(folder, base_path: str, base_model_hub_id: str | None, base_local: bool | None = None):
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base_path, "r": 16}))
     (folder / "config.yaml").write_text(yaml.safe_dump({"base_model_hub_id": base_model_hub_id, "lora_r": 16}))
-    for name in ("adapter_model.safetensors", "tokenizer.model", "tokenizer.json", "README.md", "run.json",
+    run = {"status": "finished"} | ({} if base_local is None else {"base_model_local": base_local})
+    (folder / "run.json").write_text(json.dumps(run))
+    for name in ("adapter_model.safetensors", "tokenizer.model", "tokenizer.json", "README.md",
                  "training_args.bin", "events.out.tfevents.1"):
         (folder / name).write_bytes(b"x")
     (folder / "checkpoint-40").mkdir()
@@ -51,6 +53,15 @@ def test_a_local_base_without_a_hub_id_is_refused(tmp_path):
     run = finished_run(tmp_path / "out", str(tmp_path / "local-base"), None)
     with pytest.raises(PushError, match="name its Hub id with --base_model_hub_id"):
         published_base(str(run))
+
+
+def test_a_relative_local_base_is_refused_from_any_folder(tmp_path):
+    """run.json says the base was a folder where train_sft.py ran, though the relative path means nothing here."""
+    run = finished_run(tmp_path / "out", "models/mistral", None, base_local=True)
+    with pytest.raises(PushError, match="local folder models/mistral"):
+        published_base(str(run))
+    hub_named = finished_run(tmp_path / "out2", "someone/mistral-copy", None, base_local=False)
+    assert published_base(str(hub_named)) == "someone/mistral-copy"
 
 
 def test_the_retry_command_refuses_a_local_base_before_contacting_the_hub(tmp_path):

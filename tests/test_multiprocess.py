@@ -89,3 +89,17 @@ def test_shipped_accelerate_configs_load(name):
         assert config.num_machines == (2 if name == "multi_node.yaml" else 1)
     if name == "multi_node.yaml":
         assert config.main_process_ip and config.main_process_port and config.num_processes == 16
+
+
+@pytest.mark.parametrize("flag,sharded", [("true", True), ("false", False), (None, False)])
+def test_fsdp_is_recognised_before_the_trainer_exists(monkeypatch, flag, sharded):
+    """`accelerate launch` with fsdp_qlora.yaml sets ACCELERATE_USE_FSDP; accelerate's own state says FSDP only once
+    the Trainer builds its Accelerator, after load_base_model must already have skipped device_map and k-bit
+    preparation (and after the memory estimate, which divides the weights by the processes)."""
+    from conftest import load_script
+
+    if flag is None:
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", flag)
+    assert load_script("train_sft").sharded_with_fsdp() is sharded
