@@ -143,6 +143,13 @@ def load_base_model(model_args, training_args):
     return model
 
 
+def unset_max_length_for_padding_free(training_args):
+    """TRL refuses padding-free batches without packing while max_length is set, because it would not enforce
+    it there. The examples over max_length were dropped already (tokenize_splits), so nothing is lost."""
+    if training_args.padding_free and not training_args.packing:
+        training_args.max_length = None
+
+
 def report_memory_estimate(training_args, model_args, rows):
     """Prints the estimated peak GPU memory; warns, naming the settings to change, when it exceeds this GPU."""
     import torch
@@ -285,6 +292,7 @@ def main(script_args, training_args, model_args):
     tokenizer.chat_template = CHAT_TEMPLATE
     check_chat_template(tokenizer, fmt, [record["instruction"] for record in splits["train"][0][:100]], is_main)
     model = load_base_model(model_args, training_args)
+    unset_max_length_for_padding_free(training_args)
     trainer = SFTTrainer(
         model=model,
         args=training_args,

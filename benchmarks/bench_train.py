@@ -45,9 +45,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 BATCHING = {
-    "padded": [],
+    "padded": ["--padding_free", "false", "--packing", "false"],
     "packing": ["--packing", "true", "--packing_strategy", "bfd"],
-    "padding_free": ["--padding_free", "true"],
+    "padding_free": ["--padding_free", "true", "--packing", "false"],
 }
 CHECKPOINTING = {"ckpt": ["--activation_checkpointing", "true"], "no-ckpt": ["--activation_checkpointing", "false"]}
 BASES = {
@@ -57,15 +57,15 @@ BASES = {
 }
 # One change at a time from sft_config.yaml's defaults (the first)
 DEFAULT_VARIANTS = [
+    "padding_free+ckpt+8bit",
     "padded+ckpt+8bit",
     "packing+ckpt+8bit",
-    "padding_free+ckpt+8bit",
-    "padded+no-ckpt+8bit",
+    "padding_free+no-ckpt+8bit",
     "packing+no-ckpt+8bit",
-    "padded+ckpt+4bit",
-    "padded+ckpt+16bit",
+    "padding_free+ckpt+4bit",
+    "padding_free+ckpt+16bit",
 ]
-GPU_EXTRA_VARIANTS = ["packing+no-ckpt+8bit+liger"]
+GPU_EXTRA_VARIANTS = ["padding_free+ckpt+8bit+liger"]
 # Dense bf16 peak of the GPUs we may get, by a part of the name torch reports
 PEAK_BF16_FLOPS = {"A100": 312e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 70e12}
 MISTRAL_7B = dict(
@@ -262,8 +262,7 @@ def run_variant(args) -> dict:
         training_args, model_args, longest_example=max(len(row["input_ids"]) for row in rows),
         device="cuda" if cuda else "cpu",
     )
-    if training_args.padding_free and not training_args.packing:
-        training_args.max_length = None  # TRL refuses padding-free without packing otherwise; every row already fits
+    train_sft.unset_max_length_for_padding_free(training_args)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
