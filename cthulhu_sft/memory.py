@@ -317,10 +317,9 @@ def estimate_memory(
     lora_bytes = lora_count * lora_bytes_each
     states = lora_count * (2 if "8bit" in optim else 2 * lora_bytes_each)
     if sharded:
-        layer = (base - base_weight_bytes(shape.with_layers(0), quantization, dtype_bytes, use_bnb_nested_quant,
-                                          upcast=False)) / layers
-        gathered = base - layers * layer + 2 * layer  # the root unit and two decoder layers, whole
-        base = base / fsdp_processes + gathered
+        root = base_weight_bytes(shape.with_layers(0), quantization, dtype_bytes, use_bnb_nested_quant, upcast=False)
+        layer = (base - root) / layers
+        base = base / fsdp_processes + root + 2 * layer  # the root unit and two decoder layers held whole
         lora_bytes, states = lora_bytes / fsdp_processes, states / fsdp_processes
 
     # Activations kept for the backward
