@@ -19,9 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from mediawiki_server import MediaWikiServer, Wiki  # noqa: E402
+
 from cthulhu_sft.examples import build_examples  # noqa: E402
 from cthulhu_sft.wiki import Cache, WikiClient, crawl_category_tree, fetch_pages  # noqa: E402
-from mediawiki_server import MediaWikiServer, Wiki  # noqa: E402
 
 ROOT = "Category:クトゥルフ神話"
 

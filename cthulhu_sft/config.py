@@ -5,7 +5,6 @@ import sys
 from dataclasses import dataclass, field
 
 import yaml
-
 from trl import ModelConfig, SFTConfig, TrlParser
 
 # Keys that hold credentials: never written to run.json, the saved config or the logs.

@@ -14,6 +14,7 @@ from conftest import PYTHON, REPO, STOP_QUESTION, load_script, mistral_common_id
 from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat
 from cthulhu_sft.inference import AnswerPrinter, generate, load_format, load_model, merge_adapter
 
+
 @pytest.fixture(scope="module")
 def fmt(tiny_model_dir) -> MistralFormat:
     return MistralFormat.from_pretrained(str(tiny_model_dir))

@@ -5,8 +5,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON, REPO, run_script
+from mediawiki_server import MediaWikiServer, cthulhu_wiki
+
 from cthulhu_sft.data import load_records
 from cthulhu_sft.examples import (
     build_examples,
@@ -18,7 +19,6 @@ from cthulhu_sft.examples import (
     wikitext_to_text,
 )
 from cthulhu_sft.format import MistralFormat
-from mediawiki_server import MediaWikiServer, cthulhu_wiki
 from prepare_data import legacy_subject, split_by_article
 
 FIELDS = {"instruction", "response", "title", "source", "revid"}

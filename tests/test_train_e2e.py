@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import REPO, run_script
 from hub_server import RefusingHub
 

@@ -4,6 +4,15 @@ import json
 import os
 
 import pytest
+from mediawiki_server import (
+    ARTICLES_DEPTH_0,
+    ARTICLES_DEPTH_1,
+    ARTICLES_DEPTH_2,
+    LONG_TITLE,
+    MediaWikiServer,
+    Wiki,
+    cthulhu_wiki,
+)
 
 from cthulhu_sft.wiki import (
     DEFAULT_USER_AGENT,
@@ -13,15 +22,6 @@ from cthulhu_sft.wiki import (
     crawl_category_tree,
     fetch_pages,
     safe_filename,
-)
-from mediawiki_server import (
-    ARTICLES_DEPTH_0,
-    ARTICLES_DEPTH_1,
-    ARTICLES_DEPTH_2,
-    LONG_TITLE,
-    MediaWikiServer,
-    Wiki,
-    cthulhu_wiki,
 )
 
 ROOT = "Category:クトゥルフ神話"
