@@ -236,7 +236,7 @@ class MediaWikiServer:
         if redirects:
             query["redirects"] = redirects
         pages, good = [], []
-        for index, title in enumerate(titles):
+        for title in titles:
             if any(char in title for char in "[]{}<>#"):
                 pages.append({"title": title, "invalidreason": "The requested page title contains invalid characters.",
                               "invalid": True if fv2 else ""})
