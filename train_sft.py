@@ -2,8 +2,8 @@
 
 On one A100 80GB:
 ```bash
-accelerate launch --config_file accelerate_config.yaml train_sft.py --config sft_config.yaml
-accelerate launch --config_file accelerate_config.yaml train_sft.py --config sft_config.yaml \
+accelerate launch --quiet --config_file accelerate_config.yaml train_sft.py --config sft_config.yaml
+accelerate launch --quiet --config_file accelerate_config.yaml train_sft.py --config sft_config.yaml \
     --push_to_hub --hub_model_id <user>/<repo>
 ```
 Any field of sft_config.yaml can be overridden on the command line (`--learning_rate 1e-4 --num_train_epochs 2`).
@@ -14,140 +14,161 @@ Examples are tokenized exactly as Mistral's reference (mistral-common, tokenizer
 `<s>▁[INST]▁{instruction}▁[/INST]` + answer + `</s>`, with loss on the answer and its `</s>` only.
 """
 
-import json
+import logging
 import os
 import shutil
 import sys
+import warnings
 
-import yaml
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 
-from cthulhu_sft.config import parse_args, resolved_config
-from cthulhu_sft.data import DataError, load_records, tokenize_records, write_jsonl_atomic
-from cthulhu_sft.files import write_json_atomic, write_text_atomic
+from cthulhu_sft import run_record
+from cthulhu_sft.config import fail, parse_args, resolved_config
+from cthulhu_sft.data import (
+    DataError,
+    eval_set_name,
+    load_records,
+    overlap_warnings,
+    tokenize_records,
+    write_jsonl_atomic,
+)
 from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat, chat_template_mismatches, tokenizer_error
-from cthulhu_sft.manifest import data_file_entry, git_commit, now, package_versions
+from cthulhu_sft.training import (
+    OutputDirError,
+    build_trainer,
+    check_output_dir,
+    read_run,
+    resume_checkpoint,
+    sharded_with_fsdp,
+)
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+logger = logging.getLogger("train_sft")
 
 
-def fail(message: str, code: int = 2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+def main(script_args, training_args, model_args):
+    state = PartialState()
+    output_dir = training_args.output_dir
+    resuming = str(training_args.resume_from_checkpoint).lower() not in ("none", "false", "")
+    previous = read_run(output_dir)
+    if previous and previous.get("status") == "finished" and not script_args.overwrite_output_dir:
+        if resuming:  # nothing left to train: leave the finished run exactly as it is
+            logger.info(f"{output_dir} holds a finished run (run.json); nothing to resume, nothing written.")
+            return
+        fail(f"{output_dir} already holds a finished run (run.json): choose another --output_dir, or pass "
+             "--overwrite_output_dir true to train a new run there")
+
+    # Publishing: the token and the repo are checked now, not after hours of training
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False  # the Trainer's own push would contact the Hub in __init__ and upload in the background
+    if push:
+        check_push(script_args, training_args, model_args, state)
+    if os.path.isdir(model_args.model_name_or_path):  # the adapter will name the base wherever it is loaded from
+        model_args.model_name_or_path = os.path.abspath(model_args.model_name_or_path)
+
+    # Data: validated, then tokenized exactly, before anything heavy is loaded
+    try:
+        files = {"train": script_args.train_file} | {eval_set_name(path, script_args.eval_file): path
+                                                      for path in script_args.eval_file}
+        records = {split: load_records(path) for split, path in files.items()}
+        fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except (DataError, FileNotFoundError) as error:
+        fail(str(error))
+    except (OSError, ValueError, RuntimeError) as error:  # the Hub's errors, offline misses, a corrupt file
+        fail(tokenizer_error(model_args.model_name_or_path, error))
+    rows, entries = {}, {}
+    for split, path in files.items():
+        rows[split], dropped = tokenize_records(records[split], fmt, training_args.max_length)
+        if dropped:
+            logger.warning(f"{path}: {len(dropped)} of {len(records[split])} examples are longer than max_length="
+                           f"{training_args.max_length} tokens and are left out (lines {dropped[:10]}"
+                           f"{' ...' if len(dropped) > 10 else ''}); prepare_data.py --max_tokens splits long articles.")
+        if not rows[split]:
+            fail(f"{path}: no example fits max_length={training_args.max_length}")
+        entries[split] = run_record.data_entry(path, len(records[split]), len(rows[split]), dropped)
+    for warning in overlap_warnings(files, records):
+        logger.warning(warning)
+    if script_args.dump_tokenized:
+        if state.is_main_process:
+            write_jsonl_atomic(script_args.dump_tokenized, rows["train"])
+        logger.info(f"wrote {len(rows['train'])} tokenized training examples to {script_args.dump_tokenized}")
+        return
+    if not script_args.eval_file and training_args.eval_strategy.value != "no":
+        fail(f"eval_strategy is {training_args.eval_strategy.value!r} but there is no eval_file: "
+             "pass --eval_file FILE, or --eval_strategy no")
+    try:
+        resume_from = resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
+        check_output_dir(output_dir, resume_from is not None, script_args.overwrite_output_dir)
+    except OutputDirError as error:
+        fail(str(error))
+
+    config = resolved_config(script_args, training_args, model_args) | {"push_to_hub": push}
+    state.wait_for_everyone()  # every process has looked at output_dir before the main one writes to it
+    if state.is_main_process:
+        record = run_record.start(output_dir, config, entries, resume_from, REPO_DIR)
+        if model_args.use_peft:
+            report_memory_estimate(training_args, model_args, rows["train"])
+
+    # Model and trainer: 8-bit base + LoRA
+    tokenizer = load_tokenizer(model_args, training_args, fmt, [r["instruction"] for r in records["train"][:100]])
+    eval_rows = {split: split_rows for split, split_rows in rows.items() if split != "train"}
+    trainer = build_trainer(model_args, training_args, rows["train"], eval_rows, tokenizer)
+    if state.is_main_process and hasattr(trainer.model, "print_trainable_parameters"):
+        trainer.model.print_trainable_parameters()
+
+    # Train, then save the adapter and tokenizer before anything else can fail
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    if script_args.base_model_hub_id:  # the published adapter must name a base anyone can download
+        trainer.model.peft_config["default"].base_model_name_or_path = script_args.base_model_hub_id
+    trainer.save_model(output_dir)
+    metrics = dict(result.metrics) | final_eval_metrics(trainer)
+
+    # Samples, knowledge check, card and run.json, with the trained model still in memory (main process only)
+    if state.is_main_process:
+        shutil.copy(fmt.model_file, os.path.join(output_dir, "tokenizer.model"))  # generate.py's exact ids
+        knowledge = after_training(trainer.model, fmt, script_args, output_dir)
+        run_record.finish(output_dir, record, metrics, knowledge, records["train"])
+        logger.info(f"saved the adapter, tokenizer, model card and run.json to {output_dir}")
+    # All processes leave the process group together, before the main one's upload (which needs none of them):
+    # a process tearing down its group while another still works can hang at exit.
+    state.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+    # Publish
+    if push and state.is_main_process:
+        publish(output_dir, training_args)
 
 
-def tokenize_splits(data_files: dict, fmt, max_length, is_main: bool):
-    """Tokenizes the validated train/eval records; returns {split: (records, rows, manifest entry)}."""
-    splits = {}
-    for split, (path, records) in data_files.items():
-        rows, dropped_lines = tokenize_records(records, fmt, max_length)
-        if dropped_lines and is_main:
-            print(
-                f"warning: {path}: {len(dropped_lines)} of {len(records)} examples are longer than max_length="
-                f"{max_length} tokens and are left out (lines {dropped_lines[:10]}{' ...' if len(dropped_lines) > 10 else ''}); "
-                "prepare_data.py --max_tokens splits long articles so that they fit.",
-                file=sys.stderr,
-            )
-        if not rows:
-            raise DataError(f"{path}: no example fits max_length={max_length}")
-        splits[split] = (records, rows, data_file_entry(path, len(records), len(rows), dropped_lines))
-    return splits
+def check_push(script_args, training_args, model_args, state):
+    from cthulhu_sft import hub
 
-
-def read_data_files(script_args) -> dict:
-    """Validates every record of the train and eval files: {split: (path, records)}."""
-    if not script_args.train_file:
-        raise DataError("train_file is empty: pass --train_file data/train.jsonl (prepare_data.py writes it)")
-    files = {"train": script_args.train_file, "eval": script_args.eval_file}
-    return {split: (path, load_records(path)) for split, path in files.items() if path}
-
-
-def resume_checkpoint(value: str | None, output_dir: str):
-    """`--resume_from_checkpoint true` means the newest complete checkpoint in output_dir; a path is used as given."""
-    if value is None or str(value).lower() in ("false", "none", ""):
-        return None
-    if str(value).lower() == "true":
-        last = newest_complete_checkpoint(output_dir)
-        if last is None:
-            fail(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}")
-        return last
-    if not os.path.isdir(value):
-        fail(f"--resume_from_checkpoint: {value} is not a folder")
-    return value
-
-
-def newest_complete_checkpoint(output_dir: str) -> str | None:
-    """The checkpoint with the highest step whose trainer_state.json, which the Trainer writes last, is whole.
-
-    A run killed while saving leaves a checkpoint folder without it (transformers' get_last_checkpoint would
-    pick that folder and fail); such folders are skipped with a warning.
-    """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    if not os.path.isdir(output_dir):
-        return None
-    steps = sorted(
-        (int(name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), name)
-        for name in os.listdir(output_dir)
-        if name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit() and os.path.isdir(os.path.join(output_dir, name))
-    )
-    for _, name in reversed(steps):
-        path = os.path.join(output_dir, name)
+    if not training_args.hub_model_id:
+        fail("--push_to_hub needs --hub_model_id <user>/<repo>")
+    if os.path.isdir(model_args.model_name_or_path) and not script_args.base_model_hub_id:
+        fail(f"--push_to_hub: the base is the local folder {model_args.model_name_or_path}, which the published "
+             "adapter cannot point to; name its Hub id with --base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2)")
+    hub.set_timeout(script_args.hub_timeout)
+    if state.is_main_process:
         try:
-            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
-                json.load(handle)
-            return path
-        except (OSError, ValueError):
-            if PartialState().is_main_process:
-                print(f"warning: {path} is incomplete (the run stopped while saving it); skipping it", file=sys.stderr)
-    return None
+            user = hub.check_access(training_args.hub_model_id, private=training_args.hub_private_repo)
+        except hub.PushError as error:
+            fail(f"{error}\nNothing was trained; fix the access and run the same command again.")
+        logger.info(f"will push to {training_args.hub_model_id} as {user} after training")
 
 
-def sharded_with_fsdp() -> bool:
-    """Whether `accelerate launch` runs FSDP (configs/fsdp_qlora.yaml), read from the variable the launcher sets:
-    accelerate's state says FSDP only once the Trainer has built its Accelerator, after the model is loaded."""
-    return parse_flag_from_env("ACCELERATE_USE_FSDP")
+def load_tokenizer(model_args, training_args, fmt, instructions):
+    """The base's Hugging Face tokenizer, saved with the adapter, with a chat template that gives the training
+    ids (warned about when it does not for these instructions)."""
+    from transformers import AutoTokenizer
 
-
-def load_base_model(model_args, training_args):
-    """The base model, quantized if configured, on this process's own device, prepared for k-bit training.
-
-    Under FSDP (configs/fsdp_qlora.yaml) FSDP places the shards itself, and the float32 upcast of k-bit
-    preparation would mix dtypes inside the modules it flattens, so both steps are left to it.
-    """
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
-    from trl import get_quantization_config
-
-    sharded = sharded_with_fsdp()
-    quantization_config = get_quantization_config(model_args)
-    kwargs = dict(
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=training_args.trust_remote_code,
-    )
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-        if not sharded:
-            # Each data-parallel process holds a whole 8-bit copy on its own GPU ("auto" would split it).
-            kwargs["device_map"] = {"": PartialState().device}
-    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
-    if quantization_config is not None and not sharded:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=training_args.activation_checkpointing,
-            gradient_checkpointing_kwargs=training_args.activation_checkpointing_kwargs,
-        )
-    return model
-
-
-def unset_max_length_for_padding_free(training_args):
-    """TRL refuses padding-free batches without packing while max_length is set, because it would not enforce
-    it there. The examples over max_length were dropped already (tokenize_splits), so nothing is lost."""
-    if training_args.padding_free and not training_args.packing:
-        training_args.max_length = None
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                              trust_remote_code=training_args.trust_remote_code)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    mismatches = chat_template_mismatches(tokenizer, fmt, instructions)
+    if mismatches:
+        logger.warning(f"for {len(mismatches)} of {len(instructions)} instructions the tokenizer's chat template gives "
+                       f"other prompt ids than training (first: {mismatches[0]!r}); generate.py builds exact ids.")
+    return tokenizer
 
 
 def report_memory_estimate(training_args, model_args, rows):
@@ -157,227 +178,100 @@ def report_memory_estimate(training_args, model_args, rows):
     from cthulhu_sft.memory import check_fits, estimate_for_args, format_estimate
 
     longest = max(len(row["input_ids"]) for row in rows)
-    state = PartialState()
-    shards = state.num_processes if sharded_with_fsdp() else 1
+    shards = PartialState().num_processes if sharded_with_fsdp() else 1
     estimate = estimate_for_args(training_args, model_args, longest_example=longest, fsdp_processes=shards)
     if not torch.cuda.is_available():
-        print(format_estimate(estimate))
+        logger.info(format_estimate(estimate))
         return
-    device = torch.cuda.get_device_properties(state.device)
-    print(format_estimate(estimate, device.total_memory, device.name))
+    device = torch.cuda.get_device_properties(PartialState().device)
+    logger.info(format_estimate(estimate, device.total_memory, device.name))
     warning = check_fits(estimate, device.total_memory)
     if warning:
-        print(warning, file=sys.stderr)
-
-
-def traced_collator(collator, folder: str):
-    """The collator, also appending the input_ids of each example this process collates to a file (a test hook)."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"process-{PartialState().process_index}.jsonl")
-
-    def collate(examples):
-        with open(path, "a", encoding="utf-8") as file:
-            file.writelines(json.dumps(example["input_ids"]) + "\n" for example in examples)
-        return collator(examples)
-
-    return collate
-
-
-def check_chat_template(tokenizer, fmt, instructions, is_main):
-    mismatches = chat_template_mismatches(tokenizer, fmt, instructions)
-    if mismatches and is_main:
-        print(
-            f"warning: for {len(mismatches)} of {len(instructions)} instructions the tokenizer's chat template gives "
-            f"other prompt ids than training (first: {mismatches[0]!r}); generate.py builds exact ids in every case.",
-            file=sys.stderr,
-        )
-
-
-def answer_samples(model, fmt, script_args) -> list[dict]:
-    from cthulhu_sft.inference import generate
-
-    conversations = [[{"role": "user", "content": prompt}] for prompt in script_args.sample_prompts]
-    generations = generate(
-        model, fmt, conversations,
-        temperature=script_args.sample_temperature,
-        max_new_tokens=script_args.sample_max_new_tokens,
-        seed=0,
-    )
-    return [
-        {"prompt": prompt, "answer": generation.text, "ended_with_eos": generation.stopped}
-        for prompt, generation in zip(script_args.sample_prompts, generations)
-    ]
-
-
-def refuse_to_overwrite(output_dir: str):
-    """A finished run, or one with checkpoints, is continued with --resume_from_checkpoint, never overwritten."""
-    manifest = os.path.join(output_dir, "run.json")
-    finished = os.path.isfile(manifest) and json.loads(open(manifest, encoding="utf-8").read()).get("status") == "finished"
-    checkpoints = os.path.isdir(output_dir) and any(name.startswith("checkpoint-") for name in os.listdir(output_dir))
-    if finished or checkpoints:
-        fail(f"{output_dir} already holds a {'finished run' if finished else 'run with checkpoints'}; pass "
-             "--resume_from_checkpoint true to continue it, or choose another --output_dir")
-
-
-def main(script_args, training_args, model_args):
-    started = now()
-    state = PartialState()
-    is_main = state.is_main_process
-    output_dir = training_args.output_dir
-    # We push ourselves once everything is saved: the Trainer's own push contacts the Hub at start-up and uploads
-    # in the background, so a failure could not be reported plainly.
-    push = training_args.push_to_hub
-    training_args.push_to_hub = False
-    if training_args.hub_token:  # the Trainer pickles its arguments into every checkpoint: keep the token out
-        os.environ["HF_TOKEN"] = training_args.hub_token
-        training_args.hub_token = None
-    if push and not training_args.hub_model_id:
-        fail("--push_to_hub needs --hub_model_id <user>/<repo>")
-    if push and os.path.isdir(model_args.model_name_or_path) and not script_args.base_model_hub_id:
-        fail(f"--push_to_hub: the base is the local folder {model_args.model_name_or_path}, which the published "
-             "adapter cannot point to; name its Hub id with --base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2)")
-
-    # Validate and tokenize the data before anything heavy is loaded
-    try:
-        data_files = read_data_files(script_args)  # bad records fail before even the tokenizer is fetched
-    except (DataError, FileNotFoundError) as error:
-        fail(str(error))
-    try:
-        fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    except (OSError, ValueError, RuntimeError) as error:  # the Hub's errors, offline misses, a corrupt file
-        fail(tokenizer_error(model_args.model_name_or_path, error))
-    try:
-        splits = tokenize_splits(data_files, fmt, training_args.max_length, is_main)
-    except DataError as error:
-        fail(str(error))
-    if script_args.dump_tokenized:
-        if is_main:
-            write_jsonl_atomic(script_args.dump_tokenized, splits["train"][1])
-            print(f"wrote {len(splits['train'][1])} tokenized training examples to {script_args.dump_tokenized}")
-        return
-    if "eval" not in splits and training_args.eval_strategy.value != "no":
-        fail(f"eval_strategy is {training_args.eval_strategy.value!r} but there is no eval_file: "
-             "pass --eval_file FILE, or --eval_strategy no")
-    resume_from = resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
-    if resume_from is None:
-        refuse_to_overwrite(output_dir)
-
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import SFTTrainer, get_peft_config
-
-    config = resolved_config(script_args, training_args, model_args) | {"push_to_hub": push}
-    manifest = {
-        "status": "running",
-        "start_time": started,
-        "resumed_from": resume_from,
-        "base_model_local": os.path.isdir(model_args.model_name_or_path),  # read by cthulhu_sft.hub's upload
-        "git_commit": git_commit(REPO_DIR),
-        "versions": package_versions(),
-        "data": {split: entry for split, (_, _, entry) in splits.items()},
-        "config": config,
-    }
-    state.wait_for_everyone()  # every process has looked at output_dir before the main one writes to it
-    if is_main:
-        write_json_atomic(os.path.join(output_dir, "run.json"), manifest)
-
-    # Will it fit? Estimated from config.json alone, before the weights are loaded
-    if is_main and model_args.use_peft:
-        report_memory_estimate(training_args, model_args, splits["train"][1])
-
-    # Model: 8-bit base + LoRA
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    check_chat_template(tokenizer, fmt, [record["instruction"] for record in splits["train"][0][:100]], is_main)
-    model = load_base_model(model_args, training_args)
-    unset_max_length_for_padding_free(training_args)
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=Dataset.from_list(splits["train"][1]),
-        eval_dataset=Dataset.from_list(splits["eval"][1]) if "eval" in splits else None,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-    )
-    # Test hook: with CTHULHU_SFT_TRACE_DATA=<folder>, every process appends the input_ids of each example it is given
-    # to <folder>/process-<index>.jsonl (tests/test_multiprocess.py checks that data-parallel processes differ)
-    if os.environ.get("CTHULHU_SFT_TRACE_DATA"):
-        trainer.data_collator = traced_collator(trainer.data_collator, os.environ["CTHULHU_SFT_TRACE_DATA"])
-    if is_main and hasattr(trainer.model, "print_trainable_parameters"):
-        trainer.model.print_trainable_parameters()
-
-    # Train, then save the adapter and tokenizer before anything else can fail
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    trainer.save_model(output_dir)
-    metrics = dict(result.metrics) | final_eval_metrics(trainer)
-
-    # Config, model card and manifest (with the SentencePiece model that generate.py uses for exact ids)
-    if is_main:
-        shutil.copy(fmt.model_file, os.path.join(output_dir, "tokenizer.model"))
-        write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-        write_card(output_dir, script_args, training_args, model_args, config, metrics, splits["train"][0])
-        manifest.update(status="finished", end_time=now(), metrics=metrics)
-        write_json_atomic(os.path.join(output_dir, "run.json"), manifest)
-        print(f"saved the adapter, tokenizer, model card and run.json to {output_dir}")
-
-    # Inference test: the sample prompts at the configured low temperature
-    if script_args.sample_prompts and is_main:
-        if sharded_with_fsdp():  # a sharded model cannot generate on one process
-            print("samples skipped under FSDP: answer them with generate.py on the saved adapter")
-        else:
-            samples = answer_samples(trainer.model, fmt, script_args)
-            write_jsonl_atomic(os.path.join(output_dir, "samples.jsonl"), samples)
-            for sample in samples:
-                stop = "</s>" if sample["ended_with_eos"] else "(max_new_tokens reached)"
-                print(f"\n[INST] {sample['prompt']} [/INST]\n{sample['answer']} {stop}")
-
-    # All processes leave the process group together, before the main one's upload (which needs none of them):
-    # a process tearing down its group while another still works can hang at exit.
-    state.wait_for_everyone()
-    trainer.accelerator.end_training()
-
-    # Push to the Hub
-    if push and is_main:
-        from cthulhu_sft.hub import PushError, push_output
-
-        try:
-            url = push_output(output_dir, training_args.hub_model_id, training_args.hub_private_repo,
-                              script_args.base_model_hub_id)
-        except PushError as error:
-            fail(f"{error}\nEverything is still in {output_dir}; retry the upload with "
-                 f"`python -m cthulhu_sft.hub {output_dir} {training_args.hub_model_id}`.", code=1)
-        print(f"pushed to {url}")
+        logger.warning(warning)
 
 
 def final_eval_metrics(trainer) -> dict:
     """Eval metrics at the last step: those the epoch's evaluation logged, else a new evaluation (all processes)."""
     if trainer.eval_dataset is None:
         return {}
-    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
+    last = next((entry for entry in reversed(trainer.state.log_history)
+                 if any(key.startswith("eval_") and key.endswith("loss") for key in entry)), None)
     if last is not None and last.get("step") == trainer.state.global_step:
         return {key: value for key, value in last.items() if key.startswith("eval_")}
     return trainer.evaluate()
 
 
-def write_card(output_dir, script_args, training_args, model_args, config, metrics, records):
-    from cthulhu_sft import card
+def after_training(model, fmt, script_args, output_dir) -> dict:
+    """The sample answers, then the knowledge check; returns the check's record. Neither may lose the saved run:
+    a failure is reported, and the exit status stays the training's."""
+    if sharded_with_fsdp():  # a sharded model cannot generate on one process
+        logger.info("samples and knowledge check skipped under FSDP: run generate.py / evaluate.py on the adapter")
+        return {"status": "skipped", "reason": "the model was sharded with FSDP"}
+    if script_args.sample_prompts:
+        for sample in run_record.answer_samples(model, fmt, script_args, output_dir):
+            stop = "</s>" if sample["ended_with_eos"] else "(max_new_tokens reached)"
+            logger.info(f"\n[INST] {sample['prompt']} [/INST]\n{sample['answer']} {stop}")
+    if not script_args.knowledge_check:
+        return {"status": "skipped", "reason": "knowledge_check is false"}
+    source_texts = os.path.join(os.path.dirname(script_args.train_file), "source_texts.jsonl")
+    try:
+        return run_record.knowledge_check(model, fmt, script_args.knowledge_check_files,
+                                          script_args.knowledge_check_limit, source_texts, logger.info)
+    except Exception as error:  # the adapter is saved: a failed check is reported, never fatal
+        logger.warning(f"knowledge check failed: {type(error).__name__}: {error}")
+        return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
 
-    base_path = model_args.model_name_or_path
-    base_id = script_args.base_model_hub_id or (None if os.path.isdir(base_path) else base_path)
-    text = card.render(
-        repo_id=training_args.hub_model_id,
-        base_model=base_id,
-        base_model_path=base_path,
-        license=script_args.license,
-        config=config,
-        metrics=metrics,
-        records=records,
-        dataset_ids=script_args.card_datasets,
-    )
-    write_text_atomic(os.path.join(output_dir, "README.md"), text)  # replaces the README PEFT writes
+
+def publish(output_dir, training_args):
+    from cthulhu_sft import hub
+
+    logger.info(f"pushing {output_dir} to {training_args.hub_model_id} ...")
+    try:
+        url = hub.push_run(output_dir, training_args.hub_model_id, training_args.hub_private_repo)
+    except hub.PushError as error:
+        print(f"error: {error}\nEverything is still in {output_dir}; retry the upload with "
+              f"`{hub.retry_command(output_dir, training_args.hub_model_id)}`.", file=sys.stderr)
+        sys.exit(1)
+    logger.info(f"pushed to {url}")
+
+
+class SayOnce(logging.Filter):
+    """Each distinct warning once: bitsandbytes warns about its input cast on every 8-bit matmul (thousands of
+    lines in a short run), which would bury the lines that matter."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record):
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def setup_logging():
+    """The main process says what happens (stdout) and warns (stderr), each warning once; the other processes
+    only report errors. Library deprecation notices about their own internals are not the user's business."""
+    say_once = SayOnce()
+    info = logging.StreamHandler(sys.stdout)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    for handler in (info, problems):
+        handler.addFilter(say_once)
+    main_process = PartialState().is_main_process
+    logging.basicConfig(format="%(message)s", level=logging.INFO if main_process else logging.ERROR,
+                        handlers=[info, problems], force=True)
+    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator")
 
 
 if __name__ == "__main__":
+    setup_logging()
     main(*parse_args())

@@ -1,64 +1,150 @@
-"""Command-line and YAML configuration: our own options beside TRL's SFTConfig and ModelConfig."""
+"""Command-line and YAML configuration: our own options beside TRL's SFTConfig and ModelConfig.
 
+sft_config.yaml is read here only: train_sft.py parses it with TrlParser, and every other script takes its
+shared defaults (base model, max_length, sampling settings, hub timeout) from `sft_defaults()`.
+"""
+
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
-# Keys that hold credentials: never written to run.json, the saved config or the logs.
+SFT_CONFIG = Path(__file__).resolve().parent.parent / "sft_config.yaml"
+# Keys that hold credentials: never accepted on the command line, written to run.json, the saved config or logs.
 SECRET_KEYS = ("hub_token", "push_to_hub_token")
 
 
 @dataclass
 class ScriptArguments:
-    """Data, post-training samples and model-card options of train_sft.py.
+    """Data, post-training samples, knowledge check, model-card and Hub options of train_sft.py.
 
     Their values live in sft_config.yaml alone, so the fields without a default here are required when no
-    --config is given; the two that default to None are off unless asked for.
+    --config is given; those that default to None are off unless asked for.
     """
 
     train_file: str = field(metadata={"help": "JSONL of {instruction, response}."})
-    eval_file: str | None = field(metadata={"help": "Held-out JSONL; null (or '') for none."})
+    eval_file: list[str] | None = field(
+        metadata={"help": "Held-out JSONL file(s), each logged as its own eval loss; null (or '') for none."})
     sample_prompts: list[str] = field(metadata={"help": "Prompts answered after training (saved to samples.jsonl)."})
     sample_temperature: float = field(metadata={"help": "Temperature of the samples; 0 is greedy."})
     sample_max_new_tokens: int = field(metadata={"help": "Token limit of each sample answer."})
+    knowledge_check: bool = field(
+        metadata={"help": "After saving, answer the knowledge_check_files with and without the adapter (card, run.json)."})
+    knowledge_check_files: list[str] = field(
+        metadata={"help": "Short-answer sets (rows with `answers`) for the knowledge check; missing ones are reported."})
+    knowledge_check_limit: int = field(metadata={"help": "At most this many questions per knowledge-check set."})
     license: str = field(metadata={"help": "License of the adapter in the model card."})
     card_datasets: list[str] = field(metadata={"help": "Hub dataset ids named in the model card's metadata."})
+    hub_timeout: float = field(metadata={"help": "Seconds each Hub request may wait for an answer."})
     dump_tokenized: str | None = field(
         default=None,
         metadata={"help": "Write the training examples as they enter the trainer ({input_ids, labels} per line) and exit."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an output_dir that holds a finished run or files that are not a run "
+                          "(they are replaced); transformers 5 no longer has this option."},
+    )
     base_model_hub_id: str | None = field(
         default=None,
         metadata={"help": "Hub id of the base model when model_name_or_path is a local folder: named in the model "
-                          "card and in the published adapter_config.json; needed for --push_to_hub then."},
+                          "card and in adapter_config.json; needed for --push_to_hub then."},
     )
+
+    def __post_init__(self):
+        self.eval_file = list_of_files(self.eval_file)
+        self.knowledge_check_files = list_of_files(self.knowledge_check_files)
+
+
+def list_of_files(value) -> list[str]:
+    """A YAML string, a YAML list or `--eval_file a b` as a list of paths; '' and null mean none."""
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else list(value)
+    return [str(path) for path in values if str(path).strip()]
+
+
+@cache
+def sft_defaults() -> dict:
+    """The values of sft_config.yaml, the one place each default is written."""
+    return yaml.safe_load(SFT_CONFIG.read_text(encoding="utf-8")) or {}
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((ScriptArguments, SFTConfig, ModelConfig))
+    # allow_abbrev=False: `--max_step 20` must be an error, not silently `--max_steps`
+    return TrlParser((ScriptArguments, SFTConfig, ModelConfig), allow_abbrev=False)
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, SFTConfig, ModelConfig]:
     """Parses `--config file.yaml` plus command-line overrides; a bad key or value exits with code 2."""
+    argv = normalized_argv(sys.argv[1:] if argv is None else argv)
+    refuse_secret_arguments(argv)
     parser = make_parser()
-    config = config_path(sys.argv[1:] if argv is None else argv)
-    if config is not None and not os.path.isfile(config):
-        print(f"error: --config: {config} is not a file", file=sys.stderr)
-        sys.exit(2)
+    fields = {action.dest for action in parser._actions} - {"help"}
+    options = {option for action in parser._actions for option in action.option_strings}
+    if "--config" in argv:
+        check_config_keys(argv[argv.index("--config") + 1], fields)
+    unknown = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    unknown = [arg for arg in unknown if arg not in options | {"--config"}]
+    if unknown:
+        fail("\n".join(f"unknown option {arg}{nearest_hint(arg[2:], fields)}" for arg in unknown))
     try:
         return parser.parse_args_and_config(args=argv)
-    except yaml.YAMLError as error:
-        print(f"error: --config: {config} is not valid YAML: {error}", file=sys.stderr)
-        sys.exit(2)
-    except ValueError as error:  # unknown YAML keys, or values the dataclasses reject
+    except ValueError as error:  # values the dataclasses reject
         message = str(error)
         if "bf16/gpu" in message:
             message += "\nOn a machine without a GPU, pass --bf16 false (and --dtype float32)."
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        fail(message)
+
+
+def normalized_argv(argv: list[str]) -> list[str]:
+    """`--config=FILE` as `--config FILE`, the one form TrlParser reads."""
+    result = []
+    for arg in argv:
+        result += ["--config", arg.removeprefix("--config=")] if arg.startswith("--config=") else [arg]
+    if result and result[-1] == "--config":
+        fail("--config needs a file name")
+    return result
+
+
+def refuse_secret_arguments(argv: list[str]) -> None:
+    """A token on the command line shows in the process list and in a launcher's failure report."""
+    for arg in argv:
+        if arg.split("=", 1)[0].lstrip("-") in SECRET_KEYS:
+            fail(f"{arg.split('=', 1)[0]} is not accepted on the command line (it would show in the process list "
+                 "and in error reports): log in with `hf auth login`, or set the HF_TOKEN environment variable")
+
+
+def check_config_keys(path: str, fields: set[str]) -> None:
+    """The YAML file is a mapping of known keys; each unknown key is named with the nearest valid one."""
+    if not os.path.isfile(path):
+        fail(f"--config: {path} is not a file")
+    try:
+        with open(path, encoding="utf-8") as file:
+            values = yaml.safe_load(file)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        fail(f"--config: {path} is not valid YAML: {error}")
+    if not isinstance(values, dict):
+        fail(f"--config: {path} must be a YAML mapping of option: value")
+    unknown = [str(key) for key in values if key not in fields | {"env"}]
+    if unknown:
+        fail("\n".join(f"{path}: unknown key '{key}'{nearest_hint(key, fields)}" for key in unknown))
+
+
+def nearest_hint(key: str, fields: set[str]) -> str:
+    nearest = difflib.get_close_matches(key.replace("-", "_"), sorted(fields), n=1, cutoff=0.6)
+    return f"; did you mean '{nearest[0]}'?" if nearest else " (the options are the keys of sft_config.yaml and " \
+        "the fields of TRL's SFTConfig and ModelConfig)"
 
 
 def config_path(args: list[str]) -> str | None:

@@ -1,9 +1,8 @@
-"""Reading and validating instruction/response records (JSONL or a JSON array).
+"""Reading and validating instruction/response records (JSON Lines), and tokenizing them for training.
 
-Two record shapes are accepted:
-    {"instruction": ..., "response": ..., other fields allowed}   (this project's format)
-    {"text": ..., "output": ...}                                    (the original notebook's format)
-Every record is checked before anything expensive runs; a problem is reported with file, line and field.
+Each line is {"instruction": ..., "response": ..., other fields allowed}. Every record is checked before anything
+expensive runs; a problem is reported with file, line and field. The original notebook's {"text", "output"} JSON
+array is converted once, by `prepare_data.py --from_json`.
 """
 
 import codecs
@@ -14,61 +13,14 @@ from pathlib import Path
 
 from .files import write_text_atomic
 
-FIELD_SHAPES = (("instruction", "response"), ("text", "output"))
 MAX_REPORTED_PROBLEMS = 20
-JSON_SPACE = re.compile(r"[ \t\n\r]*")
+WHITESPACE = re.compile(r"\s+")
+# inference.read_prompts still reads a prompt from "text" (the notebook's question field)
+FIELD_SHAPES = (("instruction", "response"), ("text", "output"))
 
 
 class DataError(ValueError):
     """Invalid data file; the message names file, line and field of each problem."""
-
-
-def _json_array_items(text: str):
-    """Yields (line number, item) for each element of a top-level JSON array.
-
-    Raises JSONDecodeError unless the text is exactly one array: a missing or doubled ',' or text after the
-    closing ']' would otherwise lose records without a word.
-    """
-    decoder = json.JSONDecoder()
-    line_number, counted_to = 1, 0
-    index = _skip_space(text, text.index("[") + 1)
-    if text.startswith("]", index):
-        _check_nothing_after(text, index + 1)
-        return
-    while index is not None:
-        item, end = decoder.raw_decode(text, index)
-        # Counting newlines from the start of the text for every item would take quadratic time.
-        line_number += text.count("\n", counted_to, index)
-        counted_to = index
-        yield line_number, item
-        index = _next_item(text, end)
-
-
-def _next_item(text: str, index: int) -> int | None:
-    """Where the item after the one ending at index starts, or None at the closing ']'."""
-    index = _skip_space(text, index)
-    if index >= len(text):
-        raise json.JSONDecodeError("the array is not closed with ']'", text, index)
-    if text[index] == "]":
-        _check_nothing_after(text, index + 1)
-        return None
-    if text[index] != ",":
-        raise json.JSONDecodeError("expected ',' or ']' after an item", text, index)
-    index = _skip_space(text, index + 1)
-    if index >= len(text):
-        raise json.JSONDecodeError("the array is not closed with ']'", text, index)
-    if text[index] in ",]":
-        raise json.JSONDecodeError(f"expected an item after ',', found '{text[index]}'", text, index)
-    return index
-
-
-def _check_nothing_after(text: str, index: int) -> None:
-    if text[index:].strip():
-        raise json.JSONDecodeError("text after the closing ']' of the array", text, _skip_space(text, index))
-
-
-def _skip_space(text: str, index: int) -> int:
-    return JSON_SPACE.match(text, index).end()
 
 
 def _decode_utf8(path: Path, data: bytes) -> str:
@@ -85,14 +37,11 @@ def _decode_utf8(path: Path, data: bytes) -> str:
 
 
 def read_items(path: Path):
-    """Yields (line number, parsed JSON value) for each record in the file; raises DataError on the first bad line."""
+    """Yields (line number, parsed JSON value) for each line; raises DataError on the first bad line."""
     text = _decode_utf8(path, path.read_bytes())
     if text.lstrip().startswith("["):
-        try:
-            yield from _json_array_items(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
-        return
+        raise DataError(f"{path}:1: a JSON array, not JSON Lines: convert it once with "
+                        f"`python prepare_data.py --from_json {path}`")
     # JSON Lines are separated by "\n" alone: str.splitlines would also cut at U+2028, U+0085 and the like,
     # which JSON strings may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so).
     for line_number, line in enumerate(text.split("\n"), start=1):
@@ -108,24 +57,22 @@ def _to_pair(item) -> tuple[dict | None, str | None]:
     """Returns ({instruction, response, extra fields...}, None) or (None, problem)."""
     if not isinstance(item, dict):
         return None, f"expected a JSON object, got {type(item).__name__}"
-    question_key, answer_key = next(
-        (shape for shape in FIELD_SHAPES if any(key in item for key in shape)), FIELD_SHAPES[0]
-    )
-    record = {key: value for key, value in item.items() if key not in (question_key, answer_key)}
-    for key, name in ((question_key, "instruction"), (answer_key, "response")):
+    record = dict(item)
+    for key in ("instruction", "response"):
         if key not in item:
-            return None, f"field '{key}': missing"
+            hint = " (a notebook {text, output} file? convert it with prepare_data.py --from_json)" if "text" in item else ""
+            return None, f"field '{key}': missing{hint}"
         value = item[key]
         if not isinstance(value, str):
             return None, f"field '{key}': expected a string, got {type(value).__name__}"
         if not value.strip():
             return None, f"field '{key}': empty"
-        record[name] = value.strip()
+        record[key] = value.strip()
     return record, None
 
 
 def load_items(path: str | os.PathLike, convert) -> list[dict]:
-    """Reads a JSONL file or JSON array, turning each item into a record with `convert(item) -> (record, problem)`.
+    """Reads a JSONL file, turning each item into a record with `convert(item) -> (record, problem)`.
 
     Each record gets its 'line'. A file that is not UTF-8 or not valid JSON stops at the first bad line, since
     what follows cannot be read reliably. Problems in well-formed items (a missing or empty field, say) are all
@@ -179,3 +126,41 @@ def tokenize_records(records: list[dict], fmt, max_length: int | None) -> tuple[
             continue
         rows.append({"input_ids": example.input_ids, "labels": example.labels})
     return rows, dropped_lines
+
+
+def eval_set_name(path: str, eval_files: list[str]) -> str:
+    """The name an eval file's loss is logged under: eval_<name>_loss, or plain eval_loss for a single file.
+
+    data/eval_known.jsonl is "known" (held-out questions about trained facts), data/eval.jsonl "unseen"
+    (never-trained articles), any other file its stem.
+    """
+    if len(eval_files) == 1:
+        return "eval"
+    names = [Path(other).stem.removeprefix("eval_") for other in eval_files]
+    name = Path(path).stem.removeprefix("eval_")
+    if names.count(name) > 1:
+        raise DataError(f"eval_file: two files are named {Path(path).stem}; their losses would share one name")
+    return "unseen" if name == "eval" else name
+
+
+def overlap_warnings(files: dict[str, str], records: dict[str, list[dict]]) -> list[str]:
+    """Warnings for evaluation sets that are not held out from `files["train"]`: the same file, or examples
+    (question and answer, whitespace aside) that are also training examples."""
+
+    def key(record):
+        return (WHITESPACE.sub(" ", record["instruction"]), WHITESPACE.sub(" ", record["response"]))
+
+    train_path = os.path.realpath(files["train"])
+    trained = {key(record) for record in records["train"]}
+    warnings = []
+    for split, path in files.items():
+        if split == "train":
+            continue
+        if os.path.realpath(path) == train_path:
+            warnings.append(f"{path} is both train_file and eval_file: its loss measures memorisation, not held-out data")
+            continue
+        shared = sum(key(record) in trained for record in records[split])
+        if shared:
+            warnings.append(f"{path}: {shared} of {len(records[split])} examples are also in {files['train']}; "
+                            "they are not held out")
+    return warnings

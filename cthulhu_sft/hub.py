@@ -1,114 +1,120 @@
-"""Publishing a finished run to the Hugging Face Hub: adapter, tokenizer, model card, run manifest."""
+"""Publishing to the Hugging Face Hub: a finished run (adapter, tokenizer, card, record) or the dataset.
 
+Every request has a bounded timeout, the token is never printed (it comes from HF_TOKEN or `hf auth login`),
+and a failure raises PushError with a message that is safe to show. Retry a failed upload with
+`python -m cthulhu_sft.hub OUTPUT_DIR USER/REPO` (or `--dataset data USER/NAME`).
+"""
+
+import argparse
 import json
 import os
+import sys
 
-import yaml
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub import HfApi, get_session, get_token
 
-# What a published adapter repo holds; checkpoints and TensorBoard logs stay local.
-UPLOAD_PATTERNS = [
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "README.md",
-    "run.json",
-    "config.yaml",
-    "samples.jsonl",
-]
+# What a published adapter repo holds; checkpoints, logs and training_args.bin stay local.
+RUN_PATTERNS = ["adapter_config.json", "adapter_model.safetensors", "tokenizer*", "special_tokens_map.json",
+                "chat_template.jinja", "README.md", "run.json", "config.yaml", "samples.jsonl"]
+# What a published dataset repo holds: its card and the splits prepare_data.py writes.
+DATASET_PATTERNS = ["README.md", "train.jsonl", "eval.jsonl", "eval_known.jsonl"]
+LOGIN_HINT = "log in with `hf auth login`, or set HF_TOKEN to a token with write access"
 
 
 class PushError(RuntimeError):
-    """The upload failed; the message is safe to print (no token)."""
+    """The Hub could not be used; the message is safe to print (no token)."""
 
 
-def published_base(output_dir: str, base_model_hub_id: str | None = None) -> str:
-    """The base model the published adapter names: its Hub id.
-
-    A run on a local copy of the base records that folder in adapter_config.json, which no one else can load;
-    the upload names `base_model_hub_id` (given, else the run's config.yaml) instead. Raises PushError when
-    the base is a local folder and no Hub id is known.
-    """
-    recorded = read_json(output_dir, "adapter_config.json").get("base_model_name_or_path")
-    if base_model_hub_id is None and os.path.isfile(os.path.join(output_dir, "config.yaml")):
-        with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as file:
-            base_model_hub_id = (yaml.safe_load(file) or {}).get("base_model_hub_id")
-    if base_model_hub_id:
-        return base_model_hub_id
-    # train_sft.py records whether the base was a folder where it ran (a relative path means nothing elsewhere)
-    local = read_json(output_dir, "run.json").get("base_model_local")
-    if local is None:
-        local = bool(recorded) and (os.path.isabs(recorded) or recorded.startswith(".") or os.path.isdir(recorded))
-    if local:
-        raise PushError(
-            f"the adapter's base is the local folder {recorded}, which no one else can load: name its Hub id "
-            "with --base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2)"
-        )
-    return recorded
+def set_timeout(seconds: float) -> None:
+    """Every request of huggingface_hub gives up after `seconds` without an answer (its default is to wait
+    forever). Its one shared HTTP client is the place to say so."""
+    get_session().timeout = seconds
 
 
-def read_json(output_dir: str, name: str) -> dict:
-    """A JSON file of the run, or {} when it is absent."""
-    path = os.path.join(output_dir, name)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
+def _failure(what: str, error: Exception) -> PushError:
+    message = f"{what} failed: {type(error).__name__}: {error}"
+    token = get_token()
+    if token:
+        message = message.replace(token, "***")
+    if "401" in message or "Invalid credentials" in message:
+        message += f"\nThe Hub refused the token: {LOGIN_HINT}."
+    elif "403" in message:
+        message += "\nThe token may not write to that namespace: check the user/organisation and the token's role."
+    return PushError(message)
 
 
-def upload_operations(output_dir: str, base: str) -> list[CommitOperationAdd]:
-    """The run's files to publish; adapter_config.json with `base` as base_model_name_or_path."""
-    names = sorted(name for name in os.listdir(output_dir) if os.path.isfile(os.path.join(output_dir, name)))
-    operations = []
-    for name in filter_repo_objects(names, allow_patterns=UPLOAD_PATTERNS):
-        content = os.path.join(output_dir, name)
-        if name == "adapter_config.json":
-            with open(content, encoding="utf-8") as file:
-                adapter_config = json.load(file) | {"base_model_name_or_path": base}
-            content = (json.dumps(adapter_config, indent=2, sort_keys=True) + "\n").encode()
-        operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
-    return operations
-
-
-def push_output(output_dir: str, repo_id: str, private: bool | None, base_model_hub_id: str | None = None) -> str:
-    """Creates the model repo if needed and uploads the run's files; returns the commit URL."""
-    operations = upload_operations(output_dir, published_base(output_dir, base_model_hub_id))
-    token = get_token()  # HF_TOKEN or the saved login; never printed
-    api = HfApi(token=token)
+def check_access(repo_id: str, repo_type: str = "model", private: bool | None = None) -> str:
+    """Before any long work: a token exists, the Hub accepts it, and the repo exists or can be created.
+    Returns the account name."""
+    if not get_token():
+        raise PushError(f"--push_to_hub: no Hugging Face token found: {LOGIN_HINT}")
+    api = HfApi()
     try:
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        commit = api.create_commit(
-            repo_id=repo_id,
-            operations=operations,
-            commit_message="Upload LoRA adapter trained with cthulhu-sft",
-        )
-    except Exception as error:  # huggingface_hub, requests and OS errors alike end the same way
-        message = f"{type(error).__name__}: {error}"
-        if token:
-            message = message.replace(token, "***")
-        raise PushError(f"push to the Hub ({repo_id}) failed: {message}") from None
+        user = api.whoami()["name"]
+    except Exception as error:  # the Hub's, httpx's and OS errors all end the same way
+        raise _failure("checking the Hub token (whoami)", error) from None
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    except Exception as error:
+        raise _failure(f"creating or opening the {repo_type} repo {repo_id}", error) from None
+    return user
+
+
+def push_folder(folder: str, repo_id: str, repo_type: str, patterns: list[str], private: bool | None,
+                message: str) -> str:
+    """Uploads the files of `folder` that match `patterns` in one commit; returns the commit URL."""
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=repo_type,
+                                   allow_patterns=patterns, commit_message=message)
+    except Exception as error:
+        raise _failure(f"push to the Hub ({repo_id})", error) from None
     return commit.commit_url
 
 
+def push_run(output_dir: str, repo_id: str, private: bool | None = None) -> str:
+    """Publishes a finished run. Its adapter_config.json must name the base by a Hub id (train_sft.py writes
+    `base_model_hub_id` there): a local path means nothing to anyone who downloads the adapter."""
+    with open(os.path.join(output_dir, "adapter_config.json"), encoding="utf-8") as file:
+        base = json.load(file).get("base_model_name_or_path") or ""
+    if os.path.isabs(base) or base.startswith(".") or os.path.isdir(base):
+        raise PushError(f"the adapter's base is the local folder {base}, which no one else can load: train with "
+                        "--base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2), or set "
+                        "base_model_name_or_path in adapter_config.json to the base's Hub id")
+    return push_folder(output_dir, repo_id, "model", RUN_PATTERNS, private,
+                       "Upload LoRA adapter trained with cthulhu-sft")
+
+
+def push_dataset(folder: str, repo_id: str, private: bool | None = None) -> str:
+    """Publishes prepare_data.py's splits with their card (README.md) as a dataset repo."""
+    return push_folder(folder, repo_id, "dataset", DATASET_PATTERNS, private,
+                       "Upload Cthulhu-mythos Q&A dataset built by cthulhu-sft")
+
+
+def retry_command(folder: str, repo_id: str, dataset: bool = False) -> str:
+    return f"python -m cthulhu_sft.hub {'--dataset ' if dataset else ''}{folder} {repo_id}"
+
+
 def main(argv=None) -> int:
-    """`python -m cthulhu_sft.hub OUTPUT_DIR USER/REPO [--private]`: upload a finished run (again)."""
-    import argparse
-    import sys
+    """`python -m cthulhu_sft.hub [--dataset] FOLDER USER/REPO`: upload a finished run or a dataset (again)."""
+    from cthulhu_sft.config import sft_defaults
 
     parser = argparse.ArgumentParser(prog="python -m cthulhu_sft.hub", description=main.__doc__)
-    parser.add_argument("output_dir")
+    parser.add_argument("folder", help="a finished train_sft.py output_dir, or with --dataset prepare_data.py's data/")
     parser.add_argument("repo_id")
+    parser.add_argument("--dataset", action="store_true", help="publish a dataset folder instead of a run")
     parser.add_argument("--private", action="store_true", default=None)
-    parser.add_argument("--base_model_hub_id", default=None,
-                        help="Hub id of the base, when the run used a local copy (default: the run's config.yaml)")
+    parser.add_argument("--timeout", type=float, default=sft_defaults()["hub_timeout"],
+                        help="seconds each Hub request may take (default: sft_config.yaml's hub_timeout)")
     args = parser.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.output_dir, "adapter_config.json")):
-        parser.error(f"{args.output_dir} holds no trained adapter (adapter_config.json)")
+    needed = "train.jsonl" if args.dataset else "adapter_config.json"
+    if not os.path.isfile(os.path.join(args.folder, needed)):
+        parser.error(f"{args.folder} has no {needed}")
+    set_timeout(args.timeout)
+    push = push_dataset if args.dataset else push_run
+    print(f"pushing {args.folder} to {args.repo_id} ...", flush=True)
     try:
-        print(f"pushed to {push_output(args.output_dir, args.repo_id, args.private, args.base_model_hub_id)}")
+        print(f"pushed to {push(args.folder, args.repo_id, args.private)}")
     except PushError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,0 +1,264 @@
+"""What a training run leaves beside its adapter: run.json, config.yaml, samples, the knowledge check, the card.
+
+run.json says what the run used (configuration, data digests, versions, commit) and, once finished, what it
+produced (metrics, the knowledge check). The model card (README.md, from model_card.md) is rendered from the
+same values, so the two never disagree.
+"""
+
+import os
+import subprocess
+import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+from .data import write_jsonl_atomic
+from .files import sha256_file, write_json_atomic, write_text_atomic
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "huggingface_hub")
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
+HYPERPARAMETERS = (
+    "model_name_or_path", "load_in_8bit", "load_in_4bit", "dtype", "lora_r", "lora_alpha", "lora_dropout",
+    "lora_target_modules", "max_length", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "seed",
+)
+KIND_DESCRIPTIONS = {
+    "recitation": "a question about an article section, answered with the section's own text",
+    "synthesized": "a factoid question and answer written by {writers} from a passage, kept only when every key "
+                   "term of the answer appears in that passage",
+    "cloze": "a fill-in-the-blank sentence from an article",
+    "handwritten": "written by hand by the cthulhu-sft project in its own words (not Wikipedia text)",
+    "converted": "converted from another file ({sources})",
+    None: "no `kind` recorded in the data file",
+}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def git_commit(folder: str | Path) -> str | None:
+    """The checkout's commit, with "-dirty" when tracked files have uncommitted changes; None outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def data_entry(path: str, total: int, kept: int, dropped_lines: list[int]) -> dict:
+    return {"path": path, "sha256": sha256_file(path), "examples": total, "kept": kept,
+            "dropped_too_long": len(dropped_lines), "dropped_lines": dropped_lines}
+
+
+def start(output_dir: str, config: dict, data: dict, resumed_from: str | None, code_dir: str) -> dict:
+    """Writes run.json with status "running" and returns it."""
+    record = {"status": "running", "start_time": now(), "resumed_from": resumed_from,
+              "git_commit": git_commit(code_dir), "versions": package_versions(), "data": data, "config": config}
+    write_json_atomic(os.path.join(output_dir, "run.json"), record)
+    return record
+
+
+def finish(output_dir: str, record: dict, metrics: dict, knowledge: dict, records: list[dict]) -> None:
+    """config.yaml, the model card and run.json (status "finished"), written last so that a finished run.json
+    means every other output is in place."""
+    config = record["config"]
+    write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    write_text_atomic(os.path.join(output_dir, "README.md"), render_card(config, metrics, knowledge, records))
+    record.update(status="finished", end_time=now(), metrics=metrics, knowledge_check=knowledge)
+    write_json_atomic(os.path.join(output_dir, "run.json"), record)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# After training: the sample prompts and the knowledge check, with the model still loaded
+
+
+def answer_samples(model, fmt, script_args, output_dir: str) -> list[dict]:
+    from .inference import generate
+
+    conversations = [[{"role": "user", "content": prompt}] for prompt in script_args.sample_prompts]
+    generations = generate(model, fmt, conversations, temperature=script_args.sample_temperature,
+                           max_new_tokens=script_args.sample_max_new_tokens, seed=0)
+    samples = [{"prompt": prompt, "answer": generation.text, "ended_with_eos": generation.stopped}
+               for prompt, generation in zip(script_args.sample_prompts, generations)]
+    write_jsonl_atomic(os.path.join(output_dir, "samples.jsonl"), samples)
+    return samples
+
+
+def knowledge_check(model, fmt, files: list[str], limit: int, source_texts_path: str | None, log) -> dict:
+    """Answers each set's short-answer questions at temperature 0 with the adapter and with it disabled (PEFT's
+    disable_adapter: the base, no second copy in memory); scores them with the evaluation's own measures.
+
+    A missing or unusable set is reported in its entry, not raised; quiz items that the quiz self-check
+    flags (their answer is not in the crawled article) are left out and counted.
+    """
+    from .evaluation import aggregate, default_max_new_tokens, quiz_problems, read_set, read_source_texts, score_item
+    from .inference import generate
+
+    started = time.monotonic()
+    texts = read_source_texts(source_texts_path) if source_texts_path and os.path.isfile(source_texts_path) else {}
+    sets = []
+    for path in files:
+        entry = {"name": Path(path).stem, "path": path}
+        sets.append(entry)
+        try:
+            rows = read_set(path) if os.path.isfile(path) else None
+        except ValueError as error:
+            entry["error"] = f"unreadable: {error}"
+            continue
+        if rows is None:
+            entry["error"] = "file not found"
+            continue
+        flagged = {id(problem["row"]) for problem in quiz_problems(rows, texts)} if texts else set()
+        rows = [row for row in rows if row.get("answers") and id(row) not in flagged][:limit]
+        entry["excluded_by_quiz_check"] = len(flagged)
+        if not rows:
+            entry["error"] = "no question with accepted short answers (`answers`)"
+            continue
+        max_new_tokens = default_max_new_tokens(rows, fmt)
+        conversations = [[{"role": "user", "content": row["instruction"]}] for row in rows]
+        entry["results"] = {}
+        for label in ("base", "adapter"):
+            log(f"knowledge check: {entry['name']}, {label}: {len(rows)} questions")
+            if label == "base":
+                with model.disable_adapter():
+                    answers = generate(model, fmt, conversations, temperature=0, max_new_tokens=max_new_tokens)
+            else:
+                answers = generate(model, fmt, conversations, temperature=0, max_new_tokens=max_new_tokens)
+            items = [score_item(row, answer.text, answer.stopped, texts.get(row.get("title"), ""))
+                     for row, answer in zip(rows, answers)]
+            entry["results"][label] = aggregate(items)
+    seconds = time.monotonic() - started
+    log(f"knowledge check done in {seconds:.0f}s")
+    return {"status": "done", "seconds": round(seconds, 1), "temperature": 0, "sets": sets}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model card
+
+
+def render_card(config: dict, metrics: dict, knowledge: dict, records: list[dict]) -> str:
+    from .inference import decoding_options
+
+    base_id = config.get("base_model_hub_id") or (None if is_local_path(config["model_name_or_path"])
+                                                  else config["model_name_or_path"])
+    base = base_id or config["model_name_or_path"]
+    repo_id = config.get("hub_model_id")
+    provenance = data_provenance(records)
+    card_data = ModelCardData(
+        base_model=base_id, library_name="peft", license=config["license"], language=["ja"],
+        datasets=config.get("card_datasets") or None, pipeline_tag="text-generation",
+        tags=["lora", "sft", "trl", "mistral", "cthulhu-mythos", "japanese"],
+    )
+    decoding = decoding_options(config["sample_temperature"])
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        name=repo_id or "cthulhu-sft adapter",
+        base=base,
+        base_link=f"[{base}](https://huggingface.co/{base})" if base_id else f"`{base}`",
+        repo_or_path=repo_id or "path/to/adapter",
+        max_new_tokens=config["sample_max_new_tokens"],
+        decoding=", ".join(f"{key}={value}" for key, value in decoding.items()),
+        metrics=metric_rows(metrics),
+        hyperparameters=[(key, config[key]) for key in HYPERPARAMETERS if key in config],
+        knowledge=knowledge_view(knowledge),
+        license=config["license"],
+        **provenance,
+    )
+    return card.content
+
+
+def is_local_path(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith(".") or os.path.isdir(name)
+
+
+def metric_rows(metrics: dict) -> list[dict]:
+    """The losses (4 decimals), the training time and the epochs; run.json has every metric."""
+    rows = []
+    for name in sorted(metrics):
+        value = metrics[name]
+        if name.endswith("loss") and isinstance(value, (int, float)):
+            rows.append({"name": name, "value": f"{value:.4f}"})
+        elif name == "train_runtime":
+            rows.append({"name": "training time (s)", "value": f"{value:.1f}"})
+        elif name == "epoch":
+            rows.append({"name": "epochs", "value": f"{value:.2f}"})
+    return rows
+
+
+def data_provenance(records: list[dict]) -> dict:
+    """What the card says about the training data: examples per kind, Wikipedia sources, other sources."""
+    counts, writers, converted, wikipedia, others = {}, set(), set(), {}, set()
+    for record in records:
+        kind = record.get("kind")
+        counts[kind] = counts.get(kind, 0) + 1
+        if record.get("writer"):
+            writers.add(str(record["writer"]))
+        source = record.get("source")
+        if kind == "converted" and source:
+            converted.add(str(source).rsplit(":", 1)[0])
+        elif source and "wikipedia.org" in str(source) and (kind in ("recitation", "synthesized", "cloze")
+                                                            or (kind is None and record.get("revid"))):
+            wikipedia.setdefault(source, {"title": record.get("title") or source, "source": source,
+                                          "revid": record.get("revid")})
+        elif source and kind != "handwritten":
+            others.add(str(source))  # e.g. a Wikipedia URL cited by a pair with no revision: not its text
+    kinds = [{"name": kind or "(unknown)", "count": count,
+              "description": KIND_DESCRIPTIONS.get(kind, KIND_DESCRIPTIONS[None]).format(
+                  writers=", ".join(sorted(writers)) or "a model", sources=", ".join(sorted(converted)))}
+             for kind, count in sorted(counts.items(), key=lambda item: -item[1])]
+    origin_ja = "日本語 Wikipedia の記事から作った質問応答" if wikipedia else "下記のデータ（Wikipedia の文章ではありません）"
+    origin_en = "built from Japanese Wikipedia articles" if wikipedia else "not built from Wikipedia: see the data section"
+    if writers:
+        origin_en += f"; part of the pairs were written by {', '.join(sorted(writers))}"
+    return {"examples": len(records), "kinds": kinds, "wikipedia_sources": list(wikipedia.values()),
+            "any_revision": any(source["revid"] for source in wikipedia.values()),
+            "other_sources": sorted(others), "data_origin_ja": origin_ja, "data_origin_en": origin_en}
+
+
+def knowledge_view(knowledge: dict) -> dict:
+    """The knowledge check as the card's tables show it."""
+    if knowledge.get("status") != "done":
+        return knowledge
+    view = {"status": "done", "sets": [], "sets_argument": " ".join(
+        f"{entry['name']}={entry['path']}" for entry in knowledge["sets"] if "results" in entry)}
+    for entry in knowledge["sets"]:
+        card_set = {"name": entry["name"], "path": entry["path"], "error": entry.get("error"), "rows": []}
+        for label, result in entry.get("results", {}).items():
+            low, high = result["accuracy_ci"] or (None, None)
+            card_set["rows"].append({
+                "model": label, "n": result["n"], "accuracy": percent(result["accuracy"]),
+                "interval": f"{percent(low)}–{percent(high)}" if low is not None else "–",
+                "hallucination_rate": percent(result["hallucination_rate"]),
+                "abstention_rate": percent(result["abstention_rate"]),
+            })
+        if entry.get("excluded_by_quiz_check"):
+            card_set["note"] = (f"{entry['excluded_by_quiz_check']} question(s) left out: the quiz self-check found "
+                                "their accepted answers nowhere in the crawled text of their article.")
+        view["sets"].append(card_set)
+    if not any(card_set["rows"] for card_set in view["sets"]):
+        return {"status": "skipped", "reason": "none of the knowledge_check_files could be used (" + "; ".join(
+            f"{s['path']}: {s['error']}" for s in view["sets"]) + ")" if view["sets"] else
+            "no knowledge_check_files were given"}
+    return view
+
+
+def percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"

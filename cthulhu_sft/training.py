@@ -1,0 +1,159 @@
+"""Building the trainer: the 8-bit base, LoRA through TRL's SFTTrainer, and what output_dir may hold.
+
+Shared by train_sft.py and benchmarks/bench_train.py, so that the benchmark measures the product's own path.
+"""
+
+import json
+import os
+
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+
+
+class OutputDirError(ValueError):
+    """output_dir holds something train_sft.py must not overwrite."""
+
+
+def sharded_with_fsdp() -> bool:
+    """Whether `accelerate launch` runs FSDP (configs/fsdp_qlora.yaml), read from the variable the launcher sets:
+    accelerate's own state says FSDP only once the Trainer has built its Accelerator, after the model is loaded."""
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")
+
+
+def load_base_model(model_args, training_args):
+    """The base model, quantized as configured, on this process's own device, prepared for k-bit training.
+
+    TRL 1.16's SFTTrainer neither places a quantized model per data-parallel process (it sets device_map=None
+    under DDP) nor runs PEFT's k-bit preparation, so both are done here. Under FSDP (configs/fsdp_qlora.yaml)
+    FSDP places the shards itself, and the float32 upcast would mix dtypes inside the modules it flattens.
+    """
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    quantization_config = get_quantization_config(model_args)
+    kbit = quantization_config is not None and not sharded_with_fsdp()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=training_args.trust_remote_code,
+        quantization_config=quantization_config,
+        # each data-parallel process holds a whole quantized copy on its own device ("auto" would split it)
+        device_map={"": PartialState().device} if kbit else None,
+    )
+    if kbit:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=training_args.activation_checkpointing,
+            gradient_checkpointing_kwargs=training_args.activation_checkpointing_kwargs,
+        )
+    return model
+
+
+def build_trainer(model_args, training_args, train_rows, eval_sets: dict, tokenizer):
+    """SFTTrainer on already tokenized rows ({input_ids, labels}); `eval_sets` maps a name to its rows, and each
+    set is logged as eval_<name>_loss (a single set named "eval" as eval_loss)."""
+    from datasets import Dataset
+    from trl import SFTTrainer, get_peft_config
+
+    if training_args.padding_free and not training_args.packing:
+        # TRL refuses padding-free batches without packing while max_length is set, as it would not enforce it
+        # there; examples over max_length were dropped while tokenizing, so nothing is lost.
+        training_args.max_length = None
+    datasets = {name: Dataset.from_list(rows) for name, rows in eval_sets.items()}
+    if list(datasets) == ["eval"]:
+        datasets = datasets["eval"]
+    trainer = SFTTrainer(
+        model=load_base_model(model_args, training_args),
+        args=training_args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=datasets or None,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    keep_adapter_in_float32(trainer.model)
+    return trainer
+
+
+def keep_adapter_in_float32(model) -> None:
+    """SFTTrainer casts the trainable LoRA weights of a quantized base to bfloat16 (the QLoRA paper's recipe).
+    bf16 master weights round away updates below ~2^-8 of a weight, late in a cosine schedule, and a resumed run
+    would continue from the rounded checkpoint in another precision. Mixed precision keeps the weights and the
+    optimizer state in float32 and computes in bf16 under autocast (bf16: true), as PEFT does by default."""
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+
+
+def read_run(output_dir: str) -> dict | None:
+    """output_dir's run.json, or None when there is none (or it cannot be read)."""
+    try:
+        with open(os.path.join(output_dir, "run.json"), encoding="utf-8") as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def newest_complete_checkpoint(output_dir: str) -> str | None:
+    """The checkpoint with the highest step whose trainer_state.json, which the Trainer writes last, is whole.
+
+    A run killed while saving leaves a checkpoint folder without it (transformers' get_last_checkpoint would
+    pick that folder and fail); such folders are skipped.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), name)
+        for name in os.listdir(output_dir)
+        if name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit() and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        try:
+            with open(os.path.join(output_dir, name, "trainer_state.json"), encoding="utf-8") as handle:
+                json.load(handle)
+            return os.path.join(output_dir, name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def resume_checkpoint(value, output_dir: str) -> str | None:
+    """`--resume_from_checkpoint true` is the newest complete checkpoint in output_dir; a path is used as given."""
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
+    if str(value).lower() == "true":
+        last = newest_complete_checkpoint(output_dir)
+        if last is None:
+            raise OutputDirError(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}")
+        return last
+    if not os.path.isdir(value):
+        raise OutputDirError(f"--resume_from_checkpoint: {value} is not a folder")
+    return value
+
+
+def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
+    """Raises OutputDirError unless output_dir may receive a new run (or, resuming, the continued one).
+
+    A finished run is never touched (train_sft.py exits before calling this); a run with checkpoints is
+    continued with --resume_from_checkpoint true; a run that crashed before its first checkpoint is simply
+    started again; any other non-empty folder is the user's and is refused unless --overwrite_output_dir.
+    """
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    if resuming or not names:
+        return
+    run = read_run(output_dir)
+    if run is None:
+        if not overwrite:
+            raise OutputDirError(
+                f"{output_dir} is not empty and holds no cthulhu-sft run (no run.json); its files (e.g. a README.md) "
+                "would be replaced: choose another --output_dir, or pass --overwrite_output_dir true")
+        return
+    if any(name.startswith("checkpoint-") for name in names):
+        raise OutputDirError(f"{output_dir} holds an unfinished run with checkpoints: continue it with "
+                             "--resume_from_checkpoint true, or choose another --output_dir")
