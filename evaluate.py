@@ -1,21 +1,29 @@
-"""Measure how well models answer held-out questions, and how much they make up, over a temperature sweep.
+"""Measure what models know: short-answer accuracy, made-up facts and abstention, per question set, model and temperature.
 
-For each model (the base alone, base + adapter, several adapters, a merged model) on data/eval.jsonl (split
-by article, so its articles were never trained on):
+Sets are named data files (--sets NAME=PATH ...; default: those of these that exist):
+    known   data/eval_known.jsonl             held-out questions about facts of trained articles: did it learn them?
+    unseen  data/eval.jsonl                   never-trained articles: what does it make up about what it was not taught?
+    quiz    data/quiz/cthulhu_quiz_ja.jsonl   curated short-answer questions on well-known facts of the mythos
+For each model (the base alone, base + adapter, several adapters, a merged model) and each set:
   1. loss and perplexity of the reference answers (answer tokens and the closing </s>, as in training);
-  2. answers generated at each --temperatures value, scored against the references: character ROUGE-L F1,
-     fact recall (reference key terms found in the answer) and the unsupported-term rate (answer key terms
-     found neither in the reference nor in the source article: our hallucination measure);
-  3. the EOS-stop rate: the share of answers that ended with </s> before --max_new_tokens.
-Key terms (katakana names, Latin words, numbers) and the measures are defined in cthulhu_sft/metrics.py.
+  2. answers at each --temperatures value (max_new_tokens from the set's longest reference answer unless given),
+     scored per answer and per set: accuracy with its 95 % interval, hallucination rate, unsupported-term rate,
+     abstention and non-Japanese rates, ROUGE-L, fact recall, EOS-stop and truncated rates. The definitions are
+     in cthulhu_sft/evaluation.py and cthulhu_sft/metrics.py.
+Answers made elsewhere (another model, an API, a person) are scored the same way with --answers, no model loaded:
+a JSONL of {"set", "instruction", "answer"}, matched to the set's rows by question, named in the report by --label.
+Rows with accepted answers whose titled article's text (--source_texts, --cache_dir) does not contain any of them
+are left out of the score and listed in the report; --check_quiz lists them and exits (1 if there are any).
 
-    # base alone vs base + adapter, the default sweep 0 / 0.3 / 0.7 / 1.0
-    python evaluate.py --models base tuned=output/cthulhu-mistral --load_in_8bit
-    # two adapters on the first 50 questions, with the articles' text for the unsupported-term rate
-    python evaluate.py --models r8=output/r8 r16=output/r16 --limit 50 --source_texts data/source_texts.jsonl
+    # base alone vs base + adapter on every set, the default sweep 0 / 0.3 / 0.7 / 1.0
+    python evaluate.py --models base tuned=output/cthulhu-mistral-7b-lora --load_in_8bit
+    # another system's answers on the quiz, in the same table
+    python evaluate.py --sets quiz=data/quiz/cthulhu_quiz_ja.jsonl --answers gpt_answers.jsonl --label gpt
+    # the quiz's facts against the crawled articles
+    python evaluate.py --check_quiz
 
-Writes to --output_dir: report.json (configuration and numbers), report.md (a table), report.png (a chart
-of each measure by temperature and model) and generations.jsonl (every answer with its scores).
+Writes to --output_dir: report.json (configuration, sets, `results`), report.md (a table per set), report.png (a
+panel per set) and generations.jsonl (every answer with its scores).
 """
 
 import argparse
@@ -25,10 +33,21 @@ import os
 import sys
 from pathlib import Path
 
-from cthulhu_sft.data import DataError, load_items, load_records, write_jsonl_atomic
-from cthulhu_sft.files import write_json_atomic, write_text_atomic
+from cthulhu_sft.data import DataError
+from cthulhu_sft.evaluation import (
+    DEFAULT_SETS,
+    aggregate,
+    cached_source_texts,
+    has_source_text,
+    match_answers,
+    quiz_problems,
+    read_answers,
+    read_set,
+    read_source_texts,
+    score_item,
+    write_report,
+)
 from cthulhu_sft.inference import (
-    DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_SEED,
     DEFAULT_TOP_P,
@@ -37,13 +56,8 @@ from cthulhu_sft.inference import (
 )
 
 DEFAULT_TEMPERATURES = [0.0, 0.3, 0.7, 1.0]
-# (report key, column title, whether higher is better)
-MEASURES = [
-    ("rouge_l_f1", "ROUGE-L F1 (char)", True),
-    ("fact_recall", "fact recall", True),
-    ("unsupported_term_rate", "unsupported-term rate", False),
-    ("eos_stop_rate", "EOS-stop rate", True),
-]
+DEFAULT_SOURCE_TEXTS = "data/source_texts.jsonl"  # prepare_data.py writes every crawled article's text there
+DEFAULT_CACHE_DIR = ".cache/wiki"  # prepare_data.py's --cache_dir
 
 
 def parse_model_spec(spec: str) -> dict:
@@ -54,40 +68,37 @@ def parse_model_spec(spec: str) -> dict:
     return {"label": label or path.rstrip("/").split("/")[-1], "path": path}
 
 
-def read_source_texts(path: str) -> dict[str, str]:
-    """JSONL of {"title": ..., "text": ...} -> {title: text}; texts of a repeated title are joined."""
-    texts = {}
-    for item in load_items(path, _to_source_text):
-        texts[item["title"]] = texts[item["title"]] + "\n" + item["text"] if item["title"] in texts else item["text"]
-    return texts
-
-
-def _to_source_text(item) -> tuple[dict | None, str | None]:
-    if not isinstance(item, dict):
-        return None, f"expected a JSON object, got {type(item).__name__}"
-    for field in ("title", "text"):
-        if not isinstance(item.get(field), str):
-            return None, f"field '{field}': missing or not a string"
-    return item, None
+def parse_set_spec(spec: str) -> tuple[str, str]:
+    """'NAME=PATH' or 'PATH' (named by its file name without extension) -> (name, path)."""
+    name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)
+    return name.strip(), path
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", required=True, metavar="SPEC",
+    parser.add_argument("--models", nargs="+", default=[], metavar="SPEC",
                         help="'base' (the base model alone), or an adapter / merged model folder or Hub id, "
                              "optionally labelled: tuned=output/cthulhu-mistral")
+    parser.add_argument("--answers", metavar="FILE", help="score answers made elsewhere: JSONL of "
+                        "{'set', 'instruction', 'answer'}; no model is loaded for them")
+    parser.add_argument("--label", help="the name of --answers' system in the report (default: the file's name)")
+    parser.add_argument("--check_quiz", action="store_true", help="list the rows whose accepted answers are not in "
+                        "their article's text, and exit (status 1 if there are any)")
+    parser.add_argument("--sets", nargs="+", metavar="NAME=PATH", help="question sets (default: "
+                        + ", ".join(f"{name}={path}" for name, path in DEFAULT_SETS.items()) + ", those that exist)")
+    parser.add_argument("--source_texts", help=f"JSONL of {{'title', 'text'}}: the articles' text, for the "
+                        f"hallucination measures and the quiz check (default: {DEFAULT_SOURCE_TEXTS} if present)")
+    parser.add_argument("--cache_dir", help="prepare_data.py's page cache, read for articles --source_texts lacks "
+                        f"(default: {DEFAULT_CACHE_DIR} if present)")
     parser.add_argument("--base_model", help="base of 'base' and of the adapters (default: the first adapter's "
                         "recorded base, else sft_config.yaml's model_name_or_path)")
-    parser.add_argument("--eval_file", default="data/eval.jsonl", help="held-out instruction/response JSONL")
-    parser.add_argument("--source_texts", help="JSONL of {'title', 'text'}: the source articles (default: "
-                        "source_texts.jsonl beside --eval_file, as prepare_data.py writes it, if present); records "
-                        "whose title is missing here are checked against their reference only")
-    parser.add_argument("--limit", "--num_samples", dest="limit", type=int, help="evaluate the first N records")
+    parser.add_argument("--limit", "--num_samples", dest="limit", type=int, help="evaluate the first N rows of each set")
     parser.add_argument("--temperatures", nargs="+", type=float, default=DEFAULT_TEMPERATURES, help="0 means greedy")
     parser.add_argument("--top_p", type=float, default=DEFAULT_TOP_P)
-    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--max_new_tokens", type=int, help="default: per set, its longest reference answer in "
+                        "tokens plus a quarter and 16")
     parser.add_argument("--repetition_penalty", type=float, default=DEFAULT_REPETITION_PENALTY)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="each model and temperature starts from it")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="each model, set and temperature starts from it")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--output_dir", default="output/eval")
     parser.add_argument("--load_in_8bit", action="store_true")
@@ -98,31 +109,79 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
 
     # Everything that can be checked without a model is checked here, before minutes of loading.
+    if not (args.models or args.answers or args.check_quiz):
+        parser.error("nothing to evaluate: give --models, --answers FILE or --check_quiz")
+    if args.label is not None and not args.answers:
+        parser.error("--label names the system of --answers; give --answers FILE")
     if args.load_in_8bit and args.load_in_4bit:
         parser.error("give --load_in_8bit or --load_in_4bit, not both")
     if any(t < 0 for t in args.temperatures) or len(set(args.temperatures)) != len(args.temperatures):
         parser.error("--temperatures must be distinct and >= 0")
-    if not 0 < args.top_p <= 1 or min(args.max_new_tokens, args.batch_size, 1 if args.limit is None else args.limit) < 1:
-        parser.error("need 0 < --top_p <= 1, --max_new_tokens >= 1, --batch_size >= 1, --limit >= 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error("--max_new_tokens must be >= 1")
+    if not 0 < args.top_p <= 1 or min(args.batch_size, 1 if args.limit is None else args.limit) < 1:
+        parser.error("need 0 < --top_p <= 1, --batch_size >= 1, --limit >= 1")
     args.specs = [parse_model_spec(spec) for spec in args.models]
-    labels = [spec["label"] for spec in args.specs]
+    args.label = args.label or (Path(args.answers).stem if args.answers else None)
+    labels = [spec["label"] for spec in args.specs] + ([args.label] if args.answers else [])
     if len(set(labels)) != len(labels):
-        parser.error(f"--models: labels must be distinct, got {labels}; name them: label=path")
+        parser.error(f"--models / --label: names must be distinct, got {labels}; name them: label=path")
     for spec in args.specs:
         problem = spec["path"] and model_location_problem(spec["path"], f"--models {spec['label']}")
         if problem:
             parser.error(problem)
     if args.base_model and (problem := model_location_problem(args.base_model, "--base_model")):
         parser.error(problem)
-    if args.source_texts is None:
-        beside = Path(args.eval_file).with_name("source_texts.jsonl")
-        args.source_texts = str(beside) if beside.is_file() else None
+    args.set_paths = resolve_sets(parser, args.sets)
+    args.source_texts = args.source_texts or (DEFAULT_SOURCE_TEXTS if os.path.isfile(DEFAULT_SOURCE_TEXTS) else None)
+    args.cache_dir = args.cache_dir or (DEFAULT_CACHE_DIR if os.path.isdir(DEFAULT_CACHE_DIR) else None)
+    if args.cache_dir and not os.path.isdir(args.cache_dir):
+        parser.error(f"--cache_dir {args.cache_dir}: no such folder")
     try:
-        args.records = load_records(args.eval_file)[: args.limit]
-        args.sources = read_source_texts(args.source_texts) if args.source_texts else {}
+        args.texts = cached_source_texts(args.cache_dir) if args.cache_dir else {}
+        args.texts |= read_source_texts(args.source_texts) if args.source_texts else {}
+        full = {name: read_set(path) for name, path in args.set_paths.items()}
+        args.sets = {name: prepare_set(path, full[name][: args.limit], args.texts) for name, path in args.set_paths.items()}
+        if args.answers:
+            args.matched, args.ignored_sets = match_answers(args.answers, read_answers(args.answers), full)
     except DataError as error:
         parser.error(str(error))
     return args
+
+
+def resolve_sets(parser, specs: list[str] | None) -> dict[str, str]:
+    """{name: path} of --sets, or of the default sets that exist."""
+    if specs is None:
+        sets = {name: path for name, path in DEFAULT_SETS.items() if os.path.isfile(path)}
+        if not sets:
+            parser.error(f"none of the default sets exists ({', '.join(DEFAULT_SETS.values())}); give --sets NAME=PATH")
+        return sets
+    sets = {}
+    for spec in specs:
+        name, path = parse_set_spec(spec)
+        if not name or not path:
+            parser.error(f"--sets {spec}: expected NAME=PATH")
+        if name in sets:
+            parser.error(f"--sets: the name '{name}' is given twice")
+        sets[name] = path
+    return sets
+
+
+def prepare_set(path: str, rows: list[dict], texts: dict[str, str]) -> dict:
+    """A set's rows, the indices of those to score, and those left out because their accepted answers are not in
+    their article's text."""
+    problems = quiz_problems(rows, texts)
+    excluded = {id(row) for row in problems}
+    with_answers = [row for row in rows if row.get("answers")]
+    return {
+        "path": path,
+        "rows": rows,
+        "scored": [index for index, row in enumerate(rows) if id(row) not in excluded],
+        "excluded": [{key: row.get(key) for key in ("line", "instruction", "answers", "title")} for row in problems],
+        "with_answers": len(with_answers),
+        "with_text": sum(bool(texts.get(row.get("title") or "")) for row in rows),
+        "unchecked": sum(not has_source_text(row, texts) for row in with_answers),
+    }
 
 
 def is_adapter(path: str) -> bool:
@@ -139,82 +198,58 @@ def is_adapter(path: str) -> bool:
         return False
 
 
-def fmt_number(value, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def check_quiz(args) -> int:
+    """Prints each set's rows whose accepted answers are not in their article's text; 1 if there are any."""
+    if not args.texts:
+        print("No article text to check against: run prepare_data.py (it writes data/source_texts.jsonl), or give "
+              "--source_texts or --cache_dir.")
+    problems = 0
+    for name, info in args.sets.items():
+        checked = info["with_answers"] - info["unchecked"]
+        print(f"{name} ({info['path']}): {info['with_answers']} rows with accepted answers, {checked} checked against "
+              f"their article's text, {len(info['excluded'])} not found there, {info['unchecked']} unchecked (no text)")
+        for row in info["excluded"]:
+            print(f"  {info['path']}:{row['line']}: {row['instruction']} — none of {row['answers']} is in the "
+                  f"article '{row['title']}'")
+        problems += len(info["excluded"])
+    return 1 if problems else 0
 
 
-def markdown_report(report: dict) -> str:
-    config = report["config"]
-    lines = [
-        "# Evaluation",
-        "",
-        f"{config['records']} held-out questions from `{config['eval_file']}` "
-        f"({config['records_with_source']} with their source article's text); "
-        f"top_p {config['top_p']}, repetition_penalty {config['repetition_penalty']}, "
-        f"max_new_tokens {config['max_new_tokens']}, seed {config['seed']}.",
-        "",
-        "| model | temperature | loss | perplexity | "
-        + " | ".join(f"{title} {'↑' if up else '↓'}" for _, title, up in MEASURES)
-        + " | mean new tokens |",
-        "|---|---:|---:|---:|" + "---:|" * len(MEASURES) + "---:|",
-    ]
-    for model in report["models"]:
-        for run in model["runs"]:
-            cells = [model["label"], f"{run['temperature']:g}"]
-            cells += [fmt_number(model["loss"]), fmt_number(model["perplexity"], 2)]
-            cells += [fmt_number(run[key]) for key, _, _ in MEASURES] + [f"{run['mean_new_tokens']:.1f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Temperature 0 is greedy decoding. Loss and perplexity are of the reference answers (they do not depend on "
-        "the temperature). ROUGE-L is over characters; fact recall is the share of the references' key terms "
-        "(katakana names, Latin words, numbers) found in the answers; the unsupported-term rate is the share of the "
-        "answers' key terms found neither in the reference nor in the source article; the EOS-stop rate is the share "
-        "of answers that ended with </s> before max_new_tokens. Definitions: cthulhu_sft/metrics.py.",
-        "",
-    ]
-    return "\n".join(lines)
+def item_row(name: str, label: str, temperature, row: dict, answer: str, scores: dict) -> dict:
+    """One line of generations.jsonl."""
+    return {
+        "set": name, "model": label, "temperature": temperature, "line": row["line"], "title": row.get("title"),
+        "kind": row.get("kind"), "instruction": row["instruction"], "reference": row["response"],
+        "accepted": row.get("answers"), "answer": answer, **scores,
+    }
 
 
-def plot_report(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.8), squeeze=False)
-    for axis, (key, title, up) in zip(axes[0], MEASURES):
-        for model in report["models"]:
-            points = [(run["temperature"], run[key]) for run in model["runs"] if run[key] is not None]
-            label = f"{model['label']} (ppl {fmt_number(model['perplexity'], 1)})"
-            axis.plot([t for t, _ in points], [v for _, v in points], marker="o", label=label)
-        axis.set_title(f"{title} ({'higher' if up else 'lower'} is better)", fontsize=10)
-        axis.set_xlabel("temperature")
-        axis.set_ylim(-0.02, 1.02)
-        axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    config = report["config"]
-    figure.suptitle(f"{config['records']} held-out questions, max_new_tokens {config['max_new_tokens']}")
-    figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, format="png", dpi=110)
-    os.replace(temporary, path)
-    plt.close(figure)
+def score_answers(args, report: dict, generations: list) -> None:
+    """Scores the answers of --answers on every set, as one more system of the report."""
+    entry = {"label": args.label, "answers_file": args.answers, "unanswered": {}}
+    for name, info in args.sets.items():
+        answered = [index for index in info["scored"] if index in args.matched[name]]
+        entry["unanswered"][name] = len(info["scored"]) - len(answered)
+        if entry["unanswered"][name]:
+            print(f"{args.answers}: {entry['unanswered'][name]} of {len(info['scored'])} questions of set '{name}' "
+                  "have no answer; they are not scored", file=sys.stderr)
+        items = []
+        for index in answered:
+            row, answer = info["rows"][index], args.matched[name][index]
+            scores = score_item(row, answer, None, args.texts.get(row.get("title") or "", ""))
+            items.append(scores)
+            generations.append(item_row(name, args.label, None, row, answer, scores))
+        if items:
+            report["results"].append({"set": name, "model": args.label, "temperature": None, **aggregate(items)})
+    for name, count in args.ignored_sets.items():
+        print(f"{args.answers}: {count} answers to set '{name}', which is not evaluated, are ignored", file=sys.stderr)
+    report["models"].append(entry)
 
 
-def main(args) -> None:
-    import torch
-    from tqdm.auto import tqdm
+def resolve_models(args) -> None:
+    """Fills each model spec's base and adapter: the base alone, base + adapter, or a full (merged) model."""
+    from cthulhu_sft.inference import resolve_base
 
-    from cthulhu_sft.inference import answer_losses, generate, load_format, load_model, resolve_base
-    from cthulhu_sft.metrics import score, summarize
-
-    records = args.records
-    conversations = [[{"role": "user", "content": record["instruction"]}] for record in records]
-    source_texts = [args.sources.get(record.get("title"), "") for record in records]
-    output_dir = Path(args.output_dir)
-
-    # 1. Resolve what each model spec is: the base alone, base + adapter, or a full (merged) model.
     first_adapter = next((spec["path"] for spec in args.specs if spec["path"] and is_adapter(spec["path"])), None)
     base_model = resolve_base(args.base_model, first_adapter)
     for spec in args.specs:
@@ -226,19 +261,17 @@ def main(args) -> None:
             spec["base"], spec["adapter"] = spec["path"], None
         spec["revision"] = args.revision if args.base_model and spec["base"] == args.base_model else None
 
-    # 2. Per model: load once, loss of the references, then answers at each temperature.
-    report = {
-        "config": {
-            "eval_file": args.eval_file, "records": len(records), "source_texts": args.source_texts,
-            "records_with_source": sum(bool(text) for text in source_texts), "temperatures": args.temperatures,
-            "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
-            "seed": args.seed, "load_in_8bit": args.load_in_8bit, "load_in_4bit": args.load_in_4bit,
-            "dtype": args.dtype, "batch_size": args.batch_size,
-        },
-        "models": [],
-    }
-    generations = []
-    total = len(args.specs) * len(records) * (1 + len(args.temperatures))
+
+def evaluate_models(args, report: dict, generations: list) -> None:
+    """Per model: load once; per set, the reference answers' loss, then answers at each temperature."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from cthulhu_sft.evaluation import answer_losses, default_max_new_tokens
+    from cthulhu_sft.inference import generate, load_format, load_model
+
+    resolve_models(args)
+    total = len(args.specs) * sum(len(info["scored"]) for info in args.sets.values()) * (1 + len(args.temperatures))
     with tqdm(total=total, desc="evaluating", unit="example", file=sys.stderr) as bar:
         for spec in args.specs:
             bar.set_description(f"{spec['label']}: loading")
@@ -247,50 +280,73 @@ def main(args) -> None:
                 spec["base"], spec["adapter"], load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit,
                 dtype=args.dtype, trust_remote_code=args.trust_remote_code, revision=spec["revision"],
             )
-            bar.set_description(f"{spec['label']}: loss")
-            pairs = [(record["instruction"], record["response"]) for record in records]
-            losses = answer_losses(model, fmt, pairs, batch_size=args.batch_size, progress=bar)
-            answer_tokens = sum(n for _, n in losses)
-            loss = sum(nll for nll, _ in losses) / answer_tokens
-            entry = {
-                "label": spec["label"], "base_model": spec["base"], "adapter": spec["adapter"],
-                "loss": loss, "perplexity": math.exp(loss), "answer_tokens": answer_tokens, "runs": [],
-            }
-            for temperature in args.temperatures:
-                bar.set_description(f"{spec['label']}: T={temperature:g}")
-                answers = generate(
-                    model, fmt, conversations, temperature=temperature, top_p=args.top_p,
-                    max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                    batch_size=args.batch_size, progress=bar,
-                )
-                scores = [score(a.text, r["response"], src) for a, r, src in zip(answers, records, source_texts)]
-                entry["runs"].append({
-                    "temperature": temperature,
-                    **summarize(scores, [a.stopped for a in answers]),
-                    "mean_new_tokens": sum(len(a.token_ids) for a in answers) / len(answers),
-                })
-                for record, answer, scored, (nll, n) in zip(records, answers, scores, losses):
-                    generations.append({
-                        "model": spec["label"], "temperature": temperature, "line": record["line"],
-                        "title": record.get("title"), "instruction": record["instruction"],
-                        "reference": record["response"], "answer": answer.text, "stopped": answer.stopped,
-                        "new_tokens": len(answer.token_ids), "reference_loss": nll / n, **scored,
-                    })
+            entry = {"label": spec["label"], "base_model": spec["base"], "adapter": spec["adapter"],
+                     "max_new_tokens": {}, "losses": {}}
+            for name, info in args.sets.items():
+                rows = [info["rows"][index] for index in info["scored"]]
+                if not rows:
+                    continue
+                sources = [args.texts.get(row.get("title") or "", "") for row in rows]
+                max_new_tokens = args.max_new_tokens or default_max_new_tokens(rows, fmt)
+                entry["max_new_tokens"][name] = max_new_tokens
+                bar.set_description(f"{spec['label']} {name}: loss")
+                losses = answer_losses(model, fmt, [(row["instruction"], row["response"]) for row in rows],
+                                       batch_size=args.batch_size, progress=bar)
+                answer_tokens = sum(n for _, n in losses)
+                loss = sum(nll for nll, _ in losses) / answer_tokens
+                entry["losses"][name] = {"loss": loss, "perplexity": math.exp(loss), "answer_tokens": answer_tokens}
+                for temperature in args.temperatures:
+                    bar.set_description(f"{spec['label']} {name}: T={temperature:g}")
+                    answers = generate(
+                        model, fmt, [[{"role": "user", "content": row["instruction"]}] for row in rows],
+                        temperature=temperature, top_p=args.top_p, max_new_tokens=max_new_tokens,
+                        repetition_penalty=args.repetition_penalty, seed=args.seed, batch_size=args.batch_size,
+                        progress=bar,
+                    )
+                    items = [score_item(row, a.text, a.stopped, source) for row, a, source in zip(rows, answers, sources)]
+                    report["results"].append({"set": name, "model": spec["label"], "temperature": temperature,
+                                              **aggregate(items)})
+                    for row, answer, scores, (nll, n) in zip(rows, answers, items, losses):
+                        generations.append({
+                            **item_row(name, spec["label"], temperature, row, answer.text, scores),
+                            "new_tokens": len(answer.token_ids), "reference_loss": nll / n,
+                        })
             report["models"].append(entry)
             # Written after every model, so that a failure in a later one keeps what was measured so far
-            write_json_atomic(output_dir / "report.json", report)
-            write_jsonl_atomic(output_dir / "generations.jsonl", generations)
+            write_report(args.output_dir, report, generations)
             del model
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    # 3. The table and the chart (report.json and generations.jsonl are already written).
-    markdown = markdown_report(report)
-    write_text_atomic(output_dir / "report.md", markdown)
-    plot_report(report, output_dir / "report.png")
+
+def main(args) -> None:
+    if args.check_quiz:
+        sys.exit(check_quiz(args))
+    report = {
+        "config": {
+            "sets": args.set_paths, "source_texts": args.source_texts, "cache_dir": args.cache_dir,
+            "articles_with_text": len(args.texts), "limit": args.limit, "temperatures": args.temperatures,
+            "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
+            "seed": args.seed, "load_in_8bit": args.load_in_8bit, "load_in_4bit": args.load_in_4bit,
+            "dtype": args.dtype, "batch_size": args.batch_size, "answers": args.answers,
+        },
+        "sets": {
+            name: {key: value for key, value in info.items() if key not in ("rows", "scored")}
+            | {"rows": len(info["rows"]), "scored": len(info["scored"])}
+            for name, info in args.sets.items()
+        },
+        "models": [],
+        "results": [],
+    }
+    generations = []
+    if args.answers:
+        score_answers(args, report, generations)
+    if args.specs:
+        evaluate_models(args, report, generations)
+    markdown = write_report(args.output_dir, report, generations)
     print(markdown)
-    print(f"Wrote report.json, report.md, report.png and generations.jsonl to {output_dir}", file=sys.stderr)
+    print(f"Wrote report.json, report.md, report.png and generations.jsonl to {args.output_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,54 +1,108 @@
-"""Answer-quality measures for Japanese text: character ROUGE-L, fact recall, unsupported-term rate, EOS-stop rate.
+"""Measures of one answer against one reference row, for Japanese text: pure functions, no aggregation.
 
-Normalisation (all measures)
+Normalisation (`normalize`, all measures)
     Unicode NFKC (full-width Ａ１ → A1, half-width ｸﾄｩﾙﾌ → クトゥルフ, ① → 1, ＝ → =), then lower case,
     and ’ ‘ → '. Japanese has no word spaces, so whitespace carries no meaning and is removed for ROUGE-L.
 
-Key terms — the checkable facts of an answer — are, in the normalised text:
+Key terms (`key_terms`) — the checkable facts of a text — are, in the normalised text:
     katakana  maximal runs of katakana letters (ァ–ヺ, ㇰ–ㇿ) and the long-vowel mark ー, not starting with ー,
               at least 2 characters. The mythos' names are katakana transliterations (クトゥルフ, ルルイエ,
               ネクロノミコン). Name separators ・ = ゠ end a run, so ハワード・フィリップス・ラヴクラフト gives
               ハワード, フィリップス, ラヴクラフト, and ヨグ＝ソトース and ヨグ・ソトース give the same terms.
     Latin     maximal runs of Latin letters (a–z and accented Latin letters) with inner apostrophes
-              (r'lyeh), at least 2 letters; lower-cased, so Cthulhu = CTHULHU. Initials such as the H and P
-              of "H. P. Lovecraft" are dropped, and so are English function words (the, of, and, ...:
-              ENGLISH_STOPWORDS), which titles such as "The Call of Cthulhu" would otherwise contribute.
+              (r'lyeh), at least 2 letters, a possessive 's dropped; lower-cased, so Cthulhu = CTHULHU.
+              Initials such as the H and P of "H. P. Lovecraft" are dropped, and so are English function words
+              (the, of, and, ...: ENGLISH_STOPWORDS), which titles such as "The Call of Cthulhu" would add.
     numbers   runs of digits 0–9, with thousands commas removed (1,000 → 1000) and a decimal part kept
-              (3.5); years such as 1926 are the main case. Single digits count.
-    Kanji and hiragana words are not key terms: without a dictionary, kanji runs are mostly common
-    vocabulary (小説, 作家, 架空の神性) that a correct answer is free to paraphrase, and counting them would
-    flag paraphrase as invention. Known limits: transliteration variants (クトゥルフ / クトゥルー) are
-    different terms; numbers written in kanji (三, 十九世紀) are not seen.
-    Terms are compared as sets of distinct terms.
+              (3.5); years such as 1926 are the main case. Single digits count. Numbers written in kanji
+              count in the same form: 千九百二十八 and 一九二八 → 1928, 十九世紀 → 19, 三万 → 30000 — the numerals
+              SudachiPy tags as such (数詞), so 一般 or 唯一 are words, not numbers. A numeral of one kanji
+              (一つ, 三部作, 十人) is left out: it is mostly part of an everyday phrase (「代表作の一つ」), and
+              counting it would flag paraphrase as invention.
+    kanji proper nouns
+              runs of tokens that SudachiPy tags as proper nouns (固有名詞) holding at least two kanji:
+              南極, 太平洋, 荒俣宏, 大瀧啓裕, 東京, 米国. A place name takes a following suffix token (太平 + 洋 →
+              太平洋). Proper nouns in katakana alone are already katakana terms; マサチューセッツ州 (one kanji)
+              adds nothing to マサチューセッツ. Other kanji and hiragana words are not key terms: they are
+              mostly common vocabulary (小説, 作家, 架空の神性) that a correct answer is free to paraphrase.
+    Terms are compared as sets of distinct terms. Known limits: transliteration variants other than those
+    `fold_kana` joins (クトゥルフ / クトゥルー) are different terms; a made-up common noun (狂気山脈 where the source has 海底都市) is not seen.
 
-Measures of one answer against its reference (and the source article's text, when known):
+SudachiPy (with sudachidict_core) rather than fugashi + unidic-lite: both install from PyPI alone, but
+SudachiPy and its dictionary are maintained (dictionary releases several times a year, through 2026), while
+unidic-lite's dictionary is frozen at UniDic 2.1.2 (2013). The dictionary is loaded once, on first use
+(about 0.2 s); tokenizing takes about a millisecond per answer. Sudachi refuses inputs over 49,149 bytes, so
+long texts are tokenized in pieces cut at line ends.
+
+Supported terms (`unsupported_terms(answer, *support_texts)`): a key term of the answer is supported by a
+text when it is one of the text's key terms, or — for a name (katakana, Latin, kanji term; not a number) —
+when it occurs in the text's normalised form with whitespace and name separators removed, so that a
+segmentation difference in context does not flag a term the text literally contains (太平洋 in 南太平洋,
+ヨグソトース in ヨグ＝ソトース); both sides are compared without long-vowel marks and with ヴ as ブ (`fold_kana`), so
+ラブクラフト is supported by ラヴクラフト. Numbers compare as whole numbers: 19 is not supported by 1926.
+
+Other per-answer measures:
     rouge_l_f1       character-level ROUGE-L F1 of the normalised texts without whitespace:
                      2·LCS / (len(answer) + len(reference)); 1.0 when both are empty, 0.0 when one is.
     fact_recall      |terms(reference) ∩ terms(answer)| / |terms(reference)|; None (undefined) when the
                      reference has no key terms. An empty answer recalls 0.0.
-    unsupported_term_rate
-                     share of the answer's terms found neither in terms(reference) nor in terms(source text);
-                     None (undefined) when the answer has no key terms, e.g. an empty answer. Without a source
-                     text only the reference supports terms, which overstates invention.
-Over a run (`summarize`):
-    rouge_l_f1            mean over answers;
-    fact_recall           pooled: recalled reference terms / reference terms, over all answers;
-    unsupported_term_rate pooled: unsupported answer terms / answer terms, over all answers
-                          (pooling weighs every term alike and needs no special case for term-free answers);
-    eos_stop_rate         share of generations that ended with </s> within max_new_tokens.
+    answer_is_correct
+                     the answer contains one of the accepted short answers, both in `match_form`: normalised,
+                     kanji numerals as digits, without whitespace, name separators (・ = ゠ -), long-vowel
+                     marks (ー, so ナイアーラトテップ = ナイアラトテップ), quotes and brackets, and with ヴァ/ヴ → バ/ブ
+                     (ラヴクラフト = ラブクラフト). An accepted form that starts or ends with a digit must not
+                     continue a longer number (1926 does not match 19260, 19 does not match 1926).
+    is_abstention    the answer says it does not know (ABSTENTION phrases: わかりません, 存じません,
+                     情報がありません, お答えできません, I don't know, ...) in its first sentence, or in its
+                     second when the first is an apology (申し訳ありません。). Known limit: an answer that states
+                     a fact and then says that a detail is unknown (「…にありますが、正確な位置はわかりません。」)
+                     is taken for an abstention; evaluation.score_item keeps it an answer when it is correct
+                     or states an unsupported term.
+    is_japanese      at least a third of the answer's letters (Unicode letters; digits and punctuation do not
+                     count) are kana or kanji — a Latin letter says less than a Japanese character, so a
+                     Japanese sentence quoting an English title stays Japanese — and a text of more than 10
+                     letters has some kana (Chinese has none). A text with no letters (empty, "1926") is not in
+                     another language, so it counts as Japanese.
+    claimed_terms    the answer's key terms that count as its claims: all of them, except the Latin words of an
+                     answer that is not in Japanese (an English answer's "entity" or "sleeping" are words, not
+                     invented facts).
 """
 
+import functools
 import re
 import unicodedata
-from collections.abc import Sequence
 
 KATAKANA = re.compile(r"[\u30A1-\u30FA\u31F0-\u31FF][\u30A1-\u30FA\u30FC\u31F0-\u31FF]+")
 LATIN = re.compile(r"[a-z\u00DF-\u00F6\u00F8-\u024F]+(?:'[a-z\u00DF-\u00F6\u00F8-\u024F]+)*")
 NUMBER = re.compile(r"[0-9]+(?:,[0-9]{3}(?![0-9]))*(?:\.[0-9]+)?")
+KANJI = re.compile(r"[\u3005\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF]")
+KANA = re.compile(r"[\u3041-\u309F\u30A0-\u30FF\u31F0-\u31FF]")
+KANJI_NUMERAL = re.compile(r"[〇一二三四五六七八九十百千万億兆]{2,}")
 WHITESPACE = re.compile(r"\s+")
+NAME_SEPARATORS = re.compile(r"[\s・=゠]+")
 ENGLISH_STOPWORDS = frozenset(
     "an and are as at be by for from in into is it its of on or that the this to was were with".split()
 )
+# Sudachi's limit is 49,149 bytes; a Japanese character is 3 bytes in UTF-8 (4 for rare ones).
+SUDACHI_MAX_CHARACTERS = 12_000
+
+# Everything answer_is_correct ignores: whitespace, name separators and dashes, quotes and brackets.
+MATCH_IGNORED = re.compile(r"[\s・=゠\-‐‑‒–—―−'\"“”「」『』〈〉《》【】()]+")
+# Spelling variants of one katakana name: the long-vowel mark (ナイアーラトテップ, ナイアラトテップ) and ヴ (ラヴクラフト, ラブクラフト)
+KANA_FOLDS = (("ー", ""), ("ヴァ", "バ"), ("ヴィ", "ビ"), ("ヴェ", "ベ"), ("ヴォ", "ボ"), ("ヴ", "ブ"))
+
+ABSTENTION = re.compile(
+    "|".join([
+        r"(わか|分か|判)(りません|らない|りかね)", r"存じ(ません|あげません)", r"知りません", r"記憶にありません",
+        r"情報(が|は|を)?(ありません|ない|見つかりません|見当たりません|持って(い|お)りません|持っていません"
+        r"|持ち合わせて(い|お)りません)",
+        r"(お答え|答え|回答)(でき|いたしかね|しかね|られ)ません", r"確認できません",
+        r"i (don't|do not|cannot|can't) (know|answer)", r"i'?m not sure", r"i am not sure",
+        r"(don't|do not) have (any )?(information|knowledge)", r"no information",
+    ])
+)
+APOLOGY = re.compile(r"申し訳|すみません|ごめんなさい|恐れ入ります|sorry")
+SENTENCE_END = re.compile(r"[。．！？!?\n]+")
 
 
 def normalize(text: str) -> str:
@@ -56,15 +110,129 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("\u2018", "'")
 
 
-def key_terms(text: str) -> set[str]:
-    """The key terms of a text: katakana runs, Latin words and numbers, as defined in the module docstring."""
-    text = normalize(text)
-    terms = set(KATAKANA.findall(text))
-    terms.update(
-        word for word in LATIN.findall(text) if len(word.replace("'", "")) >= 2 and word not in ENGLISH_STOPWORDS
-    )
-    terms.update(number.replace(",", "") for number in NUMBER.findall(text))
+@functools.cache
+def _dictionary():
+    from sudachipy import Dictionary
+
+    return Dictionary()
+
+
+def _morphemes(text: str):
+    """Sudachi's morphemes of a normalised text (mode C: the longest units), in pieces under Sudachi's limit.
+
+    A tokenizer per call is cheap (the dictionary is shared) and keeps threads (the chat page) apart.
+    """
+    from sudachipy import SplitMode
+
+    tokenizer = _dictionary().tokenizer(mode=SplitMode.C)
+    for piece in _pieces(text):
+        yield from tokenizer.tokenize(piece)
+
+
+def _pieces(text: str):
+    """The text cut at line ends (else anywhere) into pieces of at most SUDACHI_MAX_CHARACTERS."""
+    piece = ""
+    for line in text.splitlines(keepends=True):
+        if len(piece) + len(line) > SUDACHI_MAX_CHARACTERS:
+            if piece:
+                yield piece
+            piece = ""
+            while len(line) > SUDACHI_MAX_CHARACTERS:
+                yield line[:SUDACHI_MAX_CHARACTERS]
+                line = line[SUDACHI_MAX_CHARACTERS:]
+        piece += line
+    if piece:
+        yield piece
+
+
+def _proper_nouns(text: str) -> set[str]:
+    """Kanji proper nouns of a normalised text (see the module docstring)."""
+    terms, run, place = set(), "", False
+    for morpheme in _morphemes(text):
+        pos = morpheme.part_of_speech()
+        if pos[1] == "固有名詞":
+            run, place = run + morpheme.surface(), place or pos[2] == "地名"
+            continue
+        if run and place and pos[0] == "接尾辞" and KANJI.search(morpheme.surface()):
+            run += morpheme.surface()  # 太平 + 洋: Sudachi splits a place name from its suffix in some contexts
+        if len(KANJI.findall(run)) >= 2:
+            terms.add(run)
+        run, place = "", False
+    if len(KANJI.findall(run)) >= 2:
+        terms.add(run)
     return terms
+
+
+def _numeral_lines(text: str) -> str:
+    """The lines of a text that hold a kanji numeral of two or more characters: only they need Sudachi."""
+    return "".join(line for line in text.splitlines(keepends=True) if KANJI_NUMERAL.search(line))
+
+
+def _digits_of(morpheme) -> str | None:
+    """The number a kanji numeral morpheme writes, in digits (千九百二十八 → 1928); None for anything else."""
+    if morpheme.part_of_speech()[1] != "数詞" or not KANJI_NUMERAL.fullmatch(morpheme.surface()):
+        return None
+    digits = morpheme.normalized_form()
+    return digits if NUMBER.fullmatch(digits) else None
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers of a normalised text, written in digits or in kanji, as digits."""
+    numbers = {number.replace(",", "") for number in NUMBER.findall(text)}
+    numbers.update(filter(None, map(_digits_of, _morphemes(_numeral_lines(text)))))
+    return numbers
+
+
+@functools.lru_cache(maxsize=4096)
+def _terms(text: str) -> frozenset[str]:
+    text = normalize(text)
+    terms = set(KATAKANA.findall(text)) | _numbers(text)
+    words = (word.removesuffix("'s") for word in LATIN.findall(text))
+    terms.update(word for word in words if len(word.replace("'", "")) >= 2 and word not in ENGLISH_STOPWORDS)
+    if KANJI.search(text):
+        terms.update(_proper_nouns(text))
+    return frozenset(terms)
+
+
+def key_terms(text: str) -> set[str]:
+    """The key terms of a text: katakana runs, Latin words, numbers (digits or kanji) and kanji proper nouns."""
+    return set(_terms(text))
+
+
+def is_number(term: str) -> bool:
+    return NUMBER.fullmatch(term) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _support(text: str) -> tuple[frozenset[str], str]:
+    """What a support text offers: its numbers, and its normalised form without whitespace and name separators,
+    kana folded, in which every other key term of it occurs (so a long corpus needs Sudachi only on its numeral
+    lines)."""
+    text = normalize(text)
+    return frozenset(_numbers(text)), fold_kana(NAME_SEPARATORS.sub("", text))
+
+
+def unsupported_terms(answer: str, *support_texts: str) -> set[str]:
+    """The answer's key terms that none of the support texts supports (see "Supported terms" above)."""
+    unsupported = set(_terms(answer))
+    for text in support_texts:
+        if not unsupported:
+            break
+        numbers, compact = _support(text)
+        unsupported = {term for term in unsupported if not _supports(term, numbers, compact)}
+    return unsupported
+
+
+def _supports(term: str, numbers: frozenset[str], compact: str) -> bool:
+    return term in numbers if is_number(term) else fold_kana(term) in compact
+
+
+def claimed_terms(answer: str) -> set[str]:
+    """The answer's key terms that count as claims: all but the Latin words of an answer not in Japanese."""
+    terms = key_terms(answer)
+    if is_japanese(answer):
+        return terms
+    return {term for term in terms if not LATIN.fullmatch(term)}
 
 
 def lcs_length(a: str, b: str) -> int:
@@ -95,56 +263,64 @@ def rouge_l_f1(answer: str, reference: str) -> float:
 
 def fact_recall(answer: str, reference: str) -> float | None:
     """Share of the reference's key terms that the answer contains; None when the reference has none."""
-    reference_terms = key_terms(reference)
+    reference_terms = _terms(reference)
     if not reference_terms:
         return None
-    return len(reference_terms & key_terms(answer)) / len(reference_terms)
+    return len(reference_terms & _terms(answer)) / len(reference_terms)
 
 
-def unsupported_terms(answer: str, reference: str, source_text: str = "") -> set[str]:
-    """The answer's key terms found neither in the reference nor in the source text."""
-    return key_terms(answer) - key_terms(reference) - key_terms(source_text)
+@functools.lru_cache(maxsize=1024)
+def match_form(text: str) -> str:
+    """The form in which answer_is_correct compares texts (see the module docstring)."""
+    text = normalize(text)
+    if KANJI_NUMERAL.search(text):
+        text = _with_digits(text)
+    return fold_kana(MATCH_IGNORED.sub("", text))
 
 
-def unsupported_term_rate(answer: str, reference: str, source_text: str = "") -> float | None:
-    """Share of the answer's key terms that nothing supports; None when the answer has no key terms."""
-    answer_terms = key_terms(answer)
-    if not answer_terms:
-        return None
-    return len(unsupported_terms(answer, reference, source_text)) / len(answer_terms)
+def fold_kana(text: str) -> str:
+    """Without long-vowel marks, and ヴァ ヴィ ヴ ヴェ ヴォ as バ ビ ブ ベ ボ: one spelling of a katakana name."""
+    for variant, plain in KANA_FOLDS:
+        text = text.replace(variant, plain)
+    return text
 
 
-def eos_stop_rate(stopped: Sequence[bool]) -> float | None:
-    """Share of generations that ended with </s> before max_new_tokens; None for no generations."""
-    return sum(map(bool, stopped)) / len(stopped) if len(stopped) else None
+def _with_digits(text: str) -> str:
+    """The text with each kanji numeral of two or more characters written in digits (千九百二十八 → 1928)."""
+    lines = text.splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        if KANJI_NUMERAL.search(line):
+            lines[index] = "".join(_digits_of(morpheme) or morpheme.surface() for morpheme in _morphemes(line))
+    return "".join(lines)
 
 
-def score(answer: str, reference: str, source_text: str = "") -> dict:
-    """All per-answer measures, with the term counts that `summarize` pools."""
-    answer_terms, reference_terms = key_terms(answer), key_terms(reference)
-    return {
-        "rouge_l_f1": rouge_l_f1(answer, reference),
-        "fact_recall": fact_recall(answer, reference),
-        "unsupported_term_rate": unsupported_term_rate(answer, reference, source_text),
-        "reference_terms": len(reference_terms),
-        "recalled_terms": len(reference_terms & answer_terms),
-        "answer_terms": len(answer_terms),
-        "unsupported_terms": sorted(unsupported_terms(answer, reference, source_text)),
-    }
+def answer_is_correct(answer: str, accepted: list[str]) -> bool:
+    """Whether the answer contains one of the accepted short answers, compared in `match_form`."""
+    text = match_form(answer)
+    for form in map(match_form, accepted):
+        if not form:
+            continue
+        pattern = ("(?<![0-9])" if form[0].isdigit() else "") + re.escape(form) + ("(?![0-9])" if form[-1].isdigit() else "")
+        if re.search(pattern, text):
+            return True
+    return False
 
 
-def summarize(scores: Sequence[dict], stopped: Sequence[bool]) -> dict:
-    """Run-level measures from `score` results and the generations' stop flags (see the module docstring)."""
-    reference_terms = sum(s["reference_terms"] for s in scores)
-    answer_terms = sum(s["answer_terms"] for s in scores)
-    return {
-        "answers": len(scores),
-        "rouge_l_f1": sum(s["rouge_l_f1"] for s in scores) / len(scores) if scores else None,
-        "fact_recall": sum(s["recalled_terms"] for s in scores) / reference_terms if reference_terms else None,
-        "unsupported_term_rate": (
-            sum(len(s["unsupported_terms"]) for s in scores) / answer_terms if answer_terms else None
-        ),
-        "eos_stop_rate": eos_stop_rate(stopped),
-        "reference_terms": reference_terms,
-        "answer_terms": answer_terms,
-    }
+def is_abstention(answer: str) -> bool:
+    """Whether the answer says it does not know, in its first sentence (after an apology)."""
+    sentences = [sentence for sentence in SENTENCE_END.split(normalize(answer)) if sentence.strip()]
+    if not sentences:
+        return False
+    opening = sentences[:2] if APOLOGY.search(sentences[0]) else sentences[:1]
+    return any(ABSTENTION.search(sentence) for sentence in opening)
+
+
+def is_japanese(answer: str) -> bool:
+    """Whether the answer is written in Japanese (see the module docstring)."""
+    letters = [character for character in normalize(answer) if unicodedata.category(character).startswith("L")]
+    japanese = sum(1 for character in letters if KANA.match(character) or KANJI.match(character))
+    if not letters:
+        return True
+    if len(letters) > 10 and not any(KANA.match(character) for character in letters):
+        return False
+    return 3 * japanese >= len(letters)
