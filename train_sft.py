@@ -67,6 +67,8 @@ def main(script_args, training_args, model_args):
         model_args.model_name_or_path = os.path.abspath(model_args.model_name_or_path)
 
     # Data: validated, then tokenized exactly, before anything heavy is loaded
+    if not script_args.train_file:
+        fail("train_file is empty: pass --train_file data/train.jsonl (prepare_data.py writes it)")
     try:
         files = {"train": script_args.train_file} | {eval_set_name(path, script_args.eval_file): path
                                                       for path in script_args.eval_file}
@@ -266,7 +268,7 @@ def setup_logging():
     main_process = PartialState().is_main_process
     logging.basicConfig(format="%(message)s", level=logging.INFO if main_process else logging.ERROR,
                         handlers=[info, problems], force=True)
-    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "httpx"):
+    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "httpx", "httpx2"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator")

@@ -132,7 +132,7 @@ def eval_set_name(path: str, eval_files: list[str]) -> str:
     """The name an eval file's loss is logged under: eval_<name>_loss, or plain eval_loss for a single file.
 
     data/eval_known.jsonl is "known" (held-out questions about trained facts), data/eval.jsonl "unseen"
-    (never-trained articles), any other file its stem.
+    (never-trained articles), the training file itself "train_file", any other file its stem.
     """
     if len(eval_files) == 1:
         return "eval"
@@ -140,7 +140,7 @@ def eval_set_name(path: str, eval_files: list[str]) -> str:
     name = Path(path).stem.removeprefix("eval_")
     if names.count(name) > 1:
         raise DataError(f"eval_file: two files are named {Path(path).stem}; their losses would share one name")
-    return "unseen" if name == "eval" else name
+    return {"eval": "unseen", "train": "train_file"}.get(name, name)  # "train" names the training split
 
 
 def overlap_warnings(files: dict[str, str], records: dict[str, list[dict]]) -> list[str]:

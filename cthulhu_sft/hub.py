@@ -35,9 +35,10 @@ def _failure(what: str, error: Exception) -> PushError:
     token = get_token()
     if token:
         message = message.replace(token, "***")
-    if "401" in message or "Invalid credentials" in message:
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status == 401:
         message += f"\nThe Hub refused the token: {LOGIN_HINT}."
-    elif "403" in message:
+    elif status == 403:
         message += "\nThe token may not write to that namespace: check the user/organisation and the token's role."
     return PushError(message)
 

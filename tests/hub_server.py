@@ -91,14 +91,15 @@ class SilentHub(_Server):
 
 
 class LoopbackHub(_Server):
-    """A Hub that accepts `VALID_TOKEN` for user `tester` (who may write to `tester/*` only) and keeps uploads.
+    """A Hub that accepts `token` for `user` (who may write to `user/*` only) and keeps uploads; with
+    `upload_status`, every upload (preupload and commit) is answered with that status instead.
 
     `files[(repo_type, repo_id)]` maps each uploaded path to its bytes; `commits` lists (repo_type, repo_id,
     summary). Repos are created by repos/create or by the first commit.
     """
 
-    def __init__(self, user: str = "tester"):
-        self.user = user
+    def __init__(self, user: str = "tester", token: str = VALID_TOKEN, upload_status: int | None = None):
+        self.user, self.token, self.upload_status = user, token, upload_status
         self.files: dict[tuple[str, str], dict[str, bytes]] = {}
         self.commits: list[tuple[str, str, str]] = []
         hub = self
@@ -126,6 +127,8 @@ class LoopbackHub(_Server):
                     repo_type, repo_id = parts[1].removesuffix("s"), f"{parts[2]}/{parts[3]}"
                     if parts[2] != hub.user:
                         return self.reply(403, {"error": f"You don't have the rights to write to {repo_id}"})
+                    if hub.upload_status:
+                        return self.reply(hub.upload_status, {"error": "upload refused by the test server"})
                     if parts[4] == "preupload":
                         files = json.loads(body)["files"]
                         return self.reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
@@ -134,7 +137,7 @@ class LoopbackHub(_Server):
                 self.reply(404, {"error": "not found"})
 
             def authorized(self) -> bool:
-                if self.headers.get("Authorization") == f"Bearer {VALID_TOKEN}":
+                if self.headers.get("Authorization") == f"Bearer {hub.token}":
                     return True
                 self.reply(401, {"error": "Invalid credentials in Authorization header"})
                 return False

@@ -1,10 +1,19 @@
-"""train_sft.py before the model: configuration, validation and --dump_tokenized, through the real CLI."""
+"""train_sft.py before the model: configuration, validation, output_dir and Hub checks, --dump_tokenized.
 
+In-process through `train_sft.main(*parse_args(...))`, the CLI's own path (a subprocess would spend seconds
+importing torch for each case); the documented launcher itself is run in test_train_e2e.py.
+"""
+
+import hashlib
 import json
+import time
 
 import pytest
 import yaml
-from conftest import PYTHON, REPO, load_script, mistral_common_ids, run_script
+from conftest import REPO, load_script, mistral_common_ids
+from hub_server import VALID_TOKEN, LoopbackHub, SilentHub
+
+from cthulhu_sft.config import parse_args
 
 RECORDS = [
     {"instruction": "クトゥルフとは？", "response": "ルルイエに眠る存在。"},
@@ -12,6 +21,7 @@ RECORDS = [
     {"instruction": "emoji 🐙", "response": "🦑"},
     {"instruction": "長い", "response": "あ。" * 200},
 ]
+train_sft = load_script("train_sft")
 
 
 def write_jsonl(path, records):
@@ -19,18 +29,41 @@ def write_jsonl(path, records):
     return path
 
 
-def train_cli(*args, model="does/not-exist"):
-    return run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml", "--bf16", "false",
-                       "--model_name_or_path", str(model), *map(str, args)], timeout=300)
+def run_main(*args, model="does/not-exist"):
+    """train_sft.py's main on sft_config.yaml with these overrides; returns its exit code (0 when it returns)."""
+    argv = ["--config", str(REPO / "sft_config.yaml"), "--bf16", "false", "--model_name_or_path", str(model),
+            *map(str, args)]
+    try:
+        train_sft.main(*parse_args(argv))
+    except SystemExit as exit:
+        return exit.code
+    return 0
 
 
-def test_dump_tokenized_equals_mistral_common_and_drops_too_long(tmp_path, tiny_model_dir, reference_tokenizer):
+@pytest.fixture
+def said(capsys, caplog):
+    """Everything the run printed or logged so far."""
+    caplog.set_level("INFO")
+
+    def text():
+        captured = capsys.readouterr()
+        return captured.out + captured.err + caplog.text
+
+    return text
+
+
+@pytest.fixture
+def train(tmp_path):
+    return write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+
+
+def test_dump_tokenized_equals_mistral_common_and_drops_too_long(tmp_path, tiny_model_dir, reference_tokenizer, said):
     train = write_jsonl(tmp_path / "train.jsonl", RECORDS)
     dump = tmp_path / "dump.jsonl"
-    result = train_cli("--train_file", train, "--eval_file", train, "--max_length", 200,
-                       "--dump_tokenized", dump, "--output_dir", tmp_path / "out", model=tiny_model_dir)
-    assert result.returncode == 0, result.stderr
-    assert "1 of 4 examples are longer than max_length=200" in result.stderr
+    code = run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--max_length", 200, "--dump_tokenized", dump,
+                    "--output_dir", tmp_path / "out", model=tiny_model_dir)
+    assert code == 0
+    assert "1 of 4 examples are longer than max_length=200" in said()
     rows = [json.loads(line) for line in dump.read_text().splitlines()]
     assert len(rows) == 3
     for record, row in zip(RECORDS, rows):
@@ -50,135 +83,169 @@ def test_dump_tokenized_equals_mistral_common_and_drops_too_long(tmp_path, tiny_
         ('{"instruction": "q"}\n', "train.jsonl:1: field 'response': missing"),
         ('{"instruction": "q", "response": ""}\n', "train.jsonl:1: field 'response': empty"),
         ('{"instruction": ["q"], "response": "a"}\n', "train.jsonl:1: field 'instruction': expected a string"),
+        ('[{"text": "q", "output": "a"}]\n', "train.jsonl:1: a JSON array, not JSON Lines: convert it once with"),
     ],
 )
-def test_bad_training_data_fails_before_any_model_is_loaded(tmp_path, content, message):
+def test_bad_training_data_fails_before_any_model_is_loaded(tmp_path, content, message, said):
     train = tmp_path / "train.jsonl"
     train.write_text(content, encoding="utf-8")
     # The model id does not exist anywhere: reaching the model (or tokenizer) would fail differently.
-    result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", tmp_path / "out")
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", tmp_path / "out") == 2
+    assert message in said()
 
 
-def test_unknown_config_key_is_an_error_naming_it(tmp_path):
+def test_a_yaml_typo_names_the_key_and_the_nearest_valid_one(tmp_path, capsys):
     config = yaml.safe_load((REPO / "sft_config.yaml").read_text())
     config["lerning_rate"] = 1e-4
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
-    result = run_script([PYTHON, "train_sft.py", "--config", str(path), "--bf16", "false"])
-    assert result.returncode == 2
-    assert "lerning_rate" in result.stderr
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--config", str(path)])  # reported before bf16 is even looked at
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert "typo.yaml: unknown key 'lerning_rate'; did you mean 'learning_rate'?" in error
+    assert "fail_with_unknown_args" not in error
 
 
-def test_unknown_command_line_option_is_an_error_naming_it():
-    result = run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml", "--bf16", "false", "--num_epochs", "2"])
-    assert result.returncode == 2
-    assert "--num_epochs" in result.stderr
+@pytest.mark.parametrize("option,nearest", [("--num_epochs", "num_train_epochs"), ("--max_step", "max_steps")])
+def test_unknown_or_abbreviated_options_are_errors_naming_the_nearest(option, nearest, capsys):
+    """`--max_step 20` must not silently be taken as --max_steps (argparse's prefix matching)."""
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false", option, "2"])
+    assert exit.value.code == 2
+    assert f"unknown option {option}; did you mean '{nearest}'?" in capsys.readouterr().err
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir):
-    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
-    result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", tmp_path / "out",
-                       "--resume_from_checkpoint", "true", model=tiny_model_dir)
-    assert result.returncode == 2
-    assert "no complete checkpoint-* folder" in result.stderr
+@pytest.mark.parametrize("args", [["--hub_token", "hf_secret123"], ["--hub_token=hf_secret123"],
+                                  ["--push_to_hub_token", "hf_secret123"]])
+def test_a_token_on_the_command_line_is_refused_without_echoing_it(args, capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false", *args])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert "is not accepted on the command line" in error and "hf auth login" in error and "HF_TOKEN" in error
+    assert "hf_secret123" not in error
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir, train, said):
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", tmp_path / "out",
+                    "--resume_from_checkpoint", "true", model=tiny_model_dir) == 2
+    assert "no complete checkpoint-* folder" in said()
 
 
 def test_shipped_config_parses_with_the_real_parser_and_holds_the_recipe():
-    from cthulhu_sft.config import parse_args
-
     script_args, training_args, model_args = parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false"])
     assert model_args.model_name_or_path == "mistralai/Mistral-7B-Instruct-v0.2"
     assert model_args.load_in_8bit and model_args.use_peft and model_args.lora_target_modules == "all-linear"
     assert training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs == {"use_reentrant": False}
     assert str(training_args.eval_strategy) in ("epoch", "IntervalStrategy.EPOCH")
-    assert training_args.report_to == ["tensorboard"]
-    assert script_args.train_file == "data/train.jsonl" and script_args.eval_file == "data/eval.jsonl"
+    assert script_args.train_file == "data/train.jsonl"
+    assert script_args.eval_file == ["data/eval_known.jsonl", "data/eval.jsonl"]
+    assert script_args.knowledge_check and "data/quiz/cthulhu_quiz_ja.jsonl" in script_args.knowledge_check_files
     assert yaml.safe_load((REPO / "sft_config.yaml").read_text())["bf16"] is True
 
 
 def test_command_line_overrides_the_yaml():
-    from cthulhu_sft.config import parse_args
-
-    _, training_args, model_args = parse_args(
-        ["--config", str(REPO / "sft_config.yaml"), "--bf16", "false", "--learning_rate", "1e-4", "--lora_r", "8"]
-    )
+    script_args, training_args, model_args = parse_args(
+        ["--config", str(REPO / "sft_config.yaml"), "--bf16", "false", "--learning_rate", "1e-4", "--lora_r", "8",
+         "--eval_file", "data/eval.jsonl", "--knowledge_check", "false"])
     assert training_args.learning_rate == 1e-4 and model_args.lora_r == 8
+    assert script_args.eval_file == ["data/eval.jsonl"] and script_args.knowledge_check is False
 
 
-def test_bf16_without_gpu_explains_the_fix():
-    result = run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml"], env={"CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode == 2
-    assert "--bf16 false" in result.stderr
+def test_bf16_without_gpu_explains_the_fix(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--config", str(REPO / "sft_config.yaml")])
+    assert exit.value.code == 2 and "--bf16 false" in capsys.readouterr().err
 
 
-def test_evaluation_without_eval_file_is_refused_before_training(tmp_path, tiny_model_dir):
-    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
-    result = train_cli("--train_file", train, "--eval_file", "", "--output_dir", tmp_path / "out", model=tiny_model_dir)
-    assert result.returncode == 2
-    assert "eval_strategy is 'epoch' but there is no eval_file" in result.stderr
+def test_evaluation_without_eval_file_is_refused_before_training(tmp_path, tiny_model_dir, train, said):
+    assert run_main("--train_file", train, "--eval_file", "", "--output_dir", tmp_path / "out", model=tiny_model_dir) == 2
+    assert "eval_strategy is 'epoch' but there is no eval_file" in said()
 
 
-@pytest.mark.parametrize(
-    "status,checkpoint,refusal",
-    [
-        ("finished", False, "already holds a finished run"),
-        ("running", True, "already holds a run with checkpoints"),
-    ],
-)
-def test_finished_or_checkpointed_runs_are_protected(tmp_path, tiny_model_dir, status, checkpoint, refusal):
+def test_eval_sets_that_are_not_held_out_are_warned_about(tmp_path, tiny_model_dir, said):
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:3])
+    known = write_jsonl(tmp_path / "eval_known.jsonl", RECORDS[:2] + [{"instruction": "別の質問", "response": "別"}])
+    unseen = write_jsonl(tmp_path / "eval.jsonl", [{"instruction": "新しい質問", "response": "新しい答え"}])
+    code = run_main("--train_file", train, "--eval_file", known, unseen, train, "--dump_tokenized", tmp_path / "d.jsonl",
+                    model=tiny_model_dir)
+    assert code == 0
+    error = said()
+    assert f"{known}: 2 of 3 examples are also in {train}; they are not held out" in error
+    assert f"{train} is both train_file and eval_file" in error
+    assert str(unseen) not in error
+
+
+def output_dir_digest(folder):
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def finished_run(folder):
+    (folder / "checkpoint-4").mkdir(parents=True)
+    (folder / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
+    (folder / "run.json").write_text(json.dumps({"status": "finished", "metrics": {"train_loss": 1.5}}))
+    (folder / "adapter_model.safetensors").write_bytes(b"trained")
+    (folder / "README.md").write_text("card")
+    return output_dir_digest(folder)
+
+
+def test_resuming_a_finished_run_changes_nothing_and_succeeds(tmp_path, tiny_model_dir, train, said):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "run.json").write_text(json.dumps({"status": status}))
-    if checkpoint:
-        (out / "checkpoint-3").mkdir()
-    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
-    result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", out, model=tiny_model_dir)
-    assert result.returncode == 2 and refusal in result.stderr
-    assert json.loads((out / "run.json").read_text()) == {"status": status}, "the old run's manifest is untouched"
+    before = finished_run(out)
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out, "--resume_from_checkpoint", "true",
+                    model=tiny_model_dir) == 0
+    assert output_dir_digest(out) == before, "a finished run is left byte for byte as it was"
+    assert "holds a finished run" in said()
 
 
-@pytest.mark.slow
-def test_a_run_that_crashed_before_its_first_checkpoint_is_simply_rerun(tmp_path, tiny_model_dir):
+def test_a_finished_run_is_not_overwritten_and_the_refusal_suggests_nothing_harmful(tmp_path, tiny_model_dir, train,
+                                                                                   said):
     out = tmp_path / "out"
-    out.mkdir()
+    before = finished_run(out)
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out, model=tiny_model_dir) == 2
+    error = said()
+    assert "already holds a finished run" in error and "resume_from_checkpoint" not in error
+    assert output_dir_digest(out) == before
+
+
+def test_an_unfinished_run_with_checkpoints_is_continued_not_overwritten(tmp_path, tiny_model_dir, train, said):
+    out = tmp_path / "out"
+    (out / "checkpoint-3").mkdir(parents=True)
     (out / "run.json").write_text(json.dumps({"status": "running"}))
-    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
-    result = train_cli("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
-                       "--max_steps", 1, "--save_strategy", "no", "--report_to", "none", "--sample_max_new_tokens", 2,
-                       model=tiny_model_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
+                    model=tiny_model_dir) == 2
+    assert "--resume_from_checkpoint true" in said()
+    assert json.loads((out / "run.json").read_text()) == {"status": "running"}
 
 
-def test_dump_tokenized_ignores_the_runs_in_output_dir(tmp_path, tiny_model_dir):
-    """The dump starts no run, so a finished run in the configured output_dir does not stop it."""
-    out = tmp_path / "out"
+@pytest.mark.parametrize("folder", ["mine", "data"])
+def test_a_folder_that_is_not_a_run_keeps_its_files(tmp_path, tiny_model_dir, train, folder, said):
+    """--output_dir data would replace the dataset card (with its CC BY-SA attribution) by the model card."""
+    out = tmp_path / folder
     out.mkdir()
-    (out / "run.json").write_text(json.dumps({"status": "finished"}))
-    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
-    result = train_cli("--train_file", train, "--eval_file", train, "--output_dir", out,
-                       "--dump_tokenized", tmp_path / "dump.jsonl", model=tiny_model_dir)
-    assert result.returncode == 0, result.stderr
-    assert len((tmp_path / "dump.jsonl").read_text().splitlines()) == 1
+    (out / "README.md").write_text("my own notes")
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
+                    model=tiny_model_dir) == 2
+    error = said()
+    assert "holds no cthulhu-sft run" in error and "--overwrite_output_dir true" in error
+    assert (out / "README.md").read_text() == "my own notes" and sorted(p.name for p in out.iterdir()) == ["README.md"]
 
 
-def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path, capsys):
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path):
     """A run killed while saving leaves checkpoint-N without trainer_state.json: resume uses the one before."""
-    train_sft = load_script("train_sft")
+    from cthulhu_sft.training import newest_complete_checkpoint
+
     out = tmp_path / "out"
     (out / "checkpoint-3").mkdir(parents=True)
     (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
     (out / "checkpoint-6").mkdir()
     (out / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"partial")
     (out / "checkpoint-10-old").mkdir()  # not a checkpoint name the Trainer writes
-    assert train_sft.newest_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
-    assert f"{out / 'checkpoint-6'} is incomplete" in capsys.readouterr().err
-
+    assert newest_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
     (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_st')  # cut mid-write
-    assert train_sft.newest_complete_checkpoint(str(out)) is None
+    assert newest_complete_checkpoint(str(out)) is None
 
 
 @pytest.mark.parametrize(
@@ -186,27 +253,93 @@ def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path, capsys):
     [
         (["--train_file", ""], "train_file is empty"),
         (["--model_name_or_path", "/no/such/model"], "cannot read tokenizer.model of /no/such/model"),
-        (["--push_to_hub", "--hub_model_id", "someone/x", "--model_name_or_path", "{model}"],
+        (["--push_to_hub", "--hub_model_id", "tester/x", "--model_name_or_path", "{model}"],
          "name its Hub id with --base_model_hub_id"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
     ],
 )
-def test_bad_settings_are_one_clear_error(tmp_path, tiny_model_dir, args, message):
-    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:1])
+def test_bad_settings_are_one_clear_error(tmp_path, tiny_model_dir, train, args, message, said):
     args = [arg.replace("{model}", str(tiny_model_dir)) for arg in args]
-    result = run_script([PYTHON, "train_sft.py", "--config", "sft_config.yaml", "--bf16", "false",
-                         "--train_file", str(train), "--eval_file", str(train), "--output_dir", str(tmp_path / "out"),
-                         *args], env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    code = run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", tmp_path / "out", *args,
+                    model=tiny_model_dir)
+    assert code == 2
+    assert message in said()
     assert not (tmp_path / "out").exists()
 
 
-def test_a_missing_or_broken_config_is_one_clear_error(tmp_path):
+def test_a_missing_or_broken_config_is_one_clear_error(tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
     broken.write_text("learning_rate: [1e-4\n", encoding="utf-8")
     for config, message in ((tmp_path / "missing.yaml", "missing.yaml is not a file"), (broken, "broken.yaml")):
-        result = run_script([PYTHON, "train_sft.py", "--config", str(config), "--bf16", "false"])
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "error: --config:" in result.stderr and message in result.stderr
-        assert "Traceback" not in result.stderr
+        with pytest.raises(SystemExit) as exit:
+            parse_args(["--config", str(config), "--bf16", "false"])
+        assert exit.value.code == 2
+        error = capsys.readouterr().err
+        assert "error: --config:" in error and message in error
+
+
+# --- The Hub is checked before anything is trained
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    def use(url, token=VALID_TOKEN):
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        if token:
+            monkeypatch.setenv("HF_TOKEN", token)
+        else:
+            monkeypatch.delenv("HF_TOKEN", raising=False)
+        import huggingface_hub.constants as constants
+
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    return use
+
+
+def push_args(tmp_path, train, repo="tester/cthulhu"):
+    return ["--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", tmp_path / "out",
+            "--push_to_hub", "--hub_model_id", repo, "--base_model_hub_id", "mistralai/Mistral-7B-Instruct-v0.2"]
+
+
+def test_push_without_a_token_stops_before_training(tmp_path, train, hub_env, said):
+    with LoopbackHub() as hub:
+        hub_env(hub.url, token=None)
+        assert run_main(*push_args(tmp_path, train)) == 2
+    error = said()
+    assert "no Hugging Face token found" in error and "hf auth login" in error and "Nothing was trained" in error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("token,repo,hint", [
+    ("hf_wrongToken000000000000000000000", "tester/cthulhu", "The Hub refused the token"),
+    (VALID_TOKEN, "someone-else/cthulhu", "may not write to that namespace"),
+])
+def test_push_with_a_refused_token_or_namespace_stops_before_training(tmp_path, train, hub_env, token, repo, hint, said):
+    with LoopbackHub() as hub:
+        hub_env(hub.url, token=token)
+        assert run_main(*push_args(tmp_path, train, repo)) == 2
+    error = said()
+    assert hint in error and "Nothing was trained" in error
+    assert token not in error
+
+
+def test_a_hub_that_never_answers_is_given_up_on_in_time(tmp_path, train, hub_env, said):
+    with SilentHub() as hub:
+        hub_env(hub.url)
+        started = time.monotonic()
+        assert run_main(*push_args(tmp_path, train), "--hub_timeout", 1) == 2
+        assert time.monotonic() - started < 30
+    error = said()
+    assert "whoami" in error and "Timeout" in error and VALID_TOKEN not in error
+
+
+def test_push_check_passes_and_creates_the_repo(tmp_path, train, hub_env, tiny_model_dir, said):
+    with LoopbackHub() as hub:
+        hub_env(hub.url)
+        code = run_main(*push_args(tmp_path, train), "--dump_tokenized", tmp_path / "d.jsonl", model=tiny_model_dir)
+        assert code == 0
+        assert ("model", "tester/cthulhu") in hub.files
+    assert "will push to tester/cthulhu as tester after training" in said()
