@@ -1,34 +1,55 @@
-"""Builds the Cthulhu-mythos instruction dataset from Japanese Wikipedia, through the MediaWiki API.
+"""Builds the Cthulhu-mythos question/answer dataset from Japanese Wikipedia, through the MediaWiki API.
 
-    python prepare_data.py                                        # crawl ja.wikipedia → data/train.jsonl, data/eval.jsonl
+    python prepare_data.py                                        # crawl ja.wikipedia → data/*.jsonl and data/README.md
     python prepare_data.py --depth 2 --titles ネクロノミコン ルルイエ # a deeper crawl, plus pages outside the category
-    python prepare_data.py --from_json data_lora_formatted.json   # convert the old notebook's {"text","output"} file
+    python prepare_data.py --qa_api_url http://localhost:8000/v1 --qa_model Qwen/Qwen2.5-7B-Instruct
+                                                                  # plus factoid Q&A written by a model, kept when grounded
+    python prepare_data.py --from_json data_lora_formatted.json   # convert the old notebook's [{"text","output"}] file
+    python prepare_data.py --push_to_hub user/cthulhu-qa          # and publish the dataset with its card
 
-Steps: crawl the category tree (every answer cached under --cache_dir, so a rerun makes no request and
-an interrupted one resumes) → clean each article's plain text → one question per lead and section,
-split at sentence ends so every example fits --max_tokens → split by article → write the JSONL files and
-a dataset card (data/README.md) carrying the CC BY-SA 4.0 attribution, replaced together → print a summary.
---tokenizer and --max_tokens default to `model_name_or_path` and `max_length` in sft_config.yaml.
+Steps: crawl the category tree (every answer cached under --cache_dir, so a rerun makes no request and an
+interrupted one resumes) → clean each article's text → passages a user can ask about (sections, long ones cut
+between sentences), each asked in --phrasings wordings → optionally, factoid pairs written from each passage by an
+OpenAI-compatible endpoint, kept only when grounded → split by article (eval.jsonl: articles never trained);
+held-out questions about trained facts in eval_known.jsonl (synthesized pairs, or cloze probes without an
+endpoint) → write the files and the dataset card (data/README.md, CC BY-SA 4.0 attribution) as one set → print
+what it did in numbers. --tokenizer and --max_tokens default to `model_name_or_path` and `max_length` in
+sft_config.yaml. The hand-written sample in data/sample/ is never replaced.
 """
 
 import argparse
+import json
 import logging
 import os
 import random
 import re
+import signal
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
 import yaml
 from tqdm import tqdm
 
-from cthulhu_sft.data import DataError, jsonl_text, load_records
-from cthulhu_sft.examples import BuildStats, build_examples, clean_text, dedupe, example_length, fit, wikitext_to_text
+from cthulhu_sft.data import DataError, jsonl_text
+from cthulhu_sft.examples import (
+    MAX_PHRASINGS,
+    BuildStats,
+    Passage,
+    build_passages,
+    clean_text,
+    cloze_probes,
+    example_length,
+    fit_passages,
+    normalize_question,
+    subjects_of,
+)
 from cthulhu_sft.files import write_temporary
 from cthulhu_sft.format import MistralFormat, tokenizer_error
+from cthulhu_sft.synth import REASONS, AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
 from cthulhu_sft.wiki import (
     DEFAULT_API_URL,
     NS_MAIN,
@@ -41,45 +62,78 @@ from cthulhu_sft.wiki import (
 )
 
 REPO = Path(__file__).resolve().parent
-SOURCE_TEXTS = "source_texts.jsonl"  # evaluate.py reads it from beside eval.jsonl
-OUTPUTS = ("train.jsonl", "eval.jsonl", SOURCE_TEXTS, "README.md")  # one run's set, written together
 CONFIG = REPO / "sft_config.yaml"
+SAMPLE = REPO / "data" / "sample"  # the shipped hand-written sample: never an output folder
+SOURCE_TEXTS = "source_texts.jsonl"  # every article's text: evaluation, quiz and chat page read it
+SPLITS = ("train", "eval", "eval_known")
+OUTPUTS = tuple(f"{split}.jsonl" for split in SPLITS) + (SOURCE_TEXTS, "README.md")  # one run's set
+CARD_MARK = "<!-- written by prepare_data.py; a rerun replaces this folder's dataset files -->"
+OLD_CARD_MARK = "built by `prepare_data.py`"  # cards of earlier versions
 logger = logging.getLogger("prepare_data")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     crawl = parser.add_argument_group("crawl")
     crawl.add_argument("--api_url", default=DEFAULT_API_URL, help="the wiki's api.php (default: %(default)s)")
     crawl.add_argument("--category", default="Category:クトゥルフ神話", help="root category; '' for --titles only")
     crawl.add_argument("--depth", type=int, default=1, help="subcategory levels below --category (default: %(default)s)")
     crawl.add_argument("--titles", nargs="+", action="extend", default=[], metavar="TITLE",
                        help="extra pages (several, or 'A|B'); redirects are followed")
-    crawl.add_argument("--cache_dir", default=".cache/wiki", help="one JSON file per page (default: %(default)s)")
-    crawl.add_argument("--refresh", action="store_true", help="fetch everything again, ignoring the cache")
+    crawl.add_argument("--cache_dir", default=".cache",
+                       help="pages under wiki/, the writer's answers under qa/ (default: %(default)s)")
+    crawl.add_argument("--refresh", action="store_true", help="fetch every page again, ignoring the cache")
     crawl.add_argument("--user_agent", default=None,
                        help="User-Agent with your contact, as Wikimedia's policy asks (default: the project's)")
-    client = parser.add_argument_group("HTTP client")
+    client = parser.add_argument_group("HTTP client (the wiki)")
     client.add_argument("--request_interval", type=float, default=0.5, help="seconds between requests (default: %(default)s)")
     client.add_argument("--retries", type=int, default=5, help="retries of a failed request (default: %(default)s)")
     client.add_argument("--backoff_factor", type=float, default=1.0,
                         help="exponential backoff between retries, unless the server sends Retry-After (default: %(default)s)")
     client.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer (default: %(default)s)")
     data = parser.add_argument_group("dataset")
-    data.add_argument("--from_json", default=None, help="convert this {text,output} JSON array or JSONL instead of crawling")
-    data.add_argument("--out_dir", default="data", help="where train.jsonl, eval.jsonl and README.md go (default: %(default)s)")
+    data.add_argument("--from_json", default=None,
+                      help='convert this JSON array of {"text", "output"} (the old notebook\'s file) instead of crawling')
+    data.add_argument("--out_dir", default="data", help="where the JSONL files and README.md go (default: %(default)s)")
     data.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: model_name_or_path in sft_config.yaml)")
     data.add_argument("--max_tokens", type=int, default=None, help="longest example in tokens (default: max_length in sft_config.yaml)")
-    data.add_argument("--eval_ratio", type=float, default=0.1, help="share of articles held out (default: %(default)s)")
-    data.add_argument("--seed", type=int, default=42, help="question wording and split (default: %(default)s)")
+    data.add_argument("--phrasings", type=int, default=2,
+                      help=f"distinct question wordings each passage is trained under, 1 to {MAX_PHRASINGS} (default: %(default)s)")
+    data.add_argument("--eval_ratio", type=float, default=0.1, help="share of articles never trained, in eval.jsonl (default: %(default)s)")
+    data.add_argument("--probe_ratio", type=float, default=0.2,
+                      help="share of each trained article's synthesized pairs (or of its sentences, as cloze probes) "
+                           "held out in eval_known.jsonl (default: %(default)s)")
+    data.add_argument("--seed", type=int, default=42, help="question wording and splits (default: %(default)s)")
+    qa = parser.add_argument_group("factoid Q&A written by a model (optional; key: OPENAI_API_KEY)")
+    qa.add_argument("--qa_api_url", default=None, help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    qa.add_argument("--qa_model", default=None, help="the model name the endpoint serves")
+    qa.add_argument("--qa_prompt", default=str(REPO / "prompts" / "qa_synthesis_ja.md"),
+                    help="the prompt file, yours to edit (default: prompts/qa_synthesis_ja.md)")
+    qa.add_argument("--qa_pairs", type=int, default=Writer.pairs, help="pairs asked per passage at most (default: %(default)s)")
+    qa.add_argument("--qa_concurrency", type=int, default=Writer.concurrency, help="requests at a time (default: %(default)s)")
+    qa.add_argument("--qa_timeout", type=float, default=Writer.timeout, help="seconds per request (default: %(default)s)")
+    qa.add_argument("--qa_retries", type=int, default=Writer.retries,
+                    help="retries of a request that fails (429, 5xx, timeouts; Retry-After honoured) (default: %(default)s)")
+    hub = parser.add_argument_group("publish")
+    hub.add_argument("--push_to_hub", default=None, metavar="USER/NAME", help="publish the dataset to the Hugging Face Hub")
+    hub.add_argument("--private", action="store_true", default=None, help="make a new dataset repo private")
     args = parser.parse_args(argv)
     args.titles = [title for value in args.titles for title in value.split("|") if title.strip()]
-    if not 0 <= args.eval_ratio < 1:
-        parser.error(f"--eval_ratio must be in [0, 1), got {args.eval_ratio}")
-    if args.depth < 0:
-        parser.error(f"--depth must be >= 0, got {args.depth}")
-    if args.max_tokens is not None and args.max_tokens < 16:
-        parser.error(f"--max_tokens must be at least 16, got {args.max_tokens}")
+    problems = [
+        (not 0 <= args.eval_ratio < 1, f"--eval_ratio must be in [0, 1), got {args.eval_ratio}"),
+        (not 0 <= args.probe_ratio < 1, f"--probe_ratio must be in [0, 1), got {args.probe_ratio}"),
+        (args.depth < 0, f"--depth must be >= 0, got {args.depth}"),
+        (args.max_tokens is not None and args.max_tokens < 16, f"--max_tokens must be at least 16, got {args.max_tokens}"),
+        (not 1 <= args.phrasings <= MAX_PHRASINGS, f"--phrasings must be 1 to {MAX_PHRASINGS}, got {args.phrasings}"),
+        (bool(args.qa_api_url) != bool(args.qa_model), "--qa_api_url and --qa_model go together"),
+        (args.qa_concurrency < 1 or args.qa_pairs < 1 or args.qa_retries < 0, "--qa_concurrency and --qa_pairs must be >= 1, --qa_retries >= 0"),
+        (args.push_to_hub is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.push_to_hub or ""),
+         f"--push_to_hub takes USER/NAME, got {args.push_to_hub!r}"),
+    ]
+    for failed, message in problems:
+        if failed:
+            parser.error(message)
     return args
 
 
@@ -99,6 +153,22 @@ def config_defaults(args: argparse.Namespace) -> None:
         raise DataError(f"{CONFIG}: max_length must be an integer >= 16, got {args.max_tokens!r}")
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuses a folder whose dataset files this script did not write: a user's own files are never replaced."""
+    if out_dir.resolve() == SAMPLE.resolve():
+        raise DataError(f"{out_dir}: the shipped hand-written sample; choose another --out_dir")
+    present = [name for name in OUTPUTS if (out_dir / name).exists()]
+    card = out_dir / "README.md"
+    ours = card.is_file() and any(mark in card.read_text(encoding="utf-8", errors="replace") for mark in (CARD_MARK, OLD_CARD_MARK))
+    if present and not ours:
+        raise DataError(f"{out_dir} holds {', '.join(present)} not written by prepare_data.py (its README.md is not our "
+                        "dataset card); choose another --out_dir, or move them away")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The old notebook's file
+
+
 def legacy_subject(instruction: str) -> str:
     """What an old notebook question is about ('ネクロノミコンの著者は？' → 'ネクロノミコン'): the split's unit."""
     quoted = re.match(r"\s*[「『](.+?)[」』]", instruction)
@@ -108,116 +178,60 @@ def legacy_subject(instruction: str) -> str:
     return (match.group(1) if match else instruction).strip()
 
 
-def split_by_article(titles: list[str], eval_ratio: float, seed: int) -> set[str]:
-    """The titles held out for evaluation: at least one when there are two articles or more, never all of them
-    (an empty train split could not be trained on; a single article goes to train)."""
-    titles = sorted(titles)
-    random.Random(seed).shuffle(titles)
-    count = min(round(len(titles) * eval_ratio), len(titles) - 1)
-    if eval_ratio > 0 and len(titles) >= 2:
-        count = max(count, 1)
-    return set(titles[:count])
-
-
-def length_stats(lengths: list[int]) -> dict:
-    ordered = sorted(lengths) or [0]
-    return {
-        "min": ordered[0],
-        "median": int(statistics.median(ordered)),
-        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-        "max": ordered[-1],
-        "total": sum(lengths),
-    }
-
-
-def dataset_card(args, splits: dict, lengths: list[int], pages: list[dict], crawl: dict) -> str:
-    stats = length_stats(lengths)
-    bounds = [64, 128, 256, 512, 768, args.max_tokens]
-    bounds = sorted({bound for bound in bounds if bound <= args.max_tokens})
-    rows, low = [], 0
-    for high in bounds:
-        rows.append(f"| {low + 1}–{high} | {sum(low < n <= high for n in lengths)} |")
-        low = high
-    examples = {name: len(rows_) for name, rows_ in splits.items()}
-    articles = {name: len({row["title"] for row in rows_}) for name, rows_ in splits.items()}
-    lines = [
-        "# Cthulhu-mythos instruction dataset",
-        "",
-        "Instruction/response pairs in Japanese, built by `prepare_data.py`"
-        + (f" from `{args.from_json}`." if args.from_json else " from Japanese Wikipedia articles through the MediaWiki API."),
-        "Each line of `train.jsonl` / `eval.jsonl` is `{\"instruction\", \"response\", \"title\", \"source\", \"revid\"}`;",
-        "no article has examples in both files.",
-        "",
-        "## Counts",
-        "",
-        "| split | examples | articles |",
-        "| --- | --- | --- |",
-        f"| train | {examples['train']} | {articles['train']} |",
-        f"| eval | {examples['eval']} | {articles['eval']} |",
-        "",
-        f"## Length (tokens, Mistral instruct format, `{args.tokenizer}`; limit {args.max_tokens})",
-        "",
-        f"min {stats['min']}, median {stats['median']}, p90 {stats['p90']}, max {stats['max']}, total {stats['total']}",
-        "",
-        "| tokens | examples |",
-        "| --- | --- |",
-        *rows,
-        "",
-        "## Parameters",
-        "",
-        *[f"- `{key}`: {value}" for key, value in crawl.items()],
-        "",
-    ]
-    if pages:
-        index_url = re.sub(r"api\.php$", "index.php", args.api_url)
-        lines += [
-            "## License and attribution",
-            "",
-            "The text comes from Wikipedia and is licensed under the Creative Commons Attribution-ShareAlike 4.0",
-            "License (CC BY-SA 4.0, https://creativecommons.org/licenses/by-sa/4.0/); this dataset, as a derived",
-            "work, is shared under the same license. It was adapted (split into sections, rephrased as questions).",
-            "The authors of each page are listed in its history. Pages and the revisions used:",
-            "",
-            "| page | revision | history |",
-            "| --- | --- | --- |",
-        ]
-        for page in pages:
-            title = quote(page["title"].replace(" ", "_"))
-            revision = f"[{page['revid']}]({index_url}?title={title}&oldid={page['revid']})" if page["revid"] else "-"
-            lines.append(f"| [{page['title']}]({page['url']}) | {revision} | [history]({index_url}?title={title}&action=history) |")
-        lines.append("")
-    else:
-        lines += ["## License and attribution", "", "See the source file's own terms; each record's `source` is kept.", ""]
-    return "\n".join(lines)
-
-
-def write_outputs(out_dir: Path, texts: dict[str, str]) -> None:
-    """Replaces the previous run's OUTPUTS with `texts` ({file name: content}) as one set.
-
-    Writing the files one by one would let a crash leave this run's train.jsonl beside an earlier run's
-    eval.jsonl, with articles in both. So every file is first written in full to a temporary file beside
-    its target; only then are the previous run's files that this run does not produce removed and the
-    new ones renamed into place, which takes microseconds.
-    """
-    temporaries = {}
+def read_legacy(path: str) -> list[dict]:
+    """[{"text", "output"}] of the old notebook's JSON array; DataError naming the file and item (from 1)."""
     try:
-        for name, text in texts.items():
-            temporaries[name] = write_temporary(out_dir / name, text)
-        for name in OUTPUTS:
-            if name not in texts:  # e.g. eval.jsonl of a run with an eval split, when this one has none
-                (out_dir / name).unlink(missing_ok=True)
-        for name, temporary in temporaries.items():
-            os.replace(temporary, out_dir / name)
-    finally:
-        for temporary in temporaries.values():
-            temporary.unlink(missing_ok=True)  # left only when something failed
+        with open(path, encoding="utf-8-sig") as file:
+            items = json.load(file)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8; the file must be saved as UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno}); "
+                        'expected one JSON array of {"text", "output"} objects') from None
+    if not isinstance(items, list):
+        raise DataError(f'{path}: expected a JSON array of {{"text", "output"}} objects, got a {type(items).__name__}')
+    if not items:
+        raise DataError(f"{path}: no records")
+    problems = []
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            problems.append(f"{path}: item {number}: expected a JSON object, got {type(item).__name__}")
+            continue
+        for key in ("text", "output"):
+            value = item.get(key)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                problems.append(f"{path}: item {number}: field '{key}': {'missing' if key not in item else 'empty'}")
+            elif not isinstance(value, str):
+                problems.append(f"{path}: item {number}: field '{key}': expected a string, got {type(value).__name__}")
+    if problems:
+        raise DataError("\n".join(problems[:20] + ([f"... and {len(problems) - 20} more problems"] if len(problems) > 20 else [])))
+    return items
+
+
+def converted_passages(path: str, items: list[dict], fmt, max_tokens: int, stats: BuildStats) -> list[Passage]:
+    """One passage per record (its own question), several where the answer is too long."""
+    passages = []
+    for number, item in enumerate(items, start=1):
+        question, answer = item["text"].strip(), item["output"].strip()
+        subject = legacy_subject(question)
+        for passage in fit_passages(fmt, max_tokens, subject, subject, "", answer, [question], subject, True, 1,
+                                    f"{path}\x00{number}", set(), stats):
+            passage.source, passage.kind = f"{Path(path).name}#{number}", "converted"
+            passages.append(passage)
+    return passages
+
+
+# ---------------------------------------------------------------------------------------------------
+# Crawl
 
 
 def crawl_articles(args) -> tuple[list[dict], dict, dict]:
     """The articles' page records (sorted by title), the crawl's parameters and its request counts."""
     client = WikiClient(args.api_url, args.user_agent, retries=args.retries, backoff_factor=args.backoff_factor,
                         interval=args.request_interval, timeout=args.timeout)
-    cache = Cache(args.cache_dir, args.api_url, refresh=args.refresh)
+    cache = Cache(Path(args.cache_dir) / "wiki", args.api_url, refresh=args.refresh)
     titles, categories = [], []
     try:
         if args.category:
@@ -255,16 +269,283 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
     return [articles[title] for title in sorted(articles)], crawl, requests
 
 
+def article_passages(pages: list[dict], fmt, args, stats: BuildStats) -> list[Passage]:
+    subjects = subjects_of([page["title"] for page in pages])
+    passages = []
+    for page in pages:
+        built, page_stats = build_passages(page["title"], page["text"] or "", fmt, args.max_tokens, args.phrasings,
+                                           args.seed, subjects[page["title"]])
+        stats.add(page_stats)
+        if not built:
+            logger.warning("no passages from %s (no text)", page["title"])
+        for passage in built:
+            passage.source, passage.revid = page["url"], page["revid"]
+        passages += built
+    return passages
+
+
+def dedupe(passages: list[Passage]) -> tuple[list[Passage], int, set[str]]:
+    """Passages with a text not seen before, each keeping its questions not asked before; how many were
+    dropped; the questions kept (normalised). A question is never asked with two answers."""
+    texts, questions, kept = set(), set(), []
+    for passage in passages:
+        text = re.sub(r"\s+", " ", passage.text).strip()
+        passage.questions = [q for q in passage.questions if normalize_question(q) not in questions]
+        if text in texts or not passage.questions:
+            continue
+        texts.add(text)
+        questions.update(normalize_question(q) for q in passage.questions)
+        kept.append(passage)
+    return kept, len(passages) - len(kept), questions
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows and splits
+
+
+def row(passage: Passage, question: str, answer: str, kind: str, **extra) -> dict:
+    return {"instruction": question, "response": answer, "title": passage.title, "source": passage.source,
+            "revid": passage.revid, "kind": kind, "section": passage.section, **extra}
+
+
+def split_by_article(titles: list[str], eval_ratio: float, seed: int) -> set[str]:
+    """The titles held out for evaluation: at least one when there are two articles or more, never all of them
+    (an empty train split could not be trained on; a single article goes to train)."""
+    titles = sorted(titles)
+    random.Random(seed).shuffle(titles)
+    count = min(round(len(titles) * eval_ratio), len(titles) - 1)
+    if eval_ratio > 0 and len(titles) >= 2:
+        count = max(count, 1)
+    return set(titles[:count])
+
+
+def held_out(count: int, ratio: float, key: str) -> set[int]:
+    """Which of an article's `count` synthesized pairs are probes: about `ratio` of them, at least one when
+    there are two or more, never all (the article's facts are still trained through the others)."""
+    if ratio <= 0 or count < 2:
+        return set()
+    return set(random.Random(key).sample(range(count), min(count - 1, max(1, round(count * ratio)))))
+
+
+def make_splits(passages, synthesized, held_titles, args, writer_name, fits) -> dict[str, list[dict]]:
+    """train (every phrasing of each passage, synthesized pairs less probes), eval (never-trained articles,
+    one phrasing), eval_known (probes of trained facts: held-out synthesized pairs, or cloze probes that fit)."""
+    splits = {split: [] for split in SPLITS}
+    for passage in passages:
+        if passage.title in held_titles:
+            splits["eval"].append(row(passage, passage.questions[0], passage.text, passage.kind))
+        else:
+            splits["train"] += [row(passage, question, passage.text, passage.kind) for question in passage.questions]
+    by_title: dict[str, list] = {}
+    for passage, pair in synthesized:
+        by_title.setdefault(passage.title, []).append((passage, pair))
+    for title, pairs in by_title.items():
+        probes = set() if title in held_titles else held_out(len(pairs), args.probe_ratio, f"{args.seed}\x00{title}")
+        for index, (passage, pair) in enumerate(pairs):
+            answer = short_answer(pair["answer"])
+            extra = {"writer": writer_name, **({"answers": [answer]} if answer else {})}
+            split = "eval" if title in held_titles else "eval_known" if index in probes else "train"
+            splits[split].append(row(passage, pair["question"], pair["answer"], "synthesized", **extra))
+    if writer_name is None:  # without a writer, the probes are cloze questions about trained sentences
+        trained: dict[str, list[Passage]] = {}
+        for passage in passages:
+            if passage.title not in held_titles:
+                trained.setdefault(passage.title, []).append(passage)
+        for title_passages in trained.values():
+            for passage, probe in cloze_probes(title_passages, args.probe_ratio, args.seed):
+                if fits(probe["instruction"], probe["response"]):
+                        splits["eval_known"].append(row(passage, probe["instruction"], probe["response"], "cloze",
+                                                    answers=probe["answers"]))
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dataset card
+
+
+def length_stats(lengths: list[int]) -> dict:
+    ordered = sorted(lengths) or [0]
+    return {
+        "min": ordered[0],
+        "median": int(statistics.median(ordered)),
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+        "total": sum(lengths),
+    }
+
+
+def card_metadata(files: list[str], rows: int) -> str:
+    """The Hub's dataset-card YAML: license, language, and the split files as one config."""
+    size = next(name for limit, name in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (float("inf"), "100K<n<1M"))
+                if rows < limit)
+    metadata = {
+        "license": "cc-by-sa-4.0",
+        "language": ["ja"],
+        "pretty_name": "Cthulhu-mythos Q&A from Japanese Wikipedia",
+        "task_categories": ["question-answering", "text-generation"],
+        "size_categories": [size],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": name.removesuffix(".jsonl"), "path": name} for name in files]}],
+    }
+    return "---\n" + yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False) + "---\n"
+
+
+def dataset_card(args, splits: dict, lengths: list[int], pages: list[dict], build: dict, synth) -> str:
+    files = [f"{split}.jsonl" for split in SPLITS if splits[split]]
+    stats = length_stats(lengths)
+    kinds = sorted({r["kind"] for rows in splits.values() for r in rows})
+    origin = f"`{args.from_json}` (the old notebook's file)" if args.from_json else \
+        "Japanese Wikipedia articles through the MediaWiki API"
+    lines = [
+        card_metadata(files, sum(map(len, splits.values()))) + CARD_MARK,
+        "",
+        "# Cthulhu-mythos instruction dataset",
+        "",
+        "日本語版ウィキペディアのクトゥルフ神話の記事から `prepare_data.py` で作った日本語の質問応答データです。",
+        "",
+        f"Japanese question/answer pairs built by `prepare_data.py` from {origin}. Each line is",
+        '`{"instruction", "response", "title", "source", "revid", "kind", "section"}`, plus `answers` (accepted',
+        "short answers) where the answer is a short term, and `writer` (the model) on pairs a model wrote.",
+        "",
+        "| file | examples | articles | what it measures |",
+        "| --- | --- | --- | --- |",
+        f"| train.jsonl | {len(splits['train'])} | {len({r['title'] for r in splits['train']})} | trained: each passage under {args.phrasings} question wording(s) |",
+        f"| eval.jsonl | {len(splits['eval'])} | {len({r['title'] for r in splits['eval']})} | articles never trained: what the model makes up about topics it was not taught |",
+        f"| eval_known.jsonl | {len(splits['eval_known'])} | {len({r['title'] for r in splits['eval_known']})} | held-out questions about trained facts: whether the knowledge can be used |",
+        "",
+        "No article has examples in both train.jsonl and eval.jsonl; no question of eval_known.jsonl is in train.jsonl.",
+        "",
+        "## Kinds",
+        "",
+        "| kind | train | eval | eval_known |",
+        "| --- | --- | --- | --- |",
+        *[f"| {kind} | " + " | ".join(str(sum(r["kind"] == kind for r in splits[s])) for s in SPLITS) + " |" for kind in kinds],
+        "",
+        "- `recitation`: a question about a section (or a part of one) of an article, answered by its text.",
+        "- `synthesized`: a factoid question and answer written by a model from one passage (see below).",
+        "- `cloze`: a trained sentence with one name or number blanked out, answered by it (LAMA-style probe).",
+        "- `converted`: a record of the old notebook's file.",
+        "",
+    ]
+    if synth is not None:
+        template, report = synth
+        rejected = sum(report.rejected.values())
+        lines += [
+            "## Written by a model",
+            "",
+            f"The `synthesized` rows were written by a language model, `{args.qa_model}`"
+            + (f" (the endpoint reported {', '.join(f'`{m}`' for m in sorted(report.served_by))})" if report.served_by - {args.qa_model} else "")
+            + ", from each passage, with the prompt below. A pair was kept only if its question names the subject",
+            "and points at no text the reader cannot see, its answer is Japanese, every key term of the answer (katakana",
+            "names, Latin words, numbers, kanji proper nouns: the evaluation's own terms) appears in the passage or the",
+            "article's title, its question is new, and it fits the length limit. Answers were not checked by a person.",
+            "",
+            f"Passages asked: {report.passages}; pairs kept: {report.kept}; rejected: {rejected}.",
+            "",
+            "| rejected because | pairs |",
+            "| --- | --- |",
+            *[f"| {REASONS[reason]} | {report.rejected.get(reason, 0)} |" for reason in REASONS],
+            "",
+            "<details><summary>prompt</summary>",
+            "",
+            "~~~~text",
+            template.rstrip("\n"),
+            "~~~~",
+            "",
+            "</details>",
+            "",
+        ]
+    lines += [
+        f"## Length (tokens, Mistral instruct format, `{args.tokenizer}`; limit {args.max_tokens})",
+        "",
+        f"min {stats['min']}, median {stats['median']}, p90 {stats['p90']}, max {stats['max']}, total {stats['total']}",
+        "",
+        "## Parameters",
+        "",
+        *[f"- `{key}`: {value}" for key, value in build.items()],
+        "",
+    ]
+    return "\n".join(lines + attribution(args, pages))
+
+
+def attribution(args, pages: list[dict]) -> list[str]:
+    if not pages:
+        return ["## License", "", "See the source file's own terms; each record's `source` names its item.", ""]
+    index_url = re.sub(r"api\.php$", "index.php", args.api_url)
+    lines = [
+        "## License and attribution",
+        "",
+        "The text comes from Wikipedia and is licensed under the Creative Commons Attribution-ShareAlike 4.0",
+        "License (CC BY-SA 4.0, https://creativecommons.org/licenses/by-sa/4.0/); this dataset, as a derived",
+        "work, is shared under the same license. It was adapted (split into passages, asked as questions"
+        + (", rewritten as question/answer pairs by a model" if args.qa_model else "") + ").",
+        "The authors of each page are listed in its history. Pages and the revisions used:",
+        "",
+        "| page | revision | history |",
+        "| --- | --- | --- |",
+    ]
+    for page in pages:
+        title = quote(page["title"].replace(" ", "_"))
+        revision = f"[{page['revid']}]({index_url}?title={title}&oldid={page['revid']})" if page["revid"] else "-"
+        lines.append(f"| [{page['title']}]({page['url']}) | {revision} | [history]({index_url}?title={title}&action=history) |")
+    return lines + [""]
+
+
+def write_outputs(out_dir: Path, texts: dict[str, str]) -> None:
+    """Replaces the previous run's OUTPUTS with `texts` ({file name: content}) as one set.
+
+    Every file is first written in full to a temporary file beside its target; only then are the previous run's
+    files that this run does not produce removed and the new ones renamed into place, which takes microseconds.
+    A crash or Ctrl-C before that leaves the previous set whole and no temporary file.
+    """
+    temporaries = {}
+    try:
+        for name, text in texts.items():
+            temporaries[name] = write_temporary(out_dir / name, text)
+        for name in OUTPUTS:
+            if name not in texts:  # e.g. eval.jsonl of a run with an eval split, when this one has none
+                (out_dir / name).unlink(missing_ok=True)
+        for name, temporary in temporaries.items():
+            os.replace(temporary, out_dir / name)
+    finally:
+        for temporary in temporaries.values():
+            temporary.unlink(missing_ok=True)  # left only when something failed
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends the run like Ctrl-C: temporary files are removed on the way out
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return run(parse_args(argv))
+    except KeyboardInterrupt:
+        print("interrupted; run again to resume (what was fetched or written by the model is cached)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries are logged by cthulhu_sft.wiki, shorter
-    started = time.monotonic()
+    for name in ("httpx", "httpx2", "openai"):  # a line per request would bury the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
 
-    # 1. Validate everything cheap before anything expensive: config defaults, tokenizer, input file.
+
+def run(args) -> int:
+    started, out_dir = time.monotonic(), Path(args.out_dir)
+
+    # 1. Validate everything cheap before anything expensive: outputs, config defaults, tokenizer, inputs, Hub access.
     try:
+        check_out_dir(out_dir)
         config_defaults(args)
-        legacy = load_records(args.from_json) if args.from_json else None
+        legacy = read_legacy(args.from_json) if args.from_json else None
+        template = load_prompt(args.qa_prompt) if args.qa_model else None
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -274,84 +555,122 @@ def main(argv=None) -> int:
         print(f"error: {tokenizer_error(str(args.tokenizer), error)}\n"
               "(without access to the Hub, pass --tokenizer with a local folder that holds tokenizer.model)", file=sys.stderr)
         return 2
+    if args.push_to_hub:
+        from cthulhu_sft.hub import PushError, check_access
 
-    # 2. Fetch (cached) and 3. turn each article's text into examples.
-    stats, examples = BuildStats(), []
+        try:
+            check_access(args.push_to_hub, repo_type="dataset", private=args.private)
+        except PushError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    # 2. Fetch (cached) and 3. cut each article's text into passages a user can ask about.
+    stats = BuildStats()
     if legacy is not None:
-        pages, crawl = [], {"from_json": args.from_json, "records": len(legacy)}
-        for record in legacy:
-            title = record.get("title") or legacy_subject(record["instruction"])
-            pairs, lost = fit(fmt, record["instruction"], record["response"], args.max_tokens)
-            stats.dropped_sentences += lost
-            stats.split_sections += len(pairs) > 1
-            for instruction, response in pairs:
-                source = record.get("source") or f"{Path(args.from_json).name}:{record['line']}"
-                examples.append({"instruction": instruction, "response": response, "title": str(title),
-                                 "source": source, "revid": record.get("revid")})
+        pages, requests = [], None
+        build = {"from_json": args.from_json, "records": len(legacy)}
+        passages = converted_passages(args.from_json, legacy, fmt, args.max_tokens, stats)
     else:
         try:
-            pages, crawl, requests = crawl_articles(args)
+            pages, build, requests = crawl_articles(args)
         except WikiError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        for page in pages:
-            text = page["text"] or ""
-            if page["text_format"] == "wikitext":
-                text = wikitext_to_text(text)
-            page["plain_text"] = text
-            built, page_stats = build_examples(page["title"], text, fmt, args.max_tokens, args.seed)
-            stats.add(page_stats)
-            if not built:
-                logger.warning("no examples from %s (no text)", page["title"])
-            source = page["url"] or f"{re.sub(r'api[.]php$', 'index.php', args.api_url)}?curid={page['pageid']}"
-            examples += [{**pair, "title": page["title"], "source": source, "revid": page["revid"]} for pair in built]
+        passages = article_passages(pages, fmt, args, stats)
     for note in stats.notes:
         logger.warning(note)
-    examples, duplicates = dedupe(examples)
-    if not examples:
+    passages, duplicates, questions = dedupe(passages)
+    if not passages:
         print("error: no examples were built (no article had text)", file=sys.stderr)
         return 1
 
-    # 4. Split by article (train is never empty), 5. write the files and the dataset card as one set.
-    used_titles = {example["title"] for example in examples}
-    held_out = split_by_article(list(used_titles), args.eval_ratio, args.seed)
-    splits = {"train": [e for e in examples if e["title"] not in held_out], "eval": [e for e in examples if e["title"] in held_out]}
-    lengths = [example_length(fmt, e["instruction"], e["response"]) for e in examples]
+    # 4. Optionally, factoid pairs written from each passage by a model, kept only when grounded in it.
+    def fits(question: str, answer: str) -> bool:
+        return example_length(fmt, question, answer) <= args.max_tokens
+
+    synth = None
+    if args.qa_model:
+        writer = Writer(args.qa_api_url, args.qa_model, concurrency=args.qa_concurrency, timeout=args.qa_timeout,
+                        retries=args.qa_retries, pairs=args.qa_pairs)
+        try:
+            synthesized, report = synthesize(passages, writer, template, AnswerCache(Path(args.cache_dir) / "qa"),
+                                             questions, fits)
+        except SynthError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        synth = (template, report)
+    else:
+        synthesized = []
+
+    # 5. Split by article; hold out probes of trained facts; write the files and the card as one set.
+    titles = list(dict.fromkeys(passage.title for passage in passages))
+    held_titles = split_by_article(titles, args.eval_ratio, args.seed)
+    splits = make_splits(passages, synthesized, held_titles, args, args.qa_model, fits)
+    lengths = [example_length(fmt, r["instruction"], r["response"]) for rows in splits.values() for r in rows]
     assert max(lengths) <= args.max_tokens, "an example exceeds --max_tokens"
-    # An empty file would fail train_sft.py's validation: a split without examples has no file.
-    texts = {f"{name}.jsonl": jsonl_text(rows) for name, rows in splits.items() if rows}
+    texts = {f"{split}.jsonl": jsonl_text(rows) for split, rows in splits.items() if rows}  # no empty files
     if not splits["eval"]:
-        print(f"note: no eval split (--eval_ratio {args.eval_ratio}, {len(used_titles)} article(s)); "
+        print(f"note: no eval split (--eval_ratio {args.eval_ratio}, {len(titles)} article(s)); "
               "train with --eval_file '' --eval_strategy no", file=sys.stderr)
-    # The held-out articles' text, for evaluate.py's unsupported-term rate (facts found nowhere in the source).
-    sources = [{"title": p["title"], "text": clean_text(p["plain_text"]), "source": p["url"], "revid": p["revid"]}
-               for p in pages if p["title"] in held_out]
+    sources = [{"title": p["title"], "text": clean_text(p["text"] or ""), "source": p["url"], "revid": p["revid"],
+                "split": "eval" if p["title"] in held_titles else "train"} for p in pages if (p["text"] or "").strip()]
     if sources:
         texts[SOURCE_TEXTS] = jsonl_text(sources)
-    crawl.update({"seed": args.seed, "eval_ratio": args.eval_ratio, "max_tokens": args.max_tokens,
-                  "duplicates removed": duplicates, "sentences dropped (longer than max_tokens)": stats.dropped_sentences})
-    texts["README.md"] = dataset_card(args, splits, lengths, [p for p in pages if p["title"] in used_titles], crawl)
-    out_dir = Path(args.out_dir)
+    build.update({"seed": args.seed, "phrasings": args.phrasings, "eval_ratio": args.eval_ratio,
+                  "probe_ratio": args.probe_ratio, "max_tokens": args.max_tokens, "duplicates removed": duplicates,
+                  "sentences dropped (too long, or pointing back)": stats.dropped_sentences,
+                  "parts with no name to ask by": stats.unaskable_parts})
+    used = {passage.title for passage in passages}
+    texts["README.md"] = dataset_card(args, splits, lengths, [p for p in pages if p["title"] in used], build, synth)
     write_outputs(out_dir, texts)
 
-    # 6. Summary.
+    # 6. Summary, and 7. publish.
+    summarize(args, splits, passages, stats, duplicates, lengths, synth, requests, pages)
+    print(f"wrote {', '.join(str(out_dir / name) for name in texts)} in {time.monotonic() - started:.1f}s")
+    if args.push_to_hub:
+        return push(out_dir, args)
+    return 0
+
+
+def summarize(args, splits, passages, stats, duplicates, lengths, synth, requests, pages) -> None:
+    counts = {split: Counter(r["kind"] for r in rows) for split, rows in splits.items()}
+    titles = {split: len({r["title"] for r in rows}) for split, rows in splits.items()}
+    print(f"articles: {len(pages) if pages else len({p.title for p in passages})} "
+          f"(train {titles['train']}, eval {titles['eval']})")
+    for split in SPLITS:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(counts[split].items())) or "none"
+        print(f"{split}: {len(splits[split])} examples ({kinds})")
+    print(f"passages: {len(passages)} from {stats.sections or len(passages)} texts ({stats.split_sections} cut between "
+          f"sentences, {stats.dropped_sentences} sentences dropped, {stats.unaskable_parts} parts with no name to ask by, "
+          f"{duplicates} duplicates removed), {args.phrasings} wording(s) each in train")
+    if synth is not None:
+        report = synth[1]
+        rejected = ", ".join(f"{reason} {count}" for reason, count in report.rejected.most_common()) or "none"
+        print(f"Q&A ({args.qa_model}): {report.passages} passages ({report.cached} cached), requests: {report.requests} "
+              f"({max(0, report.retries)} retries), tokens: {report.prompt_tokens} prompt + {report.completion_tokens} "
+              f"completion; pairs kept {report.kept}, rejected: {rejected}")
     length = length_stats(lengths)
-    print(f"articles: {len(pages) if legacy is None else len(used_titles)} "
-          f"(train {len({e['title'] for e in splits['train']})}, eval {len({e['title'] for e in splits['eval']})})")
-    print(f"examples: train {len(splits['train'])}, eval {len(splits['eval'])}; {duplicates} duplicates removed, "
-          f"{stats.split_sections} texts split at sentence ends, {stats.dropped_sentences} over-long sentences dropped")
     print(f"tokens: min {length['min']}, median {length['median']}, p90 {length['p90']}, max {length['max']} "
           f"(limit {args.max_tokens}), total {length['total']}")
-    if legacy is None:
+    if requests is not None:
         per_article = requests["requests"] / max(1, len(pages))
         print(f"requests: {requests['requests']} ({requests['retries']} retries, {per_article:.2f} per article), "
-              f"missing pages: {crawl['missing pages']}, cache: {args.cache_dir}")
-    written = [str(out_dir / f"{name}.jsonl") for name, rows in splits.items() if rows]
-    print(f"wrote {', '.join(written)}, {out_dir / 'README.md'}"
-          f"{', ' + str(out_dir / SOURCE_TEXTS) if sources else ''} "
-          f"in {time.monotonic() - started:.1f}s")
+              f"cache: {args.cache_dir}")
+
+
+def push(out_dir: Path, args) -> int:
+    from cthulhu_sft.hub import PushError, push_dataset
+
+    print(f"pushing {out_dir} to the Hub as dataset {args.push_to_hub} ...")
+    try:
+        print(f"pushed: {push_dataset(str(out_dir), args.push_to_hub, args.private)}")
+    except PushError as error:
+        print(f"error: {error}\nThe files in {out_dir} are kept; retry with:\n"
+              f"  python -m cthulhu_sft.hub --dataset {out_dir} {args.push_to_hub}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
+    configure_logging()
     sys.exit(main())

@@ -1,24 +1,29 @@
-"""From an article's plain text to instruction/response pairs that fit the model's context.
+"""From an article's plain text to passages a user can ask about, and cloze probes of trained sentences.
 
-    text ──clean──> sections (lead, "歴史", "歴史 > 起源", ...) ──questions──> pairs ──fit──> examples
+    text ──clean──> sections (lead, "歴史", "歴史 > 起源", ...) ──fit──> passages, each with K questions
 
-* The text is TextExtracts' plain text with `== heading ==` lines (or wikitext, rendered here with
-  mwparserfromhell when a wiki has no TextExtracts); what neither should leave (reference marks,
-  markup, footnote and link sections) is removed.
-* The lead answers an overview question, each section a question about that section, phrased in
-  one of several Japanese wordings picked deterministically from (seed, title, section).
-* Text longer than `max_tokens` (the whole example in the Mistral instruct format, measured with the
-  model's own SentencePiece model) is packed sentence by sentence into parts; a sentence is never cut,
-  and a sentence that cannot fit on its own is dropped and counted.
+* The text is TextExtracts' plain text with `== heading ==` lines; reference marks, footnote lines and
+  the notes and links sections are removed.
+* A question names the article's subject as a user would: its title without the disambiguation part
+  ("ダゴン (クトゥルフ神話)" → "ダゴン"). The lead answers an overview question ("ダゴンとは何ですか？"),
+  a 概要 section a summary question that is never the lead's, a section a question about that section,
+  nested headings read as "登場作品のうち小説". `phrasings` distinct wordings per passage are picked
+  deterministically from (seed, title, section, part).
+* A section too long for `max_tokens` (the whole example in the Mistral instruct format, measured with
+  the model's own SentencePiece model) becomes several passages, cut between sentences, never inside
+  one. A part asks about what it says, by the names it holds that the other parts do not
+  ("ルルイエの歴史について、ウィアード・テイルズのことを教えてください。"). A part never opens by
+  pointing back at text it does not hold: a sentence that starts with これ/その/彼ら… stays with the
+  sentence before it, and a connective (また、しかし、…) at a part's start is removed.
 """
 
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
-import mwparserfromhell
-
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.metrics import key_terms, normalize
 
 # Sections readers skip and that teach the model nothing about the mythos (notes, sources, links).
 DROPPED_SECTION = re.compile(
@@ -34,30 +39,57 @@ REFERENCE_MARK = re.compile(
     r"\[(?:\d+|[a-z]|注釈?\s*\d+|注\s*[a-z\d]+|要出典[^\]]{0,30}|要検証[^\]]{0,30}|要ページ番号|要説明|"
     r"誰によって\?|誰\?|いつ\?|どこ\?|独自研究\?|疑問点[^\]]{0,20}|リンク切れ|編集)\]"
 )
-MARKUP = re.compile(r"\[\[|\]\]|\{\{|\}\}|'''|''|<\s*/?\s*[A-Za-z][^>]*>|^\s*\{\||^\s*\|\}|__[A-Z]+__", re.M)
 # A sentence ends with 。！？!? outside brackets (with the closing marks after it), or at a line break.
 SENTENCE_ENDS = "。！？!?"
 OPENING, CLOSING = "「『（(【〔〈《", "」』）)】〕〉》\"”’"
 # The same without bracket nesting: for a quotation too long to keep whole.
 SIMPLE_SENTENCE = re.compile(r"[^。！？!?\n]*(?:[。！？!?]+[」』）)】〕〉》\"”’]*|\n+|$)")
 MIN_RESPONSE_CHARS = 10  # fragments such as a lone name or "詳細は後述。" teach nothing
+# A sentence that points back at the one before it ("彼らは…", "この説は…") is kept with it.
+REFERRING = re.compile(
+    r"^(?:これ|それ|あれ|この|その|あの|こうした|そうした|こう|そう|ここ|そこ|彼|彼女|同作|同書|同誌|同社|同年|同氏|"
+    r"本作|本書|前者|後者|前述|上述|上記|後述|以上|同じく)"
+)
+# A connective that only links to the text before; removed where a part starts.
+CONNECTIVE = re.compile(
+    r"^(?:また|しかし|なお|さらに|そして|ただし|だが|一方で?|そのため|このため|その後|それでも|そこで|ところが|"
+    r"同様に|加えて|他方|つまり|すなわち|したがって)[、，]\s*"
+)
+DISAMBIGUATION = re.compile(r"(.+?)\s*[（(][^()（）]+[)）]")
+NAME_JOINERS = "・=＝゠"
+KATAKANA_CHARS = re.compile(r"[\u30A1-\u30FA\u30FC]")
 
-OVERVIEW_PHRASINGS = (
-    "{subject}について教えてください。",
+LEAD_PHRASINGS = (
     "{subject}とは何ですか？",
-    "{subject}の概要を説明してください。",
-    "{subject}について簡潔に説明してください。",
+    "{subject}について教えてください。",
+    "{subject}とはどのようなものですか？",
+    "{subject}について簡単に説明してください。",
     "{subject}について知っていることを教えてください。",
+)
+SUMMARY_PHRASINGS = (  # a 概要 section beside a lead: never one of the lead's questions
+    "{subject}の概要を教えてください。",
+    "{subject}の概要を説明してください。",
+    "{subject}について、概要をまとめてください。",
+    "{subject}の概要はどのようなものですか？",
 )
 SECTION_PHRASINGS = (
     "{subject}の{section}について教えてください。",
     "{subject}の{section}について説明してください。",
+    "{subject}の{section}はどのようなものですか？",
     "{subject}について、{section}を詳しく教えてください。",
     "{subject}に関して、{section}の内容を解説してください。",
-    "{subject}の{section}はどのようなものですか？",
 )
+PART_PHRASINGS = (  # {topic}: "ルルイエ", "ルルイエの概要", "ルルイエの歴史"; {terms}: names the part holds
+    "{topic}について、{terms}のことを教えてください。",
+    "{topic}に関して、{terms}について説明してください。",
+    "{topic}について、{terms}に関わる話を教えてください。",
+    "{topic}では、{terms}について何が知られていますか？",
+)
+MAX_PHRASINGS = min(map(len, (LEAD_PHRASINGS, SUMMARY_PHRASINGS, SECTION_PHRASINGS, PART_PHRASINGS)))
 OVERVIEW_HEADINGS = {"概要", "概説", "解説"}
-PART_SUFFIX = "（その{part}）"
+TERMS_PER_QUESTION = 2
+# The longest terms a part question is expected to name, to reserve room for them when cutting parts.
+TERMS_RESERVE = "アブドゥル・アルハズレッドやネクロノミコン"
 
 
 @dataclass
@@ -67,99 +99,34 @@ class Section:
 
 
 @dataclass
+class Passage:
+    """A text a user can ask about (a section, or a part of one), with its questions (the first for eval)."""
+
+    title: str
+    subject: str
+    section: str  # how questions and the writer's prompt name the section: "" for the lead
+    text: str
+    questions: list[str]
+    source: str = ""  # where the text comes from (the page's URL), and its revision
+    revid: int | None = None
+    kind: str = "recitation"
+
+
+@dataclass
 class BuildStats:
     sections: int = 0
     dropped_sections: int = 0
     split_sections: int = 0
     dropped_sentences: int = 0
     dropped_short: int = 0
+    unaskable_parts: int = 0
     notes: list[str] = field(default_factory=list)
 
     def add(self, other: "BuildStats") -> None:
-        for name in ("sections", "dropped_sections", "split_sections", "dropped_sentences", "dropped_short"):
+        for name in ("sections", "dropped_sections", "split_sections", "dropped_sentences", "dropped_short",
+                     "unaskable_parts"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.notes += other.notes
-
-
-# ---------------------------------------------------------------------------------------------------
-# Wikitext, for wikis without TextExtracts and for markup that should never have been there
-
-
-LANGUAGE_NAMES = {
-    "en": "英語", "de": "ドイツ語", "fr": "フランス語", "la": "ラテン語", "el": "ギリシア語", "grc": "古代ギリシア語",
-    "ar": "アラビア語", "he": "ヘブライ語", "it": "イタリア語", "es": "スペイン語", "ru": "ロシア語", "zh": "中国語",
-}
-FIRST_PARAMETER_TEMPLATES = {
-    "仮リンク", "nowrap", "small", "big", "smaller", "larger", "nobr", "sic", "要出典範囲", "補助漢字フォント",
-    "jis2004フォント", "cp932フォント", "unicode", "quote", "quotation", "引用", "cquote", "blockquote", "en", "lang-ja",
-    "ill", "ill2", "interlanguage link", "un", "コメント", "abbr", "color", "font color", "tooltip",
-}
-READING_TEMPLATES = {"ruby", "ルビ", "読み仮名", "読み仮名 ruby不使用", "読み仮名_ruby不使用", "nihongo", "nihongo2"}
-HIDDEN_TAGS = {"ref", "references", "table", "gallery", "math", "score", "timeline", "imagemap", "templatedata", "hr",
-               "syntaxhighlight", "source", "graph", "mapframe", "maplink", "inputbox", "categorytree", "noinclude"}
-HIDDEN_LINK_NAMESPACES = {"file", "image", "media", "ファイル", "画像", "メディア", "category", "カテゴリ"}
-
-
-def _parameter(template, index: int | str) -> str:
-    key = str(index)
-    return _render(template.get(key).value).strip() if template.has(key) else ""
-
-
-def _render_template(template) -> str:
-    name = str(template.name).strip().replace("_", " ")
-    key = name.lower()
-    if key == "lang":
-        return _parameter(template, 2)
-    if key.startswith("lang-"):
-        text = _parameter(template, 1)
-        language = LANGUAGE_NAMES.get(key[5:])
-        return f"{language}: {text}" if language and text else text
-    if key in READING_TEMPLATES:
-        base, reading = _parameter(template, 1), _parameter(template, 2)
-        return f"{base}（{reading}）" if base and reading else base or reading
-    if key in FIRST_PARAMETER_TEMPLATES:
-        return _parameter(template, 1)
-    if key == "!":
-        return "|"
-    return ""  # infoboxes, citations, maintenance tags, navigation: nothing a reader reads as prose
-
-
-def _render(code) -> str:
-    parts = []
-    for node in code.nodes:
-        if isinstance(node, mwparserfromhell.nodes.Text):
-            parts.append(str(node))
-        elif isinstance(node, mwparserfromhell.nodes.Template):
-            parts.append(_render_template(node))
-        elif isinstance(node, mwparserfromhell.nodes.Wikilink):
-            title = str(node.title).strip()
-            namespace = title.lstrip(":").split(":", 1)[0].strip().lower() if ":" in title else ""
-            if namespace in HIDDEN_LINK_NAMESPACES or (
-                re.fullmatch(r"[a-z]{2,3}(?:-[a-z]+)?", namespace) and not title.startswith(":")
-            ):
-                continue  # images with their captions, categories, interlanguage links
-            parts.append(_render(node.text) if node.text is not None else title.lstrip(":"))
-        elif isinstance(node, mwparserfromhell.nodes.ExternalLink):
-            parts.append(_render(node.title) if node.title is not None and node.brackets else "")
-        elif isinstance(node, mwparserfromhell.nodes.Tag):
-            tag = str(node.tag).strip().lower()
-            if tag == "br":
-                parts.append("\n")
-            elif tag not in HIDDEN_TAGS and node.contents is not None:
-                parts.append(_render(node.contents))
-        elif isinstance(node, mwparserfromhell.nodes.Heading):
-            bars = "=" * node.level
-            parts.append(f"\n{bars} {_render(node.title).strip()} {bars}\n")
-        elif isinstance(node, mwparserfromhell.nodes.HTMLEntity):
-            parts.append(node.normalize())
-        # Comments and {{{arguments}}} render as nothing.
-    return "".join(parts)
-
-
-def wikitext_to_text(wikitext: str) -> str:
-    """Plain text with `== heading ==` lines, as a reader sees the page (for the templates known here)."""
-    text = _render(mwparserfromhell.parse(wikitext))
-    return re.sub(r"__[A-Z]+__", "", text)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,15 +134,9 @@ def wikitext_to_text(wikitext: str) -> str:
 
 
 def clean_text(text: str) -> str:
-    """Normalises whitespace and removes reference marks, footnote lines and any markup residue."""
+    """Normalises whitespace and removes reference marks, footnote lines and table residue."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u00a0", " ").replace("\u200b", "")
-    if MARKUP.search(text):
-        text = wikitext_to_text(text)
     text = REFERENCE_MARK.sub("", text)
-    # Brackets emptied by what the renderer left out: "（、英: X）" → "（英: X）", "（）" → "".
-    text = re.sub(r"([（(])\s*[、，,;；]\s*", r"\1", text)
-    text = re.sub(r"\s*[、，,;；]\s*([）)])", r"\1", text)
-    text = re.sub(r"（\s*）|\(\s*\)", "", text)
     lines = []
     for line in text.split("\n"):
         if line.strip().startswith(("|", "!")) or "||" in line or line.count("\t") >= 2:
@@ -251,96 +212,247 @@ def split_sentences(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Sections → questions → examples that fit
+# Names a user can type
 
 
 def subject_of(title: str) -> str:
-    """'ダゴン (クトゥルフ神話)' → 'ダゴン（クトゥルフ神話）', the way a question names it."""
-    match = re.fullmatch(r"(.+?)\s*[（(]([^()（）]+)[)）]", title)
-    return f"{match.group(1)}（{match.group(2)}）" if match else title
+    """'ダゴン (クトゥルフ神話)' → 'ダゴン': what a user calls the article's topic."""
+    match = DISAMBIGUATION.fullmatch(title)
+    return match.group(1) if match else title
+
+
+def quoted(subject: str) -> str:
+    """How a question names a subject: a title that is a phrase (it holds kana: 狂気の山脈にて) in 「」."""
+    return f"「{subject}」" if re.search(r"[\u3041-\u309F]", subject) else subject
+
+
+def subjects_of(titles: list[str]) -> dict[str, str]:
+    """{title: subject}; titles whose subjects would be the same keep their disambiguation, so that
+    'ダゴン (クトゥルフ神話)' and 'ダゴン (小説)' are never asked the same question."""
+    counts = Counter(subject_of(title) for title in titles)
+    return {title: subject_of(title) if counts[subject_of(title)] == 1 else re.sub(r"\s*\((.+)\)$", r"（\1）", title)
+            for title in titles}
 
 
 def section_label(path: tuple[str, ...]) -> str:
-    return "の".join(f"「{heading}」" for heading in path)
+    """('登場作品', '小説') → '登場作品のうち小説': the last two headings, as a sentence says them."""
+    return "のうち".join(path[-2:])
 
 
-def question(title: str, path: tuple[str, ...], seed: int) -> str:
-    rng = random.Random(f"{seed}\x00{title}\x00{'/'.join(path)}")
-    subject = subject_of(title)
-    if not path or (len(path) == 1 and path[0] in OVERVIEW_HEADINGS):
-        return rng.choice(OVERVIEW_PHRASINGS).format(subject=subject)
-    return rng.choice(SECTION_PHRASINGS).format(subject=subject, section=section_label(path))
+def normalize_question(text: str) -> str:
+    """What makes two questions the same: NFKC, case, and everything but letters and digits ignored."""
+    return re.sub(r"[\W_]+", "", normalize(text))
+
+
+def named_terms(text: str) -> list[str]:
+    """The evaluation's key terms of `text` as written there (names whole: ハワード・フィリップス・ラヴクラフト),
+    in order of appearance; bare numbers only as years (1928年)."""
+    folded = normalize(text)
+    if len(folded) != len(text):  # NFKC changed the length: positions would not match the text
+        return []
+    found = {}
+    for term in key_terms(text):
+        start = folded.find(term)
+        if start < 0:
+            continue
+        end = start + len(term)
+        if term.isdigit():
+            if len(term) != 4 or text[end:end + 1] != "年":
+                continue
+            end += 1
+        while start > 1 and text[start - 1] in NAME_JOINERS and KATAKANA_CHARS.match(text[start - 2]):
+            start -= 2
+            while start > 0 and KATAKANA_CHARS.match(text[start - 1]):
+                start -= 1
+        while end + 1 < len(text) and text[end] in NAME_JOINERS and KATAKANA_CHARS.match(text[end + 1]):
+            end += 2
+            while end < len(text) and KATAKANA_CHARS.match(text[end]):
+                end += 1
+        found.setdefault(text[start:end], start)
+    names = sorted(found, key=found.get)
+    return [name for name in names if not any(name != other and name in other for other in names)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections → passages that fit
 
 
 def example_length(fmt: MistralFormat, instruction: str, response: str) -> int:
     return len(fmt.encode_example(instruction, response).input_ids)
 
 
-def fit(fmt: MistralFormat, instruction: str, text: str, max_tokens: int) -> tuple[list[tuple[str, str]], int]:
-    """([(instruction, response)], sentences dropped): the text whole, or in parts at sentence ends."""
-    if example_length(fmt, instruction, text) <= max_tokens:
-        return [(instruction, text)], 0
-    parts, current, dropped = [], [], 0
+def pack(fmt: MistralFormat, question: str, text: str, max_tokens: int) -> tuple[list[str], int]:
+    """(parts, sentences dropped): the text whole, or cut between sentences so that each part fits `max_tokens`
+    after `question`. A sentence is never cut; one that cannot fit on its own is dropped and counted."""
 
-    def part_instruction():
-        return instruction + PART_SUFFIX.format(part=len(parts) + 1)
+    def fits(response: str) -> bool:
+        return example_length(fmt, question, response.strip()) <= max_tokens
 
-    sentences = split_sentences(text)
-    while sentences:
-        sentence = sentences.pop(0)
-        if sentence.strip() and example_length(fmt, part_instruction(), sentence.strip()) > max_tokens:
-            pieces = [piece for piece in SIMPLE_SENTENCE.findall(sentence) if piece]
-            if len(pieces) > 1:  # a long quotation: its own sentences are still sentences
-                sentences[:0] = pieces
+    if fits(text):
+        return [text], 0
+    sentences, dropped = [], 0
+    for sentence in split_sentences(text):
+        pieces = [sentence] if fits(sentence) else [p for p in SIMPLE_SENTENCE.findall(sentence) if p]
+        for piece in pieces:  # a quotation too long to keep whole: its own sentences are still sentences
+            if fits(piece):
+                sentences.append(piece)
             else:
-                dropped += 1  # one sentence longer than the budget: never cut it
-            continue
-        candidate = "".join(current + [sentence]).strip()
-        if not candidate or example_length(fmt, part_instruction(), candidate) <= max_tokens:
-            current.append(sentence)
-            continue
-        parts.append((part_instruction(), "".join(current).strip()))
-        current = [sentence]
-        if example_length(fmt, part_instruction(), sentence.strip()) > max_tokens:
-            current, dropped = [], dropped + 1  # fitted with "（その9）" but not with "（その10）"
-    if "".join(current).strip():
-        parts.append((part_instruction(), "".join(current).strip()))
-    if len(parts) == 1:  # only dropping made it fit: no "part 1 of 1"
-        parts = [(instruction, parts[0][1])] if example_length(fmt, instruction, parts[0][1]) <= max_tokens else parts
-    return parts, dropped
+                dropped += 1
+    units = []
+    for sentence in sentences:
+        if units and REFERRING.match(sentence.lstrip()) and fits(units[-1] + sentence):
+            units[-1] += sentence
+        else:
+            units.append(sentence)
+    parts, current = [], ""
+    for unit in units:
+        if current.strip() and not fits(current + unit):
+            parts.append(current.strip())
+            current = ""
+        current += unit
+    if current.strip():
+        parts.append(current.strip())
+    opened = [parts[0]] if parts else []
+    for part in parts[1:]:
+        part, lost = open_plainly(part)
+        dropped += lost
+        if part:
+            opened.append(part)
+    return opened, dropped
 
 
-def build_examples(
-    title: str, text: str, fmt: MistralFormat, max_tokens: int, seed: int
-) -> tuple[list[dict], BuildStats]:
-    """[{"instruction", "response"}] of one article's plain text (already cleaned or not)."""
+def open_plainly(part: str) -> tuple[str, int]:
+    """The part without a leading connective, and without leading sentences that point back; (text, dropped)."""
+    part, lost = CONNECTIVE.sub("", part, count=1), 0
+    while REFERRING.match(part):  # kept with the sentence before it unless both did not fit together
+        rest = "".join(split_sentences(part)[1:]).strip()
+        part, lost = CONNECTIVE.sub("", rest, count=1), lost + 1
+    return part, lost
+
+
+def pick(wordings: list[str], count: int, key: str, used: set[str]) -> list[str]:
+    """`count` of `wordings`, in an order fixed by `key`, none already in `used` (normalised), which they join."""
+    order = list(wordings)
+    random.Random(key).shuffle(order)
+    chosen = []
+    for question in order:
+        if normalize_question(question) not in used and len(chosen) < count:
+            used.add(normalize_question(question))
+            chosen.append(question)
+    return chosen
+
+
+def part_terms(part: str, others: list[str], known: str) -> str:
+    """How a question names what this part says: up to two of its names that the other parts and `known`
+    (subject and headings) do not hold, years only when it names nothing else ("ネクロノミコンやアルハズレッド");
+    '' when it has none."""
+    elsewhere = "\n".join(others)
+    names = [name for name in named_terms(part) if name not in known]
+    names = [name for name in names if not name[0].isdigit()] or names
+    distinct = [name for name in names if name not in elsewhere] or names
+    return "や".join(distinct[:TERMS_PER_QUESTION])
+
+
+def ask_parts(parts: list[str], whole: list[str], topic: str, known: str, first_part_whole: bool,
+              phrasings: int, key: str, used: set[str]) -> list[list[str]]:
+    """The questions of each part ([] for a part with no name to ask by). A single part, or the first when
+    `first_part_whole`, is asked with the `whole` text's wordings; any other part by the names it holds."""
+    asked = []
+    for index, part in enumerate(parts):
+        questions = []
+        if len(parts) == 1 or (index == 0 and first_part_whole):
+            questions = pick(whole, phrasings, key, used)
+        elif terms := part_terms(part, parts[:index] + parts[index + 1:], known):
+            wordings = [template.format(topic=topic, terms=terms) for template in PART_PHRASINGS]
+            questions = pick(wordings, phrasings, f"{key}\x00{index}", used)
+        if not questions and index == 0:
+            questions = pick(whole, phrasings, key, used)
+        asked.append(questions)
+    return asked
+
+
+def fit_passages(fmt: MistralFormat, max_tokens: int, title: str, subject: str, section: str, text: str,
+                 whole: list[str], topic: str, first_part_whole: bool, phrasings: int, key: str,
+                 used: set[str], stats: BuildStats) -> list[Passage]:
+    """One text (a section, or an answer of a converted file) as passages whose every question fits."""
+    longest = max(whole + [template.format(topic=topic, terms=TERMS_RESERVE) for template in PART_PHRASINGS], key=len)
+    parts, lost = pack(fmt, longest, text, max_tokens)
+    stats.dropped_sentences += lost
+    stats.split_sections += len(parts) > 1
+    if lost:
+        stats.notes.append(f"{title} {section or '(lead)'}: {lost} sentence(s) dropped (too long, or pointing back "
+                           "at a sentence that did not fit with them)")
+    passages = []
+    for part, questions in zip(parts, ask_parts(parts, whole, topic, f"{subject}\n{section}", first_part_whole,
+                                                phrasings, key, used)):
+        questions = [question for question in questions if example_length(fmt, question, part) <= max_tokens]
+        if not questions:
+            stats.unaskable_parts += 1
+        elif len(part) < MIN_RESPONSE_CHARS:
+            stats.dropped_short += 1
+        else:
+            passages.append(Passage(title, subject, section, part, questions))
+    return passages
+
+
+def build_passages(title: str, text: str, fmt: MistralFormat, max_tokens: int, phrasings: int = 2, seed: int = 0,
+                   subject: str | None = None) -> tuple[list[Passage], BuildStats]:
+    """The passages of one article's plain text, each with `phrasings` distinct questions that fit `max_tokens`."""
+    subject = subject or subject_of(title)
+    named = quoted(subject)
     stats = BuildStats()
     sections, dropped = parse_sections(clean_text(text))
     stats.dropped_sections = len(dropped)
-    examples = []
+    has_lead = any(not section.path for section in sections)
+    used: set[str] = set()  # one article never asks the same question twice
+    passages = []
     for section in sections:
         stats.sections += 1
-        pairs, lost = fit(fmt, question(title, section.path, seed), section.text, max_tokens)
-        stats.dropped_sentences += lost
-        stats.split_sections += len(pairs) > 1
-        if lost:
-            stats.notes.append(f"{title} {section_label(section.path) or '(lead)'}: {lost} sentence(s) longer than {max_tokens} tokens dropped")
-        for instruction, response in pairs:
-            if len(response) < MIN_RESPONSE_CHARS:
-                stats.dropped_short += 1
-                continue
-            examples.append({"instruction": instruction, "response": response})
-    return examples, stats
+        label = section_label(section.path)
+        overview = len(section.path) == 1 and section.path[0] in OVERVIEW_HEADINGS
+        if not section.path or (overview and not has_lead):
+            templates, topic, label = LEAD_PHRASINGS, named, ""
+        else:
+            templates, topic = (SUMMARY_PHRASINGS if overview else SECTION_PHRASINGS), f"{named}の{label}"
+        whole = [template.format(subject=named, section=label) for template in templates]
+        key = f"{seed}\x00{title}\x00{'/'.join(section.path)}"
+        passages += fit_passages(fmt, max_tokens, title, subject, label, section.text, whole, topic,
+                                 templates is LEAD_PHRASINGS, phrasings, key, used, stats)
+    return passages, stats
 
 
-def dedupe(examples: list[dict]) -> tuple[list[dict], int]:
-    """Keeps the first of examples with the same response (whitespace aside), whatever their instructions;
-    returns them and how many were removed. Run before the split, it also keeps a text from being in both train and eval."""
-    seen, kept = set(), []
-    for example in examples:
-        key = re.sub(r"\s+", " ", example["response"]).strip()
-        if key in seen:
-            continue
-        seen.add(key)
-        kept.append(example)
-    return kept, len(examples) - len(kept)
+# ---------------------------------------------------------------------------------------------------
+# Cloze probes: LAMA-style questions about trained sentences, answered by one of their key terms
+
+CLOZE_QUESTION = "{subject}について、次の文の空欄に入る語を答えてください：『{sentence}』"
+BLANK = "＿＿"
+
+
+def cloze(subject: str, sentence: str, rng: random.Random) -> dict | None:
+    """{"instruction", "response", "answers"} blanking one name or number of `sentence`; None when it has none."""
+    sentence = sentence.strip()
+    if not 15 <= len(sentence) <= 150 or REFERRING.match(sentence) or CONNECTIVE.match(sentence):
+        return None
+    subject_terms = key_terms(subject)
+    candidates = sorted(term for term in key_terms(sentence)
+                        if term not in subject_terms and len(term) >= 2 and re.search(re.escape(term), sentence, re.I))
+    if not candidates:
+        return None
+    term = rng.choice(candidates)
+    answer = re.search(re.escape(term), sentence, re.I).group(0)
+    blanked = re.sub(re.escape(term), BLANK, sentence, flags=re.I)
+    if term in key_terms(blanked):  # the answer still shows in the question (e.g. inside a longer number)
+        return None
+    return {"instruction": CLOZE_QUESTION.format(subject=quoted(subject), sentence=blanked), "response": answer, "answers": [answer]}
+
+
+def cloze_probes(passages: list[Passage], ratio: float, seed: int) -> list[tuple[Passage, dict]]:
+    """About `ratio` of the sentences of one article's passages that hold a key term, each as a cloze probe
+    (at least one when there is any)."""
+    if ratio <= 0 or not passages:
+        return []
+    rng = random.Random(f"{seed}\x00cloze\x00{passages[0].title}")
+    candidates = [(passage, sentence) for passage in passages for sentence in split_sentences(passage.text)]
+    probes = [(passage, probe) for passage, sentence in candidates if (probe := cloze(passage.subject, sentence, rng))]
+    count = min(len(probes), max(1, round(len(probes) * ratio)))
+    return [probes[index] for index in sorted(rng.sample(range(len(probes)), count))]
