@@ -21,7 +21,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from mediawiki_server import MediaWikiServer, Wiki  # noqa: E402
 
-from cthulhu_sft.examples import build_examples  # noqa: E402
+from cthulhu_sft.examples import build_passages  # noqa: E402
 from cthulhu_sft.wiki import Cache, WikiClient, crawl_category_tree, fetch_pages  # noqa: E402
 
 ROOT = "Category:クトゥルフ神話"
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--categories", type=int, default=5)
     parser.add_argument("--members_per_response", type=int, default=500, help="what the server returns per listing")
     parser.add_argument("--interval", type=float, default=0.0, help="polite delay between requests (s)")
-    parser.add_argument("--tokenizer", default=None, help="also time example building with this tokenizer folder")
+    parser.add_argument("--tokenizer", default=None, help="also time passage building with this tokenizer folder")
     args = parser.parse_args()
 
     wiki = synthetic_wiki(args.articles, args.categories)
@@ -79,9 +79,9 @@ def main() -> None:
 
         fmt = MistralFormat.from_pretrained(args.tokenizer)
         started = time.perf_counter()
-        examples = sum(len(build_examples(p.title, p.extract, fmt, 256, 0)[0]) for p in wiki.pages.values() if p.extract)
+        passages = sum(len(build_passages(p.title, p.extract, fmt, 256)[0]) for p in wiki.pages.values() if p.extract)
         seconds = time.perf_counter() - started
-        print(f"examples: {examples} from {args.articles} articles (max_tokens 256) in {seconds:.2f} s")
+        print(f"passages: {passages} from {args.articles} articles (max_tokens 256) in {seconds:.2f} s")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
 """A polite, resumable MediaWiki Action API client: category crawl and page text, cached page by page.
 
-Everything here follows the API's documented behaviour, not one server's habits:
-  * every action=query request follows `continue` until the server stops sending it (the server
-    decides how much a response holds: TextExtracts gives one whole-page extract per request);
-  * `formatversion=2` is requested, and formatversion 1 answers (pages keyed by id, "" flags, "*")
-    are read as well;
-  * `maxlag=5`, a descriptive User-Agent, serial requests at a polite interval; transport faults
-    (dropped connections, 429, 5xx, honouring Retry-After) are retried by urllib3's `Retry` mounted
-    on the requests session, and API-level faults (maxlag, ratelimited, a cut or non-JSON body) by
-    the same `Retry` class, with the same budget and the same Retry-After handling.
-Each page (and each category listing) is cached as one JSON file as soon as it is complete, so a
-second run makes no request and an interrupted crawl resumes where it stopped.
+It follows the API's documented behaviour (API:Query, API:Continue, API:Categorymembers, TextExtracts):
+  * `formatversion=2` answers; every request follows `continue` until the server stops sending it (the
+    server decides how much an answer holds: TextExtracts gives one whole-page extract per answer);
+  * categories and pages are known by the titles the server reports (its normalised titles: a stock
+    Japanese wiki calls `Category:X` `カテゴリ:X`), never by the string the user typed;
+  * a server that keeps asking to continue without sending anything new is stopped with an error that
+    names the category or the pages;
+  * `maxlag=5`, a descriptive User-Agent, serial requests at a polite interval; faults (refused or dropped
+    connections, 429, 5xx, maxlag) are retried by urllib3's `Retry` mounted on the requests session,
+    honouring Retry-After.
+Each page (and each category listing, answer by answer) is cached as one JSON file as soon as it arrives,
+so a second run makes no request and an interrupted crawl resumes where it stopped.
 """
 
 import hashlib
@@ -24,7 +25,6 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ProtocolError
 from urllib3.util.retry import Retry
 
 from .files import write_text_atomic
@@ -39,10 +39,20 @@ DEFAULT_USER_AGENT = (
 MAXLAG = 5  # seconds; what Wikimedia recommends for non-interactive clients
 TITLES_PER_REQUEST = 50  # the API's limit for `titles` (500 for bots, which we are not)
 MAX_TITLES_BYTES = 4000  # keep the URL short enough for proxies, whatever the titles' length
-RETRYABLE_API_ERRORS = {"maxlag", "ratelimited", "readonly"}
-RETRY_STATUSES = (429, 500, 502, 503, 504)
+# MediaWiki sends something new in every answer it continues (a member, a page's extract). These bound a
+# server that does not: answers in a row with nothing new, and answers per category listing (500 members each).
+MAX_IDLE_ANSWERS = 5
+MAX_LISTING_REQUESTS = 200
 CACHE_VERSION = 1
 NS_MAIN, NS_CATEGORY = 0, 14
+EXTRACT_PARAMS = {
+    "prop": "extracts|info",
+    "explaintext": "1",
+    "exsectionformat": "wiki",
+    "exlimit": "1",  # whole-page extracts come one per answer whatever is asked; more only earns a warning
+    "inprop": "url",
+    "redirects": "1",
+}
 
 
 class WikiError(RuntimeError):
@@ -50,60 +60,23 @@ class WikiError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reading both formatversion shapes
+# HTTP
 
 
-def _flag(page: dict, name: str) -> bool:
-    """formatversion=2 has `"missing": true`, formatversion=1 has `"missing": ""`."""
-    return name in page and page[name] is not False
+class MaxlagRetry(Retry):
+    """urllib3's Retry, which also retries MediaWiki's maxlag answer.
 
+    MediaWiki answers a request over `maxlag` with HTTP 200, an error body and a Retry-After header
+    (Manual:Maxlag_parameter); no other read answer carries Retry-After. So a 200 with Retry-After is
+    retried like a 503 with one, after the wait the server asks for, from the same retry budget.
+    """
 
-def _string(value) -> str | None:
-    """A string field, also in formatversion 1's {"*": text} shape."""
-    if isinstance(value, dict):
-        value = value.get("*", value.get("content"))
-    return value if isinstance(value, str) else None
-
-
-def _pages(query: dict) -> list[dict]:
-    pages = query.get("pages") or []
-    return list(pages.values()) if isinstance(pages, dict) else list(pages)
+    RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES | {200}
 
 
 def _warnings(data: dict) -> list[str]:
-    """{"warnings": {module: {"warnings": text}}} (fv2), {module: {"*": text}} (fv1), or a list (errorformat)."""
-    warnings = data.get("warnings") or {}
-    if isinstance(warnings, list):
-        return [f"{item.get('module', '')}: {item.get('text') or item.get('*') or item}" for item in warnings]
-    texts = []
-    for module, value in warnings.items():
-        text = _string(value.get("warnings", value)) if isinstance(value, dict) else _string(value)
-        if text:
-            texts.append(f"{module}: {text}")
-    return texts
-
-
-def _api_error(data: dict) -> tuple[str, str] | None:
-    """(code, info) of an error answer: {"error": {...}} or, with errorformat, {"errors": [...]}."""
-    if isinstance(data.get("error"), dict):
-        error = data["error"]
-        return str(error.get("code", "unknown")), str(error.get("info") or error.get("*") or "")
-    if isinstance(data.get("errors"), list) and data["errors"]:
-        error = data["errors"][0]
-        return str(error.get("code", "unknown")), str(error.get("text") or error.get("*") or error.get("html") or "")
-    return None
-
-
-def _continuation(data: dict) -> dict | None:
-    """The parameters of the next request: `continue` (MediaWiki >= 1.26) or the old `query-continue`."""
-    if isinstance(data.get("continue"), dict):
-        return {key: str(value) for key, value in data["continue"].items()}
-    if isinstance(data.get("query-continue"), dict):
-        flat = {}
-        for values in data["query-continue"].values():
-            flat.update({key: str(value) for key, value in values.items()})
-        return flat or None
-    return None
+    """The answer's warnings, {module: {"warnings": text}} in formatversion 2, as 'module: text'."""
+    return [f"{module}: {value.get('warnings')}" for module, value in (data.get("warnings") or {}).items()]
 
 
 def _body_snippet(response: requests.Response) -> str:
@@ -112,10 +85,6 @@ def _body_snippet(response: requests.Response) -> str:
     if title:
         text = title.group(1)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()[:200]
-
-
-# ---------------------------------------------------------------------------------------------------
-# HTTP
 
 
 class WikiClient:
@@ -137,22 +106,14 @@ class WikiClient:
         self.retries = 0
         self._last_request = 0.0
         self._warned = set()
-        # One budget for every kind of fault; Retry-After is honoured for 429/503 and for maxlag.
-        self.retry = Retry(
+        self.retry = MaxlagRetry(
             total=retries,
-            connect=retries,
-            read=retries,
-            status=retries,
-            other=retries,
             backoff_factor=backoff_factor,
-            status_forcelist=RETRY_STATUSES,
-            allowed_methods=frozenset({"GET"}),
-            respect_retry_after_header=True,
+            status_forcelist=(429, 500, 502, 503, 504),
             raise_on_status=False,  # the last answer comes back, so its error can be reported
         )
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent or DEFAULT_USER_AGENT
-        self.session.headers["Accept-Encoding"] = "gzip"
         adapter = HTTPAdapter(max_retries=self.retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -164,84 +125,61 @@ class WikiClient:
         self._last_request = time.monotonic()
 
     def get(self, params: dict) -> dict:
-        """One API call: the decoded JSON answer, after retrying transport and API-level faults."""
+        """One API call (retried by urllib3): the decoded JSON answer, or a WikiError that says why not."""
         params = {"format": "json", "formatversion": "2", "maxlag": str(MAXLAG), **params}
-        retry = self.retry.new()  # budget for faults urllib3 cannot see (maxlag, cut or non-JSON body)
-        while True:
-            self._wait_turn()
-            response = None
-            try:
-                response = self.session.get(self.api_url, params=params, timeout=self.timeout, stream=True)
-                history = response.raw.retries.history if getattr(response.raw, "retries", None) else ()
-                self.requests += 1 + len(history)
-                self.retries += len(history)
-                if history:
-                    causes = ", ".join(str(item.status or type(item.error).__name__) for item in history)
-                    logger.info("retried %d time(s) after %s", len(history), causes)
-                retried = len(history)
-                body = response.content  # a connection dropped mid-body raises here
-            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as error:
-                response.close()
-                problem, cause = f"the connection broke while reading the answer ({error})", ProtocolError(str(error))
-            except requests.exceptions.RequestException as error:
-                # urllib3 already spent the retry budget on it (connection refused, reset, timeouts).
-                self.requests += 1 + self.retry.total
-                reason = re.sub(r" with url: \S+", "", str(error))  # not the whole query string
-                raise WikiError(f"{self.api_url}: no answer after {self.retry.total} retries: {reason}") from None
-            else:
-                if response.status_code != 200:
-                    raise WikiError(
-                        f"{self.api_url} answered HTTP {response.status_code} (after {retried} retries): "
-                        f"{_body_snippet(response)}"
-                        + (" (Wikimedia refuses requests without a descriptive --user_agent)" if response.status_code == 403 else "")
-                    )
-                try:
-                    data = json.loads(body)
-                    if not isinstance(data, dict):
-                        raise ValueError("not a JSON object")
-                except ValueError:
-                    kind = response.headers.get("Content-Type", "unknown type")
-                    problem = f"the answer is not JSON ({kind}): {_body_snippet(response)!r}; is --api_url the api.php endpoint?"
-                    cause = ProtocolError(problem)
-                else:
-                    error = _api_error(data)
-                    if error is None:
-                        for warning in _warnings(data):
-                            if warning not in self._warned:
-                                self._warned.add(warning)
-                                logger.warning("API warning: %s", warning)
-                        return data
-                    code, info = error
-                    if code not in RETRYABLE_API_ERRORS and not code.startswith("internal_api_error"):
-                        shown = {key: value for key, value in params.items() if key not in ("titles", "format")}
-                        raise WikiError(f"{self.api_url}: API error '{code}': {info} (request {shown})")
-                    problem, cause = f"API error '{code}': {info}", None
-            try:
-                raw = response.raw if response is not None and cause is None else None
-                retry = retry.increment("GET", self.api_url, response=raw, error=cause)
-            except MaxRetryError:
-                raise WikiError(f"{self.api_url}: giving up after {self.retry.total} retries: {problem}") from None
-            self.retries += 1
-            logger.info("retrying (%s)", problem)
-            retry.sleep(raw)
+        self._wait_turn()
+        try:
+            response = self.session.get(self.api_url, params=params, timeout=self.timeout)
+        except requests.exceptions.RequestException as error:
+            self.requests += 1
+            reason = re.sub(r" with url: \S+", "", str(error))  # not the whole query string
+            if isinstance(error, requests.exceptions.ConnectionError):  # urllib3 spent its retries on it
+                self.requests += self.retry.total
+                self.retries += self.retry.total
+                reason = f"no answer after {self.retry.total} retries: {reason}"
+            elif isinstance(error, requests.exceptions.ChunkedEncodingError):  # read after urllib3's retries
+                reason = "the connection broke while the answer was being read"
+            raise WikiError(f"{self.api_url}: {reason}") from None
+        history = response.raw.retries.history if response.raw.retries else ()
+        self.requests += 1 + len(history)
+        self.retries += len(history)
+        if history:
+            logger.info("retried %d time(s) after %s", len(history),
+                        ", ".join(str(item.status or type(item.error).__name__) for item in history))
+        retried = f" (after {len(history)} retries)" if history else ""
+        if response.status_code != 200:
+            hint = " (Wikimedia refuses requests without a descriptive --user_agent)" if response.status_code == 403 else ""
+            raise WikiError(f"{self.api_url} answered HTTP {response.status_code}{retried}: {_body_snippet(response)}{hint}")
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            kind = response.headers.get("Content-Type", "unknown type")
+            raise WikiError(f"{self.api_url}: the answer is not JSON ({kind}): {_body_snippet(response)!r}; "
+                            "is --api_url the wiki's api.php?")
+        if isinstance(data.get("error"), dict):
+            error = data["error"]
+            shown = {key: value for key, value in params.items() if key not in ("titles", "format")}
+            raise WikiError(f"{self.api_url}: API error '{error.get('code')}'{retried}: {error.get('info')} (request {shown})")
+        for warning in _warnings(data):
+            if warning not in self._warned:
+                self._warned.add(warning)
+                logger.warning("API warning: %s", warning)
+        return data
 
     def query(self, params: dict, start: dict | None = None):
         """Yields the answers of an action=query request, following `continue` until the server stops.
 
         `start` is a `continue` object saved from an earlier answer, to resume from there.
         """
-        base = {"action": "query", **params}
-        continuation, seen = dict(start or {}), set()
+        continuation = start or {}
         while True:
-            data = self.get({**base, **continuation})
+            data = self.get({"action": "query", **params, **continuation})
             yield data
-            continuation = _continuation(data)
+            continuation = data.get("continue")
             if not continuation:
                 return
-            key = json.dumps(continuation, sort_keys=True)
-            if key in seen:
-                raise WikiError(f"{self.api_url}: the server repeated the continuation {continuation}; stopping")
-            seen.add(key)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,11 +201,17 @@ def site_key(api_url: str) -> str:
 
 
 class Cache:
-    """One JSON file per page or category under `root/<site>/`, written atomically."""
+    """One JSON file per page or category listing under `root/<site>/`, written atomically.
+
+    One run at a time per folder: temporary files that a killed run left (`.name.*.tmp`, see
+    files.write_text_atomic) are removed when the cache is opened.
+    """
 
     def __init__(self, root: str | os.PathLike, api_url: str, refresh: bool = False):
         self.root = Path(root) / site_key(api_url)
         self.refresh = refresh
+        for stale in self.root.glob("*/.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def path(self, kind: str, title: str) -> Path:
         return self.root / kind / safe_filename(title)
@@ -293,67 +237,89 @@ class Cache:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Crawl
+# Categories
 
 
 def normalize_title(title: str) -> str:
-    """What MediaWiki does to a title before looking it up (enough for cache keys): '_' is ' '."""
+    """What MediaWiki does to any title before looking it up (enough for cache keys): '_' is ' '."""
     return re.sub(r"[ _]+", " ", title).strip()
 
 
 def category_title(name: str) -> str:
+    """`name` with the namespace prefix the API needs; 'Category:' is understood by every wiki."""
     name = normalize_title(name)
     return name if ":" in name else f"Category:{name}"
 
 
-def category_members(client: WikiClient, cache: Cache, category: str) -> list[dict]:
-    """[{"title", "ns"}] of the category's articles and subcategories, cached answer by answer.
+def _identity(page: dict):
+    """What tells pages apart: the page id; the server's title for a category that has members but no page."""
+    return page.get("pageid") or page["title"]
 
-    A listing cut short (by an outage) is cached with its `continue` and resumed from there.
+
+def category_members(client: WikiClient, cache: Cache, category: str) -> dict:
+    """{"title": the server's title for `category`, "members": [{"pageid", "ns", "title"}]}, cached answer by answer.
+
+    The category itself is asked as `titles` in the same request, so the first answer also says what the
+    server calls it. A listing cut short (by an outage) is cached with its `continue` and resumed from there.
     """
-    cached = cache.load("categories", category) or {"members": [], "continue": None}
-    if cached.get("complete"):
-        return cached["members"]
-    params = {
-        "list": "categorymembers",
-        "cmtitle": category,
-        "cmtype": "page|subcat",
-        "cmnamespace": f"{NS_MAIN}|{NS_CATEGORY}",
-        "cmprop": "ids|title|type",
-        "cmlimit": "max",
-    }
-    members = cached["members"]
-    for data in client.query(params, start=cached.get("continue")):
-        for member in (data.get("query") or {}).get("categorymembers", []):
-            ns = member.get("ns")
-            if ns is None:  # a server that leaves out ns: fall back on type, then on the title
-                is_category = member.get("type") == "subcat" or member["title"].startswith(("Category:", "カテゴリ:"))
-                ns = NS_CATEGORY if is_category else NS_MAIN
-            members.append({"title": member["title"], "ns": int(ns)})
-        continuation = _continuation(data)
-        cache.save("categories", category, {"members": members, "continue": continuation, "complete": not continuation})
-    return members
+    listing = cache.load("categories", category) or {}
+    if listing.get("complete"):
+        return listing
+    if "title" not in listing:  # nothing cached (or a cache from before titles were kept): from the start
+        listing = {"title": category, "pageid": None, "members": [], "continue": None}
+    params = {"list": "categorymembers", "cmtitle": category, "cmtype": "page|subcat", "cmprop": "ids|title",
+              "cmlimit": "max", "titles": category}
+    # Namespaces are filtered here, not with cmnamespace: in miser mode that filter leaves answers empty.
+    seen = {_identity(member) for member in listing["members"]}
+    idle = 0
+    for count, data in enumerate(client.query(params, start=listing["continue"]), 1):
+        query = data.get("query") or {}
+        for page in query.get("pages") or []:  # only in the first answer
+            listing.update(title=page["title"], pageid=page.get("pageid"))  # no id: the category has no page
+        new = [member for member in query.get("categorymembers") or [] if _identity(member) not in seen]
+        seen.update(_identity(member) for member in new)
+        listing["members"] += [{"pageid": member.get("pageid"), "ns": member["ns"], "title": member["title"]}
+                               for member in new if member["ns"] in (NS_MAIN, NS_CATEGORY)]
+        listing["continue"] = data.get("continue")
+        listing["complete"] = not listing["continue"]
+        cache.save("categories", category, listing)
+        idle = 0 if new else idle + 1
+        if listing["continue"] and (idle >= MAX_IDLE_ANSWERS or count >= MAX_LISTING_REQUESTS):
+            raise WikiError(f"{client.api_url}: the listing of {listing['title']} did not end: the server still asked "
+                            f"to continue after {count} answers ({idle} in a row without a new member); stopping")
+    return listing
 
 
 def crawl_category_tree(client: WikiClient, cache: Cache, root: str, depth: int) -> tuple[list[str], list[str]]:
-    """(article titles, categories visited), breadth first to `depth` subcategory levels, each once."""
-    articles, seen_articles = [], set()
-    visited, frontier = [], [category_title(root)]
-    seen_categories = set(frontier)
+    """(article titles, categories listed), breadth first to `depth` subcategory levels, each once.
+
+    Pages and categories are told apart by page id, so a cycle back to the root does not list it again,
+    however the root was written.
+    """
+    articles, visited, seen = [], [], set()
+    frontier = [category_title(root)]
     for level in range(depth + 1):
         next_frontier = []
         for category in frontier:
-            visited.append(category)
-            for member in category_members(client, cache, category):
-                title = member["title"]
-                if member["ns"] == NS_MAIN and title not in seen_articles:
-                    seen_articles.add(title)
-                    articles.append(title)
-                elif member["ns"] == NS_CATEGORY and title not in seen_categories and level < depth:
-                    seen_categories.add(title)
-                    next_frontier.append(title)
+            listing = category_members(client, cache, category)
+            if level == 0 and not listing["members"]:
+                raise WikiError(f"{client.api_url}: the listing of {listing['title']} is empty: it has no articles "
+                                "and no subcategories (is the category name right?)")
+            visited.append(listing["title"])
+            seen.add(_identity(listing))
+            for member in listing["members"]:
+                if _identity(member) in seen or (member["ns"] == NS_CATEGORY and level == depth):
+                    continue
+                seen.add(_identity(member))
+                (articles if member["ns"] == NS_MAIN else next_frontier).append(member["title"])
         frontier = next_frontier
+    if not articles:
+        raise WikiError(f"{client.api_url}: {visited[0]} and its subcategories to depth {depth} list no articles")
     return articles, visited
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pages
 
 
 def _title_batches(titles: list[str]):
@@ -369,55 +335,33 @@ def _title_batches(titles: list[str]):
         yield batch
 
 
-def _resolve(title: str, aliases: dict[str, str]) -> str:
+def _resolve(title: str, targets: dict[str, str]) -> str:
+    """Where `title` leads through the answers' `normalized` and `redirects` (redirects may chain)."""
     seen = {title}
-    while title in aliases and aliases[title] not in seen:
-        title = aliases[title]
+    while title in targets and targets[title] not in seen:
+        title = targets[title]
         seen.add(title)
     return title
 
 
-def _page_record(page: dict, text_format: str) -> dict:
-    revid = page.get("lastrevid")
-    if revid is None and page.get("revisions"):
-        revid = page["revisions"][0].get("revid")
-    if text_format == "wikitext":
-        text = None
-        if page.get("revisions"):
-            revision = page["revisions"][0]
-            slot = (revision.get("slots") or {}).get("main", revision)
-            text = _string(slot.get("content", slot.get("*")))
-    else:
-        text = _string(page.get("extract"))
+def _missing(page: dict) -> bool:
+    return bool(page.get("missing") or page.get("invalid") or page.get("special"))
+
+
+def _record(page: dict) -> dict:
+    """A page's record from its merged answers: info (first answer) and extract (the answer that carried it)."""
+    if _missing(page):
+        reason = page.get("invalidreason") or ("special page" if page.get("special") else "missing")
+        return {"title": page["title"], "missing": True, "reason": reason, "text": ""}
     return {
         "title": page["title"],
         "ns": page.get("ns", NS_MAIN),
         "pageid": page.get("pageid"),
-        "revid": revid,
-        "url": page.get("fullurl") or page.get("canonicalurl"),
-        "text": text,
-        "text_format": text_format,
+        "revid": page.get("lastrevid"),
+        "url": page.get("fullurl"),
+        "text": page.get("extract", ""),
         "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-class TextSource:
-    """The props that give a page's text: TextExtracts' plain text, or wikitext where it is missing."""
-
-    # exlimit=1: "multiple extracts can only be returned if exintro is set"; the rest come by `continue`.
-    EXTRACTS = {"prop": "extracts|info", "explaintext": "1", "exsectionformat": "wiki", "exlimit": "1", "inprop": "url"}
-    WIKITEXT = {"prop": "revisions|info", "rvprop": "ids|content", "rvslots": "main", "inprop": "url"}
-
-    def __init__(self):
-        self.format = "extract"
-
-    @property
-    def params(self) -> dict:
-        return self.EXTRACTS if self.format == "extract" else self.WIKITEXT
-
-
-def _extracts_unsupported(data: dict) -> bool:
-    return any("extracts" in warning and ("Unrecognized" in warning or "nrecognised" in warning) for warning in _warnings(data))
 
 
 def _cached_page(cache: Cache, title: str) -> dict | None:
@@ -430,96 +374,89 @@ def _cached_page(cache: Cache, title: str) -> dict | None:
 
 
 def fetch_pages(client: WikiClient, cache: Cache, titles: list[str], progress=None) -> dict[str, dict]:
-    """{requested title: page record or {"missing": True, ...}}; redirects followed, each page fetched once.
+    """{requested title: page record, or {"title", "missing": True, "reason", "text": ""}}, redirects followed.
 
-    Titles go 50 to a request with prop=extracts|info; the server sends one extract per answer and
-    `continue`s. Page records are cached as soon as their text arrives, so an interrupted run loses at
-    most the page in flight. When the first answer of a batch shows that some titles lead (through a
-    redirect) to pages already fetched, the batch is asked again without them instead of fetching them
-    twice (only the extract sent with that first answer can be one already fetched). TextExtracts' rendered plain text is used; a wiki without TextExtracts is read as wikitext
-    (converted later by `cthulhu_sft.examples.wikitext_to_text`).
+    Titles go 50 to a request with prop=extracts|info; the server sends one page's extract per answer
+    and continues. Each page is cached as soon as its text arrives, so an interrupted run loses at most
+    the page in flight, and a rerun asks nothing.
     """
-    results, todo, done = {}, [], {}
+    results, todo = {}, []
     for title in dict.fromkeys(normalize_title(title) for title in titles):
-        entry = _cached_page(cache, title)
-        if entry is None:
+        record = _cached_page(cache, title)
+        if record is None:
             todo.append(title)
         else:
-            results[title] = entry
+            results[title] = record
             if progress:
                 progress.update(1)
-    source = TextSource()
+    done = {}  # final title → record, for the pages of the whole run
     for batch in _title_batches(todo):
-        results.update(_fetch_batch(client, cache, batch, source, done, progress))
+        results.update(_fetch_batch(client, cache, batch, done, progress))
     return results
 
 
-def _fetch_batch(client, cache, batch: list[str], source: TextSource, done: dict, progress) -> dict[str, dict]:
-    """Fetches one batch of titles; `done` (final title → record) collects the pages of the whole run."""
-    aliases, bad, pages, reported = {}, {}, {}, set()
-    wanted = batch
-    while wanted:
-        params = {**source.params, "redirects": "1", "titles": "|".join(wanted)}
-        wanted, asked, fresh = [], [], set()
-        for data in client.query(params):
-            if source.format == "extract" and _extracts_unsupported(data):
-                logger.warning("%s has no TextExtracts (prop=extracts); reading wikitext instead", client.api_url)
-                source.format = "wikitext"
-                return _fetch_batch(client, cache, batch, source, done, progress)
-            query = data.get("query") or {}
-            for key in ("normalized", "converted", "redirects"):
-                for item in query.get(key) or []:
-                    aliases[item["from"]] = item["to"]
-            for page in _pages(query):
-                title = page.get("title")
-                if title is None:
-                    continue
-                if title not in asked:
-                    asked.append(title)
-                if title in done and title not in fresh:
-                    continue
-                if _flag(page, "missing") or _flag(page, "invalid") or _flag(page, "special"):
-                    reason = page.get("invalidreason") or ("missing" if _flag(page, "missing") else "invalid")
-                    bad[title] = {"title": title, "missing": True, "reason": str(reason)}
-                    continue
-                merged = pages.setdefault(title, {})
-                merged.update({name: value for name, value in page.items() if not (name == "revisions" and name in merged)})
-                record = _page_record(merged, source.format)
-                has_info = "lastrevid" in merged or source.format == "wikitext"  # revisions carry the revid
-                if record["text"] is not None and has_info and title not in done:
-                    cache.save("pages", title, record)
-                    done[title] = record
-                    fresh.add(title)
-                    if progress:
-                        progress.update(1)
-                        reported.add(title)
-            if not _continuation(data):
+def _fetch_batch(client: WikiClient, cache: Cache, batch: list[str], done: dict, progress) -> dict[str, dict]:
+    """Fetches one batch of titles; `done` (final title → record) collects the pages of the whole run.
+
+    The first answer names every page of the batch, redirects followed. When some were already fetched
+    (through another title, by an earlier batch or run), the batch is asked again without them rather
+    than receiving their text again: the second request brings an extract as the first did.
+    """
+    targets, pages, shown, asking, idle = {}, {}, set(), batch, 0
+    while asking:
+        asked, asking = asking, []
+        for number, data in enumerate(client.query({**EXTRACT_PARAMS, "titles": "|".join(asked)}), 1):
+            if any("extracts" in text and "nrecognized" in text for text in _warnings(data)):
+                raise WikiError(f"{client.api_url} has no TextExtracts extension (prop=extracts), which gives the pages' text")
+            new, waiting = _read_answer(data, cache, targets, pages, done)
+            for title in batch:
+                if progress and title not in shown and _resolve(title, targets) in done:
+                    shown.add(title)
+                    progress.update(1)
+            if "continue" not in data:
                 break
-            # Pages still to come that an earlier batch (or run) already has: ask again without them.
-            pending = [title for title in asked if title not in fresh and title not in bad]
-            for title in pending:
-                if title not in done and (cached := _cached_page(cache, title)) is not None:
-                    done[title] = cached
-            if any(title in done for title in pending):
-                wanted = [title for title in pending if title not in done]
-                break
+            if number == 1:
+                for title in waiting:
+                    if title not in done and (cached := _cached_page(cache, title)) is not None:
+                        done[title] = cached
+                if any(title in done for title in waiting):
+                    asking = [title for title in asked if _resolve(title, targets) not in done]
+                    break
+            idle = 0 if new else idle + 1
+            if idle >= MAX_IDLE_ANSWERS:
+                raise WikiError(f"{client.api_url}: the server still asked to continue after {idle} answers in a row without "
+                                f"the text of a page; stopping (waiting for {', '.join(waiting[:5]) or 'nothing'})")
+    for title, page in pages.items():  # pages the server sent no text for, and missing ones
+        if title not in done:
+            done[title] = _record(page)
+            cache.save("pages", title, done[title])
     results = {}
     for requested in batch:
-        final = _resolve(requested, aliases)
-        if final in done:
-            record = done[final]
-        elif final in pages:  # the server ended the batch without its text: keep that answer
-            record = {**_page_record(pages[final], source.format)}
-            record["text"] = record["text"] or ""
-            cache.save("pages", final, record)
-            done[final] = record
-        else:
-            record = bad.get(final) or {"title": final, "missing": True, "reason": "not in the answer"}
-        if progress and not (requested == final and final in reported):
-            progress.update(1)
+        final = _resolve(requested, targets)
         if final != requested:
-            cache.save("pages", requested, {"redirect": final} if "missing" not in record else record)
-        elif "missing" in record:
-            cache.save("pages", requested, record)
-        results[requested] = record
+            cache.save("pages", requested, {"redirect": final})
+        results[requested] = done.get(final) or {"title": final, "missing": True, "reason": "not in the answer", "text": ""}
+    if progress:
+        progress.update(len(batch) - len(shown))
     return results
+
+
+def _read_answer(data: dict, cache: Cache, targets: dict, pages: dict, done: dict) -> tuple[bool, list[str]]:
+    """Takes in one answer: where titles lead, each page's fields, and the text of a page, cached at once.
+
+    Returns whether a page's text arrived, and the pages still waiting for theirs.
+    """
+    query = data.get("query") or {}
+    for item in (query.get("normalized") or []) + (query.get("redirects") or []):
+        targets[item["from"]] = item["to"]
+    new, waiting = False, []
+    for page in query.get("pages") or []:
+        title = page["title"]
+        pages.setdefault(title, {}).update(page)  # info comes in the first answer, the extract later
+        if "extract" in page and title not in done:
+            done[title] = _record(pages[title])
+            cache.save("pages", title, done[title])
+            new = True
+        elif "extract" not in page and not _missing(page):
+            waiting.append(title)
+    return new, waiting

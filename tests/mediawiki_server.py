@@ -1,16 +1,21 @@
-"""A stand-in for the MediaWiki Action API on 127.0.0.1, a real http.server in a thread.
+"""A stand-in for the MediaWiki Action API (1.39, formatversion=2) on 127.0.0.1, a real http.server in a thread.
 
-It answers what prepare_data.py asks, the way MediaWiki documents it:
+It answers what cthulhu_sft/wiki.py asks, the way MediaWiki documents it and does it:
+  * titles as MediaWiki normalises them ('_' is ' ', a capital first letter, namespace names in any case
+    and language): a wiki built with `namespaces=STOCK_JAPANESE` (Debian's package with a Japanese
+    content language) calls `Category:X` `カテゴリ:X`, and says so in `normalized`;
   * list=categorymembers with cmtitle/cmtype/cmnamespace/cmlimit and `cmcontinue`, a few members per
-    answer (and, with `empty_first_page`, an answer with no members but a `continue`, as miser mode does);
+    answer (`empty_first_page`: an answer with no members but a `continue`, as miser mode may send);
+    `titles` asked alongside are answered in the first answer only (continuations of a list leave the
+    page set out: `continue` "-||");
   * prop=extracts (TextExtracts: one whole-page extract per answer and `excontinue`, explaintext,
-    exsectionformat wiki/raw), prop=info (lastrevid, fullurl), prop=revisions (rvslots=main content,
-    a few pages per answer and `rvcontinue`), with redirects=1, normalized titles, missing and
-    invalid titles, and the `continue` string that marks finished modules;
-  * formatversion=2 shapes when asked (or `force_formatversion`), formatversion 1 shapes otherwise;
+    exsectionformat=wiki; `extracts=False`: a wiki without it, which warns "Unrecognized value"),
+    prop=info (lastrevid, fullurl), with redirects=1, normalized titles, missing and invalid titles,
+    and the `continue` string that marks finished modules;
   * faults, one per request from `faults` in order: "maxlag" (200 + error + Retry-After), "maxlag503",
     "429", "503html", "html200", "drop" (connection closed without an answer), "truncate" (half a body);
-    and `fail_after`: every request after that many answers gets a 503 HTML page (an outage).
+    `fail_after`: every request after that many answers gets a 503 HTML page (an outage);
+    `endless_continuation`: every answer asks to continue with a new token and brings nothing.
 Every request is recorded in `requests` (params, headers, time) so tests can count and inspect them.
 """
 
@@ -29,6 +34,11 @@ HTML_ERROR = (
     "<body><h1>Error</h1><p>Our servers are currently under maintenance or experiencing a technical issue.</p>"
     "</body></html>"
 )
+# Namespace names: the canonical (English) ones, which ja.wikipedia also shows, and MediaWiki's stock
+# Japanese ones (languages/messages/MessagesJa.php). Every wiki understands both, in any letter case.
+CANONICAL = {6: "File", 10: "Template", 14: "Category"}
+STOCK_JAPANESE = {6: "ファイル", 10: "テンプレート", 14: "カテゴリ"}
+NAMESPACE_NUMBERS = {name.casefold(): ns for names in (CANONICAL, STOCK_JAPANESE) for ns, name in names.items()}
 
 
 @dataclass
@@ -38,7 +48,6 @@ class Page:
     revid: int
     ns: int = 0
     extract: str = ""  # TextExtracts' plain text with "== heading ==" lines
-    wikitext: str = ""
     redirect: str | None = None
 
 
@@ -46,46 +55,56 @@ class Page:
 class Wiki:
     pages: dict = field(default_factory=dict)
     categories: dict = field(default_factory=dict)  # category title -> [member titles]
+    namespaces: dict = field(default_factory=lambda: dict(CANONICAL))  # the names this wiki shows
     _next_id: int = 100
 
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id
 
-    def add_page(self, title, extract="", wikitext="", categories=(), ns=0):
-        self.pages[title] = Page(title, self._new_id(), self._new_id() * 10, ns, extract, wikitext)
+    def split(self, title: str) -> tuple[int, str]:
+        """(namespace, title as MediaWiki normalises it): '_' is ' ', spaces collapse, a capital first letter."""
+        title = " ".join(title.replace("_", " ").split())
+        prefix, colon, rest = title.partition(":")
+        ns = NAMESPACE_NUMBERS.get(prefix.strip().casefold()) if colon else None
+        if ns is None:
+            return 0, title[:1].upper() + title[1:]
+        rest = rest.strip()
+        return ns, f"{self.namespaces[ns]}:{rest[:1].upper()}{rest[1:]}"
+
+    def normalize(self, title: str) -> str:
+        return self.split(title)[1]
+
+    def add_page(self, title, extract="", categories=()):
+        ns, title = self.split(title)
+        self.pages[title] = Page(title, self._new_id(), self._new_id() * 10, ns, extract)
         for category in categories:
-            self.categories.setdefault(category, []).append(title)
+            self.categories.setdefault(self.normalize(category), []).append(title)
         return self.pages[title]
 
     def add_redirect(self, title, target, categories=()):
         page = self.add_page(title, categories=categories)
-        page.redirect = target
+        page.redirect = self.normalize(target)
         return page
 
     def add_category(self, title, parents=()):
+        title = self.normalize(title)
         if title not in self.pages:
-            self.add_page(title, ns=14)
+            self.add_page(title)
         self.categories.setdefault(title, [])
         for parent in parents:
-            self.categories.setdefault(parent, []).append(title)
-
-
-def normalize(title: str) -> str:
-    title = " ".join(title.replace("_", " ").split())
-    return title[:1].upper() + title[1:]
+            self.categories.setdefault(self.normalize(parent), []).append(title)
 
 
 class MediaWikiServer:
-    def __init__(self, wiki: Wiki, members_per_response=2, revisions_per_response=2, extracts=True,
-                 force_formatversion=None, retry_after="0", empty_first_page=False):
+    def __init__(self, wiki: Wiki, members_per_response=2, extracts=True, retry_after="0", empty_first_page=False,
+                 endless_continuation=False):
         self.wiki = wiki
         self.members_per_response = members_per_response
-        self.revisions_per_response = revisions_per_response
         self.extracts = extracts
-        self.force_formatversion = force_formatversion
         self.retry_after = retry_after
         self.empty_first_page = empty_first_page
+        self.endless_continuation = endless_continuation
         self.faults = deque()
         self.fail_after = None
         self.answered = 0
@@ -181,20 +200,34 @@ class MediaWikiServer:
     # -----------------------------------------------------------------------------------------------
 
     def answer(self, params: dict) -> dict:
-        fv2 = (self.force_formatversion or int(params.get("formatversion", "1"))) == 2
         if params.get("action") != "query":
             return {"error": {"code": "badvalue", "info": f"Unrecognized value for parameter \"action\": {params.get('action')}."}}
+        body = {}
+        if "titles" in params and not params.get("continue", "").startswith("-"):  # "-": the page set is done
+            body = self._pages(params)
         if params.get("list") == "categorymembers":
-            return self._categorymembers(params)
-        if "titles" in params:
-            return self._props(params, fv2)
-        return {"batchcomplete": True if fv2 else ""}
+            listing = self._categorymembers(params)
+            if "error" in listing:
+                return listing
+            body.setdefault("query", {}).update(listing["query"])
+            body.pop("batchcomplete", None)
+            body.update({key: value for key, value in listing.items() if key != "query"})
+        return body or {"batchcomplete": True}
+
+    def _fresh_token(self) -> int:
+        return len(self.requests)
 
     def _categorymembers(self, params: dict) -> dict:
+        ns, category = self.wiki.split(params["cmtitle"])
+        if ns != 14:
+            return {"error": {"code": "invalidcategory", "info": "The category name you entered is not valid."}}
+        if self.endless_continuation:
+            return {"query": {"categorymembers": []},
+                    "continue": {"cmcontinue": f"page|{self._fresh_token()}", "continue": "-||"}}
         members = []
         types = set(params.get("cmtype", "page|subcat|file").split("|"))
         namespaces = {int(ns) for ns in params["cmnamespace"].split("|")} if params.get("cmnamespace") else None
-        for title in sorted(self.wiki.categories.get(normalize(params["cmtitle"]), [])):
+        for title in sorted(self.wiki.categories.get(category, [])):
             page = self.wiki.pages[title]
             kind = "subcat" if page.ns == 14 else "file" if page.ns == 6 else "page"
             if kind in types and (namespaces is None or page.ns in namespaces):
@@ -205,23 +238,21 @@ class MediaWikiServer:
         else:
             limit = len(members) if params.get("cmlimit") == "max" else int(params.get("cmlimit", "10"))
             count = min(limit, self.members_per_response)
-        body = {"query": {"categorymembers": members[offset: offset + count]}}
+        body = {"query": {"categorymembers": members[offset: offset + count]}, "batchcomplete": True}
         if offset + count < len(members) or (count == 0 and members):
             body["continue"] = {"cmcontinue": f"page|{offset + count}", "continue": "-||"}
-        else:
-            body["batchcomplete"] = True
         return body
 
-    def _props(self, params: dict, fv2: bool) -> dict:
+    def _pages(self, params: dict) -> dict:
         query, warnings = {}, {}
         props = set(params.get("prop", "").split("|")) - {""}
         done = set(params.get("continue", "").split("||")[-1].split("|")) - {"", "-"}
         if "extracts" in props and not self.extracts:
-            warnings["main"] = {"warnings" if fv2 else "*": 'Unrecognized value for parameter "prop": extracts.'}
+            warnings["query"] = {"warnings": 'Unrecognized value for parameter "prop": extracts.'}
             props.discard("extracts")
         titles, normalized, redirects = [], [], []
         for requested in params["titles"].split("|"):
-            title = normalize(requested)
+            title = self.wiki.normalize(requested)
             if title != requested:
                 normalized.append({"from": requested, "to": title})
             seen = set()
@@ -237,17 +268,17 @@ class MediaWikiServer:
             query["redirects"] = redirects
         pages, good = [], []
         for title in titles:
-            if any(char in title for char in "[]{}<>#"):
+            if any(char in title for char in "[]{}<>#") or title.endswith(":"):
                 pages.append({"title": title, "invalidreason": "The requested page title contains invalid characters.",
-                              "invalid": True if fv2 else ""})
+                              "invalid": True})
             elif title not in self.wiki.pages:
-                pages.append({"ns": 0, "title": title, "missing": True if fv2 else ""})
+                pages.append({"ns": self.wiki.split(title)[0], "title": title, "missing": True})
             else:
                 page = self.wiki.pages[title]
                 entry = {"pageid": page.pageid, "ns": page.ns, "title": page.title}
                 if "info" in props and "info" not in done:
                     entry.update({"contentmodel": "wikitext", "pagelanguage": "ja", "lastrevid": page.revid,
-                                  "length": len(page.wikitext.encode())})
+                                  "length": len(page.extract.encode())})
                     if "url" in params.get("inprop", ""):
                         url = f"https://ja.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}"
                         entry.update({"fullurl": url, "canonicalurl": url})
@@ -257,26 +288,17 @@ class MediaWikiServer:
         if "extracts" in props and "extracts" not in done:
             start = int(params.get("excontinue", "0"))
             limit = 1 if not params.get("exintro") else 20
-            if int(params.get("exlimit", "20")) > 1 and not params.get("exintro"):
-                warnings["extracts"] = {"warnings" if fv2 else "*": '"exlimit" was too large for a whole article extracts request, lowered to 1.'}
-            for entry in good[start: start + limit]:
-                text = self.wiki.pages[entry["title"]].extract
-                if params.get("exsectionformat") == "raw":
-                    text = "\n".join(_raw_heading(line) for line in text.split("\n"))
-                entry["extract"] = text
+            if int(params.get("exlimit", "20")) > 1 and not params.get("exintro") and len(good) > 1:
+                warnings["extracts"] = {"warnings": '"exlimit" was too large for a whole article extracts request, lowered to 1.'}
+            served = [] if self.endless_continuation else good[start: start + limit]
+            for entry in served:
+                entry["extract"] = self.wiki.pages[entry["title"]].extract
                 self.extracts_served.append(entry["title"])
-            if start + limit < len(good):
+            if self.endless_continuation:
+                continuation["excontinue"] = self._fresh_token()
+            elif start + limit < len(good):
                 continuation["excontinue"] = start + limit
-        if "revisions" in props and "revisions" not in done:
-            start = int(params.get("rvcontinue", "0"))
-            for entry in good[start: start + self.revisions_per_response]:
-                page = self.wiki.pages[entry["title"]]
-                slot = {"contentmodel": "wikitext", "contentformat": "text/x-wiki"}
-                slot["content" if fv2 else "*"] = page.wikitext
-                entry["revisions"] = [{"revid": page.revid, "parentid": page.revid - 1, "slots": {"main": slot}}]
-            if start + self.revisions_per_response < len(good):
-                continuation["rvcontinue"] = str(start + self.revisions_per_response)
-        query["pages"] = pages if fv2 else {str(p.get("pageid", -1 - i)): p for i, p in enumerate(pages)}
+        query["pages"] = pages
         body = {"query": query}
         if warnings:
             body["warnings"] = warnings
@@ -284,16 +306,8 @@ class MediaWikiServer:
             finished = sorted((props & {"info"}) | done)
             body["continue"] = {**continuation, "continue": "||" + "|".join(finished)}
         else:
-            body["batchcomplete"] = True if fv2 else ""
+            body["batchcomplete"] = True
         return body
-
-
-def _raw_heading(line: str) -> str:
-    stripped = line.strip()
-    level = len(stripped) - len(stripped.lstrip("="))
-    if 2 <= level <= 6 and stripped.endswith("=" * level):
-        return f"\x01\x02{level}\x02\x01{stripped[level:-level].strip()}"
-    return line
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -302,15 +316,15 @@ def _raw_heading(line: str) -> str:
 LONG_TITLE = "クトゥルフ神話TRPG: 第7版/" + "ルールブックに登場する架空の書物と神格の一覧" * 4
 
 
-def cthulhu_wiki() -> Wiki:
-    wiki = Wiki()
+def cthulhu_wiki(namespaces=None) -> Wiki:
+    wiki = Wiki(namespaces=dict(namespaces or CANONICAL))
     root, gods, works, old_ones = ("Category:クトゥルフ神話", "Category:クトゥルフ神話の神格",
                                    "Category:クトゥルフ神話の作品", "Category:旧支配者")
     wiki.add_category(root)
     wiki.add_category(gods, parents=[root])
     wiki.add_category(works, parents=[root])
     wiki.add_category(old_ones, parents=[gods])
-    wiki.categories[gods].append(root)  # a cycle: the root inside its own subcategory
+    wiki.add_category(root, parents=[gods])  # a cycle: the root inside its own subcategory
     wiki.add_page(
         "クトゥルフ",
         extract=(
@@ -328,21 +342,12 @@ def cthulhu_wiki() -> Wiki:
             "== 外部リンク ==\n"
             "公式サイト"
         ),
-        wikitext=(
-            "{{Infobox 神格|名前=クトゥルフ}}\n'''クトゥルフ'''（{{lang|en|Cthulhu}}）は、怪奇作家が創作した架空の神格である"
-            "<ref>出典の本</ref>。海底都市[[ルルイエ]]で眠り続けているとされる。\n"
-            "[[ファイル:Cthulhu.png|thumb|像のキャプション]]\n"
-            "== 概要 ==\n巨大な体と蛸に似た頭部を持つ存在として描かれる。{{要出典|date=2020年1月}}\n"
-            "{| class=\"wikitable\"\n|-\n| 表のセル || 別のセル\n|}\n"
-            "== 脚注 ==\n{{Reflist}}\n== 関連項目 ==\n* [[ルルイエ]]\n[[Category:クトゥルフ神話]]"
-        ),
         categories=[root, gods],
     )
     wiki.add_page(
         "ルルイエ",
         extract="ルルイエは、太平洋の底に沈んだとされる架空の都市である。非ユークリッド的な幾何学で造られているという。\n\n\n"
                 "== 特徴 ==\n都市は緑色の石で築かれている。星辰が正しい位置に来ると浮上するとされる。",
-        wikitext="'''ルルイエ'''は、太平洋の底に沈んだとされる架空の都市である。",
         categories=[root],
     )
     wiki.add_page(
@@ -372,7 +377,7 @@ def cthulhu_wiki() -> Wiki:
                   categories=[works])
     wiki.add_page(LONG_TITLE, extract="この一覧は、ゲームの資料に登場する書物と神格をまとめたものである。項目は五十音順に並ぶ。",
                   categories=[works])
-    wiki.add_page("Template:クトゥルフ神話", ns=10, extract="ナビゲーション", categories=[root])
+    wiki.add_page("Template:クトゥルフ神話", extract="ナビゲーション", categories=[root])
     wiki.add_page("ヨグ＝ソトース", extract="ヨグ＝ソトースは、時間と空間に関わる神格である。門にして鍵とも呼ばれる。")
     wiki.add_redirect("Cthulhu", "クトゥルフ")
     return wiki
