@@ -1,8 +1,9 @@
 """Loading a base model (+ LoRA adapter) and generating answers in the exact training format.
 
-Used by generate.py, evaluate.py and train_sft.py's post-training sample. Prompts are built with
-`MistralFormat.encode_prompt`, so the model sees the very ids it was trained on (and that mistral-common
-serves); answers are decoded with the same SentencePiece model. No Hugging Face tokenizer is involved.
+Used by generate.py, app.py (through `stream_answer`), evaluate.py and train_sft.py's post-training sample.
+Prompts are built with `MistralFormat.encode_prompt`, so the model sees the very ids it was trained on (and
+that mistral-common serves); answers are decoded with the same SentencePiece model. No Hugging Face tokenizer
+is involved.
 
 Generation defaults (the argparse defaults of generate.py and evaluate.py) favour accuracy:
     temperature 0.2   near-greedy: almost always the most likely token, which is what limits invention,
@@ -18,8 +19,12 @@ Generation defaults (the argparse defaults of generate.py and evaluate.py) favou
 """
 
 import os
+import queue
 import shutil
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +87,14 @@ def resolve_base(base: str | None, adapter: str | None, adapter_revision: str | 
 
 
 def default_base_model() -> str:
+    return sft_config_value("model_name_or_path")
+
+
+def sft_config_value(key: str):
+    """A value of the shipped sft_config.yaml, where the recipe's defaults are written once."""
     import yaml
 
-    return yaml.safe_load(SFT_CONFIG.read_text(encoding="utf-8"))["model_name_or_path"]
+    return yaml.safe_load(SFT_CONFIG.read_text(encoding="utf-8"))[key]
 
 
 def load_format(
@@ -293,6 +303,77 @@ class AnswerPrinter(BaseStreamer):
             self.stream.write(text[len(self.printed) :])
             self.stream.flush()
             self.printed = text
+
+
+class _AnswerQueue(AnswerPrinter):
+    """An AnswerPrinter whose text goes to a queue, read in another thread; it aborts generate() once cancelled."""
+
+    def __init__(self, fmt: MistralFormat):
+        super().__init__(fmt, stream=self)
+        self.queue, self.cancelled = queue.Queue(), threading.Event()
+
+    def put(self, value):
+        if self.cancelled.is_set():
+            raise _Cancelled  # the only way to stop model.generate() between two tokens from outside
+        super().put(value)
+
+    def end(self):
+        self._write(final=True)
+        self._reset()
+
+    def write(self, text: str):
+        self.queue.put(text)
+
+    def flush(self):
+        pass
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def stream_answer(
+    model, fmt: MistralFormat, conversation: list[dict], use_adapter: bool = True, **options
+) -> Iterator[tuple[str, Generation | None]]:
+    """Streams `generate()`'s answer to one conversation: yields (text so far, None) as tokens come, then
+    (answer text, Generation) once done.
+
+    `options` are generate()'s (temperature, top_p, max_new_tokens, seed, ...). With `use_adapter` False a
+    PeftModel answers with its adapter disabled (PEFT's `disable_adapter`), i.e. as the base model: one model
+    in memory serves both. Generation runs in a thread; closing the iterator early stops it at the next token
+    and waits for it, so the model is free (and its adapter enabled) when this returns. Callers that share one
+    model between threads must serialise calls.
+    """
+    from peft import PeftModel
+
+    streamer = _AnswerQueue(fmt)
+    adapter_off = model.disable_adapter() if not use_adapter and isinstance(model, PeftModel) else nullcontext()
+
+    def run():
+        try:
+            with adapter_off:
+                [answer] = generate(model, fmt, [conversation], streamer=streamer, **options)
+            streamer.queue.put(answer)
+        except BaseException as error:  # handed to the reading thread, which re-raises it
+            streamer.queue.put(error)
+
+    thread = threading.Thread(target=run, name="stream_answer", daemon=True)
+    thread.start()
+    text = ""
+    try:
+        while True:
+            item = streamer.queue.get()
+            if isinstance(item, str):
+                text += item
+                yield text, None
+            elif isinstance(item, Generation):
+                yield item.text, item
+                return
+            else:
+                raise item
+    finally:
+        streamer.cancelled.set()
+        thread.join()
 
 
 def answer_losses(model, fmt: MistralFormat, pairs: list[tuple[str, str]], batch_size: int = 8, progress=None):
