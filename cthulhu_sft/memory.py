@@ -1,59 +1,55 @@
 """Will it fit? Peak GPU memory of a LoRA training run, estimated from the model's config.json alone.
 
-`estimate_for_args(training_args, model_args)` reads the config (no weights) and returns a `MemoryEstimate`, a
-breakdown in bytes; `format_estimate` prints it, `check_fits` says what to change when it exceeds the device.
-The numbers follow what the training path keeps in memory, read from the sources of the versions in
-requirements.txt (transformers 5, TRL 1.16, PEFT 0.21, bitsandbytes 0.50):
+`estimate_for_args` reads the config (no weights) and returns a `MemoryEstimate`, a breakdown in bytes;
+`format_estimate` prints it, `check_fits` says what to change when it exceeds the device. The numbers follow what
+cthulhu_sft/training.py keeps in memory, read from the sources of the versions in requirements.txt
+(transformers 5, TRL 1.16, PEFT 0.21, bitsandbytes 0.50). Nested 4-bit quantization, 8-bit optimizers and eager
+attention are not modelled.
 
-Weights (static)
-    8-bit   each linear weight 1 byte + a float32 scale per output row; bitsandbytes leaves embed_tokens, lm_head
-            and the norms unquantized, and peft.prepare_model_for_kbit_training (train_sft.load_base_model calls
-            it) upcasts those to float32: 2 x 32000 x 4096 x 4 bytes = 1.05 GB for Mistral-7B.
-    4-bit   NF4: 0.5 byte + a float32 absmax per 64 weights (with use_bnb_nested_quant: 1 byte per 64 + a float32
-            per 16384); embeddings, lm_head, norms in float32 as above.
-    none    every weight in `dtype` (bfloat16: 2 bytes).
-LoRA (static)
-    r x (in + out) parameters per targeted linear ("all-linear": q, k, v, o, gate, up, down of every layer).
-    SFTTrainer casts them to bfloat16 on a quantized base; on an unquantized one PEFT keeps them in float32.
-    Gradients take the parameters' dtype; AdamW keeps two states of that dtype (exp_avg, exp_avg_sq).
+Weights
+    8-bit   each linear weight 1 byte + a float32 scale per output row.
+    4-bit   NF4: half a byte + a float32 absmax per 64 weights.
+    none    every weight in `dtype`.
+    bitsandbytes leaves embed_tokens, lm_head and the norms unquantized, and training.load_base_model runs PEFT's
+    prepare_model_for_kbit_training, which upcasts them to float32 (2 x 32000 x 4096 x 4 bytes = 1.05 GB for
+    Mistral-7B), except under FSDP, where they stay in `dtype`.
+LoRA
+    r x (in + out) weights per targeted linear; training.keep_adapter_in_float32 keeps them in float32, so their
+    gradients and AdamW's two states are float32 too: 16 bytes per LoRA weight.
 Activations, per token of a micro-batch of `per_device_train_batch_size` rows of `max_length` tokens (the worst
 case: a batch padded, or a row packed, to max_length), summed over what autograd saves for the backward:
-    r = bytes of the residual stream (float32 on a k-bit base, whose embeddings and norms are upcast; else dtype)
-    p = bytes of a base projection's output (float32 for 8-bit on CUDA: bitsandbytes' int8 matmul returns its
-        input's dtype and autocast does not reach it; else the compute dtype)
+    r = bytes of the residual stream (float32 where the embeddings and norms are upcast; else dtype)
+    p = bytes of a base projection's output (r for 8-bit: bitsandbytes' int8 matmul returns its input's dtype and
+        autocast does not reach it; else c)
     c = compute dtype bytes (2 under bf16 autocast), m = dropout mask bytes (bool: 1 on CUDA)
     LoRA on an input of width d: c*d (lora_A's input) + m*d (dropout mask) + c*rank (lora_B's input)
-    attention:  r*h (norm input) + q, k, v LoRA + c*(q + 2*kv) (scaled_dot_product_attention's q, k, v; k and v
-                repeated to q's width when a mask is passed) + c*q (its output) + 4*heads (logsumexp)
-                + c*row (the float mask SDPA builds per layer from a boolean one: padded or packed rows)
-                + o LoRA  [+ r*h (norm output) + c*q (o's input) that an 8-bit linear keeps for its backward]
-                (flash attention: no mask, k and v not repeated; eager: k and v repeated, and the probabilities,
-                (4 + c) x heads x row, instead of the logsumexp)
+    attention:  r*h (norm input) + q, k, v LoRA + c*(q + 2*kv) (the kernel's q, k, v) + c*q (its output)
+                + 4*heads (logsumexp) + o LoRA  [+ r*h (norm output) + c*q (o's input) an 8-bit linear keeps]
+                sdpa (the default) gets a mask for padded or packed rows: then transformers repeats k and v to
+                q's width, and the float mask SDPA builds costs c*row; flash and flex attention take no mask.
     MLP:        r*h (norm input) + gate, up LoRA + 3*p*i (SiLU input, its output, up's output) + down LoRA
                 [+ r*h + p*i that an 8-bit linear keeps]
     With activation checkpointing (non-reentrant) a layer keeps only its input, r*h; one layer at a time is
     recomputed during the backward. tests/test_memory.py checks the per-layer sum against the tensors autograd
     saves on the CPU.
-    Loss: TRL 1.16's SFTTrainer never builds the (tokens x 32000) logits; its fused LM head projects at most
-    4096 tokens at a time (a c x 4096 x vocab tile, 262 MB, plus a bfloat16 copy of a float32 lm_head) and
-    keeps the final hidden states (r*h per token) for the backward.
-Sharded (FSDP, configs/fsdp_qlora.yaml; `fsdp_processes` > 1; not yet compared with a measurement)
-    train_sft.load_base_model skips prepare_model_for_kbit_training under FSDP, so embeddings, lm_head and norms
-    stay in `dtype` and so does the residual stream. FULL_SHARD splits the weights, LoRA parameters, gradients
-    and AdamW states over the processes; a process holds whole, at most, the root unit's weights (embeddings,
-    lm_head, final norm: FSDP keeps the root gathered between forward and backward) and two decoder layers (the
-    one computed and the one prefetched).
+    Loss: TRL's SFTTrainer never builds the (tokens x 32000) logits; its fused LM head projects at most 4096
+    tokens at a time (a c x 4096 x vocab tile, 262 MB, plus a compute-dtype copy of a float32 lm_head) and keeps
+    the final hidden states (r*h per token) for the backward.
+Sharded (FSDP, configs/fsdp_qlora.yaml; `fsdp_processes` > 1)
+    FULL_SHARD splits the weights, LoRA weights, gradients and AdamW states over the processes; a process holds
+    whole, at most, the root unit (embeddings, lm_head, final norm: FSDP keeps it gathered between forward and
+    backward) and two decoder layers (the one computed and the one prefetched).
 Transient peaks and overhead
     The backward of a layer holds gradients of its widest tensors (3*p*i + 4*r*h per token) and, on a k-bit
     base, one dequantized weight. The CUDA context (~0.5 GiB) and allocator slack (5 %) are not in
     torch.cuda.max_memory_allocated; `peak_allocated` is comparable to it, `total` to the device's memory.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields
 
 GiB = 1024**3
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2, None: 4}
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PEFT_DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's targets for Mistral when lora_target_modules is not set
 CUDA_CONTEXT_BYTES = GiB // 2
 ALLOCATOR_SLACK = 0.05
 LOSS_TOKEN_CHUNK = 4096  # trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE
@@ -61,7 +57,7 @@ LOSS_TOKEN_CHUNK = 4096  # trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes of a Llama/Mistral-style decoder that the estimate needs (from its config.json)."""
+    """The sizes of a Mistral-style decoder that the estimate needs (from its config.json)."""
 
     hidden_size: int
     intermediate_size: int
@@ -70,24 +66,10 @@ class ModelShape:
     num_key_value_heads: int
     head_dim: int
     vocab_size: int
-    tie_word_embeddings: bool = False
 
     @classmethod
     def from_config(cls, config) -> "ModelShape":
-        heads = config.num_attention_heads
-        return cls(
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-            vocab_size=config.vocab_size,
-            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        )
-
-    def with_layers(self, num_hidden_layers: int) -> "ModelShape":
-        return replace(self, num_hidden_layers=num_hidden_layers)
+        return cls(**{field.name: getattr(config, field.name) for field in fields(cls)})
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear layer of one decoder layer."""
@@ -101,49 +83,40 @@ class ModelShape:
     def layer_linear_params(self) -> int:
         return sum(fan_in * fan_out for fan_in, fan_out in self.linears().values())
 
-    def embedding_params(self) -> int:
-        """embed_tokens and lm_head (one matrix when tied)."""
-        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-
 
 def lora_targets(target_modules) -> tuple[str, ...]:
-    """The decoder-layer linears a LoRA config targets ("all-linear", a name, or a list of names)."""
-    if target_modules is None or target_modules == "all-linear" or target_modules == ["all-linear"]:
+    """The decoder-layer linears that ModelConfig's lora_target_modules names."""
+    if target_modules in ("all-linear", ["all-linear"]):
         return ALL_LINEAR
-    names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    unknown = [name for name in names if name not in ALL_LINEAR]
-    if unknown:
-        raise ValueError(f"lora_target_modules: {unknown} are not linear layers of a Mistral decoder {ALL_LINEAR}")
-    return tuple(name for name in ALL_LINEAR if name in names)
+    return tuple(name for name in ALL_LINEAR if name in (target_modules or PEFT_DEFAULT_TARGETS))
 
 
-def lora_parameter_count(shape: ModelShape, lora_r: int, target_modules="all-linear") -> int:
+def lora_parameter_count(shape: ModelShape, lora_r: int, target_modules) -> int:
     """r x (in + out) per targeted linear per layer; for Mistral-7B at r=16, all-linear: 41,943,040."""
     linears = shape.linears()
-    per_layer = sum(lora_r * sum(linears[name]) for name in lora_targets(target_modules))
-    return per_layer * shape.num_hidden_layers
+    return shape.num_hidden_layers * sum(lora_r * sum(linears[name]) for name in lora_targets(target_modules))
 
 
-def base_weight_bytes(
-    shape: ModelShape, quantization: str, dtype_bytes: int, nested_quant: bool = False, upcast: bool = True
-) -> int:
-    """Bytes of the base model's weights on the device during training (quantization: "8bit", "4bit" or "none").
-
-    upcast: whether prepare_model_for_kbit_training casts the unquantized weights of a k-bit base to float32.
-    """
-    layers = shape.num_hidden_layers
-    linear = shape.layer_linear_params() * layers
-    norms = (2 * layers + 1) * shape.hidden_size
-    if quantization == "none":
-        return (linear + shape.embedding_params() + norms) * dtype_bytes
-    unquantized = (shape.embedding_params() + norms) * (4 if upcast else dtype_bytes)
+def layer_weight_bytes(shape: ModelShape, quantization: str, unquantized_bytes: int) -> int:
+    """One decoder layer's weights (quantization: "8bit", "4bit" or "none"); its two norms take
+    `unquantized_bytes` per weight, as do its linears when not quantized."""
+    linear = shape.layer_linear_params()
+    norms = 2 * shape.hidden_size * unquantized_bytes
     if quantization == "8bit":
-        out_rows = sum(fan_out for _, fan_out in shape.linears().values()) * layers
-        return linear + 4 * out_rows + unquantized
+        return linear + 4 * sum(fan_out for _, fan_out in shape.linears().values()) + norms
     if quantization == "4bit":
-        absmax = linear / 64 * (1 + 4 / 256) if nested_quant else linear / 64 * 4
-        return int(linear / 2 + absmax) + unquantized
-    raise ValueError(f"quantization must be '8bit', '4bit' or 'none', got {quantization!r}")
+        return linear // 2 + linear // 64 * 4 + norms
+    return linear * unquantized_bytes + norms
+
+
+def root_weight_bytes(shape: ModelShape, unquantized_bytes: int) -> int:
+    """embed_tokens, lm_head and the final norm: what bitsandbytes leaves unquantized outside the layers."""
+    return (2 * shape.vocab_size + 1) * shape.hidden_size * unquantized_bytes
+
+
+def base_weight_bytes(shape: ModelShape, quantization: str, unquantized_bytes: int) -> int:
+    return shape.num_hidden_layers * layer_weight_bytes(shape, quantization, unquantized_bytes) + \
+        root_weight_bytes(shape, unquantized_bytes)
 
 
 @dataclass(frozen=True)
@@ -157,35 +130,14 @@ class Precision:
     linear_keeps_input: bool  # an 8-bit linear keeps its input for the backward
 
 
-def precision(
-    quantization: str, dtype_bytes: int, autocast_bytes: int | None, device: str, upcast: bool = True
-) -> Precision:
-    compute = autocast_bytes or dtype_bytes
-    residual = 4 if quantization in ("8bit", "4bit") and upcast else dtype_bytes
-    projection = residual if quantization == "8bit" and device == "cuda" else compute
-    return Precision(
-        residual=residual,
-        projection=projection,
-        compute=compute,
-        mask=1 if device == "cuda" else compute,
-        linear_keeps_input=quantization == "8bit",
-    )
-
-
 def layer_activation_bytes_per_token(
-    shape: ModelShape,
-    prec: Precision,
-    lora_r: int,
-    targets: tuple[str, ...],
-    lora_dropout: bool,
-    row_length: int,
-    attention: str = "sdpa",
-    masked: bool = True,
-) -> float:
+    shape: ModelShape, prec: Precision, lora_r: int, targets: tuple[str, ...], lora_dropout: bool,
+    row_length: int, masked: bool,
+) -> int:
     """Bytes autograd saves for the backward of one decoder layer, per token (formula in the module docstring).
 
-    row_length: tokens of one attention row (max_length padded; per_device_train_batch_size x max_length packed),
-    masked: whether the attention gets a mask (padded or packed rows with sdpa/eager; never flash attention).
+    targets: the linears LoRA adapts; row_length: tokens of one attention row (max_length padded;
+    the whole micro-batch packed or padding-free); masked: whether sdpa gets a mask.
     """
     h, i = shape.hidden_size, shape.intermediate_size
     q = shape.num_attention_heads * shape.head_dim
@@ -199,36 +151,26 @@ def layer_activation_bytes_per_token(
         return c * width + (m * width if lora_dropout else 0) + c * lora_r
 
     norm = r * h + 4  # RMSNorm keeps its float32 input and the per-token rsqrt
-    if attention == "eager":
-        kv_saved = 2 * c * q  # repeat_kv
-        attention_core = c * q + 4 * shape.num_attention_heads * row_length + c * shape.num_attention_heads * row_length
-    else:
-        expanded = masked and attention == "sdpa"  # transformers repeats k and v when SDPA gets a mask (CUDA)
-        kv_saved = 2 * c * (q if expanded else kv)
-        attention_core = c * q + 4 * shape.num_attention_heads + (c * row_length if masked and attention == "sdpa" else 0)
-    attn = (
-        norm
-        + (r * h if keeps else 0)
+    attention = (
+        norm + (r * h if keeps else 0)
         + lora("q_proj", h) + lora("k_proj", h) + lora("v_proj", h)
-        + c * q + kv_saved  # q, k, v as the attention kernel keeps them
-        + attention_core  # its output (+ logsumexp or probabilities, + mask)
+        + c * q + 2 * c * (q if masked else kv)  # q, k, v as the kernel keeps them
+        + c * q + 4 * shape.num_attention_heads + (c * row_length if masked else 0)  # output, logsumexp, mask
         + (c * q if keeps else 0)
         + lora("o_proj", q)
     )
     mlp = (
-        norm
-        + (r * h if keeps else 0)
+        norm + (r * h if keeps else 0)
         + lora("gate_proj", h) + lora("up_proj", h)
-        + 3 * p * i
-        + (p * i if keeps else 0)
+        + 3 * p * i + (p * i if keeps else 0)
         + lora("down_proj", i)
     )
-    return attn + mlp
+    return attention + mlp
 
 
 @dataclass
 class MemoryEstimate:
-    """Peak device memory of a training step, in bytes, by part."""
+    """Peak device memory of a training step, in bytes, by part, and the settings it was estimated for."""
 
     base_weights: int
     lora_parameters: int
@@ -237,38 +179,20 @@ class MemoryEstimate:
     activations: int  # saved activations plus the largest transient of the step, for the chosen checkpointing
     activations_without_checkpointing: int
     activations_with_checkpointing: int
-    loss_head: int  # the fused LM head's working memory (part of the transient in `activations`)
     overhead: int  # CUDA context and allocator slack: outside torch.cuda.max_memory_allocated
     lora_parameter_count: int
-    tokens_per_micro_batch: int
-    settings: dict = field(default_factory=dict)
-    shape: ModelShape | None = None
-
-    @property
-    def static(self) -> int:
-        return self.base_weights + self.lora_parameters + self.gradients + self.optimizer_states
+    settings: dict
+    shape: ModelShape
 
     @property
     def peak_allocated(self) -> int:
         """Comparable with torch.cuda.max_memory_allocated()."""
-        return self.static + self.activations
+        return self.base_weights + self.lora_parameters + self.gradients + self.optimizer_states + self.activations
 
     @property
     def total(self) -> int:
         """What the device must hold."""
         return self.peak_allocated + self.overhead
-
-    def as_dict(self) -> dict:
-        parts = ("base_weights", "lora_parameters", "gradients", "optimizer_states", "activations",
-                 "activations_without_checkpointing", "activations_with_checkpointing", "loss_head", "overhead")
-        return {
-            **{part: getattr(self, part) for part in parts},
-            "peak_allocated": self.peak_allocated,
-            "total": self.total,
-            "lora_parameter_count": self.lora_parameter_count,
-            "tokens_per_micro_batch": self.tokens_per_micro_batch,
-            "settings": dict(self.settings),
-        }
 
 
 def estimate_memory(
@@ -276,10 +200,8 @@ def estimate_memory(
     *,
     load_in_8bit: bool,
     load_in_4bit: bool,
-    dtype: str | None,
+    dtype: str,
     bf16: bool,
-    use_bnb_nested_quant: bool,
-    use_peft: bool,
     lora_r: int,
     lora_target_modules,
     lora_dropout: float,
@@ -289,128 +211,95 @@ def estimate_memory(
     packing: bool,
     padding_free: bool,
     attn_implementation: str | None,
-    optim: str,
-    fsdp_processes: int = 1,
-    device: str = "cuda",
+    fsdp_processes: int,
 ) -> MemoryEstimate:
-    """The estimate for one training process (one GPU) with these settings (names and meanings as in SFTConfig and
-    ModelConfig; their values come from sft_config.yaml through `estimate_for_args`). fsdp_processes: the number
-    of processes FSDP shards the model over (1: not sharded)."""
-    if not use_peft:
-        raise ValueError("the estimate covers LoRA training (use_peft: true) only")
+    """The estimate for one training process (one GPU); the settings are named as in SFTConfig and ModelConfig,
+    and fsdp_processes is the number of processes FSDP shards the model over (1: not sharded)."""
     settings = {key: value for key, value in locals().items() if key != "shape"}
     quantization = "4bit" if load_in_4bit else "8bit" if load_in_8bit else "none"
-    dtype_bytes = DTYPE_BYTES.get(dtype, 4)
     sharded = fsdp_processes > 1
-    prec = precision(quantization, dtype_bytes, 2 if bf16 else None, device, upcast=not sharded)
-    targets = lora_targets(lora_target_modules)
-    layers = shape.num_hidden_layers
+    dtype_bytes = 4 if dtype == "float32" else 2  # "auto": Mistral's checkpoint is bfloat16
+    compute = 2 if bf16 else dtype_bytes
+    # embeddings, lm_head and norms: upcast to float32 by prepare_model_for_kbit_training on a k-bit base
+    unquantized = 4 if quantization != "none" and not sharded else dtype_bytes
+    prec = Precision(residual=unquantized, projection=unquantized if quantization == "8bit" else compute,
+                     compute=compute, mask=1, linear_keeps_input=quantization == "8bit")
+    h, layers = shape.hidden_size, shape.num_hidden_layers
     tokens = per_device_train_batch_size * max_length
-    flattened = packing or padding_free  # TRL flattens the micro-batch into one row with position_ids
-    attention = "eager" if attn_implementation == "eager" else "sdpa" if attn_implementation in (None, "sdpa") else "flash"
-    row_length = tokens if flattened else max_length
 
-    # Static: weights, LoRA parameters, their gradients and AdamW states
-    base = base_weight_bytes(shape, quantization, dtype_bytes, use_bnb_nested_quant, upcast=not sharded)
-    lora_count = lora_parameter_count(shape, lora_r, targets)
-    lora_bytes_each = 2 if quantization != "none" else 4
-    lora_bytes = lora_count * lora_bytes_each
-    states = lora_count * (2 if "8bit" in optim else 2 * lora_bytes_each)
-    if sharded:
-        root = base_weight_bytes(shape.with_layers(0), quantization, dtype_bytes, use_bnb_nested_quant, upcast=False)
-        layer = (base - root) / layers
-        base = base / fsdp_processes + root + 2 * layer  # the root unit and two decoder layers held whole
-        lora_bytes, states = lora_bytes / fsdp_processes, states / fsdp_processes
+    # Static: the base's weights; float32 LoRA weights, their gradients and AdamW's two states
+    layer = layer_weight_bytes(shape, quantization, unquantized)
+    base = base_weight_bytes(shape, quantization, unquantized)
+    lora_count = lora_parameter_count(shape, lora_r, lora_target_modules)
+    lora_bytes = 4 * lora_count / fsdp_processes
+    if sharded:  # each process's shard, plus the root unit and two layers gathered whole
+        base = base / fsdp_processes + root_weight_bytes(shape, unquantized) + 2 * layer
+    static = base + 4 * lora_bytes
 
     # Activations kept for the backward
-    per_layer = layer_activation_bytes_per_token(
-        shape, prec, lora_r, targets, lora_dropout > 0, row_length, attention, masked=attention != "flash"
-    ) * tokens
-    final = (2 * prec.residual * shape.hidden_size + 24) * tokens  # final norm input, hidden states of the loss
+    row_length = tokens if packing or padding_free else max_length  # TRL flattens such a micro-batch into one row
+    masked = attn_implementation in (None, "sdpa")  # transformers' default is sdpa
+    per_layer = tokens * layer_activation_bytes_per_token(
+        shape, prec, lora_r, lora_targets(lora_target_modules), lora_dropout > 0, row_length, masked)
+    final = (2 * unquantized * h + 24) * tokens  # final norm's input, the hidden states the loss keeps
     without_checkpointing = layers * per_layer + final
-    with_checkpointing = layers * prec.residual * shape.hidden_size * tokens + final
+    with_checkpointing = layers * unquantized * h * tokens + final
 
     # Transients: the fused LM head's tile (at the start of the backward) or a layer's backward
-    chunk = min(tokens, LOSS_TOKEN_CHUNK)
-    lm_head_bytes = 4 if quantization != "none" and not sharded else dtype_bytes
-    loss_head = prec.compute * chunk * (shape.vocab_size + shape.hidden_size) + 4 * tokens * shape.hidden_size
-    if lm_head_bytes != prec.compute:
-        loss_head += prec.compute * shape.vocab_size * shape.hidden_size  # the head cast to the compute dtype
-    if device != "cuda":
-        loss_head += 8 * 4 * chunk * shape.vocab_size  # float32 temporaries of the torch path (no Triton)
-    largest = max(fan_in * fan_out for fan_in, fan_out in shape.linears().values())
-    dequantized = largest * (prec.residual + prec.compute) if quantization != "none" else 0
-    layer_backward = (3 * prec.projection * shape.intermediate_size + 4 * prec.residual * shape.hidden_size) * tokens
-    layer_backward += dequantized
+    loss_head = compute * min(tokens, LOSS_TOKEN_CHUNK) * (shape.vocab_size + h) + 4 * tokens * h
+    if unquantized != compute:
+        loss_head += compute * shape.vocab_size * h  # lm_head cast to the compute dtype
+    layer_backward = (3 * prec.projection * shape.intermediate_size + 4 * unquantized * h) * tokens
+    if quantization != "none":  # one dequantized weight
+        layer_backward += max(i * o for i, o in shape.linears().values()) * (unquantized + compute)
     peak_without = without_checkpointing + max(loss_head, layer_backward)
     peak_with = with_checkpointing + max(loss_head, per_layer + layer_backward)
     activations = peak_with if activation_checkpointing else peak_without
 
-    static = base + 2 * lora_bytes + states
-    overhead = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * (static + activations)) if device == "cuda" else 0
     return MemoryEstimate(
         base_weights=int(base),
         lora_parameters=int(lora_bytes),
         gradients=int(lora_bytes),
-        optimizer_states=int(states),
+        optimizer_states=int(2 * lora_bytes),
         activations=int(activations),
         activations_without_checkpointing=int(peak_without),
         activations_with_checkpointing=int(peak_with),
-        loss_head=int(loss_head),
-        overhead=overhead,
+        overhead=int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * (static + activations)),
         lora_parameter_count=lora_count,
-        tokens_per_micro_batch=tokens,
         settings=settings,
         shape=shape,
     )
 
 
-def estimate_for_args(
-    training_args,
-    model_args,
-    longest_example: int | None = None,
-    config=None,
-    fsdp_processes: int = 1,
-    device: str = "cuda",
-) -> MemoryEstimate:
+def estimate_for_args(training_args, model_args, longest_example: int, fsdp_processes: int = 1) -> MemoryEstimate:
     """The estimate for train_sft.py's parsed SFTConfig and ModelConfig; reads config.json (no weights).
 
-    longest_example: tokens of the longest training example; padded batches are never longer (packed rows fill
-    up to max_length whatever the examples). fsdp_processes: as in `estimate_memory`.
+    longest_example: tokens of the longest training example, the length of a padded batch (packed rows fill up to
+    max_length whatever the examples). fsdp_processes: as in `estimate_memory`.
     """
-    length = training_args.max_length
-    if longest_example is not None and not training_args.packing:
-        length = min(length or longest_example, longest_example)
-    if length is None:
-        raise ValueError("the estimate needs max_length or longest_example")
-    if config is None:
-        from transformers import AutoConfig
+    from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            trust_remote_code=training_args.trust_remote_code,
-        )
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
     return estimate_memory(
         ModelShape.from_config(config.get_text_config()),
         load_in_8bit=model_args.load_in_8bit,
         load_in_4bit=model_args.load_in_4bit,
         dtype=model_args.dtype,
         bf16=training_args.bf16,
-        use_bnb_nested_quant=model_args.use_bnb_nested_quant,
-        use_peft=model_args.use_peft,
         lora_r=model_args.lora_r,
         lora_target_modules=model_args.lora_target_modules,
         lora_dropout=model_args.lora_dropout,
-        max_length=length,
+        max_length=training_args.max_length if training_args.packing else longest_example,
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         activation_checkpointing=training_args.activation_checkpointing,
         packing=training_args.packing,
         padding_free=training_args.padding_free,
         attn_implementation=model_args.attn_implementation,
-        optim=str(getattr(training_args.optim, "value", training_args.optim)),
         fsdp_processes=fsdp_processes,
-        device=device,
     )
 
 
@@ -431,7 +320,7 @@ def format_estimate(estimate: MemoryEstimate, device_bytes: int | None = None, d
     other_bytes = getattr(estimate, f"activations_{other}_checkpointing")
     rows = [
         ("base weights", estimate.base_weights, ""),
-        (f"LoRA parameters ({estimate.lora_parameter_count:,})", estimate.lora_parameters, ""),
+        (f"LoRA parameters ({estimate.lora_parameter_count:,}, float32)", estimate.lora_parameters, ""),
         ("gradients + optimizer states", estimate.gradients + estimate.optimizer_states, ""),
         (f"activations {chosen} checkpointing", estimate.activations, f"({other}: {gib(other_bytes)})"),
         ("CUDA context, allocator slack", estimate.overhead, ""),
@@ -442,9 +331,9 @@ def format_estimate(estimate: MemoryEstimate, device_bytes: int | None = None, d
         f"Estimated peak GPU memory per process ({base} base{sharded}, LoRA r={s['lora_r']}, "
         f"{s['per_device_train_batch_size']} x {s['max_length']} tokens per micro-batch):"
     )]
-    lines += [f"  {name:<36}{gib(value):>10}  {note}".rstrip() for name, value, note in rows]
+    lines += [f"  {name:<40}{gib(value):>10}  {note}".rstrip() for name, value, note in rows]
     if device_bytes:
-        lines.append(f"  {'device memory' + (f' ({device_name})' if device_name else ''):<36}{gib(device_bytes):>10}")
+        lines.append(f"  {'device memory' + (f' ({device_name})' if device_name else ''):<40}{gib(device_bytes):>10}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cthulhu_sft.memory import (
+    ALL_LINEAR,
     GiB,
     ModelShape,
     Precision,
@@ -22,22 +23,33 @@ MISTRAL_7B = ModelShape(
 )
 
 
-def shipped_estimate(**changes):
-    """The estimate for Mistral-7B at sft_config.yaml's settings (parsed by the real parser), with `changes`."""
+def parse_shipped_config(*args):
+    """sft_config.yaml through the real parser; bf16 is parsed as false (no GPU here)."""
+    from cthulhu_sft.config import parse_args
+
+    _, training_args, model_args = parse_args(["--config", "sft_config.yaml", "--bf16", "false", *args])
+    return training_args, model_args
+
+
+@pytest.fixture(scope="module")
+def shipped_estimate(tmp_path_factory):
+    """The estimate for Mistral-7B (its config.json alone) at sft_config.yaml's settings, with `changes`."""
     import yaml
     from transformers import MistralConfig
 
-    from cthulhu_sft.config import parse_args
-
-    # bf16 is parsed as false (no GPU here) and put back from the file, as on the A100
-    _, training_args, model_args = parse_args(["--config", "sft_config.yaml", "--bf16", "false"])
-    config = MistralConfig(
+    folder = tmp_path_factory.mktemp("mistral-7b-config")
+    MistralConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=8, head_dim=128, sliding_window=None, tie_word_embeddings=False,
-    )
-    estimate = estimate_for_args(training_args, model_args, config=config)
-    shipped_bf16 = yaml.safe_load(open("sft_config.yaml", encoding="utf-8"))["bf16"]
-    return with_settings(estimate, bf16=shipped_bf16, **changes)
+    ).save_pretrained(folder)
+    training_args, model_args = parse_shipped_config("--model_name_or_path", str(folder))
+    estimate = estimate_for_args(training_args, model_args, longest_example=training_args.max_length)
+    shipped_bf16 = yaml.safe_load(open("sft_config.yaml", encoding="utf-8"))["bf16"]  # as on the A100
+
+    def changed(**changes):
+        return with_settings(estimate, bf16=shipped_bf16, **changes)
+
+    return changed
 
 
 def small_mistral_config(layers=2, hidden=64, intermediate=160, heads=4, kv_heads=2, vocab=1000):
@@ -63,12 +75,13 @@ def test_base_weights_of_mistral_7b_by_hand():
     unquantized = 2 * 32000 * 4096 + 65 * 4096  # embed_tokens, lm_head, 65 norms
     assert linear + unquantized == 7_241_732_096  # Mistral-7B-v0.2's parameter count
     rows = 32 * (4096 + 1024 + 1024 + 4096 + 2 * 14336 + 4096)
-    assert base_weight_bytes(MISTRAL_7B, "8bit", 2) == linear + 4 * rows + 4 * unquantized
-    assert base_weight_bytes(MISTRAL_7B, "4bit", 2) == linear // 2 + linear // 64 * 4 + 4 * unquantized
+    # k-bit: embeddings, lm_head and norms upcast to float32
+    assert base_weight_bytes(MISTRAL_7B, "8bit", 4) == linear + 4 * rows + 4 * unquantized
+    assert base_weight_bytes(MISTRAL_7B, "4bit", 4) == linear // 2 + linear // 64 * 4 + 4 * unquantized
     assert base_weight_bytes(MISTRAL_7B, "none", 2) == 2 * (linear + unquantized)
 
 
-@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"], ["down_proj", "o_proj", "k_proj"]])
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"], ["down_proj", "o_proj", "k_proj"], None])
 def test_lora_parameter_count_matches_peft(targets):
     from peft import LoraConfig, get_peft_model
     from transformers import MistralForCausalLM
@@ -80,32 +93,34 @@ def test_lora_parameter_count_matches_peft(targets):
 
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])
-def test_quantized_base_bytes_match_bitsandbytes_after_kbit_preparation(tmp_path, bits):
-    """bitsandbytes' own tensors (weights, scales) after prepare_model_for_kbit_training upcast the rest to float32."""
-    from peft import prepare_model_for_kbit_training
-    from transformers import (
-        AutoModelForCausalLM,
-        BitsAndBytesConfig,
-        MistralForCausalLM,
-    )
+def test_weights_and_lora_bytes_match_the_trainer_train_sft_builds(tiny_model_dir, bits):
+    """build_trainer's model: bitsandbytes' tensors (weights, scales), the rest upcast to float32 by k-bit
+    preparation although dtype is bfloat16, and LoRA weights in float32 although SFTTrainer casts them to bf16."""
+    from transformers import AutoTokenizer
 
-    config = small_mistral_config()
-    MistralForCausalLM(config).save_pretrained(tmp_path)
-    quantization = BitsAndBytesConfig(load_in_8bit=True) if bits == "8bit" else BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        tmp_path, quantization_config=quantization, dtype=torch.bfloat16, device_map={"": "cpu"}
-    )
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    held = 0
-    for param in model.parameters():
-        held += param.numel() * param.element_size()
+    from cthulhu_sft.training import build_trainer
+
+    flags = ["--load_in_8bit", "true"] if bits == "8bit" else ["--load_in_8bit", "false", "--load_in_4bit", "true"]
+    training_args, model_args = parse_shipped_config(
+        "--model_name_or_path", str(tiny_model_dir), "--use_cpu", "true", "--dtype", "bfloat16", "--report_to", "none",
+        "--eval_strategy", "no", "--output_dir", str(tiny_model_dir / "unused"), *flags)
+    estimate = estimate_for_args(training_args, model_args, longest_example=4)
+    rows = [{"input_ids": [1, 3, 4, 2], "labels": [-100, -100, 4, 2]}]
+    trainer = build_trainer(model_args, training_args, rows, {}, AutoTokenizer.from_pretrained(tiny_model_dir))
+    frozen = trainable = 0
+    for param in trainer.model.parameters():
+        if param.requires_grad:
+            assert param.dtype == torch.float32
+            trainable += param.numel() * 4
+            continue
+        frozen += param.numel() * param.element_size()
         if getattr(param, "SCB", None) is not None:
-            held += param.SCB.numel() * param.SCB.element_size()
+            frozen += param.SCB.numel() * param.SCB.element_size()
         if getattr(param, "quant_state", None) is not None:
-            held += param.quant_state.absmax.numel() * param.quant_state.absmax.element_size()
-    assert base_weight_bytes(ModelShape.from_config(config), bits, 2) == held
+            frozen += param.quant_state.absmax.numel() * param.quant_state.absmax.element_size()
+    assert estimate.base_weights == frozen
+    assert estimate.lora_parameters == estimate.gradients == trainable
+    assert estimate.optimizer_states == 2 * trainable  # AdamW's exp_avg and exp_avg_sq
 
 
 def saved_activation_bytes(model, input_ids) -> int:
@@ -155,13 +170,11 @@ def test_per_layer_activations_match_what_autograd_saves(checkpointing):
         return
     fp32 = Precision(residual=4, projection=4, compute=4, mask=4, linear_keeps_input=False)
     expected = layer_activation_bytes_per_token(
-        shape, fp32, rank, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        lora_dropout=True, row_length=tokens, attention="sdpa", masked=False,
-    )
+        shape, fp32, rank, ALL_LINEAR, lora_dropout=True, row_length=tokens, masked=False)
     assert per_layer == expected
 
 
-def test_estimate_grows_with_the_batch_the_length_and_the_rank():
+def test_estimate_grows_with_the_batch_the_length_and_the_rank(shipped_estimate):
     base = shipped_estimate()
     for changes in ({"per_device_train_batch_size": 16}, {"max_length": 2048}, {"lora_r": 64},
                     {"activation_checkpointing": False}, {"load_in_8bit": False}):
@@ -173,7 +186,7 @@ def test_estimate_grows_with_the_batch_the_length_and_the_rank():
     assert batches == sorted(batches) and len(set(batches)) == 4
 
 
-def test_default_config_on_an_a100_and_without_checkpointing():
+def test_default_config_on_an_a100_and_without_checkpointing(shipped_estimate):
     """sft_config.yaml's defaults fit an 80 GB A100 easily; the same batch without checkpointing does not."""
     default = shipped_estimate()
     assert 8.0e9 < default.base_weights < 8.1e9  # 7.0e9 int8 weights + 1.05e9 float32 embeddings and lm_head
@@ -182,7 +195,7 @@ def test_default_config_on_an_a100_and_without_checkpointing():
     assert default.activations_without_checkpointing > 80 * GiB
 
 
-def test_warning_names_the_settings_that_fit():
+def test_warning_names_the_settings_that_fit(shipped_estimate):
     estimate = shipped_estimate(activation_checkpointing=False)
     warning = check_fits(estimate, 80 * GiB)
     assert warning.startswith("warning: the estimated peak GPU memory")
@@ -196,13 +209,13 @@ def test_warning_names_the_settings_that_fit():
     assert check_fits(suggested_batch, 80 * GiB) is None
 
 
-def test_warning_when_no_single_change_fits():
+def test_warning_when_no_single_change_fits(shipped_estimate):
     estimate = shipped_estimate(activation_checkpointing=False, per_device_train_batch_size=64, max_length=8192)
     warning = check_fits(estimate, 16 * GiB)
     assert "No single change" in warning and "configs/fsdp_qlora.yaml" in warning
 
 
-def test_fsdp_splits_weights_and_optimizer_over_the_processes():
+def test_fsdp_splits_weights_and_optimizer_over_the_processes(shipped_estimate):
     """configs/fsdp_qlora.yaml: 4-bit base without the float32 upcast, sharded; one root unit and two layers whole."""
     qlora = shipped_estimate(load_in_4bit=True, load_in_8bit=False, dtype="bfloat16")
     sharded = with_settings(qlora, fsdp_processes=4)
@@ -223,14 +236,13 @@ def test_fsdp_splits_weights_and_optimizer_over_the_processes():
 
 def test_estimate_from_the_shipped_config(tiny_model_dir):
     """The real parser's SFTConfig and ModelConfig (sft_config.yaml) feed the estimate; config.json is all it reads."""
-    from cthulhu_sft.config import parse_args
-
-    _, training_args, model_args = parse_args(
-        ["--config", "sft_config.yaml", "--model_name_or_path", str(tiny_model_dir), "--bf16", "false"]
-    )
+    training_args, model_args = parse_shipped_config("--model_name_or_path", str(tiny_model_dir))
     estimate = estimate_for_args(training_args, model_args, longest_example=300)
-    assert estimate.settings["max_length"] == 300  # padded batches are no longer than the longest example
+    assert estimate.settings["max_length"] == 300  # padded or padding-free rows are no longer than the longest example
     assert estimate.settings["load_in_8bit"] and estimate.settings["activation_checkpointing"]
     text = format_estimate(estimate, device_bytes=80 * GiB, device_name="NVIDIA A100-SXM4-80GB")
     assert "8-bit base, LoRA r=16, 8 x 300 tokens per micro-batch" in text
     assert "device memory (NVIDIA A100-SXM4-80GB)" in text and "total" in text
+    training_args, model_args = parse_shipped_config("--model_name_or_path", str(tiny_model_dir), "--packing", "true")
+    packed = estimate_for_args(training_args, model_args, longest_example=300)
+    assert packed.settings["max_length"] == training_args.max_length  # packed rows fill up to max_length
