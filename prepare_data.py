@@ -118,6 +118,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     hub = parser.add_argument_group("publish")
     hub.add_argument("--push_to_hub", default=None, metavar="USER/NAME", help="publish the dataset to the Hugging Face Hub")
     hub.add_argument("--private", action="store_true", default=None, help="make a new dataset repo private")
+    hub.add_argument("--hub_timeout", type=float, default=None,
+                     help="seconds each Hub request may wait (default: hub_timeout in sft_config.yaml)")
     args = parser.parse_args(argv)
     args.titles = [title for value in args.titles for title in value.split("|") if title.strip()]
     problems = [
@@ -138,13 +140,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_defaults(args: argparse.Namespace) -> None:
-    """Fills --tokenizer and --max_tokens from sft_config.yaml, the one place these are set."""
-    if args.tokenizer is not None and args.max_tokens is not None:
+    """Fills --tokenizer, --max_tokens (and --hub_timeout when pushing) from sft_config.yaml, the one place these
+    are set. (Read here, not through cthulhu_sft.config, which imports TRL: seconds for a data script.)"""
+    options = [("tokenizer", "model_name_or_path"), ("max_tokens", "max_length")]
+    options += [("hub_timeout", "hub_timeout")] if args.push_to_hub else []
+    if all(getattr(args, option) is not None for option, _ in options):
         return
     if not CONFIG.is_file():
         raise DataError(f"{CONFIG}: not found; it gives the defaults of --tokenizer and --max_tokens (or pass both)")
     config = yaml.safe_load(CONFIG.read_text(encoding="utf-8")) or {}
-    for option, key in (("tokenizer", "model_name_or_path"), ("max_tokens", "max_length")):
+    for option, key in options:
         if getattr(args, option) is None:
             if key not in config:
                 raise DataError(f"{CONFIG}: no top-level key '{key}' (the default of --{option})")
@@ -556,8 +561,9 @@ def run(args) -> int:
               "(without access to the Hub, pass --tokenizer with a local folder that holds tokenizer.model)", file=sys.stderr)
         return 2
     if args.push_to_hub:
-        from cthulhu_sft.hub import PushError, check_access
+        from cthulhu_sft.hub import PushError, check_access, set_timeout
 
+        set_timeout(args.hub_timeout)
         try:
             check_access(args.push_to_hub, repo_type="dataset", private=args.private)
         except PushError as error:

@@ -375,8 +375,11 @@ def fit_passages(fmt: MistralFormat, max_tokens: int, title: str, subject: str, 
                  whole: list[str], topic: str, first_part_whole: bool, phrasings: int, key: str,
                  used: set[str], stats: BuildStats) -> list[Passage]:
     """One text (a section, or an answer of a converted file) as passages whose every question fits."""
-    longest = max(whole + [template.format(topic=topic, terms=TERMS_RESERVE) for template in PART_PHRASINGS], key=len)
-    parts, lost = pack(fmt, longest, text, max_tokens)
+    if max(example_length(fmt, question, text) for question in whole) <= max_tokens:
+        parts, lost = [text], 0
+    else:  # cut with room for the longest question a part may get
+        longest = max(whole + [template.format(topic=topic, terms=TERMS_RESERVE) for template in PART_PHRASINGS], key=len)
+        parts, lost = pack(fmt, longest, text, max_tokens)
     stats.dropped_sentences += lost
     stats.split_sections += len(parts) > 1
     if lost:

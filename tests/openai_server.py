@@ -6,13 +6,14 @@ then from `always` (one scripted answer repeated forever, e.g. a 500), then from
 Every request is recorded in `requests` ({"headers", "body", "time"}) so tests can count calls, read the
 prompt and check which API key was sent.
 
-`passage_writer` plays a careful writer model: it reads the subject and the passage out of prompts built from
+Header names are recorded in lower case. `passage_writer` plays a careful writer model: it reads the subject and the passage out of prompts built from
 prompts/qa_synthesis_ja.md and answers each sentence of the passage with a question about the subject; the
 `extra` pairs it is given are appended to every answer (an invented term, a question about "この節", ...).
 """
 
 import json
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -64,6 +65,16 @@ def passage_writer(extra=()):
     return write
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that gives up (a cancelled request, a run stopped by a signal) is not the server's error."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class OpenAIServer:
     def __init__(self, writer=None, model: str = "test-writer-7b"):
         self.writer = writer or passage_writer()
@@ -83,7 +94,7 @@ class OpenAIServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     return self._send(Reply(404, body='{"error": {"message": "not found"}}'), body)
                 with server._lock:
-                    server.requests.append({"headers": dict(self.headers), "body": body, "time": time.monotonic()})
+                    server.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body, "time": time.monotonic()})
                     reply = server.replies.popleft() if server.replies else server.always
                 if reply is None:
                     reply = Reply(content=server.writer(prompt_of(body)))
@@ -108,7 +119,7 @@ class OpenAIServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
