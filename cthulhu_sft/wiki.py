@@ -3,7 +3,7 @@
 It follows the API's documented behaviour (API:Query, API:Continue, API:Categorymembers, TextExtracts):
   * `formatversion=2` answers; every request follows `continue` until the server stops sending it (the
     server decides how much an answer holds: TextExtracts gives one whole-page extract per answer);
-  * categories and pages are known by the titles the server reports (its normalised titles: a stock
+  * categories and pages are known by page id and by the titles the server reports (normalised: a stock
     Japanese wiki calls `Category:X` `カテゴリ:X`), never by the string the user typed;
   * a server that keeps asking to continue without sending anything new is stopped with an error that
     names the category or the pages;
@@ -424,8 +424,9 @@ def _fetch_batch(client: WikiClient, cache: Cache, batch: list[str], done: dict,
                     break
             idle = 0 if new else idle + 1
             if idle >= MAX_IDLE_ANSWERS:
+                left = [title for title in asked if _resolve(title, targets) not in done]
                 raise WikiError(f"{client.api_url}: the server still asked to continue after {idle} answers in a row without "
-                                f"the text of a page; stopping (waiting for {', '.join(waiting[:5]) or 'nothing'})")
+                                f"the text of a page; stopping (waiting for {', '.join(left[:5])}{' …' * (len(left) > 5)})")
     for title, page in pages.items():  # pages the server sent no text for, and missing ones
         if title not in done:
             done[title] = _record(page)
