@@ -12,7 +12,6 @@ from functools import cache
 from pathlib import Path
 
 import yaml
-from trl import ModelConfig, SFTConfig, TrlParser
 
 SFT_CONFIG = Path(__file__).resolve().parent.parent / "sft_config.yaml"
 # Keys that hold credentials: never accepted on the command line, written to run.json, the saved config or logs.
@@ -75,8 +74,11 @@ def sft_defaults() -> dict:
     return yaml.safe_load(SFT_CONFIG.read_text(encoding="utf-8")) or {}
 
 
-def make_parser() -> TrlParser:
-    # allow_abbrev=False: `--max_step 20` must be an error, not silently `--max_steps`
+def make_parser():
+    """TRL's parser of our options, SFTConfig and ModelConfig (imported here: other scripts read sft_defaults()
+    without loading TRL). allow_abbrev=False: `--max_step 20` must be an error, not silently --max_steps."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
     return TrlParser((ScriptArguments, SFTConfig, ModelConfig), allow_abbrev=False)
 
 
@@ -85,8 +87,9 @@ def fail(message: str):
     sys.exit(2)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, SFTConfig, ModelConfig]:
-    """Parses `--config file.yaml` plus command-line overrides; a bad key or value exits with code 2."""
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """(ScriptArguments, SFTConfig, ModelConfig) from `--config file.yaml` plus command-line overrides; a bad key
+    or value exits with code 2."""
     argv = normalized_argv(sys.argv[1:] if argv is None else argv)
     refuse_secret_arguments(argv)
     parser = make_parser()

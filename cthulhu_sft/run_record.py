@@ -125,7 +125,7 @@ def knowledge_check(model, fmt, files: list[str], limit: int, source_texts_path:
         if rows is None:
             entry["error"] = "file not found"
             continue
-        flagged = {id(problem["row"]) for problem in quiz_problems(rows, texts)} if texts else set()
+        flagged = {id(row) for row in quiz_problems(rows, texts)}
         rows = [row for row in rows if row.get("answers") and id(row) not in flagged][:limit]
         entry["excluded_by_quiz_check"] = len(flagged)
         if not rows:

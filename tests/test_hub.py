@@ -1,76 +1,87 @@
-"""What a push publishes: the run's files, with an adapter_config.json that names the base by its Hub id."""
+"""Publishing: what a run or dataset upload holds, refusals before any request, and failures without a token."""
 
 import json
 
 import pytest
-import yaml
-from conftest import PYTHON, run_script
-from hub_server import RefusingHub
+from hub_server import VALID_TOKEN, LoopbackHub, RefusingHub
 
-from cthulhu_sft.hub import PushError, published_base, upload_operations
+from cthulhu_sft import hub
 
 
-def finished_run(folder, base_path: str, base_model_hub_id: str | None, base_local: bool | None = None):
+def finished_run(folder, base: str):
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base_path, "r": 16}))
-    (folder / "config.yaml").write_text(yaml.safe_dump({"base_model_hub_id": base_model_hub_id, "lora_r": 16}))
-    run = {"status": "finished"} | ({} if base_local is None else {"base_model_local": base_local})
-    (folder / "run.json").write_text(json.dumps(run))
-    for name in ("adapter_model.safetensors", "tokenizer.model", "tokenizer.json", "README.md",
-                 "training_args.bin", "events.out.tfevents.1"):
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 16}))
+    for name in ("adapter_model.safetensors", "tokenizer.model", "tokenizer.json", "README.md", "run.json",
+                 "config.yaml", "training_args.bin", "events.out.tfevents.1"):
         (folder / name).write_bytes(b"x")
     (folder / "checkpoint-40").mkdir()
     (folder / "checkpoint-40" / "adapter_model.safetensors").write_bytes(b"x")
     return folder
 
 
-def uploaded(operations) -> dict:
-    return {op.path_in_repo: op for op in operations}
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    def use(url, token=VALID_TOKEN):
+        import huggingface_hub.constants as constants
+
+        monkeypatch.setenv("HF_TOKEN", token)
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+    return use
 
 
-def test_a_run_on_a_local_base_publishes_the_hub_id(tmp_path):
-    run = finished_run(tmp_path / "out", str(tmp_path / "local-base"), "mistralai/Mistral-7B-Instruct-v0.2")
-    (tmp_path / "local-base").mkdir()
-    base = published_base(str(run))
-    assert base == "mistralai/Mistral-7B-Instruct-v0.2"
-    files = uploaded(upload_operations(str(run), base))
+def test_a_run_uploads_its_allow_list_only(tmp_path, hub_env, capsys):
+    run = finished_run(tmp_path / "out", "mistralai/Mistral-7B-Instruct-v0.2")
+    with LoopbackHub() as loopback:
+        hub_env(loopback.url)
+        assert hub.main([str(run), "tester/adapter"]) == 0
+        files = loopback.files[("model", "tester/adapter")]
     assert sorted(files) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "config.yaml",
                              "run.json", "tokenizer.json", "tokenizer.model"]  # no checkpoints, logs, pickles
-    adapter_config = json.loads(files["adapter_config.json"].path_or_fileobj)
-    assert adapter_config == {"base_model_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2", "r": 16}
-    # the local run keeps pointing at the local base, which generate.py can load without the Hub
-    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tmp_path / "local-base")
+    assert "pushed to" in capsys.readouterr().out
 
 
-def test_a_run_on_a_hub_base_publishes_it_unchanged(tmp_path):
-    run = finished_run(tmp_path / "out", "mistralai/Mistral-7B-Instruct-v0.2", None)
-    assert published_base(str(run)) == "mistralai/Mistral-7B-Instruct-v0.2"
-    assert published_base(str(run), "someone/other-copy") == "someone/other-copy"  # given explicitly
-
-
-def test_a_local_base_without_a_hub_id_is_refused(tmp_path):
+@pytest.mark.parametrize("base", ["/models/mistral", "./mistral", "{tmp}/local-base"])
+def test_a_local_base_is_refused_before_contacting_the_hub(tmp_path, hub_env, base, capsys):
     (tmp_path / "local-base").mkdir()
-    run = finished_run(tmp_path / "out", str(tmp_path / "local-base"), None)
-    with pytest.raises(PushError, match="name its Hub id with --base_model_hub_id"):
-        published_base(str(run))
+    run = finished_run(tmp_path / "out", base.replace("{tmp}", str(tmp_path)))
+    with RefusingHub(status=500) as refusing:
+        hub_env(refusing.url)
+        assert hub.main([str(run), "tester/adapter"]) == 1
+        assert refusing.requests == []
+    assert "--base_model_hub_id" in capsys.readouterr().err
 
 
-def test_a_relative_local_base_is_refused_from_any_folder(tmp_path):
-    """run.json says the base was a folder where train_sft.py ran, though the relative path means nothing here."""
-    run = finished_run(tmp_path / "out", "models/mistral", None, base_local=True)
-    with pytest.raises(PushError, match="local folder models/mistral"):
-        published_base(str(run))
-    hub_named = finished_run(tmp_path / "out2", "someone/mistral-copy", None, base_local=False)
-    assert published_base(str(hub_named)) == "someone/mistral-copy"
+def test_the_dataset_upload_holds_the_splits_and_card(tmp_path, hub_env):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.jsonl", "eval.jsonl", "eval_known.jsonl", "README.md", "source_texts.jsonl", "notes.txt"):
+        (data / name).write_text(name)
+    (data / "sample").mkdir()
+    (data / "sample" / "train.jsonl").write_text("sample")
+    with LoopbackHub() as loopback:
+        hub_env(loopback.url)
+        url = hub.push_dataset(str(data), "tester/cthulhu-qa")
+        files = loopback.files[("dataset", "tester/cthulhu-qa")]
+    assert sorted(files) == ["README.md", "eval.jsonl", "eval_known.jsonl", "train.jsonl"]
+    assert "datasets/tester/cthulhu-qa" in url
 
 
-def test_the_retry_command_refuses_a_local_base_before_contacting_the_hub(tmp_path):
-    (tmp_path / "local-base").mkdir()
-    run = finished_run(tmp_path / "out", str(tmp_path / "local-base"), None)
-    hub = RefusingHub(status=500)
-    result = run_script([PYTHON, "-m", "cthulhu_sft.hub", str(run), "someone/repo"],
-                        env={"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_x", "HF_HUB_OFFLINE": "0"})
-    hub.close()
-    assert result.returncode == 1
-    assert "--base_model_hub_id" in result.stderr and "Traceback" not in result.stderr
-    assert hub.requests == []
+def test_a_refused_upload_is_a_safe_message_with_a_hint(tmp_path, hub_env, capsys):
+    run = finished_run(tmp_path / "out", "mistralai/Mistral-7B-Instruct-v0.2")
+    with RefusingHub(status=403) as refusing:
+        hub_env(refusing.url)
+        assert hub.main([str(run), "tester/adapter"]) == 1
+        assert any({key.lower(): value for key, value in headers.items()}.get("authorization") == f"Bearer {VALID_TOKEN}"
+                   for _, _, headers in refusing.requests), \
+            "the token is sent to the Hub, and only there"
+    error = capsys.readouterr().err
+    assert "push to the Hub (tester/adapter) failed" in error and "may not write to that namespace" in error
+    assert VALID_TOKEN not in error
+
+
+def test_the_retry_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        hub.main([str(tmp_path), "tester/again"])
+    assert exit.value.code == 2 and "has no adapter_config.json" in capsys.readouterr().err

@@ -1,75 +1,86 @@
-"""train_sft.py end to end through `accelerate launch` on the CPU: 8-bit tiny Mistral + LoRA, the real code path."""
+"""train_sft.py end to end on the CPU: 8-bit tiny Mistral + LoRA, the real code path, through the documented
+`accelerate launch --quiet` command where the launcher matters."""
 
 import json
 import os
-import signal
-import socket
-import stat
-import subprocess
-import time
 
 import pytest
-from conftest import REPO, run_script
-from hub_server import RefusingHub
-
-from cthulhu_sft.inference import DEFAULT_REPETITION_PENALTY
+from conftest import PYTHON, REPO, run_script
+from hub_server import LoopbackHub
 
 pytestmark = pytest.mark.slow
 
 QA = [
     {"instruction": "ルルイエはどこにありますか？", "response": "南太平洋の海底に沈んでいます。",
-     "title": "ルルイエ", "source": "https://ja.wikipedia.org/wiki/ルルイエ", "revid": 101},
+     "title": "ルルイエ", "source": "https://ja.wikipedia.org/wiki/ルルイエ", "revid": 101, "kind": "recitation"},
     {"instruction": "ネクロノミコンの著者は？", "response": "アブドゥル・アルハザードです。",
-     "title": "ネクロノミコン", "source": "https://ja.wikipedia.org/wiki/ネクロノミコン", "revid": 202},
+     "title": "ネクロノミコン", "source": "https://ja.wikipedia.org/wiki/ネクロノミコン", "revid": 202, "kind": "recitation"},
     {"instruction": "Who created Cthulhu?", "response": "H. P. Lovecraft.",
-     "title": "クトゥルフ", "source": "https://ja.wikipedia.org/wiki/クトゥルフ", "revid": 303},
+     "title": "クトゥルフ", "source": "https://ja.wikipedia.org/wiki/クトゥルフ", "revid": 303, "kind": "recitation"},
+]
+# Held-out short-answer questions for the knowledge check: the first repeats a trained question, so the adapter
+# (which memorises it) answers it correctly and the random base does not.
+QUIZ = [
+    {"instruction": QA[1]["instruction"], "response": QA[1]["response"], "answers": ["アルハザード"],
+     "title": "ネクロノミコン", "kind": "person"},
+    {"instruction": "ルルイエに眠るのは誰？", "response": "クトゥルフです。", "answers": ["クトゥルフ", "クトゥルー"],
+     "title": "ルルイエ", "kind": "being"},
 ]
 SECRET = "hf_TESTSECRETtoken0123456789abcdef"
-ACCELERATE = os.path.join(os.path.dirname(os.sys.executable), "accelerate")
+ACCELERATE = os.path.join(os.path.dirname(PYTHON), "accelerate")
 
 
-def write_data(folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("train.jsonl", "eval.jsonl"):
-        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in QA), encoding="utf-8")
-    return folder / "train.jsonl", folder / "eval.jsonl"
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
-def launch_args(model_dir, data_dir, output_dir, *extra):
-    train, evaluation = write_data(data_dir)
-    return [
-        ACCELERATE, "launch", "--config_file", "accelerate_config.yaml", "--cpu", "train_sft.py",
-        "--config", "sft_config.yaml", "--bf16", "false", "--dtype", "float32",
-        "--model_name_or_path", str(model_dir), "--train_file", str(train), "--eval_file", str(evaluation),
-        "--output_dir", str(output_dir), "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "1",
-        "--report_to", "none", *map(str, extra),
-    ]
+def train_args(model_dir, data_dir, output_dir, *extra):
+    train = write_jsonl(data_dir / "train.jsonl", QA)
+    evaluation = write_jsonl(data_dir / "eval.jsonl", QA)
+    return ["train_sft.py", "--config", "sft_config.yaml", "--bf16", "false", "--dtype", "float32",
+            "--model_name_or_path", str(model_dir), "--train_file", str(train), "--eval_file", str(evaluation),
+            "--output_dir", str(output_dir), "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "1",
+            "--report_to", "none", *map(str, extra)]
+
+
+def launch(args, **kwargs):
+    """The documented command: accelerate launch --quiet (on the CPU)."""
+    return run_script([ACCELERATE, "launch", "--quiet", "--config_file", "accelerate_config.yaml", "--cpu", *args],
+                      **kwargs)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
-    """A run that memorises three answers, then tries to push to a Hub that refuses everything."""
+    """A run that memorises three answers, checks its knowledge, then fails to upload to a Hub that accepted its
+    token and repo before training."""
     root = tmp_path_factory.mktemp("trained")
-    hub = RefusingHub(status=500)
-    args = launch_args(
+    quiz = write_jsonl(root / "quiz.jsonl", QUIZ)
+    hub = LoopbackHub(token=SECRET, upload_status=400)
+    args = train_args(
         tiny_model_dir, root / "data", root / "out",
         "--max_steps", 80, "--learning_rate", "1e-2", "--lora_dropout", 0, "--warmup_steps", 0,
         "--lr_scheduler_type", "constant", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", 40,
         "--logging_steps", 20, "--sample_temperature", 0, "--sample_max_new_tokens", 24,
         "--sample_prompts", QA[0]["instruction"], QA[2]["instruction"],
+        "--knowledge_check_files", quiz, root / "missing.jsonl",
         "--base_model_hub_id", "mistralai/Mistral-7B-Instruct-v0.2",
-        "--push_to_hub", "--hub_model_id", "someone/cthulhu-test",
+        "--push_to_hub", "--hub_model_id", "tester/cthulhu-test",
     )
-    result = run_script(args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"})
+    result = launch(args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"})
     hub.close()
     return result, root / "out", hub
 
 
-def test_failed_push_is_reported_and_exits_nonzero(trained):
-    result, _, hub = trained
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "push to the Hub (someone/cthulhu-test) failed" in result.stderr
-    assert hub.requests, "the push must have reached the (refusing) Hub endpoint"
+def test_failed_upload_is_one_error_with_the_retry_command(trained):
+    result, out, hub = trained
+    assert result.returncode == 1, result.stderr[-3000:]  # accelerate launch --quiet exits 1 for any failure
+    assert "push to the Hub (tester/cthulhu-test) failed" in result.stderr
+    assert f"python -m cthulhu_sft.hub {out} tester/cthulhu-test" in result.stderr
+    assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
+    assert f"pushing {out} to tester/cthulhu-test" in result.stdout
+    assert ("model", "tester/cthulhu-test") in hub.files, "the repo was created before training"
 
 
 def test_failed_push_keeps_a_complete_output_dir(trained):
@@ -78,8 +89,7 @@ def test_failed_push_keeps_a_complete_output_dir(trained):
                  "tokenizer_config.json", "README.md", "run.json", "config.yaml", "samples.jsonl"):
         assert (out / name).is_file(), name
     assert (out / "checkpoint-40").is_dir() and (out / "checkpoint-80").is_dir()
-    run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "finished"
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
 def test_token_never_appears_in_output_logs_or_files(trained):
@@ -90,7 +100,15 @@ def test_token_never_appears_in_output_logs_or_files(trained):
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_run_manifest_traces_data_config_and_versions(trained):
+def test_output_is_the_run_not_library_noise(trained):
+    result, _, _ = trained
+    lines = (result.stdout + result.stderr).replace("\r", "\n").splitlines()
+    assert sum("MatMul8bitLt" in line for line in lines) <= 1
+    assert any("Estimated peak GPU memory" in line for line in lines)
+    assert any("saved the adapter, tokenizer, model card and run.json" in line for line in lines)
+
+
+def test_run_record_traces_data_config_and_versions(trained):
     _, out, _ = trained
     from cthulhu_sft.files import sha256_file
 
@@ -102,10 +120,30 @@ def test_run_manifest_traces_data_config_and_versions(trained):
     assert run["config"]["learning_rate"] == 0.01 and run["config"]["lora_r"] == 16
     assert "hub_token" not in run["config"]
     assert run["config"]["eos_token"] is None and run["config"]["pad_token"] is None  # not to_dict's "<EOS_TOKEN>"
-    assert run["base_model_local"] is True
     assert run["start_time"] <= run["end_time"]
     assert "train_loss" in run["metrics"] and "eval_loss" in run["metrics"]
     assert run["git_commit"] is None or len(run["git_commit"]) >= 40
+
+
+def test_knowledge_check_compares_base_and_adapter_in_run_json_and_card(trained):
+    _, out, _ = trained
+    from huggingface_hub import ModelCard
+
+    check = json.loads((out / "run.json").read_text())["knowledge_check"]
+    assert check["status"] == "done" and check["temperature"] == 0
+    quiz, missing = check["sets"]
+    assert missing["error"] == "file not found" and "results" not in missing
+    base, adapter = quiz["results"]["base"], quiz["results"]["adapter"]
+    assert base["n"] == adapter["n"] == 2
+    assert adapter["accuracy"] >= 0.5 > base["accuracy"], "the memorised answer is known to the adapter only"
+    low, high = adapter["accuracy_ci"]
+    assert 0 <= low <= adapter["accuracy"] <= high <= 1
+    card = ModelCard.load(out / "README.md").text
+    assert "What this adapter learned" in card
+    rows = {line.split("|")[1].strip(): line for line in card.splitlines() if line.startswith(("| base |", "| adapter |"))}
+    assert f"| {100 * adapter['accuracy']:.1f} % |" in rows["adapter"] and "| 2 |" in rows["adapter"]
+    assert f"| {100 * base['accuracy']:.1f} % |" in rows["base"]
+    assert "file not found" in card and "python evaluate.py --models base" in card
 
 
 def test_saved_config_reproduces_the_run_settings(trained):
@@ -118,31 +156,18 @@ def test_saved_config_reproduces_the_run_settings(trained):
     assert script_args.base_model_hub_id == "mistralai/Mistral-7B-Instruct-v0.2"
 
 
-def test_outputs_are_readable_as_the_umask_allows(trained):
-    """Atomic writes go through mkstemp, which makes files private; the outputs must not stay so."""
-    _, out, _ = trained
-    umask = os.umask(0o022)
-    os.umask(umask)
-    if 0o666 & ~umask == 0o600:
-        pytest.skip("under this umask new files are private anyway, as mkstemp makes them")
-    for name in ("run.json", "config.yaml", "README.md", "samples.jsonl"):
-        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
-
-
-def test_model_card_replaces_peft_readme_with_metadata_and_attribution(trained):
+def test_model_card_describes_the_data_it_was_trained_on(trained):
     _, out, _ = trained
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "mistralai/Mistral-7B-Instruct-v0.2"
     assert card.data.library_name == "peft" and card.data.license == "cc-by-sa-4.0"
-    assert card.data.datasets == ["wikimedia/wikipedia"]
     assert "CC BY-SA 4.0" in card.text and "https://ja.wikipedia.org/wiki/ルルイエ" in card.text
-    assert "revision 101" in card.text and "run.json" in card.text
+    assert "(revision 101)" in card.text and "run.json" in card.text
+    assert "| recitation | 3 |" in card.text
     run = json.loads((out / "run.json").read_text())
-    assert f"{run['metrics']['eval_loss']:.4f}" in card.text
-    # the snippet decodes as the run's samples did (greedy: --sample_temperature 0)
-    assert f"max_new_tokens=24, do_sample=False, repetition_penalty={DEFAULT_REPETITION_PENALTY})" in card.text
+    assert f"| train_loss | {run['metrics']['train_loss']:.4f} |" in card.text
 
 
 def test_it_learns_and_stops_at_eos(trained):
@@ -154,12 +179,14 @@ def test_it_learns_and_stops_at_eos(trained):
     ]
 
 
-def test_saved_adapter_loads_with_peft_and_generates_the_trained_answer(trained, tiny_model_dir):
+def test_saved_adapter_names_the_hub_base_and_loads_with_peft(trained, tiny_model_dir):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _, out, _ = trained
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "mistralai/Mistral-7B-Instruct-v0.2"
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -171,64 +198,68 @@ def test_saved_adapter_loads_with_peft_and_generates_the_trained_answer(trained,
     assert tokenizer.decode(new_tokens, skip_special_tokens=True).strip() == QA[1]["response"]
 
 
-def test_resume_continues_at_the_saved_step(tiny_model_dir, tmp_path):
-    """A run killed after a checkpoint resumes from it: the steps before it are not trained again."""
-    out = tmp_path / "out"
-    args = launch_args(tiny_model_dir, tmp_path / "data", out, "--eval_strategy", "no", "--save_strategy", "steps",
-                       "--save_steps", 3, "--logging_steps", 1, "--sample_prompts", "x", "--sample_max_new_tokens", 2)
-    process = subprocess.Popen([*args, "--max_steps", "100000"], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.time() + 240
-    while not list(out.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(1)  # let the checkpoint being written finish
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    saved = sorted(int(path.parent.name.split("-")[1]) for path in out.glob("checkpoint-*/trainer_state.json"))
-    assert saved, "no checkpoint was written before the deadline"
-    step = saved[-1]
-    assert not (out / "adapter_model.safetensors").exists(), "the run was meant to be interrupted"
-
-    result = run_script([*args, "--max_steps", str(step + 3), "--resume_from_checkpoint", "true"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    state = json.loads((out / f"checkpoint-{step + 3}" / "trainer_state.json").read_text())
-    assert state["global_step"] == step + 3
-    logged_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
-    assert logged_steps == list(range(1, step + 4)), "each step trained exactly once across the two runs"
-    run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "finished" and run["resumed_from"] == str(out / f"checkpoint-{step}")
-
-
-def test_push_with_hub_down_keeps_outputs_and_leaks_no_token(tiny_model_dir, tmp_path):
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    out = tmp_path / "out"
-    args = launch_args(tiny_model_dir, tmp_path / "data", out, "--max_steps", 1, "--eval_strategy", "no",
-                       "--save_strategy", "no", "--sample_prompts", "x", "--sample_max_new_tokens", 2,
-                       "--push_to_hub", "--hub_model_id", "someone/down",
-                       "--base_model_hub_id", "mistralai/Mistral-7B-Instruct-v0.2")
-    result = run_script(args, env={"HF_ENDPOINT": dead_url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0",
-                                   "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
-    assert result.returncode == 1
-    assert "push to the Hub (someone/down) failed" in result.stderr
-    assert SECRET not in result.stdout + result.stderr
-    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
-    assert json.loads((out / "run.json").read_text())["status"] == "finished"
-
-
-def test_push_can_be_retried_alone_and_fails_plainly(trained, tmp_path):
+def test_the_retry_command_publishes_the_run(trained):
     _, out, _ = trained
-    from conftest import PYTHON
-
-    hub = RefusingHub(status=403)
-    result = run_script([PYTHON, "-m", "cthulhu_sft.hub", str(out), "someone/again"],
-                        env={"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"})
-    hub.close()
-    assert result.returncode == 1
-    assert "push to the Hub (someone/again) failed" in result.stderr
+    with LoopbackHub(token=SECRET) as hub:
+        result = run_script([PYTHON, "-m", "cthulhu_sft.hub", str(out), "tester/again"],
+                            env={"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"})
+        files = hub.files[("model", "tester/again")]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(files) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
+                             "config.yaml", "run.json", "samples.jsonl", "tokenizer.json", "tokenizer.model",
+                             "tokenizer_config.json"]  # no checkpoints, logs or pickled arguments
+    assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
     assert SECRET not in result.stdout + result.stderr
-    assert any(headers.get("authorization") == f"Bearer {SECRET}" or headers.get("Authorization") == f"Bearer {SECRET}"
-               for _, _, headers in hub.requests), "the token is sent to the Hub, and only there"
-    not_a_run = run_script([PYTHON, "-m", "cthulhu_sft.hub", str(tmp_path), "someone/again"])
-    assert not_a_run.returncode == 2 and "holds no trained adapter" in not_a_run.stderr
+
+
+def test_documented_command_echoes_no_token_and_shows_one_error(tiny_model_dir, tmp_path):
+    """accelerate launch prints the child's command line when it fails, unless --quiet."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q"}\n', encoding="utf-8")
+    for extra in (["--hub_token", SECRET], ["--train_file", bad]):
+        result = launch(train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", *extra))
+        assert result.returncode == 1
+        assert SECRET not in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, result.stderr[-2000:]
+
+
+def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tiny_model_dir, tmp_path):
+    """Fresh and resumed runs train in the same precision (float32 LoRA weights and optimizer state), with LoRA
+    dropout on: stopping after checkpoint-3 and resuming gives the uninterrupted run's adapter."""
+    from safetensors.torch import load_file
+
+    common = ["--max_steps", 6, "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", 3,
+              "--logging_steps", 1, "--per_device_train_batch_size", 1, "--lora_dropout", 0.1,
+              "--sample_prompts", "x", "--sample_max_new_tokens", 2, "--knowledge_check", "false"]
+    hooks = str(REPO / "tests" / "train_with_hooks.py")
+    whole = run_script([PYTHON, *train_args(tiny_model_dir, tmp_path / "data", tmp_path / "whole", *common)])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    args = train_args(tiny_model_dir, tmp_path / "data", tmp_path / "cut", *common)
+    args[0] = hooks
+    killed = run_script([PYTHON, *args], env={"CTHULHU_TEST_DIE_AFTER": "3"})
+    assert killed.returncode == 9 and not (tmp_path / "cut" / "adapter_model.safetensors").exists()
+    resumed = run_script([PYTHON, *args, "--resume_from_checkpoint", "true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    state = json.loads((tmp_path / "cut" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5, 6]
+    run = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert run["status"] == "finished" and run["resumed_from"] == str(tmp_path / "cut" / "checkpoint-3")
+    expected = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    got = load_file(tmp_path / "cut" / "adapter_model.safetensors")
+    assert set(got) == set(expected)
+    for name, tensor in expected.items():
+        assert tensor.dtype == got[name].dtype == __import__("torch").float32, name
+        assert (tensor - got[name]).abs().max().item() <= 1e-6, name
+
+
+def test_knowledge_check_false_skips_it(tiny_model_dir, tmp_path):
+    result = run_script([PYTHON, *train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", "--max_steps", 1,
+                                             "--eval_strategy", "no", "--save_strategy", "no", "--sample_prompts", "x",
+                                             "--sample_max_new_tokens", 2, "--knowledge_check", "false")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["knowledge_check"] == {"status": "skipped", "reason": "knowledge_check is false"}
+    assert "No knowledge check was run: knowledge_check is false" in (tmp_path / "out" / "README.md").read_text()
