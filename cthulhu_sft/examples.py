@@ -14,7 +14,8 @@
   one. A part asks about what it says, by the names it holds that the other parts do not
   ("ルルイエの歴史について、ウィアード・テイルズのことを教えてください。"). A part never opens by
   pointing back at text it does not hold: a sentence that starts with これ/その/彼ら… stays with the
-  sentence before it, and a connective (また、しかし、…) at a part's start is removed.
+  sentence before it (where both cannot fit in one part, it is dropped and counted), and a connective
+  (また、しかし、…) at a part's start is removed.
 """
 
 import random
@@ -235,8 +236,9 @@ def subjects_of(titles: list[str]) -> dict[str, str]:
 
 
 def section_label(path: tuple[str, ...]) -> str:
-    """('登場作品', '小説') → '登場作品のうち小説': the last two headings, as a sentence says them."""
-    return "のうち".join(path[-2:])
+    """('登場作品', '小説') → '登場作品のうち小説': the last two headings, as a sentence says them; a heading
+    that is a phrase in 「」 ('作品のうち「クトゥルフの呼び声」')."""
+    return "のうち".join(heading if heading[:1] in OPENING else quoted(heading) for heading in path[-2:])
 
 
 def normalize_question(text: str) -> str:
@@ -432,21 +434,23 @@ BLANK = "＿＿"
 
 
 def cloze(subject: str, sentence: str, rng: random.Random) -> dict | None:
-    """{"instruction", "response", "answers"} blanking one name or number of `sentence`; None when it has none."""
+    """{"instruction", "response", "answers"} blanking one name (whole) or year of `sentence`; None when it has
+    none that the blanked sentence does not still show."""
     sentence = sentence.strip()
     if not 15 <= len(sentence) <= 150 or REFERRING.match(sentence) or CONNECTIVE.match(sentence):
         return None
     subject_terms = key_terms(subject)
-    candidates = sorted(term for term in key_terms(sentence)
-                        if term not in subject_terms and len(term) >= 2 and re.search(re.escape(term), sentence, re.I))
+    candidates = []
+    for name in named_terms(sentence):
+        answer = name.removesuffix("年") if name[0].isdigit() else name
+        blanked = sentence.replace(answer, BLANK)
+        if not key_terms(answer) & subject_terms and not key_terms(answer) & key_terms(blanked):
+            candidates.append((answer, blanked))
     if not candidates:
         return None
-    term = rng.choice(candidates)
-    answer = re.search(re.escape(term), sentence, re.I).group(0)
-    blanked = re.sub(re.escape(term), BLANK, sentence, flags=re.I)
-    if term in key_terms(blanked):  # the answer still shows in the question (e.g. inside a longer number)
-        return None
-    return {"instruction": CLOZE_QUESTION.format(subject=quoted(subject), sentence=blanked), "response": answer, "answers": [answer]}
+    answer, blanked = rng.choice(candidates)
+    return {"instruction": CLOZE_QUESTION.format(subject=quoted(subject), sentence=blanked), "response": answer,
+            "answers": [answer]}
 
 
 def cloze_probes(passages: list[Passage], ratio: float, seed: int) -> list[tuple[Passage, dict]]:
