@@ -29,7 +29,7 @@ def two_process_run(tiny_model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("two-processes")
     config = yaml.safe_load((REPO / "sft_config.yaml").read_text(encoding="utf-8"))
     config.update(sample_prompts=[], model_name_or_path=str(tiny_model_dir), output_dir=str(work / "out"),
-                  train_file=write_jsonl(work / "train.jsonl", TRAIN), eval_file=write_jsonl(work / "eval.jsonl", TRAIN[:4]),
+                  train_file=write_jsonl(work / "train.jsonl", TRAIN), eval_file=write_jsonl(work / "eval.jsonl", QUIZ),
                   knowledge_check_files=[write_jsonl(work / "quiz.jsonl", QUIZ)])
     (work / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     with socket.socket() as probe:  # a free port: the default 29500 may be taken by another run on this machine
