@@ -332,36 +332,38 @@ def held_out(count: int, ratio: float, key: str) -> set[int]:
     return set(random.Random(key).sample(range(count), min(count - 1, max(1, round(count * ratio)))))
 
 
-def make_splits(passages, synthesized, held_titles, args, writer_name, fits) -> dict[str, list[dict]]:
-    """train (every phrasing of each passage, synthesized pairs less probes), eval (never-trained articles,
-    one phrasing), eval_known (probes of trained facts: held-out synthesized pairs, or cloze probes that fit)."""
+def make_splits(passages, synthesized, held_titles, args, fits) -> dict[str, list[dict]]:
+    """train (each passage under every wording, synthesized pairs less probes), eval (never-trained articles, one
+    wording), eval_known (probes of trained facts: held-out synthesized pairs, or without a writer cloze probes)."""
     splits = {split: [] for split in SPLITS}
     for passage in passages:
         if passage.title in held_titles:
             splits["eval"].append(row(passage, passage.questions[0], passage.text, passage.kind))
         else:
             splits["train"] += [row(passage, question, passage.text, passage.kind) for question in passage.questions]
-    by_title: dict[str, list] = {}
-    for passage, pair in synthesized:
-        by_title.setdefault(passage.title, []).append((passage, pair))
-    for title, pairs in by_title.items():
+    for title, pairs in by_title(synthesized).items():
         probes = set() if title in held_titles else held_out(len(pairs), args.probe_ratio, f"{args.seed}\x00{title}")
         for index, (passage, pair) in enumerate(pairs):
             answer = short_answer(pair["answer"])
-            extra = {"writer": writer_name, **({"answers": [answer]} if answer else {})}
             split = "eval" if title in held_titles else "eval_known" if index in probes else "train"
-            splits[split].append(row(passage, pair["question"], pair["answer"], "synthesized", **extra))
-    if writer_name is None:  # without a writer, the probes are cloze questions about trained sentences
-        trained: dict[str, list[Passage]] = {}
-        for passage in passages:
-            if passage.title not in held_titles:
-                trained.setdefault(passage.title, []).append(passage)
-        for title_passages in trained.values():
-            for passage, probe in cloze_probes(title_passages, args.probe_ratio, args.seed):
+            splits[split].append(row(passage, pair["question"], pair["answer"], "synthesized", writer=args.qa_model,
+                                     **({"answers": [answer]} if answer else {})))
+    if not args.qa_model:
+        trained = by_title((passage, None) for passage in passages if passage.title not in held_titles)
+        for pairs in trained.values():
+            for passage, probe in cloze_probes([passage for passage, _ in pairs], args.probe_ratio, args.seed):
                 if fits(probe["instruction"], probe["response"]):
-                        splits["eval_known"].append(row(passage, probe["instruction"], probe["response"], "cloze",
+                    splits["eval_known"].append(row(passage, probe["instruction"], probe["response"], "cloze",
                                                     answers=probe["answers"]))
     return splits
+
+
+def by_title(pairs) -> dict[str, list]:
+    """{title: [(passage, value), ...]} in the order given."""
+    grouped: dict[str, list] = {}
+    for passage, value in pairs:
+        grouped.setdefault(passage.title, []).append((passage, value))
+    return grouped
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -395,18 +397,20 @@ def card_metadata(files: list[str], rows: int) -> str:
     return "---\n" + yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False) + "---\n"
 
 
-def dataset_card(args, splits: dict, lengths: list[int], pages: list[dict], build: dict, synth) -> str:
+def dataset_card(args, splits: dict, lengths: list[int], pages: list[dict], build: dict, template: str | None,
+                 report) -> str:
     files = [f"{split}.jsonl" for split in SPLITS if splits[split]]
     stats = length_stats(lengths)
     kinds = sorted({r["kind"] for rows in splits.values() for r in rows})
     origin = f"`{args.from_json}` (the old notebook's file)" if args.from_json else \
         "Japanese Wikipedia articles through the MediaWiki API"
+    origin_ja = f"`{Path(args.from_json).name}`（元ノートブックの形式）" if args.from_json else "日本語版ウィキペディアのクトゥルフ神話の記事"
     lines = [
         card_metadata(files, sum(map(len, splits.values()))) + CARD_MARK,
         "",
         "# Cthulhu-mythos instruction dataset",
         "",
-        "日本語版ウィキペディアのクトゥルフ神話の記事から `prepare_data.py` で作った日本語の質問応答データです。",
+        f"{origin_ja}から `prepare_data.py` で作った日本語の質問応答データです。",
         "",
         f"Japanese question/answer pairs built by `prepare_data.py` from {origin}. Each line is",
         '`{"instruction", "response", "title", "source", "revid", "kind", "section"}`, plus `answers` (accepted',
@@ -432,8 +436,7 @@ def dataset_card(args, splits: dict, lengths: list[int], pages: list[dict], buil
         "- `converted`: a record of the old notebook's file.",
         "",
     ]
-    if synth is not None:
-        template, report = synth
+    if report is not None:
         rejected = sum(report.rejected.values())
         lines += [
             "## Written by a model",
@@ -545,35 +548,22 @@ def configure_logging() -> None:
 def run(args) -> int:
     started, out_dir = time.monotonic(), Path(args.out_dir)
 
-    # 1. Validate everything cheap before anything expensive: outputs, config defaults, tokenizer, inputs, Hub access.
+    # 1. Validate everything cheap before anything expensive: outputs, config defaults, inputs, tokenizer, Hub access.
     try:
         check_out_dir(out_dir)
         config_defaults(args)
         legacy = read_legacy(args.from_json) if args.from_json else None
         template = load_prompt(args.qa_prompt) if args.qa_model else None
+        fmt = load_tokenizer(str(args.tokenizer))
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        fmt = MistralFormat.from_pretrained(str(args.tokenizer))
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"error: {tokenizer_error(str(args.tokenizer), error)}\n"
-              "(without access to the Hub, pass --tokenizer with a local folder that holds tokenizer.model)", file=sys.stderr)
-        return 2
-    if args.push_to_hub:
-        from cthulhu_sft.hub import PushError, check_access, set_timeout
-
-        set_timeout(args.hub_timeout)
-        try:
-            check_access(args.push_to_hub, repo_type="dataset", private=args.private)
-        except PushError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+    if args.push_to_hub and not hub_ready(args):
+        return 1
 
     # 2. Fetch (cached) and 3. cut each article's text into passages a user can ask about.
-    stats = BuildStats()
+    stats, pages, requests = BuildStats(), [], None
     if legacy is not None:
-        pages, requests = [], None
         build = {"from_json": args.from_json, "records": len(legacy)}
         passages = converted_passages(args.from_json, legacy, fmt, args.max_tokens, stats)
     else:
@@ -585,7 +575,7 @@ def run(args) -> int:
         passages = article_passages(pages, fmt, args, stats)
     for note in stats.notes:
         logger.warning(note)
-    passages, duplicates, questions = dedupe(passages)
+    passages, stats.duplicates, questions = dedupe(passages)
     if not passages:
         print("error: no examples were built (no article had text)", file=sys.stderr)
         return 1
@@ -594,7 +584,7 @@ def run(args) -> int:
     def fits(question: str, answer: str) -> bool:
         return example_length(fmt, question, answer) <= args.max_tokens
 
-    synth = None
+    synthesized, report = [], None
     if args.qa_model:
         writer = Writer(args.qa_api_url, args.qa_model, concurrency=args.qa_concurrency, timeout=args.qa_timeout,
                         retries=args.qa_retries, pairs=args.qa_pairs)
@@ -604,53 +594,67 @@ def run(args) -> int:
         except SynthError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        synth = (template, report)
-    else:
-        synthesized = []
 
-    # 5. Split by article; hold out probes of trained facts; write the files and the card as one set.
+    # 5. Split by article, hold out probes of trained facts, and 6. write the files and the card as one set.
     titles = list(dict.fromkeys(passage.title for passage in passages))
     held_titles = split_by_article(titles, args.eval_ratio, args.seed)
-    splits = make_splits(passages, synthesized, held_titles, args, args.qa_model, fits)
+    splits = make_splits(passages, synthesized, held_titles, args, fits)
     lengths = [example_length(fmt, r["instruction"], r["response"]) for rows in splits.values() for r in rows]
     assert max(lengths) <= args.max_tokens, "an example exceeds --max_tokens"
-    texts = {f"{split}.jsonl": jsonl_text(rows) for split, rows in splits.items() if rows}  # no empty files
     if not splits["eval"]:
         print(f"note: no eval split (--eval_ratio {args.eval_ratio}, {len(titles)} article(s)); "
               "train with --eval_file '' --eval_strategy no", file=sys.stderr)
+    texts = {f"{split}.jsonl": jsonl_text(rows) for split, rows in splits.items() if rows}  # no empty files
     sources = [{"title": p["title"], "text": clean_text(p["text"] or ""), "source": p["url"], "revid": p["revid"],
                 "split": "eval" if p["title"] in held_titles else "train"} for p in pages if (p["text"] or "").strip()]
     if sources:
         texts[SOURCE_TEXTS] = jsonl_text(sources)
     build.update({"seed": args.seed, "phrasings": args.phrasings, "eval_ratio": args.eval_ratio,
-                  "probe_ratio": args.probe_ratio, "max_tokens": args.max_tokens, "duplicates removed": duplicates,
+                  "probe_ratio": args.probe_ratio, "max_tokens": args.max_tokens, "duplicates removed": stats.duplicates,
                   "sentences dropped (too long, or pointing back)": stats.dropped_sentences,
                   "parts with no name to ask by": stats.unaskable_parts})
-    used = {passage.title for passage in passages}
-    texts["README.md"] = dataset_card(args, splits, lengths, [p for p in pages if p["title"] in used], build, synth)
+    used = [page for page in pages if page["title"] in set(titles)]
+    texts["README.md"] = dataset_card(args, splits, lengths, used, build, template, report)
     write_outputs(out_dir, texts)
 
-    # 6. Summary, and 7. publish.
-    summarize(args, splits, passages, stats, duplicates, lengths, synth, requests, pages)
+    # 7. What was done, in numbers, and 8. publish.
+    summarize(args, splits, passages, stats, lengths, report, requests, len(pages) or len(titles))
     print(f"wrote {', '.join(str(out_dir / name) for name in texts)} in {time.monotonic() - started:.1f}s")
-    if args.push_to_hub:
-        return push(out_dir, args)
-    return 0
+    return push(out_dir, args) if args.push_to_hub else 0
 
 
-def summarize(args, splits, passages, stats, duplicates, lengths, synth, requests, pages) -> None:
+def load_tokenizer(name: str) -> MistralFormat:
+    try:
+        return MistralFormat.from_pretrained(name)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise DataError(f"{tokenizer_error(name, error)}\n(without access to the Hub, pass --tokenizer with a local "
+                        "folder that holds tokenizer.model)") from None
+
+
+def hub_ready(args) -> bool:
+    """Before any long work: a token, accepted, that may write the dataset repo (printing why not)."""
+    from cthulhu_sft.hub import PushError, check_access, set_timeout
+
+    set_timeout(args.hub_timeout)
+    try:
+        check_access(args.push_to_hub, repo_type="dataset", private=args.private)
+    except PushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
+def summarize(args, splits, passages, stats, lengths, report, requests, articles: int) -> None:
     counts = {split: Counter(r["kind"] for r in rows) for split, rows in splits.items()}
     titles = {split: len({r["title"] for r in rows}) for split, rows in splits.items()}
-    print(f"articles: {len(pages) if pages else len({p.title for p in passages})} "
-          f"(train {titles['train']}, eval {titles['eval']})")
+    print(f"articles: {articles} (train {titles['train']}, eval {titles['eval']})")
     for split in SPLITS:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(counts[split].items())) or "none"
         print(f"{split}: {len(splits[split])} examples ({kinds})")
     print(f"passages: {len(passages)} from {stats.sections or len(passages)} texts ({stats.split_sections} cut between "
           f"sentences, {stats.dropped_sentences} sentences dropped, {stats.unaskable_parts} parts with no name to ask by, "
-          f"{duplicates} duplicates removed), {args.phrasings} wording(s) each in train")
-    if synth is not None:
-        report = synth[1]
+          f"{stats.duplicates} duplicates removed), {args.phrasings} wording(s) each in train")
+    if report is not None:
         rejected = ", ".join(f"{reason} {count}" for reason, count in report.rejected.most_common()) or "none"
         print(f"Q&A ({args.qa_model}): {report.passages} passages ({report.cached} cached), requests: {report.requests} "
               f"({max(0, report.retries)} retries), tokens: {report.prompt_tokens} prompt + {report.completion_tokens} "
@@ -659,9 +663,8 @@ def summarize(args, splits, passages, stats, duplicates, lengths, synth, request
     print(f"tokens: min {length['min']}, median {length['median']}, p90 {length['p90']}, max {length['max']} "
           f"(limit {args.max_tokens}), total {length['total']}")
     if requests is not None:
-        per_article = requests["requests"] / max(1, len(pages))
-        print(f"requests: {requests['requests']} ({requests['retries']} retries, {per_article:.2f} per article), "
-              f"cache: {args.cache_dir}")
+        print(f"requests: {requests['requests']} ({requests['retries']} retries, "
+              f"{requests['requests'] / max(1, articles):.2f} per article), cache: {args.cache_dir}")
 
 
 def push(out_dir: Path, args) -> int:

@@ -121,11 +121,12 @@ class BuildStats:
     dropped_sentences: int = 0
     dropped_short: int = 0
     unaskable_parts: int = 0
+    duplicates: int = 0  # passages whose text, or every question, an earlier passage already had
     notes: list[str] = field(default_factory=list)
 
     def add(self, other: "BuildStats") -> None:
         for name in ("sections", "dropped_sections", "split_sections", "dropped_sentences", "dropped_short",
-                     "unaskable_parts"):
+                     "unaskable_parts", "duplicates"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.notes += other.notes
 

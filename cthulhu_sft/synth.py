@@ -31,7 +31,7 @@ from tqdm import tqdm
 from cthulhu_sft.data import DataError
 from cthulhu_sft.examples import Passage, normalize_question
 from cthulhu_sft.files import write_json_atomic
-from cthulhu_sft.metrics import unsupported_terms
+from cthulhu_sft.metrics import is_japanese, unsupported_terms
 
 PLACEHOLDERS = ("{title}", "{subject}", "{section}", "{passage}", "{count}")
 TEMPERATURE = 0.2  # factual extraction: little variety needed, the passage decides the content
@@ -67,7 +67,6 @@ POINTING = re.compile(
     r"下記|後述|文章中|文中|記事中|与えられた|提示された|passage|the text|this section|this article",
     re.I,
 )
-JAPANESE = re.compile(r"[\u3040-\u30FF\u3400-\u4DBF\u4E00-\u9FFF々〆]")
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 POLITE_END = re.compile(r"(?:です|でした|である|だ|とされる|とされています|と呼ばれる|と呼ばれています)?[。．.!！]*$")
 SHORT_ANSWER_CHARS = 20
@@ -206,7 +205,7 @@ async def _ask(writer: Writer, todo: dict[str, str], cache: AnswerCache, answers
                 report.prompt_tokens += answer["usage"].get("prompt_tokens") or 0
                 report.completion_tokens += answer["usage"].get("completion_tokens") or 0
                 progress.update(1)
-    except openai.APIError as error:
+    except (openai.APIError, ValueError) as error:  # ValueError: a body that is not JSON (a web page, say)
         done = len(answers) - report.cached
         raise SynthError(f"{describe(error, writer, api_key)}\n{done} new answer(s) of {len(tasks)} are cached in "
                          f"{cache.root}; nothing was written to the dataset. Run again to resume.") from None
@@ -238,17 +237,24 @@ async def _complete(client, writer: Writer, prompt: str, use_schema: list[bool])
     }
 
 
-def describe(error: openai.APIError, writer: Writer, api_key: str) -> str:
-    """One plain line about a failed request, without the key."""
+def describe(error: Exception, writer: Writer, api_key: str) -> str:
+    """One plain line about a failed request, with a hint where one helps, and without the key."""
+    where = f"the Q&A endpoint {writer.url}"
     if isinstance(error, openai.APIStatusError):
         detail = re.sub(r"\s+", " ", str(error.message))[:300]
-        message = f"the Q&A endpoint {writer.url} answered HTTP {error.status_code}: {detail}"
+        message = f"{where} answered HTTP {error.status_code}: {detail}"
         if error.status_code == 429 or error.status_code >= 500:
             message += f" (after {writer.retries} retries)"
+        elif error.status_code in (401, 403):
+            message += "\nThe endpoint refused the key: set OPENAI_API_KEY to one it accepts."
+        elif error.status_code == 404:
+            message += f"\nIs --qa_api_url the API's base URL (e.g. http://localhost:8000/v1), and --qa_model ({writer.model}) a model it serves?"
     elif isinstance(error, openai.APITimeoutError):
-        message = f"the Q&A endpoint {writer.url} did not answer within {writer.timeout:g}s (after {writer.retries} retries)"
+        message = f"{where} did not answer within {writer.timeout:g}s (after {writer.retries} retries)"
+    elif isinstance(error, openai.APIError):
+        message = f"cannot reach {where}: {error} (after {writer.retries} retries)"
     else:
-        message = f"cannot reach the Q&A endpoint {writer.url}: {error} (after {writer.retries} retries)"
+        message = f"{where} answered something that is not JSON; is --qa_api_url the API's base URL (e.g. http://localhost:8000/v1)?"
     return message.replace(api_key, "***") if api_key != "none" else message
 
 
@@ -279,7 +285,7 @@ def rejection(question: str, answer: str, passage: Passage) -> str | None:
         return "points_at_text"
     if normalize_question(passage.subject) not in normalize_question(question):
         return "no_subject"
-    if not JAPANESE.search(answer):
+    if not answer or not is_japanese(answer):  # the evaluation's own test
         return "not_japanese"
     if unsupported_terms(answer, passage.text, passage.title):
         return "ungrounded"

@@ -193,3 +193,16 @@ def test_an_unreachable_endpoint_is_a_plain_error(tmp_path):
     with pytest.raises(SynthError, match="cannot reach the Q&A endpoint"):
         synthesize([RULUIE], Writer(url, "m", timeout=5, retries=0), load_prompt(PROMPT), AnswerCache(tmp_path),
                    set(), lambda q, a: True)
+
+
+@pytest.mark.parametrize("reply, hint", [
+    (Reply(200, body="<html><title>My web UI</title></html>"), "not JSON; is --qa_api_url the API's base URL"),
+    (Reply(404, body='{"error": {"message": "The model `x` does not exist."}}'), "a model it serves?"),
+    (Reply(401, body='{"error": {"message": "Incorrect API key provided"}}'), "set OPENAI_API_KEY"),
+])
+def test_an_endpoint_that_cannot_serve_the_request_is_a_plain_error_with_a_hint(tmp_path, reply, hint):
+    with OpenAIServer() as server:
+        server.always = reply
+        with pytest.raises(SynthError, match="Run again to resume") as failure:
+            run(server, tmp_path, passages=[RULUIE])
+    assert hint in str(failure.value) and KEY not in str(failure.value)
