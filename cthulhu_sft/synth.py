@@ -146,10 +146,15 @@ def request_key(model: str, prompt: str) -> str:
 
 
 class AnswerCache:
-    """One JSON file per answer under `root`, named by its request key, written atomically."""
+    """One JSON file per answer under `root`, named by its request key, written atomically.
+
+    One run at a time per folder: temporary files that a killed run left (`.name.*.tmp`) are removed on opening.
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        for stale in self.root.glob("*/.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -217,16 +222,18 @@ async def _ask(writer: Writer, todo: dict[str, str], cache: AnswerCache, answers
 
 
 async def _complete(client, writer: Writer, prompt: str, use_schema: list[bool]) -> dict:
-    arguments = {"model": writer.model, "messages": [{"role": "user", "content": prompt}],
-                 "temperature": TEMPERATURE, "max_tokens": writer.max_tokens}
-    try:
-        response = await client.chat.completions.create(
-            **arguments, **({"response_format": RESPONSE_FORMAT} if use_schema[0] else {}))
-    except (openai.BadRequestError, openai.UnprocessableEntityError):
-        if not use_schema[0]:
-            raise
-        use_schema[0] = False  # a server without structured output: ask for JSON in words only
-        response = await client.chat.completions.create(**arguments)
+    plain = {"model": writer.model, "messages": [{"role": "user", "content": prompt}]}
+    response = None
+    if use_schema[0]:
+        try:
+            response = await client.chat.completions.create(
+                **plain, temperature=TEMPERATURE, max_tokens=writer.max_tokens, response_format=RESPONSE_FORMAT)
+        except (openai.BadRequestError, openai.UnprocessableEntityError):
+            # A server without structured output, or one that refuses these settings (reasoning models refuse
+            # temperature): from now on the prompt alone, which asks for the same JSON in words.
+            use_schema[0] = False
+    if response is None:
+        response = await client.chat.completions.create(**plain)
     choice = response.choices[0] if response.choices else None
     usage = response.usage
     return {

@@ -145,6 +145,13 @@ def test_each_request_asks_for_the_json_schema_sends_the_key_and_a_rerun_makes_z
     assert KEY not in cached and "test-writer-7b" in cached
 
 
+def test_temporary_files_a_killed_run_left_in_the_cache_are_removed(tmp_path):
+    (tmp_path / "qa" / "ab").mkdir(parents=True)
+    (tmp_path / "qa" / "ab" / ".abc.json.x1y2.tmp").write_text("{", encoding="utf-8")
+    AnswerCache(tmp_path / "qa")
+    assert not list((tmp_path / "qa").rglob("*.tmp"))
+
+
 def test_an_edited_prompt_or_another_model_asks_again(tmp_path):
     with OpenAIServer() as server:
         run(server, tmp_path, passages=[RULUIE])
@@ -169,7 +176,7 @@ def test_a_server_without_structured_output_is_asked_again_without_the_schema(tm
         kept, _ = run(server, tmp_path, concurrency=1)
     assert len(kept) == 4
     assert "response_format" in server.requests[0]["body"]
-    assert all("response_format" not in request["body"] for request in server.requests[1:])
+    assert all(set(request["body"]) == {"model", "messages"} for request in server.requests[1:])  # the prompt alone
 
 
 def test_a_500_until_retries_run_out_is_a_plain_error_and_answers_received_stay_cached(tmp_path):
