@@ -206,10 +206,10 @@ def read_legacy(path: str) -> list[dict]:
             continue
         for key in ("text", "output"):
             value = item.get(key)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                problems.append(f"{path}: item {number}: field '{key}': {'missing' if key not in item else 'empty'}")
-            elif not isinstance(value, str):
-                problems.append(f"{path}: item {number}: field '{key}': expected a string, got {type(value).__name__}")
+            problem = ("missing" if key not in item else f"expected a string, got {type(value).__name__}"
+                       if not isinstance(value, str) else "empty" if not value.strip() else None)
+            if problem:
+                problems.append(f"{path}: item {number}: field '{key}': {problem}")
     if problems:
         raise DataError("\n".join(problems[:20] + ([f"... and {len(problems) - 20} more problems"] if len(problems) > 20 else [])))
     return items

@@ -321,7 +321,9 @@ def test_the_old_notebooks_file_is_converted_split_by_subject_and_fitted(tmp_pat
         ('[{"text": "問い", "output": "答え"},\n {"text": "問い2", "output": }]', "bad.json:2: invalid JSON"),
         ('{"text": "問い", "output": "答え"}\n{"text": "問い2", "output": "答え2"}\n', "bad.json:2: invalid JSON: Extra data"),
         ('[{"text": "問い", "output": "答え"}, {"text": "問い2"}]', "bad.json: item 2: field 'output': missing"),
-        ('[{"text": "問い", "output": 3}, "x"]', "bad.json: item 1: field 'output': expected a string, got int\n"),
+        ('[{"text": "問い", "output": 3}, "x", {"text": " ", "output": null}]',
+         "bad.json: item 1: field 'output': expected a string, got int|bad.json: item 2: expected a JSON object, got str|"
+         "bad.json: item 3: field 'text': empty|bad.json: item 3: field 'output': expected a string, got NoneType"),
         ('{"text": "問い", "output": "答え"}', "expected a JSON array"),
         ("[]", "no records"),
     ],
@@ -330,7 +332,7 @@ def test_a_bad_old_file_exits_2_naming_file_item_and_field(tmp_path, tokenizer_d
     (tmp_path / "bad.json").write_text(content, encoding="utf-8")
     code, _, stderr = prepare(capsys, "--from_json", tmp_path / "bad.json", "--tokenizer", tokenizer_dir,
                               "--max_tokens", 64, "--out_dir", tmp_path / "out")
-    assert code == 2 and message in stderr
+    assert code == 2 and all(part in stderr for part in message.split("|"))  # every problem, each named
     assert not (tmp_path / "out").exists()
 
 
