@@ -1,7 +1,9 @@
-"""evaluate.py end to end on the tiny random Mistral: base alone, base + adapter and a full model, two temperatures.
+"""evaluate.py through its CLI: three sets, the tiny random Mistral as base, base + adapter and a full model at two
+temperatures; answers made elsewhere (--answers); the quiz self-check (--check_quiz); refused arguments.
 
-The numbers are meaningless for a random model; the tests check that they are the right numbers: the loss
-of the reference answers, answers in the exact format, pooled measures, the EOS-stop rate, files written.
+The numbers are meaningless for a random model; the tests check that they are the right numbers: the loss of the
+reference answers, answers in the exact format and of the length the data asks for, every result aggregated from
+the answers written beside it, quiz rows whose answers are not in their article left out, files written.
 """
 
 import json
@@ -11,24 +13,45 @@ import pytest
 import torch
 from conftest import PYTHON, STOP_QUESTION, load_script, run_script
 
+from cthulhu_sft.evaluation import aggregate, default_max_new_tokens, score_item
 from cthulhu_sft.format import IGNORE_INDEX, MistralFormat
 from cthulhu_sft.inference import generate, load_model
-from cthulhu_sft.metrics import summarize, unsupported_terms
 
-RECORDS = [
-    {"instruction": STOP_QUESTION, "response": "クトゥルフは、H・P・ラヴクラフトが1926年に創造した神性である。",
-     "title": "クトゥルフ", "source": "https://ja.wikipedia.org/wiki/クトゥルフ", "revid": 1},
-    {"instruction": "ルルイエはどこにありますか？", "response": "南太平洋の海底に沈んだ都市ルルイエ（R'lyeh）。",
-     "title": "ルルイエ", "source": "https://ja.wikipedia.org/wiki/ルルイエ", "revid": 2},
-    {"instruction": "ダゴンとは？", "response": "深きものどもが崇める存在。", "title": "ダゴン",
-     "source": "https://ja.wikipedia.org/wiki/ダゴン", "revid": 3},
-    {"instruction": "使われない4行目", "response": "--limit 3 で読まれない。", "title": "なし", "source": "", "revid": 4},
+KNOWN = [
+    {"instruction": STOP_QUESTION, "response": "ラヴクラフトが1926年に創造した。",
+     "answers": ["ラヴクラフト"], "title": "クトゥルフ", "kind": "cloze"},
+    {"instruction": "ルルイエはどこにありますか？", "response": "南太平洋の海底です。", "answers": ["太平洋"],
+     "title": "ルルイエ", "kind": "synthesized"},
+]
+UNSEEN = [
+    {"instruction": "ダゴンとは？", "response": "深きものどもが崇める神です。",
+     "title": "ダゴン", "kind": "recitation"},
+    {"instruction": "ハスターとは？", "response": "名状しがたいものです。", "title": "ハスター"},
+]
+QUIZ = [
+    {"instruction": "『クトゥルフの呼び声』の作者は？", "response": "H・P・ラヴクラフトです。",
+     "answers": ["ラヴクラフト", "ラブクラフト"], "title": "クトゥルフ", "kind": "person"},
+    # Written from memory, wrongly: the article says 南太平洋, so this row is left out of the score.
+    {"instruction": "ルルイエはどの海に沈んでいますか？", "response": "大西洋です。", "answers": ["大西洋"],
+     "title": "ルルイエ", "kind": "place"},
+    # No crawled text for this article: unchecked, and scored.
+    {"instruction": "『ネクロノミコン』の著者は？", "response": "アルハザードです。", "answers": ["アルハザード"],
+     "title": "ネクロノミコン", "kind": "book"},
 ]
 SOURCE_TEXTS = [
-    {"title": "クトゥルフ", "text": "クトゥルフ神話の中心的存在。オーガスト・ダーレスが体系化した。"},
-    {"title": "ルルイエ", "text": "ルルイエ（R'lyeh）はクトゥルフが眠る都市。"},
+    {"title": "クトゥルフ", "text": "クトゥルフはラヴクラフトの『クトゥルフの呼び声』に登場する。オーガスト・ダーレスが体系化した。"},
+    {"title": "ルルイエ", "text": "ルルイエ（R'lyeh）は南太平洋に沈んだ都市。"},
+    {"title": "ダゴン", "text": "ダゴンは深きものどもの神。"},
 ]
 TEMPERATURES = [0.0, 0.7]
+MODELS = ["base", "tuned", "stopper"]
+SETS = {"known": KNOWN, "unseen": UNSEEN, "quiz": QUIZ}
+RESULT_FIELDS = {
+    "set", "model", "temperature", "n", "accuracy", "accuracy_ci", "rouge_l_f1", "fact_recall", "hallucination_rate",
+    "unsupported_term_rate", "abstention_rate", "non_japanese_rate", "eos_stop_rate", "truncated_rate",
+}
+GENERATION_FIELDS = {"set", "model", "temperature", "instruction", "answer", "correct", "abstained", "japanese",
+                     "unsupported_terms", "truncated"}
 
 
 def write_jsonl(path, rows):
@@ -36,46 +59,71 @@ def write_jsonl(path, rows):
     return path
 
 
-@pytest.fixture(scope="module")
-def evaluation(tiny_adapter_dir, eos_model_dir, tmp_path_factory):  # noqa: F811 (fixtures imported above)
-    folder = tmp_path_factory.mktemp("evaluate")
-    eval_file = write_jsonl(folder / "eval.jsonl", RECORDS)
-    sources = write_jsonl(folder / "sources.jsonl", SOURCE_TEXTS)
-    result = run_script([
-        PYTHON, "evaluate.py", "--models", "base", f"tuned={tiny_adapter_dir}", f"stopper={eos_model_dir}",
-        "--eval_file", str(eval_file), "--source_texts", str(sources), "--limit", "3",
-        "--temperatures", *map(str, TEMPERATURES), "--max_new_tokens", "6", "--batch_size", "2",
-        "--output_dir", str(folder / "report"),
-    ])
-    assert result.returncode == 0, result.stderr
-    report_dir = folder / "report"
+def write_inputs(folder) -> list[str]:
+    """The three sets, the source texts and an empty page cache; returns the matching evaluate.py arguments."""
+    sets = [f"{name}={write_jsonl(folder / f'{name}.jsonl', rows)}" for name, rows in SETS.items()]
+    (folder / "cache").mkdir()
+    return ["--sets", *sets, "--source_texts", str(write_jsonl(folder / "sources.jsonl", SOURCE_TEXTS)),
+            "--cache_dir", str(folder / "cache")]
+
+
+def read_outputs(report_dir) -> dict:
     return {
-        "result": result,
         "dir": report_dir,
         "report": json.loads((report_dir / "report.json").read_text(encoding="utf-8")),
         "rows": [json.loads(line) for line in (report_dir / "generations.jsonl").read_text(encoding="utf-8").splitlines()],
     }
 
 
+@pytest.fixture(scope="module")
+def evaluation(tiny_adapter_dir, eos_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("evaluate")
+    result = run_script([
+        PYTHON, "evaluate.py", "--models", "base", f"tuned={tiny_adapter_dir}", f"stopper={eos_model_dir}",
+        *write_inputs(folder), "--temperatures", *map(str, TEMPERATURES), "--batch_size", "4",
+        "--output_dir", str(folder / "report"),
+    ])
+    assert result.returncode == 0, result.stderr
+    return {"result": result, **read_outputs(folder / "report")}
+
+
+def own_rows(rows, set_name, model, temperature):
+    return [row for row in rows if (row["set"], row["model"], row["temperature"]) == (set_name, model, temperature)]
+
+
 @pytest.mark.slow
-def test_report_covers_every_model_and_temperature(evaluation, tiny_model_dir, tiny_adapter_dir, eos_model_dir):  # noqa: F811
+def test_results_cover_every_set_model_and_temperature(evaluation, tiny_model_dir, tiny_adapter_dir, eos_model_dir):
     report = evaluation["report"]
-    assert report["config"]["records"] == 3 and report["config"]["records_with_source"] == 2
     assert [(m["label"], m["base_model"], m["adapter"]) for m in report["models"]] == [
         ("base", str(tiny_model_dir), None),
         ("tuned", str(tiny_model_dir), str(tiny_adapter_dir)),
         ("stopper", str(eos_model_dir), None),
     ]
-    for model in report["models"]:
-        assert model["perplexity"] == pytest.approx(math.exp(model["loss"]))
-        assert [run["temperature"] for run in model["runs"]] == TEMPERATURES
-        for run in model["runs"]:
-            assert run["answers"] == 3
-            for key in ("rouge_l_f1", "fact_recall", "unsupported_term_rate", "eos_stop_rate"):
-                assert 0.0 <= run[key] <= 1.0, (model["label"], run)
-            assert 1 <= run["mean_new_tokens"] <= 6
-    # The adapter changes the model, so it changes the loss.
-    assert report["models"][0]["loss"] != report["models"][1]["loss"]
+    keys = [(r["set"], r["model"], r["temperature"]) for r in report["results"]]
+    assert keys == [(s, m, t) for m in MODELS for s in SETS for t in TEMPERATURES]
+    for result in report["results"]:
+        assert set(result) == RESULT_FIELDS
+        assert result["n"] == {"known": 2, "unseen": 2, "quiz": 2}[result["set"]]
+        assert (result["accuracy"] is None) == (result["set"] == "unseen")  # no accepted answers there
+        for key in RESULT_FIELDS - {"set", "model", "temperature", "n", "accuracy_ci"}:
+            assert result[key] is None or 0.0 <= result[key] <= 1.0, (key, result)
+
+
+@pytest.mark.slow
+def test_every_result_is_aggregated_from_the_answers_beside_it(evaluation):
+    rows, report = evaluation["rows"], evaluation["report"]
+    assert len(rows) == len(MODELS) * len(TEMPERATURES) * (2 + 2 + 2)
+    sources = {source["title"]: source["text"] for source in SOURCE_TEXTS}
+    for row in rows:
+        assert GENERATION_FIELDS <= set(row)
+        set_row = next(r for r in SETS[row["set"]] if r["instruction"] == row["instruction"])
+        expected = score_item(set_row, row["answer"], row["stopped"], sources.get(row["title"], ""))
+        assert {key: row[key] for key in expected} == expected
+    for result in report["results"]:
+        own = own_rows(rows, result["set"], result["model"], result["temperature"])
+        expected = aggregate(own)
+        assert expected.pop("accuracy_ci") == pytest.approx(result["accuracy_ci"])
+        assert expected == pytest.approx({key: result[key] for key in expected})
 
 
 @pytest.mark.slow
@@ -84,60 +132,71 @@ def test_loss_is_that_of_the_reference_answers(evaluation, tiny_model_dir):
 
     fmt = MistralFormat.from_pretrained(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    total_nll, total_tokens = 0.0, 0
-    with torch.no_grad():
-        for record in RECORDS[:3]:  # one at a time, no padding, transformers' own loss
-            example = fmt.encode_example(record["instruction"], record["response"])
-            tokens = sum(label != IGNORE_INDEX for label in example.labels)
-            loss = model(input_ids=torch.tensor([example.input_ids]), labels=torch.tensor([example.labels])).loss
-            total_nll += float(loss) * tokens
-            total_tokens += tokens
     base = evaluation["report"]["models"][0]
-    assert base["answer_tokens"] == total_tokens
-    assert base["loss"] == pytest.approx(total_nll / total_tokens, rel=1e-5)
+    for name in ("known", "unseen"):
+        total_nll, total_tokens = 0.0, 0
+        with torch.no_grad():
+            for record in SETS[name]:  # one at a time, no padding, transformers' own loss
+                example = fmt.encode_example(record["instruction"], record["response"])
+                tokens = sum(label != IGNORE_INDEX for label in example.labels)
+                loss = model(input_ids=torch.tensor([example.input_ids]), labels=torch.tensor([example.labels])).loss
+                total_nll += float(loss) * tokens
+                total_tokens += tokens
+        assert base["losses"][name]["answer_tokens"] == total_tokens
+        assert base["losses"][name]["loss"] == pytest.approx(total_nll / total_tokens, rel=1e-5)
+        assert base["losses"][name]["perplexity"] == pytest.approx(math.exp(base["losses"][name]["loss"]))
+    # The adapter changes the model, so it changes the loss.
+    assert evaluation["report"]["models"][1]["losses"]["known"]["loss"] != base["losses"]["known"]["loss"]
 
 
 @pytest.mark.slow
-def test_answers_are_generated_in_the_training_format(evaluation, tiny_adapter_dir):  # noqa: F811
+def test_answers_are_generated_in_the_training_format_at_the_datas_length(evaluation, tiny_adapter_dir):
     fmt = MistralFormat.from_pretrained(str(tiny_adapter_dir))
+    tuned = evaluation["report"]["models"][1]
+    for name in ("known", "unseen"):
+        assert tuned["max_new_tokens"][name] == default_max_new_tokens(SETS[name], fmt)
     model = load_model(None, str(tiny_adapter_dir))
-    expected = generate(model, fmt, [[{"role": "user", "content": r["instruction"]}] for r in RECORDS[:3]],
-                        temperature=0, max_new_tokens=6)
-    rows = [row for row in evaluation["rows"] if row["model"] == "tuned" and row["temperature"] == 0.0]
-    assert [row["instruction"] for row in rows] == [r["instruction"] for r in RECORDS[:3]]
+    expected = generate(model, fmt, [[{"role": "user", "content": r["instruction"]}] for r in UNSEEN],
+                        temperature=0, max_new_tokens=tuned["max_new_tokens"]["unseen"])
+    rows = own_rows(evaluation["rows"], "unseen", "tuned", 0.0)
+    assert [row["instruction"] for row in rows] == [r["instruction"] for r in UNSEEN]
     assert [row["answer"] for row in rows] == [answer.text for answer in expected]
-
-
-@pytest.mark.slow
-def test_measures_are_pooled_from_the_answers(evaluation):
-    rows, report = evaluation["rows"], evaluation["report"]
-    assert len(rows) == 3 * len(TEMPERATURES) * 3
-    sources = {source["title"]: source["text"] for source in SOURCE_TEXTS}
-    for row in rows:  # the source article's text supports terms, found by the record's title
-        assert row["unsupported_terms"] == sorted(unsupported_terms(row["answer"], row["reference"], sources.get(row["title"], "")))
-    for model in report["models"]:
-        for run in model["runs"]:
-            own = [row for row in rows if row["model"] == model["label"] and row["temperature"] == run["temperature"]]
-            expected = summarize(own, [row["stopped"] for row in own])
-            for key, value in expected.items():
-                assert run[key] == pytest.approx(value), key
+    for row in evaluation["rows"]:  # the random model never stops: every answer runs to the limit
+        limit = next(m for m in evaluation["report"]["models"] if m["label"] == row["model"])["max_new_tokens"][row["set"]]
+        assert row["truncated"] is (not row["stopped"])
+        assert row["new_tokens"] == limit or row["stopped"]
 
 
 @pytest.mark.slow
 def test_eos_stop_rate_counts_answers_that_end_with_eos(evaluation):
-    stopper_greedy = [row for row in evaluation["rows"] if row["model"] == "stopper" and row["temperature"] == 0.0]
-    assert stopper_greedy[0]["instruction"] == STOP_QUESTION and stopper_greedy[0]["stopped"]
-    assert stopper_greedy[0]["new_tokens"] == 3  # two tokens and </s>
-    run = evaluation["report"]["models"][2]["runs"][0]
-    assert run["eos_stop_rate"] == pytest.approx(sum(row["stopped"] for row in stopper_greedy) / 3)
-    assert evaluation["report"]["models"][0]["runs"][0]["eos_stop_rate"] == 0.0  # the random model never stops
+    stopper = own_rows(evaluation["rows"], "known", "stopper", 0.0)
+    assert stopper[0]["instruction"] == STOP_QUESTION and stopper[0]["stopped"] and not stopper[0]["truncated"]
+    assert stopper[0]["new_tokens"] == 3  # two tokens and </s>
+    [result] = [r for r in evaluation["report"]["results"] if (r["set"], r["model"], r["temperature"]) == ("known", "stopper", 0.0)]
+    assert result["eos_stop_rate"] == pytest.approx(sum(row["stopped"] for row in stopper) / 2)
+    assert result["truncated_rate"] == pytest.approx(1 - result["eos_stop_rate"])
+    base = [r for r in evaluation["report"]["results"] if r["model"] == "base"]
+    assert all(r["eos_stop_rate"] == 0.0 and r["truncated_rate"] == 1.0 for r in base)  # the random model never stops
 
 
 @pytest.mark.slow
-def test_markdown_table_and_chart_are_written(evaluation):
+def test_quiz_rows_not_in_their_article_are_left_out_and_counted(evaluation):
+    quiz = evaluation["report"]["sets"]["quiz"]
+    assert quiz["rows"] == 3 and quiz["scored"] == 2 and quiz["unchecked"] == 1 and quiz["with_text"] == 2
+    assert quiz["excluded"] == [{"line": 2, "instruction": QUIZ[1]["instruction"], "answers": ["大西洋"], "title": "ルルイエ"}]
+    assert not any(row["instruction"] == QUIZ[1]["instruction"] for row in evaluation["rows"])
+    assert evaluation["report"]["sets"]["known"]["excluded"] == []  # its answers are in the articles
+
+
+@pytest.mark.slow
+def test_markdown_has_a_table_per_set_and_the_chart_a_panel_per_set(evaluation):
     markdown = (evaluation["dir"] / "report.md").read_text(encoding="utf-8")
-    for label in ("base", "tuned", "stopper"):
-        assert sum(line.startswith(f"| {label} |") for line in markdown.splitlines()) == len(TEMPERATURES)
+    sections = markdown.split("\n## ")[1:]
+    assert [section.splitlines()[0] for section in sections] == list(SETS)
+    for section in sections:
+        for label in MODELS:
+            assert sum(line.startswith(f"| {label} |") for line in section.splitlines()) == len(TEMPERATURES)
+    assert "1 left out of the score" in sections[2] and "1 with accepted answers unchecked" in sections[2]
     assert markdown in evaluation["result"].stdout
     png = (evaluation["dir"] / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -146,37 +205,102 @@ def test_markdown_table_and_chart_are_written(evaluation):
 
 
 @pytest.mark.slow
-def test_cli_bad_eval_file_fails_before_loading(tmp_path):
-    eval_file = tmp_path / "eval.jsonl"
-    eval_file.write_text('{"instruction": "q", "response": "a"}\n{"instruction": "q2"}\n', encoding="utf-8")
-    result = run_script([PYTHON, "evaluate.py", "--models", "base", "--base_model", str(tmp_path),
-                         "--eval_file", str(eval_file), "--output_dir", str(tmp_path / "out")])
-    assert result.returncode == 2
-    assert f"{eval_file}:2: field 'response': missing" in result.stderr
-    assert not (tmp_path / "out").exists()
+def test_answers_made_elsewhere_are_scored_with_the_same_measures(tmp_path):
+    answers = write_jsonl(tmp_path / "answers.jsonl", [
+        {"set": "quiz", "instruction": QUIZ[0]["instruction"], "answer": "ラブクラフトが書きました。"},
+        {"set": "quiz", "instruction": QUIZ[2]["instruction"], "answer": "わかりません。"},
+        {"set": "known", "instruction": KNOWN[1]["instruction"], "answer": "南極の氷の下にあります。"},
+        {"set": "unseen", "instruction": UNSEEN[0]["instruction"], "answer": "Dagon is a deity worshipped by the Deep Ones."},
+        {"set": "other", "instruction": "何か？", "answer": "x"},
+    ])
+    result = run_script([PYTHON, "evaluate.py", *write_inputs(tmp_path), "--answers", str(answers),
+                         "--label", "gpt", "--output_dir", str(tmp_path / "report")])
+    assert result.returncode == 0, result.stderr
+    outputs = read_outputs(tmp_path / "report")
+    results = {r["set"]: r for r in outputs["report"]["results"]}
+    assert all(set(r) == RESULT_FIELDS and r["model"] == "gpt" and r["temperature"] is None for r in results.values())
+    assert results["quiz"]["n"] == 2 and results["quiz"]["accuracy"] == 0.5 and results["quiz"]["abstention_rate"] == 0.5
+    assert results["known"]["n"] == 1 and results["known"]["hallucination_rate"] == 1.0
+    assert results["unseen"]["non_japanese_rate"] == 1.0 and results["unseen"]["hallucination_rate"] == 0.0
+    assert all(r["eos_stop_rate"] is None and r["truncated_rate"] is None for r in results.values())
+    rows = {row["instruction"]: row for row in outputs["rows"]}
+    assert rows[KNOWN[1]["instruction"]]["unsupported_terms"] == ["南極"]
+    assert rows[QUIZ[0]["instruction"]]["correct"] is True and rows[QUIZ[2]["instruction"]]["abstained"] is True
+    assert outputs["report"]["models"] == [{"label": "gpt", "answers_file": str(answers),
+                                            "unanswered": {"known": 1, "unseen": 1, "quiz": 0}}]
+    assert "1 of 2 questions of set 'known' have no answer" in result.stderr
+    assert "1 answers to set 'other', which is not evaluated, are ignored" in result.stderr
+    assert "| gpt | – | 2 |" in (tmp_path / "report/report.md").read_text(encoding="utf-8")
+
+
+def test_check_quiz_lists_rows_whose_answers_are_not_in_their_article(tmp_path, capsys):
+    script = load_script("evaluate")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(script.parse_args(["--check_quiz", *write_inputs(tmp_path)]))
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    quiz = tmp_path / "quiz.jsonl"
+    assert (f"quiz ({quiz}): 3 rows with accepted answers, 2 checked against their article's text, 1 not found "
+            "there, 1 unchecked (no text)") in out
+    assert f"  {quiz}:2: {QUIZ[1]['instruction']} — none of ['大西洋'] is in the article 'ルルイエ'" in out
+    good = write_jsonl(tmp_path / "good.jsonl", [QUIZ[0], QUIZ[2]])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(script.parse_args(["--check_quiz", "--sets", f"quiz={good}", "--source_texts",
+                                       str(tmp_path / "sources.jsonl"), "--cache_dir", str(tmp_path / "cache")]))
+    assert exit_info.value.code == 0
+    assert "0 not found there" in capsys.readouterr().out
+
+
+def test_check_quiz_reads_the_crawl_cache(tmp_path, capsys):
+    from cthulhu_sft.wiki import Cache
+
+    Cache(tmp_path / "cache", "https://ja.wikipedia.org/w/api.php").save(
+        "pages", "ネクロノミコン", {"title": "ネクロノミコン", "text": "著者はアブドゥル・アルハザードとされる。"})
+    quiz = write_jsonl(tmp_path / "quiz.jsonl", QUIZ[2:])
+    script = load_script("evaluate")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(script.parse_args(["--check_quiz", "--sets", f"quiz={quiz}", "--cache_dir", str(tmp_path / "cache")]))
+    assert exit_info.value.code == 0
+    assert "1 checked against their article's text, 0 not found there, 0 unchecked" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "arguments,message",
     [
-        (["--models", "base", "--eval_file", "MISSING"], "MISSING: file not found"),
-        (["--models", "a=ADAPTER", "a=ADAPTER"], "labels must be distinct"),
+        ([], "nothing to evaluate: give --models, --answers FILE or --check_quiz"),
+        (["--models", "base", "--label", "x"], "--label names the system of --answers"),
+        (["--models", "base", "--sets", "known=MISSING"], "MISSING: file not found"),
+        (["--models", "base", "--sets", "known=KNOWN", "known=KNOWN"], "the name 'known' is given twice"),
+        (["--models", "base", "--sets", "=KNOWN"], "--sets =KNOWN: expected NAME=PATH"),
+        (["--models", "base", "--sets", "bad=BADSET"], "BADSET:2: field 'answers': expected a non-empty list"),
+        (["--models", "a=ADAPTER", "a=ADAPTER"], "names must be distinct"),
+        (["--models", "base", "--answers", "ANSWERS", "--label", "base"], "names must be distinct"),
         (["--models", "./no-such-adapter"], "--models no-such-adapter ./no-such-adapter: no such folder"),
         (["--models", "base", "--temperatures", "0", "0"], "distinct and >= 0"),
-        (["--models", "base", "--temperatures", "-0.5"], "distinct and >= 0"),
+        (["--models", "base", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
         (["--models", "base", "--limit", "0"], "--limit >= 1"),
-        (["--models", "base", "--source_texts", "BADSOURCES"], "BADSOURCES:2: field 'text': missing or not a string"),
+        (["--models", "base", "--source_texts", "BADSOURCES"], "BADSOURCES:2: field 'title': missing or not a string"),
+        (["--models", "base", "--cache_dir", "MISSING"], "--cache_dir MISSING: no such folder"),
+        (["--answers", "BADANSWERS"], "BADANSWERS:1: field 'instruction': not a question of set 'known'"),
     ],
 )
-def test_bad_arguments_are_refused(arguments, message, tiny_adapter_dir, tmp_path, capsys):  # noqa: F811
-    eval_file = write_jsonl(tmp_path / "eval.jsonl", RECORDS)
-    bad_sources = write_jsonl(tmp_path / "sources.jsonl", [SOURCE_TEXTS[0], {"title": "x"}])
-    replacements = {"MISSING": str(tmp_path / "missing.jsonl"), "ADAPTER": str(tiny_adapter_dir),
-                    "BADSOURCES": str(bad_sources)}
+def test_bad_arguments_are_refused_before_any_model_loads(arguments, message, tiny_adapter_dir, tmp_path, capsys):
+    replacements = {
+        "MISSING": str(tmp_path / "missing.jsonl"), "ADAPTER": str(tiny_adapter_dir),
+        "KNOWN": str(write_jsonl(tmp_path / "known.jsonl", KNOWN)),
+        "BADSET": str(write_jsonl(tmp_path / "bad.jsonl", [KNOWN[0], {**KNOWN[1], "answers": "太平洋"}])),
+        "BADSOURCES": str(write_jsonl(tmp_path / "sources.jsonl", [SOURCE_TEXTS[0], {"text": "x"}])),
+        "BADANSWERS": str(write_jsonl(tmp_path / "answers.jsonl", [{"set": "known", "instruction": "何？", "answer": ""}])),
+        "ANSWERS": str(write_jsonl(tmp_path / "ok_answers.jsonl", [{"set": "known", "instruction": STOP_QUESTION, "answer": ""}])),
+    }
     script = load_script("evaluate")
     argv = [replacements.get(argument, argument) for argument in arguments]
+    argv = [argument.replace("=KNOWN", "=" + replacements["KNOWN"]).replace("=BADSET", "=" + replacements["BADSET"])
+            .replace("=MISSING", "=" + replacements["MISSING"]) for argument in argv]
+    if "--sets" not in argv:
+        argv += ["--sets", f"known={replacements['KNOWN']}"]
     with pytest.raises(SystemExit) as exit_info:
-        script.parse_args(argv + ([] if "--eval_file" in argv else ["--eval_file", str(eval_file)]))
+        script.parse_args(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     for key, value in replacements.items():
@@ -184,21 +308,35 @@ def test_bad_arguments_are_refused(arguments, message, tiny_adapter_dir, tmp_pat
     assert message in err
 
 
-def test_model_specs():
+def test_default_sets_are_those_that_exist(tmp_path, monkeypatch, capsys):
+    script = load_script("evaluate")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--models", "base"])
+    assert exit_info.value.code == 2
+    assert "none of the default sets exists" in capsys.readouterr().err
+    (tmp_path / "data/quiz").mkdir(parents=True)
+    write_jsonl(tmp_path / "data/eval.jsonl", UNSEEN)
+    write_jsonl(tmp_path / "data/quiz/cthulhu_quiz_ja.jsonl", QUIZ)
+    write_jsonl(tmp_path / "data/source_texts.jsonl", SOURCE_TEXTS)
+    args = script.parse_args(["--models", "base"])
+    assert args.set_paths == {"unseen": "data/eval.jsonl", "quiz": "data/quiz/cthulhu_quiz_ja.jsonl"}
+    assert args.source_texts == "data/source_texts.jsonl" and args.cache_dir is None
+    assert args.sets["quiz"]["scored"] == [0, 2]  # its second row's answer is not in data/source_texts.jsonl
+
+
+def test_limit_takes_the_first_rows_of_each_set(tmp_path):
+    script = load_script("evaluate")
+    args = script.parse_args(["--models", "base", *write_inputs(tmp_path), "--limit", "1"])
+    assert {name: len(info["rows"]) for name, info in args.sets.items()} == {"known": 1, "unseen": 1, "quiz": 1}
+    assert args.sets["known"]["rows"][0]["instruction"] == STOP_QUESTION
+
+
+def test_model_and_set_specs():
     script = load_script("evaluate")
     assert script.parse_model_spec("base") == {"label": "base", "path": None}
     assert script.parse_model_spec("before=base") == {"label": "before", "path": None}
     assert script.parse_model_spec("output/run-1/") == {"label": "run-1", "path": "output/run-1/"}
     assert script.parse_model_spec("r16=user/cthulhu-lora") == {"label": "r16", "path": "user/cthulhu-lora"}
-
-
-def test_source_texts_beside_the_eval_file_are_used_by_default(tmp_path):
-    """prepare_data.py writes source_texts.jsonl beside eval.jsonl; evaluate.py picks it up unasked."""
-    script = load_script("evaluate")
-    eval_file = write_jsonl(tmp_path / "eval.jsonl", RECORDS)
-    args = script.parse_args(["--models", "base", "--eval_file", str(eval_file)])
-    assert args.source_texts is None and args.sources == {}
-    write_jsonl(tmp_path / "source_texts.jsonl", SOURCE_TEXTS)
-    args = script.parse_args(["--models", "base", "--eval_file", str(eval_file)])
-    assert args.source_texts == str(tmp_path / "source_texts.jsonl")
-    assert set(args.sources) == {source["title"] for source in SOURCE_TEXTS}
+    assert script.parse_set_spec("quiz=data/quiz/cthulhu_quiz_ja.jsonl") == ("quiz", "data/quiz/cthulhu_quiz_ja.jsonl")
+    assert script.parse_set_spec("data/eval_known.jsonl") == ("eval_known", "data/eval_known.jsonl")

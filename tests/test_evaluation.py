@@ -1,0 +1,277 @@
+"""Sets, one answer's scores, aggregation and intervals, source texts and the quiz self-check, in-process
+(hand-worked examples; see cthulhu_sft/evaluation.py for the definitions)."""
+
+import json
+
+import pytest
+
+from cthulhu_sft.data import DataError
+from cthulhu_sft.evaluation import (
+    aggregate,
+    cached_source_texts,
+    default_max_new_tokens,
+    match_answers,
+    quiz_problems,
+    read_answers,
+    read_set,
+    read_source_texts,
+    score_item,
+    wilson_interval,
+)
+from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.wiki import Cache
+
+REPORT_FIELDS = {
+    "n", "accuracy", "accuracy_ci", "rouge_l_f1", "fact_recall", "hallucination_rate", "unsupported_term_rate",
+    "abstention_rate", "non_japanese_rate", "eos_stop_rate", "truncated_rate",
+}
+CTHULHU = {
+    "instruction": "クトゥルフはどこで眠っていますか？",
+    "response": "クトゥルフは南太平洋の海底に沈んだ都市ルルイエで眠っています。",
+    "answers": ["ルルイエ"],
+    "title": "クトゥルフ",
+    "kind": "place",
+}
+SOURCE = "クトゥルフはルルイエに眠る。ルルイエは南太平洋に沈んだ都市で、1925年の『クトゥルフの呼び声』に登場する。"
+HALLUCINATION = "クトゥルフは南極の氷の下の都市で眠っています。"
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "successes,n,low,high",
+    [
+        # p = 0.8, z = 1.96: centre (0.8 + 0.19208) / 1.38416 = 0.71675, half-width 0.22657 (hand-worked).
+        (8, 10, 0.4902, 0.9433),
+        (0, 10, 0.0, 0.2775),  # not empty at 0 successes, as the normal approximation would be
+        (10, 10, 0.7225, 1.0),
+        (50, 100, 0.4038, 0.5962),
+    ],
+)
+def test_wilson_interval(successes, n, low, high):
+    assert wilson_interval(successes, n) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_wilson_interval_edges():
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # nothing observed: anything is possible
+    narrower = wilson_interval(8, 10, z=1.0)
+    assert narrower[0] > 0.4902 and narrower[1] < 0.9433
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_score_of_a_correct_short_answer():
+    scores = score_item(CTHULHU, "ルルイエです。", stopped=True, source_text=SOURCE)
+    assert scores == {
+        "correct": True, "abstained": False, "japanese": True, "unsupported_terms": [], "hallucinated": False,
+        "stopped": True, "truncated": False,
+        "rouge_l_f1": pytest.approx(2 * 7 / (7 + 31)),  # ルルイエです。 is a subsequence of the 31 characters
+        "fact_recall": pytest.approx(1 / 3),  # reference terms: クトゥルフ, 太平洋, ルルイエ
+        "reference_terms": 3, "recalled_terms": 1, "claimed_terms": 1,
+    }
+
+
+def test_made_up_kanji_fact_is_a_hallucination():
+    """Review case 1: 南極 where the source says 太平洋 is an unsupported term, so the answer hallucinates."""
+    scores = score_item(CTHULHU, HALLUCINATION, stopped=False, source_text=SOURCE)
+    assert scores["unsupported_terms"] == ["南極"] and scores["hallucinated"]
+    assert scores["correct"] is False and not scores["abstained"] and scores["truncated"]
+    summary = aggregate([scores])
+    assert summary["hallucination_rate"] == 1.0 and summary["unsupported_term_rate"] == 0.5  # 南極 of クトゥルフ, 南極
+
+
+def test_correct_answer_in_english_is_neither_hallucinated_nor_correct():
+    """Review case 2: English grammar words ('entity', 'sleeping') are not invented facts; the answer is not in
+    Japanese, so it is counted as such and not as correct, even though it names the accepted Cthulhu."""
+    row = {**CTHULHU, "answers": ["ルルイエ", "R'lyeh"]}
+    answer = "Cthulhu is a fictional cosmic entity created by H. P. Lovecraft, sleeping in R'lyeh."
+    scores = score_item(row, answer, stopped=True, source_text=SOURCE)
+    assert scores["unsupported_terms"] == [] and not scores["hallucinated"]
+    assert scores["japanese"] is False and scores["correct"] is False
+    summary = aggregate([scores])
+    assert summary["non_japanese_rate"] == 1.0 and summary["hallucination_rate"] == 0.0 and summary["accuracy"] == 0.0
+    assert summary["unsupported_term_rate"] is None  # it claims no term at all
+
+
+def test_abstention_is_reported_not_silently_dropped():
+    """Review case 3: 「わかりません。」 has no key terms and used to drop out of the rate. It is now an abstention:
+    counted in abstention_rate, not correct, and not in the hallucination rate's denominator."""
+    abstaining = score_item(CTHULHU, "わかりません。", stopped=True, source_text=SOURCE)
+    assert abstaining["abstained"] and abstaining["correct"] is False and not abstaining["hallucinated"]
+    hallucinating = score_item(CTHULHU, HALLUCINATION, stopped=True, source_text=SOURCE)
+    summary = aggregate([hallucinating, abstaining])
+    assert summary["abstention_rate"] == 0.5
+    assert summary["hallucination_rate"] == 1.0  # 1 of the 1 answer that did not abstain
+    assert summary["accuracy"] == 0.0
+    # An answer that avoids names without abstaining is an answer: it counts, as a clean one.
+    vague = score_item(CTHULHU, "深い海の底で眠っています。", stopped=True, source_text=SOURCE)
+    assert not vague["abstained"]
+    assert aggregate([hallucinating, vague])["hallucination_rate"] == 0.5
+
+
+def test_a_hedge_that_guesses_is_an_answer():
+    hedge = "申し訳ありませんが、わかりません。たぶん南極です。"
+    assert score_item(CTHULHU, hedge, stopped=True, source_text=SOURCE)["abstained"] is False  # states 南極
+    right = "わかりませんが、ルルイエだと思います。"
+    scores = score_item(CTHULHU, right, stopped=True, source_text=SOURCE)
+    assert scores["abstained"] is False and scores["correct"] is True
+
+
+def test_the_question_supports_the_terms_it_names():
+    row = {"instruction": "『インスマウスの影』の作者は？", "response": "ラヴクラフトです。", "answers": ["ラヴクラフト"]}
+    scores = score_item(row, "『インスマウスの影』はラヴクラフトの作品です。", stopped=True)
+    assert scores["unsupported_terms"] == [] and scores["correct"] is True
+
+
+def test_aggregate_pools_hand_worked():
+    no_answers = {key: value for key, value in CTHULHU.items() if key != "answers"}
+    items = [
+        score_item(CTHULHU, "ルルイエです。", stopped=True, source_text=SOURCE),  # correct, 1 term, recalls 1 of 3
+        score_item(CTHULHU, HALLUCINATION, stopped=False, source_text=SOURCE),  # wrong, 南極 of 2 terms, recalls 1
+        score_item(no_answers, "わかりません。", stopped=True),  # no answers: correct None; abstains
+    ]
+    assert [item["correct"] for item in items] == [True, False, None]
+    summary = aggregate(items)
+    assert set(summary) == REPORT_FIELDS
+    assert summary["n"] == 3
+    assert summary["accuracy"] == 0.5 and summary["accuracy_ci"] == pytest.approx(list(wilson_interval(1, 2)))
+    assert summary["rouge_l_f1"] == pytest.approx(sum(item["rouge_l_f1"] for item in items) / 3)
+    assert summary["fact_recall"] == pytest.approx((1 + 1 + 0) / (3 + 3 + 3))
+    assert summary["hallucination_rate"] == 0.5  # 1 of the 2 answers that did not abstain
+    assert summary["unsupported_term_rate"] == pytest.approx(1 / 3)  # 南極 of ルルイエ + クトゥルフ, 南極
+    assert summary["abstention_rate"] == pytest.approx(1 / 3)
+    assert summary["non_japanese_rate"] == 0.0
+    assert summary["eos_stop_rate"] == pytest.approx(2 / 3) and summary["truncated_rate"] == pytest.approx(1 / 3)
+
+
+def test_aggregate_marks_what_does_not_apply():
+    row = {"instruction": "ダゴンとは？", "response": "深きものどもが崇める存在。"}
+    summary = aggregate([score_item(row, "深きものどもの神。", stopped=None)])  # answers made elsewhere
+    assert summary["accuracy"] is None and summary["accuracy_ci"] is None
+    assert summary["fact_recall"] is None  # the reference has no key terms
+    assert summary["eos_stop_rate"] is None and summary["truncated_rate"] is None
+    assert summary["hallucination_rate"] == 0.0 and summary["unsupported_term_rate"] is None
+    empty = aggregate([])
+    assert empty["n"] == 0 and all(empty[key] is None for key in REPORT_FIELDS - {"n"})
+
+
+def test_read_set_validates_the_optional_fields(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [CTHULHU, {"instruction": " q ", "response": "a", "extra": 1}])
+    rows = read_set(good)
+    assert rows[0]["answers"] == ["ルルイエ"] and rows[1]["instruction"] == "q" and rows[1]["extra"] == 1
+    assert [row["line"] for row in rows] == [1, 2]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [
+        CTHULHU,
+        {**CTHULHU, "answers": "ルルイエ"},
+        {**CTHULHU, "answers": []},
+        {**CTHULHU, "answers": ["ルルイエ", " "]},
+        {**CTHULHU, "title": 3},
+        {**CTHULHU, "kind": ["place"]},
+    ])
+    with pytest.raises(DataError) as error:
+        read_set(bad)
+    assert str(error.value).splitlines() == [
+        f"{bad}:2: field 'answers': expected a non-empty list of non-empty strings",
+        f"{bad}:3: field 'answers': expected a non-empty list of non-empty strings",
+        f"{bad}:4: field 'answers': expected a non-empty list of non-empty strings",
+        f"{bad}:5: field 'title': expected a string, got int",
+        f"{bad}:6: field 'kind': expected a string, got list",
+    ]
+    missing = write_jsonl(tmp_path / "missing.jsonl", [CTHULHU, {"instruction": "q"}])
+    with pytest.raises(DataError, match=f"{missing}:2: field 'response': missing"):
+        read_set(missing)
+
+
+def test_read_source_texts(tmp_path):
+    path = write_jsonl(tmp_path / "source_texts.jsonl", [
+        {"title": "ルルイエ", "text": "前半。", "split": "train"},
+        {"title": "ダゴン", "text": None},
+        {"title": "ルルイエ", "text": "後半。"},
+    ])
+    assert read_source_texts(path) == {"ルルイエ": "前半。\n後半。"}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"title": "x", "text": "y"}, {"text": "no title"}])
+    with pytest.raises(DataError, match=f"{bad}:2: field 'title': missing or not a string"):
+        read_source_texts(bad)
+
+
+def test_cached_source_texts_reads_the_crawlers_cache(tmp_path):
+    cache = Cache(tmp_path / "wiki", "https://ja.wikipedia.org/w/api.php")
+    cache.save("pages", "ルルイエ", {"title": "ルルイエ", "text": "== 概要 ==\nルルイエは南太平洋の都市。", "revid": 1})
+    cache.save("pages", "ク・リトル・リトル", {"redirect": "ルルイエ"})  # another name of the same page
+    cache.save("pages", "空のページ", {"title": "空のページ", "text": None})
+    cache.save("categories", "Category:クトゥルフ神話", {"members": [], "complete": True})
+    (cache.path("pages", "壊れた").parent / "broken.json").write_text("{not json", encoding="utf-8")
+    other_site = Cache(tmp_path / "wiki", "http://127.0.0.1:8000/w/api.php")
+    other_site.save("pages", "ダゴン", {"title": "ダゴン", "text": "ダゴンは神。"})
+    assert cached_source_texts(tmp_path / "wiki") == {
+        "ルルイエ": "== 概要 ==\nルルイエは南太平洋の都市。",
+        "ク・リトル・リトル": "== 概要 ==\nルルイエは南太平洋の都市。",
+        "ダゴン": "ダゴンは神。",
+    }
+    assert cached_source_texts(tmp_path / "nothing") == {}
+
+
+def test_quiz_problems_are_rows_whose_answers_are_not_in_their_article():
+    texts = {"ルルイエ": "ルルイエは南太平洋に沈んだ都市。千九百二十五年に書かれた。", "ダゴン": "ダゴンは深きものどもの神。"}
+    rows = [
+        {"instruction": "ルルイエはどの海に？", "response": "太平洋。", "answers": ["太平洋"], "title": "ルルイエ"},
+        {"instruction": "書かれた年は？", "response": "1925年。", "answers": ["1925"], "title": "ルルイエ"},
+        {"instruction": "ルルイエはどの海に？", "response": "大西洋。", "answers": ["大西洋"], "title": "ルルイエ"},
+        {"instruction": "ダゴンの父は？", "response": "不明。", "answers": ["オールド・ワン"], "title": "ダゴン"},
+        {"instruction": "ハスターとは？", "response": "神。", "answers": ["風"], "title": "ハスター"},  # unchecked
+        {"instruction": "ダゴンとは？", "response": "神。", "title": "ダゴン"},  # no accepted answers
+    ]
+    problems = quiz_problems(rows, texts)
+    assert problems == [rows[2], rows[3]]
+    assert problems[0] is rows[2]  # the rows themselves, to leave out
+    assert quiz_problems(rows, {}) == []
+
+
+def test_answers_are_matched_to_their_sets_rows_by_question(tmp_path):
+    sets = {
+        "quiz": [{"instruction": "ルルイエとは？"}, {"instruction": "ダゴンとは？"}, {"instruction": "ルルイエとは？"}],
+        "unseen": [{"instruction": "ハスターとは？"}],
+    }
+    path = write_jsonl(tmp_path / "answers.jsonl", [
+        {"set": "quiz", "instruction": "ルルイエとは？", "answer": "一つ目"},
+        {"set": "quiz", "instruction": " ルルイエとは ? ", "answer": "二つ目"},  # width and spaces do not matter
+        {"set": "unseen", "instruction": "ハスターとは？", "answer": ""},
+        {"set": "known", "instruction": "何か？", "answer": "x"},
+    ])
+    matched, ignored = match_answers(path, read_answers(path), sets)
+    assert matched == {"quiz": {0: "一つ目", 2: "二つ目"}, "unseen": {0: ""}}
+    assert ignored == {"known": 1}
+
+
+def test_answers_that_match_nothing_are_refused(tmp_path):
+    sets = {"quiz": [{"instruction": "ルルイエとは？"}]}
+    path = write_jsonl(tmp_path / "answers.jsonl", [
+        {"set": "quiz", "instruction": "ルルイエとは？", "answer": "a"},
+        {"set": "quiz", "instruction": "ルルイエとは？", "answer": "b"},
+        {"set": "quiz", "instruction": "ハスターとは？", "answer": "c"},
+    ])
+    with pytest.raises(DataError) as error:
+        match_answers(path, read_answers(path), sets)
+    assert str(error.value).splitlines() == [
+        f"{path}:2: field 'instruction': one answer too many to this question of set 'quiz'",
+        f"{path}:3: field 'instruction': not a question of set 'quiz'",
+    ]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"set": "quiz", "instruction": "q"}, {"instruction": "q", "answer": "a"}])
+    with pytest.raises(DataError) as error:
+        read_answers(bad)
+    assert str(error.value).splitlines() == [
+        f"{bad}:1: field 'answer': missing or not a string",
+        f"{bad}:2: field 'set': missing, empty or not a string",
+    ]
+
+
+def test_default_max_new_tokens_follows_the_longest_reference(tokenizer_dir):
+    fmt = MistralFormat.from_pretrained(str(tokenizer_dir))
+    rows = [{"response": "ルルイエです。"}, {"response": "クトゥルフは南太平洋の海底に沈んだ都市ルルイエで眠っています。" * 20}]
+    longest = len(fmt.encode_text(rows[1]["response"]))
+    assert longest > 200
+    assert default_max_new_tokens(rows, fmt) == int(longest * 1.25) + 16
+    assert default_max_new_tokens(rows[:1], fmt) == int(len(fmt.encode_text("ルルイエです。")) * 1.25) + 16
