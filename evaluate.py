@@ -239,8 +239,7 @@ def score_answers(args, report: dict, generations: list) -> None:
             scores = score_item(row, answer, None, args.texts.get(row.get("title") or "", ""))
             items.append(scores)
             generations.append(item_row(name, args.label, None, row, answer, scores))
-        if items:
-            report["results"].append({"set": name, "model": args.label, "temperature": None, **aggregate(items)})
+        report["results"].append({"set": name, "model": args.label, "temperature": None, **aggregate(items)})
     for name, count in args.ignored_sets.items():
         print(f"{args.answers}: {count} answers to set '{name}', which is not evaluated, are ignored", file=sys.stderr)
     report["models"].append(entry)
@@ -284,7 +283,9 @@ def evaluate_models(args, report: dict, generations: list) -> None:
                      "max_new_tokens": {}, "losses": {}}
             for name, info in args.sets.items():
                 rows = [info["rows"][index] for index in info["scored"]]
-                if not rows:
+                if not rows:  # every row left out: the set is still reported, with n 0
+                    report["results"] += [{"set": name, "model": spec["label"], "temperature": temperature,
+                                           **aggregate([])} for temperature in args.temperatures]
                     continue
                 sources = [args.texts.get(row.get("title") or "", "") for row in rows]
                 max_new_tokens = args.max_new_tokens or default_max_new_tokens(rows, fmt)

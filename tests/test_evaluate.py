@@ -340,3 +340,17 @@ def test_model_and_set_specs():
     assert script.parse_model_spec("r16=user/cthulhu-lora") == {"label": "r16", "path": "user/cthulhu-lora"}
     assert script.parse_set_spec("quiz=data/quiz/cthulhu_quiz_ja.jsonl") == ("quiz", "data/quiz/cthulhu_quiz_ja.jsonl")
     assert script.parse_set_spec("data/eval_known.jsonl") == ("eval_known", "data/eval_known.jsonl")
+
+
+def test_a_set_without_answers_is_still_reported(tmp_path, capsys):
+    """In-process, no model: --answers that cover one set only leave the others at n 0, every measure null."""
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"set": "quiz", "instruction": QUIZ[0]["instruction"],
+                                                        "answer": "ラヴクラフトです。"}])
+    script = load_script("evaluate")
+    script.main(script.parse_args([*write_inputs(tmp_path), "--answers", str(answers), "--output_dir", str(tmp_path / "out")]))
+    report = json.loads((tmp_path / "out/report.json").read_text(encoding="utf-8"))
+    results = {r["set"]: r for r in report["results"]}
+    assert list(results) == list(SETS) and {r["model"] for r in results.values()} == {"answers"}  # the file's name
+    assert results["quiz"]["n"] == 1 and results["quiz"]["accuracy"] == 1.0
+    assert results["known"]["n"] == 0 and all(results["known"][key] is None for key in RESULT_FIELDS - {"set", "model", "n"})
+    assert "| answers | – | 0 |" in capsys.readouterr().out
