@@ -48,8 +48,9 @@ from cthulhu_sft.inference import (  # noqa: E402
     DTYPES,
     model_location_problem,
     sft_config_value,
+    stream_answer,
 )
-from cthulhu_sft.metrics import KANJI, key_terms, normalize, unsupported_terms  # noqa: E402
+from cthulhu_sft.metrics import KANJI, is_japanese, key_terms, normalize, unsupported_terms  # noqa: E402
 
 ADAPTER_VARIABLE = "CTHULHU_ADAPTER"  # the adapter's Hub id on a Space, where no arguments can be given
 ARGS_VARIABLE = "CTHULHU_APP_ARGS"  # further arguments on a Space, e.g. "--load_in_8bit"
@@ -129,8 +130,8 @@ class Support:
     sources: tuple[str, ...] = ()
 
     def unsupported(self, answer: str) -> set[str]:
-        """The answer's key terms that no support text supports (metrics.unsupported_terms); none without texts."""
-        return unsupported_terms(answer, *self.texts) if self.texts else set()
+        """The answer's key terms that no support text supports (metrics.unsupported_terms): all, without texts."""
+        return unsupported_terms(answer, *self.texts)
 
 
 # Joins a file's texts. metrics looks names up in the text with whitespace removed; a character that no key
@@ -192,6 +193,9 @@ def shown_answer(answer, support: Support) -> str:
     if unsupported:
         terms = "、".join(html.escape(term) for term in sorted(unsupported))
         shown += f"\n\n<small>資料にない語 / not in the support texts: {terms}</small>"
+        if not is_japanese(answer.text):  # evaluate.py does not count these words as claims
+            shown += ("\n\n<small>日本語ではない回答: ラテン文字の語の印は、多くが言語の違いによるものです / "
+                      "not a Japanese answer: marks on Latin words mostly reflect the language.</small>")
     if not answer.stopped:
         shown += "\n\n<small>（最大新規トークン数で打ち切り / cut at max new tokens）</small>"
     return shown
@@ -215,8 +219,6 @@ class ChatApp:
                 max_new_tokens: float):
         """Streams the answers to `question`: the adapter's, then (compare) the base's. Yields the outputs
         (adapter chat, base chat, chats, status, question box)."""
-        from cthulhu_sft.inference import stream_answer
-
         question = (question or "").strip()
         if self.problem or not question:
             yield self._outputs(chats, self.problem or "質問を入力してください。 / Type a question first.", question)
@@ -250,7 +252,8 @@ class ChatApp:
         return chats["adapter"]["shown"], chats["base"]["shown"], chats, status_markdown(status), question
 
     def restart(self, compare: bool):
-        """Clears the conversation (the clear button, and a switch of compare, so both columns share a history)."""
+        """Clears the conversation: the clear buttons, and a switch of compare, so that both columns hold the same
+        questions."""
         import gradio as gr
 
         chats = empty_chats()
@@ -299,13 +302,14 @@ def status_markdown(message: str) -> str:
 
 
 def legend(support: Support) -> str:
-    if not support.sources:
-        return ("**印について:** 根拠にする資料（data/source_texts.jsonl、学習データ）が見つからないため、"
-                "印は付けていません。`--source_texts` と `--train_file` で指定できます。")
+    sources = "、".join(support.sources) or (
+        "（なし: 記事本文も学習データも見つからないので、すべてのキーワードに印が付きます。"
+        "`--source_texts` と `--train_file` で指定してください）"
+    )
     return (
         '**<mark class="unsupported">印</mark>の語**は、回答のキーワード（カタカナ語・ラテン文字の語・数字・'
-        "漢字の固有名詞。evaluate.py と同じ定義）のうち、次の資料のどこにも出てこないものです: " + "、".join(support.sources)
-        + "。アダプタが学んだ資料にない語なので、作り話の手がかりになります。"
+        f"漢字の固有名詞。evaluate.py と同じ定義）のうち、次の資料のどこにも出てこないものです: {sources}。"
+        "アダプタが学んだ資料にない語なので、作り話の手がかりになります。"
         "ただし印は誤りの証明ではなく（言い換えや一般的な知識かもしれません）、"
         "印のない語が正しいとも限りません（資料にある語を誤って組み合わせることもあります）。\n\n"
         "*Marked terms appear nowhere in the material the adapter learned from: a hint of invention, not proof; "

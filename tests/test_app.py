@@ -6,6 +6,7 @@ output/test-artifacts/chat_page.png. The model is random: its answers are noise,
 support text contains, which is what the marking tests need.
 """
 
+import html
 import json
 import os
 import re
@@ -63,7 +64,7 @@ def support_files(tmp_path, article: str, response: str):
 
 
 def marks(shown: str) -> list[str]:
-    return re.findall(r'<mark class="unsupported">(.*?)</mark>', shown)
+    return [html.unescape(mark) for mark in re.findall(r'<mark class="unsupported">(.*?)</mark>', shown)]
 
 
 # --- support marking ---------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def test_terms_absent_from_articles_and_training_answers_are_marked(app, tmp_pat
     assert support.unsupported(answer) == {"ラヴクラフト", "1928", "dagon", "南極"}  # 太平洋 is in 南太平洋
     shown = app.marked_html(answer, support.unsupported(answer))
     assert marks(shown) == ["ラヴクラフト", "1928", "Dagon", "南極"]  # the answer's own spelling, in reading order
-    assert re.sub(r"</?mark[^>]*>", "", shown) == answer
+    assert html.unescape(re.sub(r"</?mark[^>]*>", "", shown)) == answer
 
 
 def test_a_name_is_not_found_across_two_support_texts(app, tmp_path):
@@ -104,12 +105,14 @@ def test_shown_answer_lists_unsupported_terms_and_a_cut(app):
     assert marks(shown) == ["ダゴン"] and "not in the support texts: ダゴン" in shown and "cut at max new tokens" in shown
     stopped = app.shown_answer(Generation(text="クトゥルフ", token_ids=[1, 2], stopped=True), support)
     assert stopped == "クトゥルフ"
+    english = app.shown_answer(Generation(text="Cthulhu sleeps in R'lyeh.", token_ids=[1], stopped=True), support)
+    assert marks(english) == ["Cthulhu", "sleeps", "R'lyeh"] and "not a Japanese answer" in english
 
 
-def test_without_support_files_nothing_is_marked_and_the_legend_says_why(app):
+def test_without_support_files_every_term_is_marked_and_the_legend_says_why(app):
     support = app.read_support(None, None)
-    assert support.unsupported("ダゴン") == set()
-    assert "印は付けていません" in app.legend(support)
+    assert support.unsupported("ダゴンは1926年に") == {"ダゴン", "1926"}
+    assert "すべてのキーワードに印が付きます" in app.legend(support)
 
 
 # --- arguments --------------------------------------------------------------------------------------------
@@ -370,6 +373,8 @@ def test_page_streams_compares_and_marks_unsupported_terms(browser, tiny_adapter
         legend = page.locator("#legend").inner_text()
         assert "appear nowhere in the material the adapter learned from" in legend and "not thereby true" in legend
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.wait_for_timeout(1000)  # the chats scroll to their ends as the last update settles; then show the tops
+        page.evaluate("() => document.querySelectorAll('.bubble-wrap').forEach(chat => chat.scrollTop = 0)")
         page.screenshot(path=str(ARTIFACTS / "chat_page.png"), full_page=True)
 
         # An empty question is answered by a message in the page.
