@@ -26,11 +26,12 @@ Key terms (`key_terms`) — the checkable facts of a text — are, in the normal
               adds nothing to マサチューセッツ. Other kanji and hiragana words are not key terms: they are
               mostly common vocabulary (小説, 作家, 架空の神性) that a correct answer is free to paraphrase.
     Terms are compared as sets of distinct terms. Known limits: transliteration variants other than those
-    `fold_kana` joins (クトゥルフ / クトゥルー) are different terms; a made-up common noun (狂気山脈 where the source has 海底都市) is not seen.
+    `fold_kana` joins (クトゥルフ / クトゥルー) are different terms; a made-up common noun (狂気山脈 where the
+    source has 海底都市) is not seen; katakana vocabulary (ホラー, シリーズ) counts like a name.
 
 SudachiPy (with sudachidict_core) rather than fugashi + unidic-lite: both install from PyPI alone, but
 SudachiPy and its dictionary are maintained (dictionary releases several times a year, through 2026), while
-unidic-lite's dictionary is frozen at UniDic 2.1.2 (2013). The dictionary is loaded once, on first use
+unidic-lite ships an old UniDic (2.1.2) and is no longer updated, so newer names are missing from it. The dictionary is loaded once, on first use
 (about 0.2 s); tokenizing takes about a millisecond per answer. Sudachi refuses inputs over 49,149 bytes, so
 long texts are tokenized in pieces cut at line ends.
 
