@@ -34,6 +34,7 @@ from urllib.parse import quote
 import yaml
 from tqdm import tqdm
 
+from cthulhu_sft.config import sft_defaults
 from cthulhu_sft.data import DataError, jsonl_text
 from cthulhu_sft.examples import (
     MAX_PHRASINGS,
@@ -54,6 +55,7 @@ from cthulhu_sft.wiki import (
     DEFAULT_API_URL,
     NS_MAIN,
     Cache,
+    CategoryError,
     WikiClient,
     WikiError,
     crawl_category_tree,
@@ -62,7 +64,6 @@ from cthulhu_sft.wiki import (
 )
 
 REPO = Path(__file__).resolve().parent
-CONFIG = REPO / "sft_config.yaml"
 SAMPLE = REPO / "data" / "sample"  # the shipped hand-written sample: never an output folder
 SOURCE_TEXTS = "source_texts.jsonl"  # every article's text: evaluation, quiz and chat page read it
 SPLITS = ("train", "eval", "eval_known")
@@ -140,22 +141,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_defaults(args: argparse.Namespace) -> None:
-    """Fills --tokenizer, --max_tokens (and --hub_timeout when pushing) from sft_config.yaml, the one place these
-    are set. (Read here, not through cthulhu_sft.config, which imports TRL: seconds for a data script.)"""
-    options = [("tokenizer", "model_name_or_path"), ("max_tokens", "max_length")]
-    options += [("hub_timeout", "hub_timeout")] if args.push_to_hub else []
-    if all(getattr(args, option) is not None for option, _ in options):
-        return
-    if not CONFIG.is_file():
-        raise DataError(f"{CONFIG}: not found; it gives the defaults of --tokenizer and --max_tokens (or pass both)")
-    config = yaml.safe_load(CONFIG.read_text(encoding="utf-8")) or {}
-    for option, key in options:
+    """Fills --tokenizer, --max_tokens and --hub_timeout from sft_config.yaml, the one place these are set."""
+    defaults = sft_defaults()
+    for option, key in (("tokenizer", "model_name_or_path"), ("max_tokens", "max_length"), ("hub_timeout", "hub_timeout")):
         if getattr(args, option) is None:
-            if key not in config:
-                raise DataError(f"{CONFIG}: no top-level key '{key}' (the default of --{option})")
-            setattr(args, option, config[key])
+            setattr(args, option, defaults[key])
     if not isinstance(args.max_tokens, int) or args.max_tokens < 16:
-        raise DataError(f"{CONFIG}: max_length must be an integer >= 16, got {args.max_tokens!r}")
+        raise DataError(f"--max_tokens (sft_config.yaml's max_length) must be an integer >= 16, got {args.max_tokens!r}")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -244,6 +236,8 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
         titles += [normalize_title(title) for title in args.titles]
         with tqdm(total=len(dict.fromkeys(titles)), desc="pages", unit="page", disable=None) as progress:
             records = fetch_pages(client, cache, titles, progress)
+    except CategoryError:
+        raise
     except WikiError as error:
         raise WikiError(f"{error}\nWhat was fetched is cached in {cache.root}; run again to resume.") from None
     articles, missing, skipped = {}, [], []
@@ -571,7 +565,7 @@ def run(args) -> int:
             pages, build, requests = crawl_articles(args)
         except WikiError as error:
             print(f"error: {error}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(error, CategoryError) else 1
         passages = article_passages(pages, fmt, args, stats)
     for note in stats.notes:
         logger.warning(note)

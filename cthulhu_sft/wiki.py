@@ -59,6 +59,11 @@ class WikiError(RuntimeError):
     """The wiki could not be read (after retries), or answered something this client cannot use."""
 
 
+class CategoryError(WikiError):
+    """The category asked for gives nothing to crawl (empty, not a category, no articles): a fix of the input,
+    not a retry, is needed."""
+
+
 # ---------------------------------------------------------------------------------------------------
 # HTTP
 
@@ -161,7 +166,8 @@ class WikiClient:
         if isinstance(data.get("error"), dict):
             error = data["error"]
             shown = {key: value for key, value in params.items() if key not in ("titles", "format")}
-            raise WikiError(f"{self.api_url}: API error '{error.get('code')}'{retried}: {error.get('info')} (request {shown})")
+            kind = CategoryError if error.get("code") == "invalidcategory" else WikiError  # e.g. "Foo:Bar"
+            raise kind(f"{self.api_url}: API error '{error.get('code')}'{retried}: {error.get('info')} (request {shown})")
         for warning in _warnings(data):
             if warning not in self._warned:
                 self._warned.add(warning)
@@ -303,7 +309,7 @@ def crawl_category_tree(client: WikiClient, cache: Cache, root: str, depth: int)
         for category in frontier:
             listing = category_members(client, cache, category)
             if level == 0 and not listing["members"]:
-                raise WikiError(f"{client.api_url}: the listing of {listing['title']} is empty: it has no articles "
+                raise CategoryError(f"{client.api_url}: the listing of {listing['title']} is empty: it has no articles "
                                 "and no subcategories (is the category name right?)")
             visited.append(listing["title"])
             seen.add(_identity(listing))
@@ -314,7 +320,7 @@ def crawl_category_tree(client: WikiClient, cache: Cache, root: str, depth: int)
                 (articles if member["ns"] == NS_MAIN else next_frontier).append(member["title"])
         frontier = next_frontier
     if not articles:
-        raise WikiError(f"{client.api_url}: {visited[0]} and its subcategories to depth {depth} list no articles")
+        raise CategoryError(f"{client.api_url}: {visited[0]} and its subcategories to depth {depth} list no articles")
     return articles, visited
 
 

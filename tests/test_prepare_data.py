@@ -281,6 +281,20 @@ def test_no_eval_split_writes_no_empty_eval_file_and_says_how_to_train(tmp_path,
     assert "no eval split" in stderr and "--eval_file '' --eval_strategy no" in stderr
 
 
+@pytest.mark.parametrize("category,message", [
+    ("空の分類", "the listing of Category:空の分類 is empty"),
+    ("Foo:Bar", "API error 'invalidcategory'"),
+])
+def test_a_category_with_nothing_to_crawl_is_bad_input_not_a_retry(tmp_path, tokenizer_dir, capsys, category, message):
+    wiki_pages = cthulhu_wiki()
+    wiki_pages.add_category("Category:空の分類")
+    with MediaWikiServer(wiki_pages) as wiki:
+        code, _, stderr = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, "--category", category))
+    assert code == 2 and message in stderr
+    assert "run again to resume" not in stderr and "no article had text" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------------
 # The old notebook's file
 
@@ -345,14 +359,8 @@ def test_tokenizer_and_max_tokens_default_to_sft_config_yaml(tmp_path, tokenizer
     source.write_text(json.dumps(LEGACY, ensure_ascii=False), encoding="utf-8")
     command = [PYTHON, "prepare_data.py", "--from_json", str(source), "--out_dir", str(tmp_path / "out")]
 
-    missing = run_script(command, cwd=tmp_path, timeout=120)
-    assert missing.returncode == 2 and "sft_config.yaml: not found" in missing.stderr
-
-    (tmp_path / "sft_config.yaml").write_text(f"model_name_or_path: {tokenizer_dir}\n", encoding="utf-8")
-    no_key = run_script(command, cwd=tmp_path, timeout=120)
-    assert no_key.returncode == 2 and "no top-level key 'max_length'" in no_key.stderr
-
-    (tmp_path / "sft_config.yaml").write_text(f"model_name_or_path: {tokenizer_dir}\nmax_length: 80\n", encoding="utf-8")
+    (tmp_path / "sft_config.yaml").write_text(f"model_name_or_path: {tokenizer_dir}\nmax_length: 80\nhub_timeout: 5\n",
+                                              encoding="utf-8")
     result = run_script(command, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "(limit 80)" in result.stdout and str(tokenizer_dir) in (tmp_path / "out/README.md").read_text(encoding="utf-8")

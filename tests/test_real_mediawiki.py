@@ -94,6 +94,6 @@ def test_a_real_wiki_is_crawled_once_per_article_and_a_rerun_asks_nothing(real_w
 @pytest.mark.parametrize("category", [EMPTY_CATEGORY, "存在しない分類"])
 def test_an_empty_or_absent_category_is_a_clear_error(real_wiki, tmp_path, tokenizer_dir, category):
     result = prepare(real_wiki, tmp_path, tokenizer_dir, category)
-    assert result.returncode != 0  # a bad input, not a crash
+    assert result.returncode == 2  # bad input, not a crash nor a retry
     assert f"the listing of カテゴリ:{category} is empty" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
