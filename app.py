@@ -46,7 +46,10 @@ from cthulhu_sft.inference import (  # noqa: E402
     DEFAULT_SEED,
     DEFAULT_TOP_P,
     DTYPES,
+    load_format,
+    load_model,
     model_location_problem,
+    resolve_base,
     sft_config_value,
     stream_answer,
 )
@@ -319,8 +322,6 @@ def legend(support: Support) -> str:
 
 def load(args):
     """(model, fmt, problem): the model and format, or None, None and one line saying why they cannot load."""
-    from cthulhu_sft.inference import load_format, load_model, resolve_base
-
     problem = model_location_problem(args.adapter, "--adapter", adapter=True) or (
         args.base_model and model_location_problem(args.base_model, "--base_model")
     )
