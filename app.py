@@ -38,6 +38,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home at start
 
+from cthulhu_sft.config import sft_defaults  # noqa: E402
 from cthulhu_sft.data import DataError, load_records  # noqa: E402
 from cthulhu_sft.evaluation import read_source_texts  # noqa: E402
 from cthulhu_sft.inference import (  # noqa: E402
@@ -50,7 +51,6 @@ from cthulhu_sft.inference import (  # noqa: E402
     load_model,
     model_location_problem,
     resolve_base,
-    sft_config_value,
     stream_answer,
 )
 from cthulhu_sft.metrics import KANJI, is_japanese, key_terms, normalize, unsupported_terms  # noqa: E402
@@ -122,7 +122,7 @@ def adapter_train_file(adapter: str) -> str:
 
     config = Path(adapter) / "config.yaml"
     recorded = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("train_file") if config.is_file() else None
-    return recorded or sft_config_value("train_file")
+    return recorded or sft_defaults()["train_file"]
 
 
 @dataclass
@@ -350,7 +350,7 @@ def main(args) -> None:
         print(f"error: {problem}", file=sys.stderr, flush=True)
     set_seed(args.seed)
     title = f"アダプタ / adapter: `{args.adapter}`" + (f" · ベース / base: `{args.base_model}`" if args.base_model else "")
-    app = ChatApp(model, fmt, args.support, title, sft_config_value("sample_temperature"), problem)
+    app = ChatApp(model, fmt, args.support, title, sft_defaults()["sample_temperature"], problem)
     app.page().queue().launch(server_port=args.port, share=args.share, footer_links=[], css=CSS)
 
 

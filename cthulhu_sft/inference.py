@@ -87,14 +87,9 @@ def resolve_base(base: str | None, adapter: str | None, adapter_revision: str | 
 
 
 def default_base_model() -> str:
-    return sft_config_value("model_name_or_path")
-
-
-def sft_config_value(key: str):
-    """A value of the shipped sft_config.yaml, where the recipe's defaults are written once."""
     import yaml
 
-    return yaml.safe_load(SFT_CONFIG.read_text(encoding="utf-8"))[key]
+    return yaml.safe_load(SFT_CONFIG.read_text(encoding="utf-8"))["model_name_or_path"]
 
 
 def load_format(
