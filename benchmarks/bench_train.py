@@ -1,11 +1,12 @@
 """Training speed and memory of train_sft.py's real path, per variant: batching, checkpointing, base precision.
 
 Each variant runs in its own process: sft_config.yaml parsed by the real parser with the variant's overrides,
-data tokenized by `cthulhu_sft.data.tokenize_records`, the base loaded by `train_sft.load_base_model`, LoRA and
-the collator from SFTTrainer. After `--warmup` optimizer steps, `--steps` timed ones give per variant: answer
-tokens/s, tokens/s (prompt + answer, padding not counted), share of padding, step time, peak memory (CUDA max
-allocated on a GPU, peak RSS on the CPU) beside the estimate of cthulhu_sft.memory, and on a GPU the model FLOPs
-utilisation against the device's dense bf16 peak.
+data tokenized by `cthulhu_sft.data.tokenize_records`, and the trainer built by the product's own
+`cthulhu_sft.training.build_trainer` (the base, LoRA in float32, SFTTrainer and its collator). After `--warmup`
+optimizer steps, `--steps` timed ones give per variant: answer tokens/s, tokens/s (prompt + answer, padding not
+counted), share of padding, step time, peak memory (CUDA max allocated on a GPU, peak RSS on the CPU), and on a
+GPU the estimate of cthulhu_sft.memory beside it and the model FLOPs utilisation against the device's dense bf16
+peak.
 
 CPU, the tiny test model (hidden 64, 2 layers, the real 32000 vocabulary), variants compared by ratio:
     python benchmarks/bench_train.py --model tiny
@@ -19,12 +20,14 @@ padding-free batches against each example run alone, for each attention implemen
 optionally `+liger`); `--append_to benchmarks/RESULTS.md` adds the printed section to that file.
 
 Synthetic data: questions of 10-40 and answers of 100-900 characters (uniform), the lengths prepare_data.py's
-Wikipedia sections have at max_length 1024, made of characters drawn with the frequencies of the shipped
-data/train.jsonl answers, so that the tokenizer sees real Japanese (about one token per character).
+Wikipedia sections have at max_length 1024, made of characters drawn with the frequencies of the answers of the
+hand-written sample (data/sample/train.jsonl), so that the tokenizer sees real Japanese (about one token per
+character).
 """
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -39,11 +42,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+SAMPLE_ANSWERS = REPO / "data" / "sample" / "train.jsonl"
 BATCHING = {
     "padded": ["--padding_free", "false", "--packing", "false"],
     "packing": ["--packing", "true", "--packing_strategy", "bfd"],
@@ -78,16 +80,19 @@ SMALL = dict(
     num_key_value_heads=2, max_position_embeddings=4096, sliding_window=None, bos_token_id=1, eos_token_id=2,
     tie_word_embeddings=False,
 )  # Mistral-7B's ratios at 1/8 width: the layers weigh more against the 32000-word head than in the tiny model
+# Options a variant's process gets from the driver's command line
+FORWARDED = ("batch_size", "accumulation", "max_length", "attn_implementation", "warmup", "steps", "seed", "peak_tflops")
 
 
 def variant_flags(name: str) -> list[str]:
+    """train_sft.py's flags for a variant name; ValueError for a name that is not one."""
     parts = name.split("+")
     if len(parts) not in (3, 4) or parts[0] not in BATCHING or parts[1] not in CHECKPOINTING or parts[2] not in BASES \
-            or (len(parts) == 4 and parts[3] != "liger"):
-        raise SystemExit(f"unknown variant {name!r}: <{'|'.join(BATCHING)}>+<{'|'.join(CHECKPOINTING)}>+"
+            or parts[3:] not in ([], ["liger"]):
+        raise ValueError(f"unknown variant {name!r}: <{'|'.join(BATCHING)}>+<{'|'.join(CHECKPOINTING)}>+"
                          f"<{'|'.join(BASES)}>[+liger]")
     flags = BATCHING[parts[0]] + CHECKPOINTING[parts[1]] + BASES[parts[2]]
-    return flags + (["--use_liger_kernel", "true"] if len(parts) == 4 else [])
+    return flags + (["--use_liger_kernel", "true"] if parts[3:] else [])
 
 
 # --- Models ---------------------------------------------------------------------------------------------------
@@ -106,22 +111,16 @@ def prepare_model(name: str, cache_dir: Path, sentencepiece_file: Path | None = 
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
+    torch.manual_seed(0)
     if name == "small":
-        torch.manual_seed(0)
         MistralForCausalLM(MistralConfig(**SMALL)).save_pretrained(folder)
-    elif name == "mistral-7b-shaped":
-        # Random weights, initialised on the GPU in bfloat16 (seconds), saved once so that every variant loads them
-        # through the real path (quantized by bitsandbytes on load, like the real checkpoint).
-        if not torch.cuda.is_available():
-            raise SystemExit("--model mistral-7b-shaped needs a GPU (14.5 GB of weights)")
-        torch.manual_seed(0)
+    else:  # Mistral-7B's shape: random weights, initialised on the GPU in bfloat16 (seconds), saved once so that
+        # every variant loads them through the real path (quantized by bitsandbytes on load, like the checkpoint)
         with torch.device("cuda"):
             model = MistralForCausalLM._from_config(MistralConfig(**MISTRAL_7B), dtype=torch.bfloat16)
         model.save_pretrained(folder)
         del model
         torch.cuda.empty_cache()
-    else:
-        raise SystemExit(f"--model: tiny, small, mistral-7b-shaped or a model folder, got {name!r}")
     write_tokenizer(folder, sentencepiece_file)
     return folder
 
@@ -129,11 +128,11 @@ def prepare_model(name: str, cache_dir: Path, sentencepiece_file: Path | None = 
 # --- Data -----------------------------------------------------------------------------------------------------
 
 def character_pool() -> tuple[list[str], list[int]]:
-    """Characters of the shipped answers and their counts (real Japanese text; punctuation included)."""
+    """Characters of the hand-written sample's answers and their counts (real Japanese text; punctuation included)."""
     from cthulhu_sft.data import load_records
 
     counts = Counter()
-    for record in load_records(REPO / "data" / "train.jsonl"):
+    for record in load_records(SAMPLE_ANSWERS):
         counts.update(record["response"])
     return list(counts), list(counts.values())
 
@@ -150,7 +149,7 @@ def synthetic_records(n: int, seed: int, question_chars=(10, 40), answer_chars=(
 
 def write_data(path: Path, args) -> dict:
     """Enough examples for every timed step of the most token-hungry variant (packed rows of max_length)."""
-    from cthulhu_sft.data import tokenize_records
+    from cthulhu_sft.data import tokenize_records, write_jsonl_atomic
     from cthulhu_sft.format import MistralFormat
 
     steps = args.warmup + args.steps + 2
@@ -160,8 +159,7 @@ def write_data(path: Path, args) -> dict:
     mean_tokens = sum(len(row["input_ids"]) for row in rows) / len(rows)
     per_step = args.batch_size * args.accumulation * max(1.0, args.max_length / mean_tokens)
     records = synthetic_records(int(1.3 * steps * per_step) + 64, args.seed)
-    with open(path, "w", encoding="utf-8") as file:
-        file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_jsonl_atomic(path, records)
     rows, dropped = tokenize_records([{**r, "line": i} for i, r in enumerate(records)], fmt, args.max_length)
     lengths = sorted(len(row["input_ids"]) for row in rows)
     dropped_lines = set(dropped)
@@ -225,21 +223,20 @@ def peak_flops(device_name: str, override: float | None) -> float | None:
 
 
 def run_variant(args) -> dict:
+    """Trains one variant through build_trainer and returns its measurements."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoConfig, AutoTokenizer, TrainerCallback
-    from trl import SFTTrainer, get_peft_config
+    from transformers import AutoTokenizer, TrainerCallback
 
-    import train_sft
-    from cthulhu_sft.config import parse_args
+    from cthulhu_sft.config import SFT_CONFIG, parse_args
     from cthulhu_sft.data import load_records, tokenize_records
-    from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat
-    from cthulhu_sft.memory import ModelShape, estimate_for_args
+    from cthulhu_sft.format import MistralFormat
+    from cthulhu_sft.memory import estimate_for_args
+    from cthulhu_sft.training import build_trainer
 
     cuda = torch.cuda.is_available()
     output_dir = tempfile.mkdtemp(prefix="bench-")
     argv = [
-        "--config", str(REPO / "sft_config.yaml"),
+        "--config", str(SFT_CONFIG),
         "--model_name_or_path", str(args.model_dir),
         "--output_dir", output_dir,
         "--max_steps", str(args.warmup + args.steps),
@@ -251,23 +248,11 @@ def run_variant(args) -> dict:
         "--seed", str(args.seed),
     ]
     argv += [] if cuda else ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32"]
-    argv += variant_flags(args.variant)
-    _, training_args, model_args = parse_args(argv)
+    _, training_args, model_args = parse_args(argv + variant_flags(args.variant))
 
-    fmt = MistralFormat.from_pretrained(str(args.model_dir))
-    rows, _ = tokenize_records(load_records(args.data), fmt, training_args.max_length)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    estimate = estimate_for_args(
-        training_args, model_args, longest_example=max(len(row["input_ids"]) for row in rows),
-        device="cuda" if cuda else "cpu",
-    )
-    train_sft.unset_max_length_for_padding_free(training_args)
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    model = train_sft.load_base_model(model_args, training_args)
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rows, _ = tokenize_records(load_records(args.data), MistralFormat.from_pretrained(str(args.model_dir)),
+                               training_args.max_length)
+    estimate = estimate_for_args(training_args, model_args, longest_example=max(len(row["input_ids"]) for row in rows))
 
     class StepTimes(TrainerCallback):
         def __init__(self):
@@ -278,15 +263,11 @@ def run_variant(args) -> dict:
                 torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer = build_trainer(model_args, training_args, rows, {}, AutoTokenizer.from_pretrained(args.model_dir))
+    trainer.add_callback(step_times := StepTimes())
     batches = []
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        callbacks=[step_times := StepTimes()],
-    )
     trainer.data_collator = count_batches(trainer.data_collator, batches)
     trainer.train()
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -296,29 +277,25 @@ def run_variant(args) -> dict:
     seconds = ends[args.warmup + args.steps - 1] - ends[args.warmup - 1]
     answer = sum(b["answer_tokens"] for b in timed)
     tokens = sum(b["tokens"] for b in timed)
-    slots = sum(b["slots"] for b in timed)
     result = {
         "variant": args.variant,
         "step_seconds": seconds / args.steps,
         "answer_tokens_per_s": answer / seconds,
         "tokens_per_s": tokens / seconds,
-        "padding_share": 1 - tokens / slots,
+        "padding_share": 1 - tokens / sum(b["slots"] for b in timed),
         "examples_per_step": sum(len(b["lengths"]) for b in timed) / args.steps,
         "tokens_per_micro_batch_max": max(b["slots"] for b in timed),
-        "estimate_peak_allocated": estimate.peak_allocated,
+        "estimate_peak_allocated": estimate.peak_allocated,  # for a GPU: beside peak_memory there only
         "estimate_total": estimate.total,
     }
     if cuda:
-        result["peak_memory"] = torch.cuda.max_memory_allocated()
-        result["device"] = torch.cuda.get_device_name()
-        shape = ModelShape.from_config(AutoConfig.from_pretrained(args.model_dir))
-        flops = sum(model_flops(b, shape, estimate.lora_parameter_count) for b in timed)
-        peak = peak_flops(result["device"], args.peak_tflops)
-        result["mfu"] = flops / seconds / peak if peak else None
+        flops = sum(model_flops(b, estimate.shape, estimate.lora_parameter_count) for b in timed)
+        peak = peak_flops(torch.cuda.get_device_name(), args.peak_tflops)
+        result |= {"peak_memory": torch.cuda.max_memory_allocated(), "device": torch.cuda.get_device_name(),
+                   "mfu": flops / seconds / peak if peak else None}
     else:
-        result["peak_memory"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        result["rss_after_loading"] = rss_loaded
-        result["device"] = platform.processor() or platform.machine()
+        result |= {"peak_memory": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                   "device": platform.processor() or platform.machine()}
     return result
 
 
@@ -392,42 +369,14 @@ def exactness(args) -> list[dict]:
     return results
 
 
-# --- Driver ---------------------------------------------------------------------------------------------------
+# --- Driver: arguments, the variants each in its own process, the printed section ------------------------------
 
-def gib(n):
-    return f"{n / 1024**3:.2f}"
-
-
-def table(results: list[dict], cuda: bool) -> str:
-    baseline = results[0]
-    head = ["variant", "answer tok/s", "tokens/s", "vs first", "padding", "s/step", "examples/step",
-            "peak GiB" if cuda else "peak RSS GiB", "estimate GiB"] + (["MFU"] if cuda else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['variant']} | failed: {r['error']} |" + " |" * (len(head) - 2))
-            continue
-        cells = [
-            r["variant"], f"{r['answer_tokens_per_s']:.0f}", f"{r['tokens_per_s']:.0f}",
-            f"{r['answer_tokens_per_s'] / baseline['answer_tokens_per_s']:.2f}x" if "error" not in baseline else "",
-            f"{100 * r['padding_share']:.0f} %", f"{r['step_seconds']:.2f}", f"{r['examples_per_step']:.1f}",
-            gib(r["peak_memory"]), gib(r["estimate_peak_allocated"]),
-        ]
-        if cuda:
-            cells.append(f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def machine_line() -> str:
+def parse_arguments(argv=None) -> argparse.Namespace:
+    """The command line, with the defaults of sft_config.yaml (batch, accumulation, max_length) filled in."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}"
+    from cthulhu_sft.config import sft_defaults
 
-
-def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny, small, mistral-7b-shaped, or a model folder")
     parser.add_argument("--variants", nargs="+", default=None, help="default: one change at a time from the defaults")
@@ -448,100 +397,150 @@ def main(argv=None):
     parser.add_argument("--append_to", default=None, help="append the printed section to this Markdown file")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--model_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--model_dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    import torch
 
     cuda = torch.cuda.is_available()
-    shipped = yaml.safe_load((REPO / "sft_config.yaml").read_text(encoding="utf-8"))
-    defaults = (
-        ("batch_size", shipped["per_device_train_batch_size"], shipped["per_device_train_batch_size"]),
-        ("accumulation", shipped["gradient_accumulation_steps"], 1),
-        ("max_length", shipped["max_length"], shipped["max_length"]),
-        ("warmup", 2, 1),
-        ("steps", 5, 3),
-    )
-    for name, on_gpu, on_cpu in defaults:
+    shipped = sft_defaults()
+    defaults = {  # name: (on a GPU, on the CPU)
+        "batch_size": (shipped["per_device_train_batch_size"],) * 2,
+        "accumulation": (shipped["gradient_accumulation_steps"], 1),
+        "max_length": (shipped["max_length"],) * 2,
+        "warmup": (2, 1),
+        "steps": (5, 3),
+    }
+    for name, (on_gpu, on_cpu) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, on_gpu if cuda else on_cpu)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
+    if args.model not in ("tiny", "small", "mistral-7b-shaped") and not os.path.isdir(args.model):
+        parser.error(f"--model: tiny, small, mistral-7b-shaped or a model folder, got {args.model!r}")
+    if args.model == "mistral-7b-shaped" and not cuda:
+        parser.error("--model mistral-7b-shaped needs a GPU (14.5 GB of weights)")
+    if not args.variant:
+        args.variants = args.variants or DEFAULT_VARIANTS + (GPU_EXTRA_VARIANTS if cuda else [])
+    for name in args.variants or [args.variant]:
+        try:
+            variant_flags(name)
+        except ValueError as error:
+            parser.error(str(error))
+    return args
 
-    if args.variant:  # worker
-        args.model_dir = Path(args.model_dir)
+
+def measure_in_its_own_process(args, variant: str, data: Path) -> dict:
+    """One variant's measurements, or {"variant", "error"} naming the exception that stopped it."""
+    if variant.endswith("+liger") and importlib.util.find_spec("liger_kernel") is None:
+        return {"variant": variant, "error": "liger-kernel is not installed"}
+    command = [sys.executable, __file__, "--variant", variant, "--data", str(data), "--model_dir", str(args.model_dir)]
+    for name in FORWARDED:
+        if getattr(args, name) is not None:
+            command += [f"--{name}", str(getattr(args, name))]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    found = [line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+    if done.returncode == 0 and found:
+        return json.loads(found[-1].removeprefix("BENCH_RESULT "))
+    lines = done.stderr.strip().splitlines()
+    exceptions = [line for line in lines if re.match(r"[\w.]+(Error|Exception)\b", line)]
+    return {"variant": variant, "error": (exceptions or lines or ["no output"])[-1][:200]}
+
+
+def measure_variants(args) -> tuple[list[dict], dict]:
+    """Each variant's measurements on the same synthetic data, and that data's statistics."""
+    work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    data_stats = write_data(work / "train.jsonl", args)
+    results = []
+    for variant in args.variants:
+        started = time.time()
+        results.append(measure_in_its_own_process(args, variant, work / "train.jsonl"))
+        # each result as soon as it is measured: a run stopped at a time limit keeps what it has
+        print(f"{variant}: {time.time() - started:.0f} s {json.dumps(results[-1])}", file=sys.stderr)
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"raw results: {work / 'results.json'}", file=sys.stderr)
+    return results, data_stats
+
+
+def gib(n):
+    return f"{n / 1024**3:.2f}"
+
+
+def throughput_table(results: list[dict], cuda: bool) -> list[str]:
+    """Peak memory is CUDA's max allocated, beside the estimate and the MFU, on a GPU; peak RSS on the CPU."""
+    baseline = results[0]
+    head = ["variant", "answer tok/s", "tokens/s", "vs first", "padding", "s/step", "examples/step"]
+    head += ["peak GiB", "estimate GiB", "MFU"] if cuda else ["peak RSS GiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | failed: {r['error']} |" + " |" * (len(head) - 2))
+            continue
+        cells = [
+            r["variant"], f"{r['answer_tokens_per_s']:.0f}", f"{r['tokens_per_s']:.0f}",
+            f"{r['answer_tokens_per_s'] / baseline['answer_tokens_per_s']:.2f}x" if "error" not in baseline else "",
+            f"{100 * r['padding_share']:.0f} %", f"{r['step_seconds']:.2f}", f"{r['examples_per_step']:.1f}",
+            gib(r["peak_memory"]),
+        ]
+        if cuda:
+            cells += [gib(r["estimate_peak_allocated"]), f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def throughput_lines(args, results: list[dict], data_stats: dict, cuda: bool) -> list[str]:
+    step = (
+        f"- Optimizer step: gradient_accumulation_steps {args.accumulation} x per_device_train_batch_size "
+        f"{args.batch_size} rows (examples, or packed rows of up to {args.max_length} tokens); "
+        f"warm-up steps {args.warmup}, timed steps {args.steps}; attention: {args.attn_implementation}"
+    )
+    data = (
+        f"- Data: {data_stats['examples']} synthetic examples, median {data_stats['tokens_median']} and longest "
+        f"{data_stats['tokens_max']} tokens, {data_stats['answer_tokens_per_char']} answer tokens per character"
+        + (f"; {data_stats['dropped_over_max_length']} longer than max_length left out"
+           if data_stats["dropped_over_max_length"] else "")
+    )
+    return [step, data, "", *throughput_table(results, cuda)]
+
+
+def exactness_lines(rows: list[dict]) -> list[str]:
+    lines = ["", "| attention | batching | mean loss per answer token | each example alone | difference |",
+             "|---|---|---|---|---|"]
+    return lines + [f"| {r['attention']} | {r['batching']} | {r['loss']:.6f} | {r['reference']:.6f} | "
+                    f"{r['difference']:.1e} |" for r in rows]
+
+
+def machine_line() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}"
+
+
+def main(argv=None):
+    import torch
+
+    args = parse_arguments(argv)
+    if args.variant:  # a variant's own process
         print("BENCH_RESULT " + json.dumps(run_variant(args)))
         return
-
     args.model_dir = prepare_model(args.model, Path(args.cache_dir), args.tokenizer_model)
+    if args.exactness:
+        body = exactness_lines(exactness(args))
+    else:
+        results, data_stats = measure_variants(args)
+        body = throughput_lines(args, results, data_stats, torch.cuda.is_available())
     command = " ".join(["python benchmarks/bench_train.py", *(argv if argv is not None else sys.argv[1:])])
-    title = f"### {'Exactness' if args.exactness else 'Throughput'}: {args.model} ({datetime.date.today().isoformat()})"
-    header = [
-        title,
+    section = "\n".join([
+        f"### {'Exactness' if args.exactness else 'Throughput'}: {args.model} ({datetime.date.today().isoformat()})",
         "",
         f"- Machine: {machine_line()}",
         f"- Command: `{command}`",
-    ]
-    if args.exactness:
-        rows = exactness(args)
-        lines = ["| attention | batching | mean loss per answer token | each example alone | difference |",
-                 "|---|---|---|---|---|"]
-        lines += [f"| {r['attention']} | {r['batching']} | {r['loss']:.6f} | {r['reference']:.6f} | "
-                  f"{r['difference']:.1e} |" for r in rows]
-        section = "\n".join(header + [""] + lines) + "\n"
-    else:
-        variants = args.variants or DEFAULT_VARIANTS + (GPU_EXTRA_VARIANTS if cuda else [])
-        for variant in variants:
-            variant_flags(variant)
-        work = Path(tempfile.mkdtemp(prefix="bench-data-"))
-        data_stats = write_data(work / "train.jsonl", args)
-        results = []
-        for variant in variants:
-            if variant.endswith("+liger") and not _importable("liger_kernel"):
-                results.append({"variant": variant, "error": "liger-kernel is not installed"})
-                continue
-            command_line = [sys.executable, __file__, "--variant", variant, "--data", str(work / "train.jsonl"),
-                            "--model_dir", str(args.model_dir), "--batch_size", str(args.batch_size),
-                            "--accumulation", str(args.accumulation), "--max_length", str(args.max_length),
-                            "--attn_implementation", args.attn_implementation, "--warmup", str(args.warmup),
-                            "--steps", str(args.steps), "--seed", str(args.seed)]
-            if args.peak_tflops:
-                command_line += ["--peak_tflops", str(args.peak_tflops)]
-            started = time.time()
-            done = subprocess.run(command_line, capture_output=True, text=True, cwd=REPO, check=False)
-            found = [line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
-            if done.returncode or not found:
-                lines = done.stderr.strip().splitlines()
-                exceptions = [line for line in lines if re.match(r"[\w.]+(Error|Exception)\b", line)]
-                results.append({"variant": variant, "error": (exceptions or lines or ["no output"])[-1][:200]})
-            else:
-                results.append(json.loads(found[-1].removeprefix("BENCH_RESULT ")))
-            # each result as soon as it is measured: a run stopped at a time limit keeps what it has
-            print(f"{variant}: {time.time() - started:.0f} s {json.dumps(results[-1])}", file=sys.stderr)
-        step = (
-            f"- Optimizer step: gradient_accumulation_steps {args.accumulation} x per_device_train_batch_size "
-            f"{args.batch_size} rows (examples, or packed rows of up to {args.max_length} tokens); "
-            f"warm-up steps {args.warmup}, timed steps {args.steps}; attention: {args.attn_implementation}"
-        )
-        data = (
-            f"- Data: {data_stats['examples']} synthetic examples, median {data_stats['tokens_median']} and longest "
-            f"{data_stats['tokens_max']} tokens, {data_stats['answer_tokens_per_char']} answer tokens per character"
-            + (f"; {data_stats['dropped_over_max_length']} longer than max_length left out"
-               if data_stats["dropped_over_max_length"] else "")
-        )
-        header += [step, data]
-        section = "\n".join(header + ["", table(results, cuda)]) + "\n"
-        (work / "results.json").write_text(json.dumps(results, indent=1))
-        print(f"raw results: {work / 'results.json'}", file=sys.stderr)
+        *body,
+    ]) + "\n"
     print(section)
     if args.append_to:
         with open(args.append_to, "a", encoding="utf-8") as file:
             file.write("\n" + section)
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 `estimate_for_args` reads the config (no weights) and returns a `MemoryEstimate`, a breakdown in bytes;
 `format_estimate` prints it, `check_fits` says what to change when it exceeds the device. The numbers follow what
 cthulhu_sft/training.py keeps in memory, read from the sources of the versions in requirements.txt
-(transformers 5, TRL 1.16, PEFT 0.21, bitsandbytes 0.50). Nested 4-bit quantization, 8-bit optimizers and eager
-attention are not modelled.
+(transformers 5, TRL 1.16, PEFT 0.21, bitsandbytes 0.50). Not modelled: nested 4-bit quantization and 8-bit
+optimizers (each would need a little less) and eager attention (far more: it keeps the attention probabilities).
 
 Weights
     8-bit   each linear weight 1 byte + a float32 scale per output row.
@@ -15,7 +15,8 @@ Weights
     Mistral-7B), except under FSDP, where they stay in `dtype`.
 LoRA
     r x (in + out) weights per targeted linear; training.keep_adapter_in_float32 keeps them in float32, so their
-    gradients and AdamW's two states are float32 too: 16 bytes per LoRA weight.
+    gradients and AdamW's two states are float32 too: 16 bytes per LoRA weight. (The bf16 copies autocast makes
+    of them for the matmuls, 84 MB at r=16 when every layer keeps its own, are left out.)
 Activations, per token of a micro-batch of `per_device_train_batch_size` rows of `max_length` tokens (the worst
 case: a batch padded, or a row packed, to max_length), summed over what autograd saves for the backward:
     r = bytes of the residual stream (float32 where the embeddings and norms are upcast; else dtype)
