@@ -222,19 +222,10 @@ def peak_flops(device_name: str, override: float | None) -> float | None:
     return None
 
 
-def run_variant(args) -> dict:
-    """Trains one variant through build_trainer and returns its measurements."""
-    import torch
-    from transformers import AutoTokenizer, TrainerCallback
-
+def variant_settings(args, output_dir: str, cuda: bool):
+    """SFTConfig and ModelConfig from sft_config.yaml with the benchmark's and the variant's overrides."""
     from cthulhu_sft.config import SFT_CONFIG, parse_args
-    from cthulhu_sft.data import load_records, tokenize_records
-    from cthulhu_sft.format import MistralFormat
-    from cthulhu_sft.memory import estimate_for_args
-    from cthulhu_sft.training import build_trainer
 
-    cuda = torch.cuda.is_available()
-    output_dir = tempfile.mkdtemp(prefix="bench-")
     argv = [
         "--config", str(SFT_CONFIG),
         "--model_name_or_path", str(args.model_dir),
@@ -249,7 +240,22 @@ def run_variant(args) -> dict:
     ]
     argv += [] if cuda else ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32"]
     _, training_args, model_args = parse_args(argv + variant_flags(args.variant))
+    return training_args, model_args
 
+
+def run_variant(args) -> dict:
+    """Trains one variant with the trainer train_sft.py builds; returns its measurements."""
+    import torch
+    from transformers import AutoTokenizer, TrainerCallback
+
+    from cthulhu_sft.data import load_records, tokenize_records
+    from cthulhu_sft.format import MistralFormat
+    from cthulhu_sft.memory import estimate_for_args
+    from cthulhu_sft.training import build_trainer
+
+    cuda = torch.cuda.is_available()
+    output_dir = tempfile.mkdtemp(prefix="bench-")
+    training_args, model_args = variant_settings(args, output_dir, cuda)
     rows, _ = tokenize_records(load_records(args.data), MistralFormat.from_pretrained(str(args.model_dir)),
                                training_args.max_length)
     estimate = estimate_for_args(training_args, model_args, longest_example=max(len(row["input_ids"]) for row in rows))
@@ -271,16 +277,20 @@ def run_variant(args) -> dict:
     trainer.data_collator = count_batches(trainer.data_collator, batches)
     trainer.train()
     shutil.rmtree(output_dir, ignore_errors=True)
+    return summary(args, step_times.ends, batches, estimate)
 
-    ends = step_times.ends
+
+def summary(args, step_ends: list[float], batches: list[dict], estimate) -> dict:
+    """Speed over the timed steps (the warm-up ones left out), peak memory, the estimate, and the MFU on a GPU."""
+    import torch
+
     timed = batches[args.warmup * args.accumulation:(args.warmup + args.steps) * args.accumulation]
-    seconds = ends[args.warmup + args.steps - 1] - ends[args.warmup - 1]
-    answer = sum(b["answer_tokens"] for b in timed)
+    seconds = step_ends[args.warmup + args.steps - 1] - step_ends[args.warmup - 1]
     tokens = sum(b["tokens"] for b in timed)
     result = {
         "variant": args.variant,
         "step_seconds": seconds / args.steps,
-        "answer_tokens_per_s": answer / seconds,
+        "answer_tokens_per_s": sum(b["answer_tokens"] for b in timed) / seconds,
         "tokens_per_s": tokens / seconds,
         "padding_share": 1 - tokens / sum(b["slots"] for b in timed),
         "examples_per_step": sum(len(b["lengths"]) for b in timed) / args.steps,
@@ -288,15 +298,13 @@ def run_variant(args) -> dict:
         "estimate_peak_allocated": estimate.peak_allocated,  # for a GPU: beside peak_memory there only
         "estimate_total": estimate.total,
     }
-    if cuda:
-        flops = sum(model_flops(b, estimate.shape, estimate.lora_parameter_count) for b in timed)
-        peak = peak_flops(torch.cuda.get_device_name(), args.peak_tflops)
-        result |= {"peak_memory": torch.cuda.max_memory_allocated(), "device": torch.cuda.get_device_name(),
-                   "mfu": flops / seconds / peak if peak else None}
-    else:
-        result |= {"peak_memory": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                   "device": platform.processor() or platform.machine()}
-    return result
+    if not torch.cuda.is_available():
+        return result | {"peak_memory": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                         "device": platform.processor() or platform.machine()}
+    flops = sum(model_flops(b, estimate.shape, estimate.lora_parameter_count) for b in timed)
+    peak = peak_flops(torch.cuda.get_device_name(), args.peak_tflops)
+    return result | {"peak_memory": torch.cuda.max_memory_allocated(), "device": torch.cuda.get_device_name(),
+                     "mfu": flops / seconds / peak if peak else None}
 
 
 # --- Exactness ------------------------------------------------------------------------------------------------
