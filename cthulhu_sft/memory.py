@@ -15,7 +15,8 @@ Weights
     Mistral-7B), except under FSDP, where they stay in `dtype`.
 LoRA
     r x (in + out) weights per targeted linear; training.keep_adapter_in_float32 keeps them in float32, so their
-    gradients and AdamW's two states are float32 too: 16 bytes per LoRA weight. (The bf16 copies autocast makes
+    gradients and AdamW's two states are float32 too: 16 bytes per LoRA weight. Under FSDP they stay in `dtype`
+    (a flattened unit holds one dtype), 4 x 2 bytes. (The bf16 copies autocast makes
     of them for the matmuls, 84 MB at r=16 when every layer keeps its own, are left out.)
 Activations, per token of a micro-batch of `per_device_train_batch_size` rows of `max_length` tokens (the worst
 case: a batch padded, or a row packed, to max_length), summed over what autograd saves for the backward:
@@ -228,11 +229,11 @@ def estimate_memory(
     h, layers = shape.hidden_size, shape.num_hidden_layers
     tokens = per_device_train_batch_size * max_length
 
-    # Static: the base's weights; float32 LoRA weights, their gradients and AdamW's two states
+    # Static: the base's weights; LoRA weights (float32 unless sharded), their gradients and AdamW's two states
     layer = layer_weight_bytes(shape, quantization, unquantized)
     base = base_weight_bytes(shape, quantization, unquantized)
     lora_count = lora_parameter_count(shape, lora_r, lora_target_modules)
-    lora_bytes = 4 * lora_count / fsdp_processes
+    lora_bytes = (dtype_bytes if sharded else 4) * lora_count / fsdp_processes
     if sharded:  # each process's shard, plus the root unit and two layers gathered whole
         base = base / fsdp_processes + root_weight_bytes(shape, unquantized) + 2 * layer
     static = base + 4 * lora_bytes
@@ -321,7 +322,7 @@ def format_estimate(estimate: MemoryEstimate, device_bytes: int | None = None, d
     other_bytes = getattr(estimate, f"activations_{other}_checkpointing")
     rows = [
         ("base weights", estimate.base_weights, ""),
-        (f"LoRA parameters ({estimate.lora_parameter_count:,}, float32)", estimate.lora_parameters, ""),
+        (f"LoRA parameters ({estimate.lora_parameter_count:,})", estimate.lora_parameters, ""),
         ("gradients + optimizer states", estimate.gradients + estimate.optimizer_states, ""),
         (f"activations {chosen} checkpointing", estimate.activations, f"({other}: {gib(other_bytes)})"),
         ("CUDA context, allocator slack", estimate.overhead, ""),

@@ -73,7 +73,8 @@ def build_trainer(model_args, training_args, train_rows, eval_sets: dict, tokeni
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    keep_adapter_in_float32(trainer.model)
+    if not sharded_with_fsdp():  # FSDP flattens each unit into one tensor of one dtype: LoRA stays in the base's
+        keep_adapter_in_float32(trainer.model)
     return trainer
 
 
