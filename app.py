@@ -24,7 +24,6 @@ missing, gated or offline) is reported in the page, which then answers every que
 a Space shows the reason instead of a crash; the same line goes to stderr.
 """
 
-import argparse
 import html
 import os
 import re
@@ -33,20 +32,22 @@ import sys
 import threading
 import traceback
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home at start
 
-from cthulhu_sft.config import sft_defaults  # noqa: E402
+from cthulhu_sft.config import (  # noqa: E402
+    SOURCE_TEXTS,
+    AdapterArguments,
+    DecodingArguments,
+    LoadArguments,
+    parse_script_args,
+    sft_defaults,
+)
 from cthulhu_sft.data import DataError, load_records  # noqa: E402
 from cthulhu_sft.evaluation import read_source_texts  # noqa: E402
 from cthulhu_sft.inference import (  # noqa: E402
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_REPETITION_PENALTY,
-    DEFAULT_SEED,
-    DEFAULT_TOP_P,
-    DTYPES,
     load_format,
     load_model,
     model_location_problem,
@@ -57,42 +58,37 @@ from cthulhu_sft.metrics import KANJI, is_japanese, key_terms, normalize, unsupp
 
 ADAPTER_VARIABLE = "CTHULHU_ADAPTER"  # the adapter's Hub id on a Space, where no arguments can be given
 ARGS_VARIABLE = "CTHULHU_APP_ARGS"  # further arguments on a Space, e.g. "--load_in_8bit"
-SOURCE_TEXTS = "data/source_texts.jsonl"  # prepare_data.py's article texts
 MAX_SLIDER_TOKENS = 4096
 CHATBOT = dict(height=420, group_consecutive_messages=False, buttons=["copy", "copy_all"])  # no "share" to the Hub
 CSS = "mark.unsupported { background: #ffd5cc; color: inherit; border-bottom: 2px solid #d9381e; padding: 0 1px; }"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (after $CTHULHU_APP_ARGS); support texts are read here, so bad ones stop the start."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = parser.add_argument_group("model")
-    model.add_argument("--adapter", default=os.environ.get(ADAPTER_VARIABLE),
-                       help=f"LoRA adapter: folder or Hub id (default: ${ADAPTER_VARIABLE})")
-    model.add_argument("--base_model", help="base model: folder or Hub id (default: the adapter's base)")
-    model.add_argument("--revision", help="revision of --base_model on the Hub")
-    model.add_argument("--adapter_revision", help="revision of --adapter on the Hub")
-    model.add_argument("--load_in_8bit", action="store_true", help="load the base in 8 bits (bitsandbytes)")
-    model.add_argument("--load_in_4bit", action="store_true", help="load the base in 4 bits (NF4)")
-    model.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights' dtype (auto: the checkpoint's)")
-    support = parser.add_argument_group("support marking")
-    support.add_argument("--source_texts", help=f"JSONL of {{'title', 'text'}}: the crawled articles (default: "
-                         f"{SOURCE_TEXTS}, skipped with a note if absent)")
-    support.add_argument("--train_file", help="the adapter's training data, whose answers count as support "
-                         "(default: train_file in the adapter folder's config.yaml, else sft_config.yaml's; "
-                         "skipped with a note if absent)")
-    page = parser.add_argument_group("page")
-    page.add_argument("--port", type=int, help="port (default: 7860, or the next free one)")
-    page.add_argument("--share", action="store_true", help="also serve on a public gradio.live link (Colab)")
-    page.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seeds sampling once at the start")
+@dataclass
+class AppArguments:
+    source_texts: str | None = field(default=None, metadata={
+        "help": f"JSONL of {{'title', 'text'}}: the crawled articles (default: {SOURCE_TEXTS}, skipped with a note "
+                "if absent)"})
+    train_file: str | None = field(default=None, metadata={
+        "help": "the adapter's training data, whose answers count as support (default: train_file in the adapter "
+                "folder's config.yaml, else sft_config.yaml's; skipped with a note if absent)"})
+    port: int | None = field(default=None, metadata={"help": "port (default: 7860, or the next free one)"})
+    share: bool = field(default=False, metadata={"help": "also serve on a public gradio.live link (Colab)"})
+
+
+def parse_args(argv: list[str] | None = None):
+    """The command line (after $CTHULHU_APP_ARGS); support texts are read here, so bad ones stop the start. The
+    decoding flags (--temperature, --top_p, --max_new_tokens, --repetition_penalty, --seed) set the page's
+    starting values."""
     argv = shlex.split(os.environ.get(ARGS_VARIABLE, "")) + (sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    parser, args = parse_script_args((AdapterArguments, LoadArguments, DecodingArguments, AppArguments), argv,
+                                     __doc__)
+    args.adapter = args.adapter or os.environ.get(ADAPTER_VARIABLE)
 
     # Everything that can be checked without a model is checked here, before minutes of loading.
     if not args.adapter:
         parser.error(f"give --adapter (a folder or Hub id) or set ${ADAPTER_VARIABLE}")
-    if args.load_in_8bit and args.load_in_4bit:
-        parser.error("give --load_in_8bit or --load_in_4bit, not both")
+    if problem := DecodingArguments.problem(args):
+        parser.error(problem)
     if args.port is not None and not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: not a port number")
     try:
@@ -212,10 +208,10 @@ def empty_chats() -> dict:
 class ChatApp:
     """The page's state and handlers; `problem` is set when the model could not be loaded."""
 
-    def __init__(self, model, fmt, support: Support, title: str, default_temperature: float,
+    def __init__(self, model, fmt, support: Support, title: str, decoding: DecodingArguments,
                  problem: str | None = None):
         self.model, self.fmt, self.support, self.title = model, fmt, support, title
-        self.default_temperature, self.problem = default_temperature, problem
+        self.decoding, self.problem = decoding, problem
         self.lock = threading.Lock()  # one model: one answer at a time, whatever gradio's queue does
 
     def respond(self, question: str, chats: dict, compare: bool, temperature: float, top_p: float,
@@ -228,7 +224,7 @@ class ChatApp:
             return
         options = dict(
             temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens),
-            repetition_penalty=DEFAULT_REPETITION_PENALTY, seed=None,
+            repetition_penalty=self.decoding.repetition_penalty, seed=None,
         )
         with self.lock:
             for side in ("adapter", "base") if compare else ("adapter",):
@@ -281,10 +277,10 @@ class ChatApp:
                                   elem_id="compare")
             with gr.Accordion("生成の設定 / generation", open=True):
                 with gr.Row():
-                    temperature = gr.Slider(0, 2, value=self.default_temperature, step=0.05, elem_id="temperature",
+                    temperature = gr.Slider(0, 2, value=self.decoding.temperature, step=0.05, elem_id="temperature",
                                             label="temperature（0 は貪欲法 / 0 is greedy）")
-                    top_p = gr.Slider(0.05, 1, value=DEFAULT_TOP_P, step=0.05, label="top-p", elem_id="top-p")
-                    max_new_tokens = gr.Slider(1, MAX_SLIDER_TOKENS, value=DEFAULT_MAX_NEW_TOKENS, step=1,
+                    top_p = gr.Slider(0.05, 1, value=self.decoding.top_p, step=0.05, label="top-p", elem_id="top-p")
+                    max_new_tokens = gr.Slider(1, MAX_SLIDER_TOKENS, value=self.decoding.max_new_tokens, step=1,
                                                label="最大新規トークン数 / max new tokens", elem_id="max-new-tokens")
             gr.Markdown(legend(self.support), elem_id="legend")
             chats = gr.State(empty_chats())
@@ -350,7 +346,8 @@ def main(args) -> None:
         print(f"error: {problem}", file=sys.stderr, flush=True)
     set_seed(args.seed)
     title = f"アダプタ / adapter: `{args.adapter}`" + (f" · ベース / base: `{args.base_model}`" if args.base_model else "")
-    app = ChatApp(model, fmt, args.support, title, sft_defaults()["sample_temperature"], problem)
+    decoding = DecodingArguments(args.temperature, args.top_p, args.repetition_penalty, args.max_new_tokens, args.seed)
+    app = ChatApp(model, fmt, args.support, title, decoding, problem)
     app.page().queue().launch(server_port=args.port, share=args.share, footer_links=[], css=CSS)
 
 

@@ -26,13 +26,14 @@ Writes to --output_dir: report.json (configuration, sets, `results`), report.md 
 panel per set) and generations.jsonl (every answer with its scores).
 """
 
-import argparse
 import gc
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cthulhu_sft.config import CACHE_DIR, SOURCE_TEXTS, LoadArguments, from_sft_config, parse_script_args
 from cthulhu_sft.data import DataError
 from cthulhu_sft.evaluation import (
     DEFAULT_SETS,
@@ -47,17 +48,40 @@ from cthulhu_sft.evaluation import (
     score_item,
     write_report,
 )
-from cthulhu_sft.inference import (
-    DEFAULT_REPETITION_PENALTY,
-    DEFAULT_SEED,
-    DEFAULT_TOP_P,
-    DTYPES,
-    model_location_problem,
-)
+from cthulhu_sft.inference import model_location_problem
 
-DEFAULT_TEMPERATURES = [0.0, 0.3, 0.7, 1.0]
-DEFAULT_SOURCE_TEXTS = "data/source_texts.jsonl"  # prepare_data.py writes every crawled article's text there
-DEFAULT_CACHE_DIR = ".cache/wiki"  # prepare_data.py's --cache_dir
+
+@dataclass
+class EvaluateArguments:
+    models: list[str] = field(default_factory=list, metadata={
+        "metavar": "SPEC", "help": "'base' (the base model alone), or an adapter / merged model folder or Hub id, "
+                                   "optionally labelled: tuned=output/cthulhu-mistral"})
+    answers: str | None = field(default=None, metadata={
+        "metavar": "FILE", "help": "score answers made elsewhere: JSONL of {'set', 'instruction', 'answer'}; no "
+                                   "model is loaded for them"})
+    label: str | None = field(default=None, metadata={"help": "the name of --answers' system in the report "
+                                                              "(default: the file's name)"})
+    check_quiz: bool = field(default=False, metadata={"help": "list the rows whose accepted answers are not in their "
+                                                              "article's text, and exit (status 1 if there are any)"})
+    sets: list[str] | None = field(default=None, metadata={
+        "metavar": "NAME=PATH", "help": "question sets (default: " + ", ".join(
+            f"{name}={path}" for name, path in DEFAULT_SETS.items()) + ", those that exist)"})
+    source_texts: str | None = field(default=None, metadata={
+        "help": f"JSONL of {{'title', 'text'}}: the articles' text, for the hallucination measures and the quiz "
+                f"check (default: {SOURCE_TEXTS} if present)"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": f"prepare_data.py's --cache_dir, whose pages are read for articles --source_texts lacks (default: "
+                f"{CACHE_DIR} if present)"})
+    limit: int | None = field(default=None, metadata={"aliases": ["--num_samples"],
+                                                      "help": "evaluate the first N rows of each set"})
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.7, 1.0], metadata={"help": "0 means greedy"})
+    top_p: float = from_sft_config("sample_top_p", "sample from the most likely tokens that hold this probability")
+    repetition_penalty: float = from_sft_config("sample_repetition_penalty", "1.0 switches it off")
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "default: per set, its longest reference answer in tokens plus a quarter and 16"})
+    seed: int = field(default=0, metadata={"help": "each model, set and temperature starts from it"})
+    batch_size: int = 8
+    output_dir: str = "output/eval"
 
 
 def parse_model_spec(spec: str) -> dict:
@@ -75,46 +99,13 @@ def parse_set_spec(spec: str) -> tuple[str, str]:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=[], metavar="SPEC",
-                        help="'base' (the base model alone), or an adapter / merged model folder or Hub id, "
-                             "optionally labelled: tuned=output/cthulhu-mistral")
-    parser.add_argument("--answers", metavar="FILE", help="score answers made elsewhere: JSONL of "
-                        "{'set', 'instruction', 'answer'}; no model is loaded for them")
-    parser.add_argument("--label", help="the name of --answers' system in the report (default: the file's name)")
-    parser.add_argument("--check_quiz", action="store_true", help="list the rows whose accepted answers are not in "
-                        "their article's text, and exit (status 1 if there are any)")
-    parser.add_argument("--sets", nargs="+", metavar="NAME=PATH", help="question sets (default: "
-                        + ", ".join(f"{name}={path}" for name, path in DEFAULT_SETS.items()) + ", those that exist)")
-    parser.add_argument("--source_texts", help=f"JSONL of {{'title', 'text'}}: the articles' text, for the "
-                        f"hallucination measures and the quiz check (default: {DEFAULT_SOURCE_TEXTS} if present)")
-    parser.add_argument("--cache_dir", help="prepare_data.py's page cache, read for articles --source_texts lacks "
-                        f"(default: {DEFAULT_CACHE_DIR} if present)")
-    parser.add_argument("--base_model", help="base of 'base' and of the adapters (default: the first adapter's "
-                        "recorded base, else sft_config.yaml's model_name_or_path)")
-    parser.add_argument("--limit", "--num_samples", dest="limit", type=int, help="evaluate the first N rows of each set")
-    parser.add_argument("--temperatures", nargs="+", type=float, default=DEFAULT_TEMPERATURES, help="0 means greedy")
-    parser.add_argument("--top_p", type=float, default=DEFAULT_TOP_P)
-    parser.add_argument("--max_new_tokens", type=int, help="default: per set, its longest reference answer in "
-                        "tokens plus a quarter and 16")
-    parser.add_argument("--repetition_penalty", type=float, default=DEFAULT_REPETITION_PENALTY)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="each model, set and temperature starts from it")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--output_dir", default="output/eval")
-    parser.add_argument("--load_in_8bit", action="store_true")
-    parser.add_argument("--load_in_4bit", action="store_true")
-    parser.add_argument("--dtype", default="auto", choices=list(DTYPES))
-    parser.add_argument("--revision", help="revision of --base_model on the Hub")
-    parser.add_argument("--trust_remote_code", action="store_true")
-    args = parser.parse_args(argv)
+    parser, args = parse_script_args((EvaluateArguments, LoadArguments), argv, __doc__)
 
     # Everything that can be checked without a model is checked here, before minutes of loading.
     if not (args.models or args.answers or args.check_quiz):
         parser.error("nothing to evaluate: give --models, --answers FILE or --check_quiz")
     if args.label is not None and not args.answers:
         parser.error("--label names the system of --answers; give --answers FILE")
-    if args.load_in_8bit and args.load_in_4bit:
-        parser.error("give --load_in_8bit or --load_in_4bit, not both")
     if any(t < 0 for t in args.temperatures) or len(set(args.temperatures)) != len(args.temperatures):
         parser.error("--temperatures must be distinct and >= 0")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -133,12 +124,13 @@ def parse_args(argv=None):
     if args.base_model and (problem := model_location_problem(args.base_model, "--base_model")):
         parser.error(problem)
     args.set_paths = resolve_sets(parser, args.sets)
-    args.source_texts = args.source_texts or (DEFAULT_SOURCE_TEXTS if os.path.isfile(DEFAULT_SOURCE_TEXTS) else None)
-    args.cache_dir = args.cache_dir or (DEFAULT_CACHE_DIR if os.path.isdir(DEFAULT_CACHE_DIR) else None)
+    args.source_texts = args.source_texts or (SOURCE_TEXTS if os.path.isfile(SOURCE_TEXTS) else None)
+    args.cache_dir = args.cache_dir or (CACHE_DIR if os.path.isdir(CACHE_DIR) else None)
     if args.cache_dir and not os.path.isdir(args.cache_dir):
         parser.error(f"--cache_dir {args.cache_dir}: no such folder")
+    pages = os.path.join(args.cache_dir, "wiki") if args.cache_dir else None  # where prepare_data.py keeps them
     try:
-        args.texts = cached_source_texts(args.cache_dir) if args.cache_dir else {}
+        args.texts = cached_source_texts(pages) if pages and os.path.isdir(pages) else {}
         args.texts |= read_source_texts(args.source_texts) if args.source_texts else {}
         full = {name: read_set(path) for name, path in args.set_paths.items()}
         args.sets = {name: prepare_set(path, full[name][: args.limit], args.texts) for name, path in args.set_paths.items()}

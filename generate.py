@@ -15,58 +15,38 @@ model sees the ids it learned from. The base model comes from the adapter's adap
     # the merged model then loads on its own
     python generate.py --base_model output/cthulhu-mistral-merged --prompt "ルルイエとは？"
 
---temperature 0 is greedy decoding; the defaults (see cthulhu_sft/inference.py) favour accuracy.
+--temperature 0 is greedy decoding; the defaults (sft_config.yaml's sample_* settings) favour accuracy.
 """
 
-import argparse
 import json
 import os
+import shutil
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from cthulhu_sft.data import DataError, write_jsonl_atomic
-from cthulhu_sft.inference import (
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_REPETITION_PENALTY,
-    DEFAULT_SEED,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    DTYPES,
-    model_location_problem,
-    read_prompts,
-)
+from cthulhu_sft.config import AdapterArguments, DecodingArguments, LoadArguments, parse_script_args
+from cthulhu_sft.data import DataError, read_prompts, write_jsonl_atomic
+from cthulhu_sft.inference import model_location_problem
+
+
+@dataclass
+class GenerateArguments:
+    """What to do (default: interactive chat)."""
+
+    prompt: str | None = field(default=None, metadata={"help": "answer this one question and exit"})
+    prompts_file: str | None = field(default=None, metadata={"help": "JSONL with an 'instruction' per line; needs --output"})
+    output: str | None = field(default=None, metadata={"help": "JSONL to write: each input line plus 'answer', 'stopped', 'new_tokens'"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per batch for --prompts_file"})
+    merge_to: str | None = field(default=None, metadata={"help": "merge the adapter into the base, save to this new folder, exit"})
+    merge_dtype: str = field(default="bfloat16", metadata={"choices": ["bfloat16", "float16", "float32"],
+                                                           "help": "dtype of the merged model"})
+    show_prompt_ids: bool = field(default=False, metadata={"help": "print each prompt's token ids (JSON) to stderr"})
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = parser.add_argument_group("model")
-    model.add_argument("--adapter", help="LoRA adapter: folder or Hub id (train_sft.py's output_dir)")
-    model.add_argument("--base_model", help="base or merged model: folder or Hub id (default: the adapter's base, "
-                       "else sft_config.yaml's model_name_or_path)")
-    model.add_argument("--revision", help="revision (branch, tag, commit) of --base_model on the Hub")
-    model.add_argument("--adapter_revision", help="revision of --adapter on the Hub")
-    model.add_argument("--load_in_8bit", action="store_true", help="load the base in 8 bits (bitsandbytes)")
-    model.add_argument("--load_in_4bit", action="store_true", help="load the base in 4 bits (NF4)")
-    model.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights' dtype (auto: the checkpoint's)")
-    model.add_argument("--trust_remote_code", action="store_true", help="allow model code from the Hub (off: safer)")
-
-    mode = parser.add_argument_group("what to do (default: interactive chat)")
-    mode.add_argument("--prompt", help="answer this one question and exit")
-    mode.add_argument("--prompts_file", help="JSONL with an 'instruction' per line; needs --output")
-    mode.add_argument("--output", help="JSONL to write: each input line plus 'answer', 'stopped', 'new_tokens'")
-    mode.add_argument("--batch_size", type=int, default=8, help="prompts per batch for --prompts_file")
-    mode.add_argument("--merge_to", help="merge the adapter into the base, save to this new folder, exit")
-    mode.add_argument("--merge_dtype", default="bfloat16", choices=[d for d in DTYPES if d != "auto"],
-                      help="dtype of the merged model")
-    mode.add_argument("--show_prompt_ids", action="store_true", help="print each prompt's token ids (JSON) to stderr")
-
-    sampling = parser.add_argument_group("generation")
-    sampling.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 means greedy")
-    sampling.add_argument("--top_p", type=float, default=DEFAULT_TOP_P)
-    sampling.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    sampling.add_argument("--repetition_penalty", type=float, default=DEFAULT_REPETITION_PENALTY)
-    sampling.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seeds sampling once at the start")
-    args = parser.parse_args(argv)
-
+    parser, args = parse_script_args((AdapterArguments, LoadArguments, DecodingArguments, GenerateArguments), argv,
+                                     __doc__)
     # Everything that can be checked without a model is checked here, before minutes of loading.
     if args.prompt is not None and args.prompts_file:
         parser.error("give --prompt or --prompts_file, not both")
@@ -76,12 +56,9 @@ def parse_args(argv=None):
         parser.error("--output goes with --prompts_file")
     if args.prompt is not None and not args.prompt.strip():
         parser.error("--prompt is empty")
-    if args.load_in_8bit and args.load_in_4bit:
-        parser.error("give --load_in_8bit or --load_in_4bit, not both")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_new_tokens < 1 or args.batch_size < 1:
-        parser.error("need --temperature >= 0, 0 < --top_p <= 1, --max_new_tokens >= 1, --batch_size >= 1")
-    if args.repetition_penalty <= 0:
-        parser.error("--repetition_penalty must be > 0 (1.0 switches it off)")
+    problem = DecodingArguments.problem(args)
+    if problem or args.batch_size < 1:
+        parser.error(problem or "--batch_size must be >= 1")
     for value, what, adapter in ((args.adapter, "--adapter", True), (args.base_model, "--base_model", False)):
         problem = value and model_location_problem(value, what, adapter=adapter)
         if problem:
@@ -112,7 +89,7 @@ def main(args) -> None:
     from tqdm.auto import tqdm
     from transformers import set_seed
 
-    from cthulhu_sft.inference import AnswerPrinter, generate, load_format, load_model, merge_adapter, resolve_base
+    from cthulhu_sft.inference import AnswerPrinter, generate, load_format, load_model, resolve_base
 
     # 1. Merge and exit.
     base = resolve_base(args.base_model, args.adapter, args.adapter_revision)
@@ -132,10 +109,8 @@ def main(args) -> None:
         base, args.adapter, load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
         trust_remote_code=args.trust_remote_code, revision=args.revision, adapter_revision=args.adapter_revision,
     )
-    sampling = dict(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-        repetition_penalty=args.repetition_penalty,
-    )
+    sampling = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                    repetition_penalty=args.repetition_penalty)
     if args.seed is not None:
         set_seed(args.seed)
 
@@ -194,6 +169,46 @@ def main(args) -> None:
         if not answer.stopped:
             log(f"(the answer was cut at --max_new_tokens {args.max_new_tokens})")
         history = conversation + [{"role": "assistant", "content": answer.text}]
+
+
+def merge_adapter(base: str | None, adapter: str, output_dir: str | os.PathLike, dtype: str = "bfloat16",
+                  trust_remote_code: bool = False, revision: str | None = None, adapter_revision: str | None = None) -> Path:
+    """Merges the adapter into an unquantized copy of the base and saves a standalone model for serving.
+
+    The folder gets the weights (safetensors), the tokenizer with the training chat template, and
+    tokenizer.model so that `MistralFormat.from_pretrained(output_dir)` works. It is written next to its
+    final place and renamed into it, so it appears complete or not at all.
+    """
+    from transformers import AutoTokenizer
+
+    from cthulhu_sft.format import CHAT_TEMPLATE
+    from cthulhu_sft.inference import load_format, load_model, resolve_base
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} exists and is not empty; remove it or choose another folder")
+    base = resolve_base(base, adapter, adapter_revision)
+    fmt = load_format(base, adapter, revision, adapter_revision)
+    model = load_model(base, adapter, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
+                       adapter_revision=adapter_revision)
+    merged = model.merge_and_unload()
+    # The tokenizer saved with the adapter (train_sft.py writes one), else the base model's.
+    if os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(base, revision=revision, trust_remote_code=trust_remote_code)
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    temporary = output_dir.with_name(f".{output_dir.name}.tmp")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    merged.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    shutil.copyfile(fmt.model_file, temporary / "tokenizer.model")
+    if output_dir.exists():
+        output_dir.rmdir()  # empty, checked above
+    os.replace(temporary, output_dir)
+    return output_dir
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ from urllib.parse import quote
 import yaml
 from tqdm import tqdm
 
-from cthulhu_sft.config import sft_defaults
+from cthulhu_sft import config
+from cthulhu_sft.config import CACHE_DIR, sft_defaults
 from cthulhu_sft.data import DataError, jsonl_text
 from cthulhu_sft.examples import (
     MAX_PHRASINGS,
@@ -65,7 +66,7 @@ from cthulhu_sft.wiki import (
 
 REPO = Path(__file__).resolve().parent
 SAMPLE = REPO / "data" / "sample"  # the shipped hand-written sample: never an output folder
-SOURCE_TEXTS = "source_texts.jsonl"  # every article's text: evaluation, quiz and chat page read it
+SOURCE_TEXTS = Path(config.SOURCE_TEXTS).name  # every article's text: evaluation, quiz and chat page read it
 SPLITS = ("train", "eval", "eval_known")
 OUTPUTS = tuple(f"{split}.jsonl" for split in SPLITS) + (SOURCE_TEXTS, "README.md")  # one run's set
 CARD_MARK = "<!-- written by prepare_data.py; a rerun replaces this folder's dataset files -->"
@@ -82,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     crawl.add_argument("--depth", type=int, default=1, help="subcategory levels below --category (default: %(default)s)")
     crawl.add_argument("--titles", nargs="+", action="extend", default=[], metavar="TITLE",
                        help="extra pages (several, or 'A|B'); redirects are followed")
-    crawl.add_argument("--cache_dir", default=".cache",
+    crawl.add_argument("--cache_dir", default=CACHE_DIR,
                        help="pages under wiki/, the writer's answers under qa/ (default: %(default)s)")
     crawl.add_argument("--refresh", action="store_true", help="fetch every page again, ignoring the cache")
     crawl.add_argument("--user_agent", default=None,

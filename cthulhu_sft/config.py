@@ -14,6 +14,9 @@ from pathlib import Path
 import yaml
 
 SFT_CONFIG = Path(__file__).resolve().parent.parent / "sft_config.yaml"
+# What prepare_data.py writes, where the other scripts look for it by default
+SOURCE_TEXTS = "data/source_texts.jsonl"  # every crawled article's text
+CACHE_DIR = ".cache"  # the crawl (wiki/) and the model-written answers (qa/)
 # Keys that hold credentials: never accepted on the command line, written to run.json, the saved config or logs.
 SECRET_KEYS = ("hub_token", "push_to_hub_token")
 
@@ -30,8 +33,11 @@ class ScriptArguments:
     eval_file: list[str] | None = field(
         metadata={"help": "Held-out JSONL file(s), each logged as its own eval loss; null (or '') for none."})
     sample_prompts: list[str] = field(metadata={"help": "Prompts answered after training (saved to samples.jsonl)."})
-    sample_temperature: float = field(metadata={"help": "Temperature of the samples; 0 is greedy."})
-    sample_max_new_tokens: int = field(metadata={"help": "Token limit of each sample answer."})
+    sample_temperature: float = field(metadata={"help": "Temperature of the samples (and of generate.py, evaluate.py, "
+                                                        "app.py by default); 0 is greedy."})
+    sample_top_p: float = field(metadata={"help": "Nucleus sampling of the samples and the scripts' default."})
+    sample_repetition_penalty: float = field(metadata={"help": "Repetition penalty of the samples and the scripts' default."})
+    sample_max_new_tokens: int = field(metadata={"help": "Token limit of each sample answer and the scripts' default."})
     knowledge_check: bool = field(
         metadata={"help": "After saving, answer the knowledge_check_files with and without the adapter (card, run.json)."})
     knowledge_check_files: list[str] = field(
@@ -174,3 +180,70 @@ def resolved_config(*configs) -> dict:
                 values[key] = getattr(config, key)
         resolved.update({key: value for key, value in values.items() if key not in SECRET_KEYS})
     return resolved
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generate.py, evaluate.py and app.py: what they load and how they decode. Defaults that sft_config.yaml sets are
+# read from it when a parser is built, so each is written once.
+
+
+def from_sft_config(key: str, help: str):
+    return field(default_factory=lambda: sft_defaults()[key], metadata={"help": f"{help} (default: {key} in sft_config.yaml)"})
+
+
+DTYPE_CHOICES = ["auto", "bfloat16", "float16", "float32"]
+
+
+@dataclass
+class LoadArguments:
+    """How the base model is loaded (the adapter, if any, keeps its own dtype)."""
+
+    base_model: str | None = field(default=None, metadata={
+        "help": "base (or merged) model: folder or Hub id (default: the adapter's recorded base, else "
+                "model_name_or_path in sft_config.yaml)"})
+    revision: str | None = field(default=None, metadata={"help": "revision (branch, tag, commit) of --base_model"})
+    load_in_8bit: bool = field(default=False, metadata={"help": "load the base in 8 bits (bitsandbytes)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "load the base in 4 bits (NF4)"})
+    dtype: str = field(default="auto", metadata={"choices": DTYPE_CHOICES,
+                                                 "help": "dtype of the unquantized weights (auto: the checkpoint's)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the Hub (off: safer)"})
+
+
+@dataclass
+class AdapterArguments:
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter: folder or Hub id (train_sft.py's output_dir)"})
+    adapter_revision: str | None = field(default=None, metadata={"help": "revision of --adapter on the Hub"})
+
+
+@dataclass
+class DecodingArguments:
+    """How answers are generated; train_sft.py's samples use the same settings."""
+
+    temperature: float = from_sft_config("sample_temperature", "0 is greedy decoding")
+    top_p: float = from_sft_config("sample_top_p", "sample from the most likely tokens that hold this probability")
+    repetition_penalty: float = from_sft_config("sample_repetition_penalty", "1.0 switches it off")
+    max_new_tokens: int = from_sft_config("sample_max_new_tokens", "the longest answer, in tokens")
+    seed: int = field(default=0, metadata={"help": "seeds sampling once, at the start"})
+
+    def problem(self) -> str | None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            return "need --temperature >= 0, 0 < --top_p <= 1 and --max_new_tokens >= 1"
+        if self.repetition_penalty <= 0:
+            return "--repetition_penalty must be > 0 (1.0 switches it off)"
+        return None
+
+
+def parse_script_args(dataclass_types: tuple, argv: list[str] | None, description: str):
+    """The parser of generate.py, evaluate.py or app.py, and its arguments as one flat namespace (abbreviations
+    are errors, as in training; `--load_in_8bit` alone means true)."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parts = parser.parse_args_into_dataclasses(args=argv)
+    args = argparse.Namespace(**{key: value for part in parts for key, value in vars(part).items()})
+    if getattr(args, "load_in_8bit", False) and getattr(args, "load_in_4bit", False):
+        parser.error("give --load_in_8bit or --load_in_4bit, not both")
+    return parser, args

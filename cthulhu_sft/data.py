@@ -15,8 +15,6 @@ from .files import write_text_atomic
 
 MAX_REPORTED_PROBLEMS = 20
 WHITESPACE = re.compile(r"\s+")
-# inference.read_prompts still reads a prompt from "text" (the notebook's question field)
-FIELD_SHAPES = (("instruction", "response"), ("text", "output"))
 
 
 class DataError(ValueError):
@@ -53,12 +51,12 @@ def read_items(path: Path):
             raise DataError(f"{path}:{line_number}: invalid JSON: {error.msg} (column {error.colno})") from None
 
 
-def _to_pair(item) -> tuple[dict | None, str | None]:
+def _to_pair(item, keys=("instruction", "response")) -> tuple[dict | None, str | None]:
     """Returns ({instruction, response, extra fields...}, None) or (None, problem)."""
     if not isinstance(item, dict):
         return None, f"expected a JSON object, got {type(item).__name__}"
     record = dict(item)
-    for key in ("instruction", "response"):
+    for key in keys:
         if key not in item:
             hint = " (a notebook {text, output} file? convert it with prepare_data.py --from_json)" if "text" in item else ""
             return None, f"field '{key}': missing{hint}"
@@ -101,6 +99,12 @@ def load_items(path: str | os.PathLike, convert) -> list[dict]:
 def load_records(path: str | os.PathLike) -> list[dict]:
     """Reads and validates a data file; each record gets 'instruction', 'response' (stripped) and 'line'."""
     return load_items(path, _to_pair)
+
+
+def read_prompts(path: str | os.PathLike) -> list[dict]:
+    """A prompts file (generate.py --prompts_file): JSONL of objects with a non-empty string 'instruction'; other
+    fields (a reference 'response', 'title', ...) are kept. Each record gets 'instruction' (stripped) and 'line'."""
+    return load_items(path, lambda item: _to_pair(item, keys=("instruction",)))
 
 
 def jsonl_text(rows) -> str:

@@ -94,6 +94,7 @@ def answer_samples(model, fmt, script_args, output_dir: str) -> list[dict]:
 
     conversations = [[{"role": "user", "content": prompt}] for prompt in script_args.sample_prompts]
     generations = generate(model, fmt, conversations, temperature=script_args.sample_temperature,
+                           top_p=script_args.sample_top_p, repetition_penalty=script_args.sample_repetition_penalty,
                            max_new_tokens=script_args.sample_max_new_tokens, seed=0)
     samples = [{"prompt": prompt, "answer": generation.text, "ended_with_eos": generation.stopped}
                for prompt, generation in zip(script_args.sample_prompts, generations)]
@@ -166,7 +167,7 @@ def render_card(config: dict, metrics: dict, knowledge: dict, records: list[dict
         datasets=config.get("card_datasets") or None, pipeline_tag="text-generation",
         tags=["lora", "sft", "trl", "mistral", "cthulhu-mythos", "japanese"],
     )
-    decoding = decoding_options(config["sample_temperature"])
+    decoding = decoding_options(config["sample_temperature"], config["sample_top_p"], config["sample_repetition_penalty"])
     card = ModelCard.from_template(
         card_data,
         template_path=str(CARD_TEMPLATE),

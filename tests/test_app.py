@@ -18,6 +18,7 @@ import time
 import pytest
 from conftest import PYTHON, REPO, load_script, mistral_common_ids
 
+from cthulhu_sft.config import DecodingArguments
 from cthulhu_sft.format import MistralFormat
 from cthulhu_sft.inference import Generation, generate, load_model, stream_answer
 from cthulhu_sft.metrics import key_terms, normalize, unsupported_terms
@@ -181,7 +182,7 @@ def test_a_model_that_cannot_load_is_a_message_for_the_page(app, adapter, base, 
 
 
 def chat_app(app, model, fmt, support=None, problem=None):
-    return app.ChatApp(model, fmt, support or app.Support(), "title", 0.2, problem)
+    return app.ChatApp(model, fmt, support or app.Support(), "title", DecodingArguments(), problem)
 
 
 def answer(chat, question, chats, compare=False, max_new_tokens=12):

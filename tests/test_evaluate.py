@@ -254,7 +254,7 @@ def test_check_quiz_lists_rows_whose_answers_are_not_in_their_article(tmp_path, 
 def test_check_quiz_reads_the_crawl_cache(tmp_path, capsys):
     from cthulhu_sft.wiki import Cache
 
-    Cache(tmp_path / "cache", "https://ja.wikipedia.org/w/api.php").save(
+    Cache(tmp_path / "cache" / "wiki", "https://ja.wikipedia.org/w/api.php").save(  # as prepare_data.py keeps it
         "pages", "ネクロノミコン", {"title": "ネクロノミコン", "text": "著者はアブドゥル・アルハザードとされる。"})
     quiz = write_jsonl(tmp_path / "quiz.jsonl", QUIZ[2:])
     script = load_script("evaluate")

@@ -12,7 +12,9 @@ import torch
 from conftest import PYTHON, REPO, STOP_QUESTION, load_script, mistral_common_ids, run_script
 
 from cthulhu_sft.format import CHAT_TEMPLATE, MistralFormat
-from cthulhu_sft.inference import AnswerPrinter, generate, load_format, load_model, merge_adapter
+from cthulhu_sft.inference import AnswerPrinter, generate, load_format, load_model
+
+merge_adapter = load_script("generate").merge_adapter
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +149,7 @@ def test_cli_prompt_uses_mistral_common_ids(tiny_adapter_dir, tuned, fmt, servin
 def test_cli_prompts_file_answers_in_batches(tiny_adapter_dir, tuned, fmt, tmp_path):
     rows = [
         {"instruction": "クトゥルフとは？", "response": "神性。", "title": "クトゥルフ"},
-        {"text": "ダゴンとは？"},  # the original notebook's field name
+        {"instruction": "ダゴンとは？"},
         {"instruction": "ルルイエはどこ？ 🐙", "source": "https://ja.wikipedia.org/wiki/ルルイエ"},
     ]
     prompts = tmp_path / "prompts.jsonl"
