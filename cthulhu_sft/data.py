@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from .files import write_text_atomic
+from .files import sha256_file, write_text_atomic
 
 MAX_REPORTED_PROBLEMS = 20
 WHITESPACE = re.compile(r"\s+")
@@ -115,6 +115,23 @@ def jsonl_text(rows) -> str:
 def write_jsonl_atomic(path: str | os.PathLike, rows) -> None:
     """Writes one JSON object per line; the file appears complete or not at all."""
     write_text_atomic(path, jsonl_text(rows))
+
+
+def tokenize_files(files: dict[str, str], records: dict[str, list[dict]], fmt, max_length: int | None):
+    """({split: rows}, {split: run.json entry}, warnings) for each split's validated records; a split with no
+    example that fits is a DataError. Each entry has the file's sha256 and its counts."""
+    rows, entries, warnings = {}, {}, []
+    for split, path in files.items():
+        rows[split], dropped = tokenize_records(records[split], fmt, max_length)
+        if dropped:
+            warnings.append(f"{path}: {len(dropped)} of {len(records[split])} examples are longer than max_length="
+                            f"{max_length} tokens and are left out (lines {dropped[:10]}{' ...' if len(dropped) > 10 else ''}); "
+                            "prepare_data.py --max_tokens splits long articles.")
+        if not rows[split]:
+            raise DataError(f"{path}: no example fits max_length={max_length}")
+        entries[split] = {"path": path, "sha256": sha256_file(path), "examples": len(records[split]),
+                          "kept": len(rows[split]), "dropped_too_long": len(dropped), "dropped_lines": dropped}
+    return rows, entries, warnings + overlap_warnings(files, records)
 
 
 def tokenize_records(records: list[dict], fmt, max_length: int | None) -> tuple[list[dict], list[int]]:

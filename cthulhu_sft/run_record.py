@@ -5,6 +5,7 @@ produced (metrics, the knowledge check). The model card (README.md, from model_c
 same values, so the two never disagree.
 """
 
+import logging
 import os
 import subprocess
 import time
@@ -16,8 +17,9 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from .data import write_jsonl_atomic
-from .files import sha256_file, write_json_atomic, write_text_atomic
+from .files import write_json_atomic, write_text_atomic
 
+logger = logging.getLogger("train_sft")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "huggingface_hub")
 CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 HYPERPARAMETERS = (
@@ -60,11 +62,6 @@ def git_commit(folder: str | Path) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{commit}-dirty" if dirty else commit
-
-
-def data_entry(path: str, total: int, kept: int, dropped_lines: list[int]) -> dict:
-    return {"path": path, "sha256": sha256_file(path), "examples": total, "kept": kept,
-            "dropped_too_long": len(dropped_lines), "dropped_lines": dropped_lines}
 
 
 def start(output_dir: str, config: dict, data: dict, resumed_from: str | None, code_dir: str) -> dict:
@@ -148,6 +145,29 @@ def knowledge_check(model, fmt, files: list[str], limit: int, source_texts_path:
     seconds = time.monotonic() - started
     log(f"knowledge check done in {seconds:.0f}s")
     return {"status": "done", "seconds": round(seconds, 1), "temperature": 0, "sets": sets}
+
+
+def after_training(model, fmt, script_args, output_dir) -> dict:
+    """The sample answers, then the knowledge check; returns the check's record. Neither may lose the saved run:
+    a failure is reported, and the exit status stays the training's."""
+    from .training import sharded_with_fsdp
+
+    if sharded_with_fsdp():  # a sharded model cannot generate on one process
+        logger.info("samples and knowledge check skipped under FSDP: run generate.py / evaluate.py on the adapter")
+        return {"status": "skipped", "reason": "the model was sharded with FSDP"}
+    if script_args.sample_prompts:
+        for sample in answer_samples(model, fmt, script_args, output_dir):
+            stop = "</s>" if sample["ended_with_eos"] else "(max_new_tokens reached)"
+            logger.info(f"\n[INST] {sample['prompt']} [/INST]\n{sample['answer']} {stop}")
+    if not script_args.knowledge_check:
+        return {"status": "skipped", "reason": "knowledge_check is false"}
+    source_texts = os.path.join(os.path.dirname(script_args.train_file), "source_texts.jsonl")
+    try:
+        return knowledge_check(model, fmt, script_args.knowledge_check_files,
+                                          script_args.knowledge_check_limit, source_texts, logger.info)
+    except Exception as error:  # the adapter is saved: a failed check is reported, never fatal
+        logger.warning(f"knowledge check failed: {type(error).__name__}: {error}")
+        return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

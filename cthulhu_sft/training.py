@@ -4,10 +4,17 @@ Shared by train_sft.py and benchmarks/bench_train.py, so that the benchmark meas
 """
 
 import json
+import logging
 import os
+import sys
+import warnings
 
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
+
+from .format import CHAT_TEMPLATE, chat_template_mismatches
+
+logger = logging.getLogger("train_sft")
 
 
 class OutputDirError(ValueError):
@@ -158,3 +165,85 @@ def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
     if any(name.startswith("checkpoint-") for name in names):
         raise OutputDirError(f"{output_dir} holds an unfinished run with checkpoints: continue it with "
                              "--resume_from_checkpoint true, or choose another --output_dir")
+
+
+def load_tokenizer(model_args, training_args, fmt, instructions):
+    """The base's Hugging Face tokenizer, saved with the adapter, with a chat template that gives the training
+    ids (warned about when it does not for these instructions)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                              trust_remote_code=training_args.trust_remote_code)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    mismatches = chat_template_mismatches(tokenizer, fmt, instructions)
+    if mismatches:
+        logger.warning(f"for {len(mismatches)} of {len(instructions)} instructions the tokenizer's chat template gives "
+                       f"other prompt ids than training (first: {mismatches[0]!r}); generate.py builds exact ids.")
+    return tokenizer
+
+
+def report_memory_estimate(training_args, model_args, rows):
+    """Prints the estimated peak GPU memory; warns, naming the settings to change, when it exceeds this GPU."""
+    import torch
+
+    from .memory import check_fits, estimate_for_args, format_estimate
+
+    longest = max(len(row["input_ids"]) for row in rows)
+    shards = PartialState().num_processes if sharded_with_fsdp() else 1
+    estimate = estimate_for_args(training_args, model_args, longest_example=longest, fsdp_processes=shards)
+    if not torch.cuda.is_available():
+        logger.info(format_estimate(estimate))
+        return
+    device = torch.cuda.get_device_properties(PartialState().device)
+    logger.info(format_estimate(estimate, device.total_memory, device.name))
+    warning = check_fits(estimate, device.total_memory)
+    if warning:
+        logger.warning(warning)
+
+
+def final_eval_metrics(trainer) -> dict:
+    """Eval metrics at the last step: those the epoch's evaluation logged, else a new evaluation (all processes)."""
+    if trainer.eval_dataset is None:
+        return {}
+    last = next((entry for entry in reversed(trainer.state.log_history)
+                 if any(key.startswith("eval_") and key.endswith("loss") for key in entry)), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return {key: value for key, value in last.items() if key.startswith("eval_")}
+    return trainer.evaluate()
+
+
+class SayOnce(logging.Filter):
+    """Each distinct warning once: bitsandbytes warns about its input cast on every 8-bit matmul (thousands of
+    lines in a short run), which would bury the lines that matter."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record):
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def setup_logging():
+    """The main process says what happens (stdout) and warns (stderr), each warning once; the other processes
+    only report errors. Library deprecation notices about their own internals are not the user's business."""
+    say_once = SayOnce()
+    info = logging.StreamHandler(sys.stdout)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    for handler in (info, problems):
+        handler.addFilter(say_once)
+    main_process = PartialState().is_main_process
+    logging.basicConfig(format="%(message)s", level=logging.INFO if main_process else logging.ERROR,
+                        handlers=[info, problems], force=True)
+    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator")
