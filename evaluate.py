@@ -33,21 +33,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cthulhu_sft import evaluation
 from cthulhu_sft.config import CACHE_DIR, SOURCE_TEXTS, LoadArguments, from_sft_config, parse_script_args
 from cthulhu_sft.data import DataError
-from cthulhu_sft.evaluation import (
-    DEFAULT_SETS,
-    aggregate,
-    cached_source_texts,
-    has_source_text,
-    match_answers,
-    quiz_problems,
-    read_answers,
-    read_set,
-    read_source_texts,
-    score_item,
-    write_report,
-)
 from cthulhu_sft.inference import model_location_problem
 
 
@@ -65,7 +53,7 @@ class EvaluateArguments:
                                                               "article's text, and exit (status 1 if there are any)"})
     sets: list[str] | None = field(default=None, metadata={
         "metavar": "NAME=PATH", "help": "question sets (default: " + ", ".join(
-            f"{name}={path}" for name, path in DEFAULT_SETS.items()) + ", those that exist)"})
+            f"{name}={path}" for name, path in evaluation.DEFAULT_SETS.items()) + ", those that exist)"})
     source_texts: str | None = field(default=None, metadata={
         "help": f"JSONL of {{'title', 'text'}}: the articles' text, for the hallucination measures and the quiz "
                 f"check (default: {SOURCE_TEXTS} if present)"})
@@ -130,12 +118,12 @@ def parse_args(argv=None):
         parser.error(f"--cache_dir {args.cache_dir}: no such folder")
     pages = os.path.join(args.cache_dir, "wiki") if args.cache_dir else None  # where prepare_data.py keeps them
     try:
-        args.texts = cached_source_texts(pages) if pages and os.path.isdir(pages) else {}
-        args.texts |= read_source_texts(args.source_texts) if args.source_texts else {}
-        full = {name: read_set(path) for name, path in args.set_paths.items()}
+        args.texts = evaluation.cached_source_texts(pages) if pages and os.path.isdir(pages) else {}
+        args.texts |= evaluation.read_source_texts(args.source_texts) if args.source_texts else {}
+        full = {name: evaluation.read_set(path) for name, path in args.set_paths.items()}
         args.sets = {name: prepare_set(path, full[name][: args.limit], args.texts) for name, path in args.set_paths.items()}
         if args.answers:
-            args.matched, args.ignored_sets = match_answers(args.answers, read_answers(args.answers), full)
+            args.matched, args.ignored_sets = evaluation.match_answers(args.answers, evaluation.read_answers(args.answers), full)
     except DataError as error:
         parser.error(str(error))
     return args
@@ -144,9 +132,9 @@ def parse_args(argv=None):
 def resolve_sets(parser, specs: list[str] | None) -> dict[str, str]:
     """{name: path} of --sets, or of the default sets that exist."""
     if specs is None:
-        sets = {name: path for name, path in DEFAULT_SETS.items() if os.path.isfile(path)}
+        sets = {name: path for name, path in evaluation.DEFAULT_SETS.items() if os.path.isfile(path)}
         if not sets:
-            parser.error(f"none of the default sets exists ({', '.join(DEFAULT_SETS.values())}); give --sets NAME=PATH")
+            parser.error(f"none of the default sets exists ({', '.join(evaluation.DEFAULT_SETS.values())}); give --sets NAME=PATH")
         return sets
     sets = {}
     for spec in specs:
@@ -162,7 +150,7 @@ def resolve_sets(parser, specs: list[str] | None) -> dict[str, str]:
 def prepare_set(path: str, rows: list[dict], texts: dict[str, str]) -> dict:
     """A set's rows, the indices of those to score, and those left out because their accepted answers are not in
     their article's text."""
-    problems = quiz_problems(rows, texts)
+    problems = evaluation.quiz_problems(rows, texts)
     excluded = {id(row) for row in problems}
     with_answers = [row for row in rows if row.get("answers")]
     return {
@@ -172,7 +160,7 @@ def prepare_set(path: str, rows: list[dict], texts: dict[str, str]) -> dict:
         "excluded": [{key: row.get(key) for key in ("line", "instruction", "answers", "title")} for row in problems],
         "with_answers": len(with_answers),
         "with_text": sum(bool(texts.get(row.get("title") or "")) for row in rows),
-        "unchecked": sum(not has_source_text(row, texts) for row in with_answers),
+        "unchecked": sum(not evaluation.has_source_text(row, texts) for row in with_answers),
     }
 
 
@@ -228,10 +216,10 @@ def score_answers(args, report: dict, generations: list) -> None:
         items = []
         for index in answered:
             row, answer = info["rows"][index], args.matched[name][index]
-            scores = score_item(row, answer, None, args.texts.get(row.get("title") or "", ""))
+            scores = evaluation.score_item(row, answer, None, args.texts.get(row.get("title") or "", ""))
             items.append(scores)
             generations.append(item_row(name, args.label, None, row, answer, scores))
-        report["results"].append({"set": name, "model": args.label, "temperature": None, **aggregate(items)})
+        report["results"].append({"set": name, "model": args.label, "temperature": None, **evaluation.aggregate(items)})
     for name, count in args.ignored_sets.items():
         print(f"{args.answers}: {count} answers to set '{name}', which is not evaluated, are ignored", file=sys.stderr)
     report["models"].append(entry)
@@ -277,7 +265,7 @@ def evaluate_models(args, report: dict, generations: list) -> None:
                 rows = [info["rows"][index] for index in info["scored"]]
                 if not rows:  # every row left out: the set is still reported, with n 0
                     report["results"] += [{"set": name, "model": spec["label"], "temperature": temperature,
-                                           **aggregate([])} for temperature in args.temperatures]
+                                           **evaluation.aggregate([])} for temperature in args.temperatures]
                     continue
                 sources = [args.texts.get(row.get("title") or "", "") for row in rows]
                 max_new_tokens = args.max_new_tokens or default_max_new_tokens(rows, fmt)
@@ -296,9 +284,9 @@ def evaluate_models(args, report: dict, generations: list) -> None:
                         repetition_penalty=args.repetition_penalty, seed=args.seed, batch_size=args.batch_size,
                         progress=bar,
                     )
-                    items = [score_item(row, a.text, a.stopped, source) for row, a, source in zip(rows, answers, sources)]
+                    items = [evaluation.score_item(row, a.text, a.stopped, source) for row, a, source in zip(rows, answers, sources)]
                     report["results"].append({"set": name, "model": spec["label"], "temperature": temperature,
-                                              **aggregate(items)})
+                                              **evaluation.aggregate(items)})
                     for row, answer, scores, (nll, n) in zip(rows, answers, items, losses):
                         generations.append({
                             **item_row(name, spec["label"], temperature, row, answer.text, scores),
@@ -306,7 +294,7 @@ def evaluate_models(args, report: dict, generations: list) -> None:
                         })
             report["models"].append(entry)
             # Written after every model, so that a failure in a later one keeps what was measured so far
-            write_report(args.output_dir, report, generations)
+            evaluation.write_report(args.output_dir, report, generations)
             del model
             gc.collect()
             if torch.cuda.is_available():
@@ -337,7 +325,7 @@ def main(args) -> None:
         score_answers(args, report, generations)
     if args.specs:
         evaluate_models(args, report, generations)
-    markdown = write_report(args.output_dir, report, generations)
+    markdown = evaluation.write_report(args.output_dir, report, generations)
     print(markdown)
     print(f"Wrote report.json, report.md, report.png and generations.jsonl to {args.output_dir}", file=sys.stderr)
 

@@ -667,7 +667,8 @@ def push(out_dir: Path, args) -> int:
 
     print(f"pushing {out_dir} to the Hub as dataset {args.push_to_hub} ...")
     try:
-        print(f"pushed: {push_dataset(str(out_dir), args.push_to_hub, args.private)}")
+        print(f"pushed: {push_dataset(str(out_dir), args.push_to_hub, args.private)}\n"
+              f"name it in the adapter's model card: train_sft.py ... --card_datasets {args.push_to_hub}")
     except PushError as error:
         print(f"error: {error}\nThe files in {out_dir} are kept; retry with:\n"
               f"  python -m cthulhu_sft.hub --dataset {out_dir} {args.push_to_hub}", file=sys.stderr)

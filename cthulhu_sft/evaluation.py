@@ -44,19 +44,9 @@ import math
 import os
 from pathlib import Path
 
+from . import metrics
 from .data import DataError, load_items, load_records
 from .files import write_json_atomic, write_text_atomic
-from .metrics import (
-    answer_is_correct,
-    claimed_terms,
-    fact_recall,
-    is_abstention,
-    is_japanese,
-    key_terms,
-    normalize,
-    rouge_l_f1,
-    unsupported_terms,
-)
 
 DEFAULT_SETS = {
     "known": "data/eval_known.jsonl",
@@ -174,7 +164,7 @@ def quiz_problems(rows: list[dict], texts: dict[str, str]) -> list[dict]:
     Rows without `answers`, and rows whose article text is not in `texts` (unchecked), are not problems.
     "Appear" is metrics.answer_is_correct on the article's text: the same normalisation as the scoring.
     """
-    return [row for row in rows if has_source_text(row, texts) and not answer_is_correct(texts[row["title"]], row["answers"])]
+    return [row for row in rows if has_source_text(row, texts) and not metrics.answer_is_correct(texts[row["title"]], row["answers"])]
 
 
 def has_source_text(row: dict, texts: dict[str, str]) -> bool:
@@ -200,7 +190,7 @@ def _to_answer(item) -> tuple[dict | None, str | None]:
 
 def question_key(question: str) -> str:
     """Questions match when equal after normalisation and without whitespace."""
-    return "".join(normalize(question).split())
+    return "".join(metrics.normalize(question).split())
 
 
 def match_answers(path, answers: list[dict], sets: dict[str, list[dict]]) -> tuple[dict[str, dict[int, str]], dict[str, int]]:
@@ -248,23 +238,23 @@ def score_item(row: dict, answer: str, stopped: bool | None, source_text: str = 
     """One answer's scores against its set row (see the module docstring); `stopped` None when unknown."""
     reference = row["response"]
     accepted = row.get("answers")
-    japanese = is_japanese(answer)
-    claims = claimed_terms(answer)
-    unsupported = sorted(unsupported_terms(answer, row["instruction"], reference, source_text) & claims)
-    contains = bool(accepted) and answer_is_correct(answer, accepted)
-    reference_terms = key_terms(reference)
+    japanese = metrics.is_japanese(answer)
+    claims = metrics.claimed_terms(answer)
+    unsupported = sorted(metrics.unsupported_terms(answer, row["instruction"], reference, source_text) & claims)
+    contains = bool(accepted) and metrics.answer_is_correct(answer, accepted)
+    reference_terms = metrics.key_terms(reference)
     return {
         "correct": (contains and japanese) if accepted else None,
-        "abstained": is_abstention(answer) and not contains and not unsupported,
+        "abstained": metrics.is_abstention(answer) and not contains and not unsupported,
         "japanese": japanese,
         "unsupported_terms": unsupported,
         "hallucinated": bool(unsupported),
         "stopped": stopped,
         "truncated": None if stopped is None else not stopped,
-        "rouge_l_f1": rouge_l_f1(answer, reference),
-        "fact_recall": fact_recall(answer, reference),
+        "rouge_l_f1": metrics.rouge_l_f1(answer, reference),
+        "fact_recall": metrics.fact_recall(answer, reference),
         "reference_terms": len(reference_terms),
-        "recalled_terms": len(reference_terms & key_terms(answer)),
+        "recalled_terms": len(reference_terms & metrics.key_terms(answer)),
         "claimed_terms": len(claims),
     }
 

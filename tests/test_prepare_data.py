@@ -414,8 +414,9 @@ def test_push_to_hub_publishes_the_splits_with_the_card_and_a_failure_keeps_the_
     assert all(files[name] == (out / name).read_bytes() for name in files)
     assert files["README.md"].startswith(b"---\nlicense: cc-by-sa-4.0\n")
     assert "pushing" in result.stdout and VALID_TOKEN not in result.stdout + result.stderr
+    assert "--card_datasets tester/cthulhu-qa" in result.stdout
 
-    with MediaWikiServer(cthulhu_wiki()) as wiki, LoopbackHub(upload_status=500) as hub:
+    with MediaWikiServer(cthulhu_wiki()) as wiki, LoopbackHub(upload_status=400) as hub:  # 5xx would be retried
         failed = run_script(command[:2] + arguments(wiki, tmp_path, tokenizer_dir, "--push_to_hub", "tester/cthulhu-qa",
                                                     "--hub_timeout", "30", "--eval_ratio", "0.3"),
                             env=hub_env(hub, tmp_path / "hf"), timeout=180)

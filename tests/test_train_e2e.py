@@ -65,7 +65,7 @@ def trained(tiny_model_dir, tmp_path_factory):
         "--logging_steps", 20, "--sample_temperature", 0, "--sample_max_new_tokens", 24,
         "--sample_prompts", QA[0]["instruction"], QA[2]["instruction"],
         "--knowledge_check_files", quiz, root / "missing.jsonl",
-        "--base_model_hub_id", "mistralai/Mistral-7B-Instruct-v0.2",
+        "--base_model_hub_id", "mistralai/Mistral-7B-Instruct-v0.2", "--card_datasets", "tester/cthulhu-qa",
         "--push_to_hub", "--hub_model_id", "tester/cthulhu-test",
     )
     result = launch(args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"})
@@ -163,6 +163,7 @@ def test_model_card_describes_the_data_it_was_trained_on(trained):
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "mistralai/Mistral-7B-Instruct-v0.2"
     assert card.data.library_name == "peft" and card.data.license == "cc-by-sa-4.0"
+    assert card.data.datasets == ["tester/cthulhu-qa"]  # the dataset prepare_data.py --push_to_hub published
     assert "CC BY-SA 4.0" in card.text and "https://ja.wikipedia.org/wiki/ルルイエ" in card.text
     assert "(revision 101)" in card.text and "run.json" in card.text
     assert "| recitation | 3 |" in card.text
