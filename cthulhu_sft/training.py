@@ -202,13 +202,15 @@ def report_memory_estimate(training_args, model_args, rows):
 
 
 def final_eval_metrics(trainer) -> dict:
-    """Eval metrics at the last step: those the epoch's evaluation logged, else a new evaluation (all processes)."""
+    """Eval metrics at the last step, of every eval set: those the last evaluation logged (one log entry per set),
+    else a new evaluation (all processes)."""
     if trainer.eval_dataset is None:
         return {}
-    last = next((entry for entry in reversed(trainer.state.log_history)
-                 if any(key.startswith("eval_") and key.endswith("loss") for key in entry)), None)
-    if last is not None and last.get("step") == trainer.state.global_step:
-        return {key: value for key, value in last.items() if key.startswith("eval_")}
+    sets = len(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else 1
+    logged = [entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.global_step
+              and any(key.startswith("eval_") and key.endswith("loss") for key in entry)]
+    if len(logged) >= sets:
+        return {key: value for entry in logged[-sets:] for key, value in entry.items() if key.startswith("eval_")}
     return trainer.evaluate()
 
 

@@ -256,11 +256,21 @@ def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tiny_model_
         assert (tensor - got[name]).abs().max().item() <= 1e-6, name
 
 
-def test_knowledge_check_false_skips_it(tiny_model_dir, tmp_path):
-    result = run_script([PYTHON, *train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", "--max_steps", 1,
-                                             "--eval_strategy", "no", "--save_strategy", "no", "--sample_prompts", "x",
-                                             "--sample_max_new_tokens", 2, "--knowledge_check", "false")])
+def test_each_eval_set_has_its_loss_and_knowledge_check_false_skips_the_check(tiny_model_dir, tmp_path):
+    args = train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", "--max_steps", 2, "--eval_strategy", "steps",
+                      "--eval_steps", 1, "--save_strategy", "no", "--sample_prompts", "x", "--sample_max_new_tokens", 2,
+                      "--knowledge_check", "false", "--report_to", "tensorboard")
+    known = write_jsonl(tmp_path / "data" / "eval_known.jsonl", QUIZ)
+    unseen = write_jsonl(tmp_path / "data" / "eval.jsonl", QA[:1])
+    args[args.index("--eval_file") + 1:args.index("--eval_file") + 2] = [str(known), str(unseen)]
+    result = run_script([PYTHON, *args])
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert {"eval_known_loss", "eval_unseen_loss"} <= set(run["metrics"])
     assert run["knowledge_check"] == {"status": "skipped", "reason": "knowledge_check is false"}
     assert "No knowledge check was run: knowledge_check is false" in (tmp_path / "out" / "README.md").read_text()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events] = (tmp_path / "out" / "runs").rglob("events.out.tfevents.*")
+    scalars = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert {"eval/known_loss", "eval/unseen_loss"} <= set(scalars), scalars
