@@ -24,19 +24,17 @@ import os
 import random
 import re
 import signal
-import statistics
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import quote
 
-import yaml
 from tqdm import tqdm
 
 from cthulhu_sft import config
 from cthulhu_sft.config import CACHE_DIR, sft_defaults
 from cthulhu_sft.data import DataError, jsonl_text
+from cthulhu_sft.dataset_card import CARD_MARK, OLD_CARD_MARK, length_stats, render_card
 from cthulhu_sft.examples import (
     MAX_PHRASINGS,
     BuildStats,
@@ -51,7 +49,7 @@ from cthulhu_sft.examples import (
 )
 from cthulhu_sft.files import write_temporary
 from cthulhu_sft.format import MistralFormat, tokenizer_error
-from cthulhu_sft.synth import REASONS, AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
+from cthulhu_sft.synth import AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
 from cthulhu_sft.wiki import (
     DEFAULT_API_URL,
     NS_MAIN,
@@ -69,8 +67,6 @@ SAMPLE = REPO / "data" / "sample"  # the shipped hand-written sample: never an o
 SOURCE_TEXTS = Path(config.SOURCE_TEXTS).name  # every article's text: evaluation, quiz and chat page read it
 SPLITS = ("train", "eval", "eval_known")
 OUTPUTS = tuple(f"{split}.jsonl" for split in SPLITS) + (SOURCE_TEXTS, "README.md")  # one run's set
-CARD_MARK = "<!-- written by prepare_data.py; a rerun replaces this folder's dataset files -->"
-OLD_CARD_MARK = "built by `prepare_data.py`"  # cards of earlier versions
 logger = logging.getLogger("prepare_data")
 
 
@@ -362,136 +358,7 @@ def by_title(pairs) -> dict[str, list]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Dataset card
-
-
-def length_stats(lengths: list[int]) -> dict:
-    ordered = sorted(lengths) or [0]
-    return {
-        "min": ordered[0],
-        "median": int(statistics.median(ordered)),
-        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-        "max": ordered[-1],
-        "total": sum(lengths),
-    }
-
-
-def card_metadata(files: list[str], rows: int) -> str:
-    """The Hub's dataset-card YAML: license, language, and the split files as one config."""
-    size = next(name for limit, name in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (float("inf"), "100K<n<1M"))
-                if rows < limit)
-    metadata = {
-        "license": "cc-by-sa-4.0",
-        "language": ["ja"],
-        "pretty_name": "Cthulhu-mythos Q&A from Japanese Wikipedia",
-        "task_categories": ["question-answering", "text-generation"],
-        "size_categories": [size],
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": name.removesuffix(".jsonl"), "path": name} for name in files]}],
-    }
-    return "---\n" + yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False) + "---\n"
-
-
-def dataset_card(args, splits: dict, lengths: list[int], pages: list[dict], build: dict, template: str | None,
-                 report) -> str:
-    files = [f"{split}.jsonl" for split in SPLITS if splits[split]]
-    stats = length_stats(lengths)
-    kinds = sorted({r["kind"] for rows in splits.values() for r in rows})
-    origin = f"`{args.from_json}` (the old notebook's file)" if args.from_json else \
-        "Japanese Wikipedia articles through the MediaWiki API"
-    origin_ja = f"`{Path(args.from_json).name}`（元ノートブックの形式）" if args.from_json else "日本語版ウィキペディアのクトゥルフ神話の記事"
-    lines = [
-        card_metadata(files, sum(map(len, splits.values()))) + CARD_MARK,
-        "",
-        "# Cthulhu-mythos instruction dataset",
-        "",
-        f"{origin_ja}から `prepare_data.py` で作った日本語の質問応答データです。",
-        "",
-        f"Japanese question/answer pairs built by `prepare_data.py` from {origin}. Each line is",
-        '`{"instruction", "response", "title", "source", "revid", "kind", "section"}`, plus `answers` (accepted',
-        "short answers) where the answer is a short term, and `writer` (the model) on pairs a model wrote.",
-        "",
-        "| file | examples | articles | what it measures |",
-        "| --- | --- | --- | --- |",
-        f"| train.jsonl | {len(splits['train'])} | {len({r['title'] for r in splits['train']})} | trained: each passage under {args.phrasings} question wording(s) |",
-        f"| eval.jsonl | {len(splits['eval'])} | {len({r['title'] for r in splits['eval']})} | articles never trained: what the model makes up about topics it was not taught |",
-        f"| eval_known.jsonl | {len(splits['eval_known'])} | {len({r['title'] for r in splits['eval_known']})} | held-out questions about trained facts: whether the knowledge can be used |",
-        "",
-        "No article has examples in both train.jsonl and eval.jsonl; no question of eval_known.jsonl is in train.jsonl.",
-        "",
-        "## Kinds",
-        "",
-        "| kind | train | eval | eval_known |",
-        "| --- | --- | --- | --- |",
-        *[f"| {kind} | " + " | ".join(str(sum(r["kind"] == kind for r in splits[s])) for s in SPLITS) + " |" for kind in kinds],
-        "",
-        "- `recitation`: a question about a section (or a part of one) of an article, answered by its text.",
-        "- `synthesized`: a factoid question and answer written by a model from one passage (see below).",
-        "- `cloze`: a trained sentence with one name or number blanked out, answered by it (LAMA-style probe).",
-        "- `converted`: a record of the old notebook's file.",
-        "",
-    ]
-    if report is not None:
-        rejected = sum(report.rejected.values())
-        lines += [
-            "## Written by a model",
-            "",
-            f"The `synthesized` rows were written by a language model, `{args.qa_model}`"
-            + (f" (the endpoint reported {', '.join(f'`{m}`' for m in sorted(report.served_by))})" if report.served_by - {args.qa_model} else "")
-            + ", from each passage, with the prompt below. A pair was kept only if its question names the subject",
-            "and points at no text the reader cannot see, its answer is Japanese, every key term of the answer (katakana",
-            "names, Latin words, numbers, kanji proper nouns: the evaluation's own terms) appears in the passage or the",
-            "article's title, its question is new, and it fits the length limit. Answers were not checked by a person.",
-            "",
-            f"Passages asked: {report.passages}; pairs kept: {report.kept}; rejected: {rejected}.",
-            "",
-            "| reason | rejected because | pairs |",
-            "| --- | --- | --- |",
-            *[f"| `{reason}` | {why} | {report.rejected.get(reason, 0)} |" for reason, why in REASONS.items()],
-            "",
-            "<details><summary>prompt</summary>",
-            "",
-            "~~~~text",
-            template.rstrip("\n"),
-            "~~~~",
-            "",
-            "</details>",
-            "",
-        ]
-    lines += [
-        f"## Length (tokens, Mistral instruct format, `{args.tokenizer}`; limit {args.max_tokens})",
-        "",
-        f"min {stats['min']}, median {stats['median']}, p90 {stats['p90']}, max {stats['max']}, total {stats['total']}",
-        "",
-        "## Parameters",
-        "",
-        *[f"- `{key}`: {value}" for key, value in build.items()],
-        "",
-    ]
-    return "\n".join(lines + attribution(args, pages))
-
-
-def attribution(args, pages: list[dict]) -> list[str]:
-    if not pages:
-        return ["## License", "", "See the source file's own terms; each record's `source` names its item.", ""]
-    index_url = re.sub(r"api\.php$", "index.php", args.api_url)
-    lines = [
-        "## License and attribution",
-        "",
-        "The text comes from Wikipedia and is licensed under the Creative Commons Attribution-ShareAlike 4.0",
-        "License (CC BY-SA 4.0, https://creativecommons.org/licenses/by-sa/4.0/); this dataset, as a derived",
-        "work, is shared under the same license. It was adapted (split into passages, asked as questions"
-        + (", rewritten as question/answer pairs by a model" if args.qa_model else "") + ").",
-        "The authors of each page are listed in its history. Pages and the revisions used:",
-        "",
-        "| page | revision | history |",
-        "| --- | --- | --- |",
-    ]
-    for page in pages:
-        title = quote(page["title"].replace(" ", "_"))
-        revision = f"[{page['revid']}]({index_url}?title={title}&oldid={page['revid']})" if page["revid"] else "-"
-        lines.append(f"| [{page['title']}]({page['url']}) | {revision} | [history]({index_url}?title={title}&action=history) |")
-    return lines + [""]
+# The files, as one set
 
 
 def write_outputs(out_dir: Path, texts: dict[str, str]) -> None:
@@ -609,7 +476,7 @@ def run(args) -> int:
                   "sentences dropped (too long, or pointing back)": stats.dropped_sentences,
                   "parts with no name to ask by": stats.unaskable_parts})
     used = [page for page in pages if page["title"] in set(titles)]
-    texts["README.md"] = dataset_card(args, splits, lengths, used, build, template, report)
+    texts["README.md"] = render_card(args, splits, lengths, used, build, template, report)
     write_outputs(out_dir, texts)
 
     # 7. What was done, in numbers, and 8. publish.
