@@ -113,7 +113,7 @@ def knowledge_check(model, fmt, files: list[str], limit: int, source_texts_path:
     texts = read_source_texts(source_texts_path) if source_texts_path and os.path.isfile(source_texts_path) else {}
     sets = []
     for path in files:
-        entry = {"name": Path(path).stem, "path": path}
+        entry = {"name": set_name(path), "path": path}
         sets.append(entry)
         try:
             rows = read_set(path) if os.path.isfile(path) else None
@@ -145,6 +145,13 @@ def knowledge_check(model, fmt, files: list[str], limit: int, source_texts_path:
     seconds = time.monotonic() - started
     log(f"knowledge check done in {seconds:.0f}s")
     return {"status": "done", "seconds": round(seconds, 1), "temperature": 0, "sets": sets}
+
+
+def set_name(path: str) -> str:
+    """evaluate.py's name for a default set's file (known, unseen, quiz), else the file's stem."""
+    from .evaluation import DEFAULT_SETS
+
+    return next((name for name, default in DEFAULT_SETS.items() if Path(default).name == Path(path).name), Path(path).stem)
 
 
 def after_training(model, fmt, script_args, output_dir) -> dict:
@@ -194,7 +201,7 @@ def render_card(config: dict, metrics: dict, knowledge: dict, records: list[dict
         name=repo_id or "cthulhu-sft adapter",
         base=base,
         base_link=f"[{base}](https://huggingface.co/{base})" if base_id else f"`{base}`",
-        repo_or_path=repo_id or "path/to/adapter",
+        repo_or_path=repo_id or config["output_dir"],
         max_new_tokens=config["sample_max_new_tokens"],
         decoding=", ".join(f"{key}={value}" for key, value in decoding.items()),
         metrics=metric_rows(metrics),
