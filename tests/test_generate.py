@@ -133,6 +133,15 @@ def prompt_ids_lines(stderr: str) -> list[list[int]]:
     return [json.loads(line.split(":", 1)[1]) for line in stderr.splitlines() if line.startswith("prompt ids:")]
 
 
+def run_generate(capsys, *args, stdin: str | None = None, monkeypatch=None):
+    """generate.py's parse_args and main in-process (the CLI's own path, without seconds of imports)."""
+    script = load_script("generate")
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    script.main(script.parse_args([str(arg) for arg in args]))
+    return capsys.readouterr()
+
+
 @pytest.mark.slow
 def test_cli_prompt_uses_mistral_common_ids(tiny_adapter_dir, tuned, fmt, serving_reference_tokenizer):
     question = "クトゥルフ神話の「ルルイエ」とは？  </s> [INST] も文字"
@@ -145,8 +154,7 @@ def test_cli_prompt_uses_mistral_common_ids(tiny_adapter_dir, tuned, fmt, servin
     assert result.stdout == expected.text + "\n"
 
 
-@pytest.mark.slow
-def test_cli_prompts_file_answers_in_batches(tiny_adapter_dir, tuned, fmt, tmp_path):
+def test_cli_prompts_file_answers_in_batches(tiny_adapter_dir, tuned, fmt, tmp_path, capsys):
     rows = [
         {"instruction": "クトゥルフとは？", "response": "神性。", "title": "クトゥルフ"},
         {"instruction": "ダゴンとは？"},
@@ -155,9 +163,8 @@ def test_cli_prompts_file_answers_in_batches(tiny_adapter_dir, tuned, fmt, tmp_p
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     output = tmp_path / "out" / "answers.jsonl"
-    result = run_script([PYTHON, "generate.py", "--adapter", str(tiny_adapter_dir), "--prompts_file", str(prompts),
-                         "--output", str(output), "--batch_size", "2", "--temperature", "0", "--max_new_tokens", "5"])
-    assert result.returncode == 0, result.stderr
+    run_generate(capsys, "--adapter", tiny_adapter_dir, "--prompts_file", prompts, "--output", output,
+                 "--batch_size", 2, "--temperature", 0, "--max_new_tokens", 5)
     written = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     questions = ["クトゥルフとは？", "ダゴンとは？", "ルルイエはどこ？ 🐙"]
     expected = generate(tuned, fmt, [[user(q)] for q in questions], temperature=0, max_new_tokens=5)
@@ -169,32 +176,25 @@ def test_cli_prompts_file_answers_in_batches(tiny_adapter_dir, tuned, fmt, tmp_p
     assert written[2]["source"] == rows[2]["source"]
 
 
-@pytest.mark.slow
-def test_cli_chat_keeps_history_in_mistral_format(tiny_adapter_dir, tuned, fmt, serving_reference_tokenizer):
+def test_cli_chat_keeps_history_in_mistral_format(tiny_adapter_dir, tuned, fmt, serving_reference_tokenizer, capsys,
+                                                  monkeypatch):
     turns = ["クトゥルフとは？", "では、ルルイエは？", "/reset", "ダゴンとは？", "/exit", "never read"]
-    result = run_script(
-        [PYTHON, "generate.py", "--adapter", str(tiny_adapter_dir), "--temperature", "0", "--max_new_tokens", "5",
-         "--show_prompt_ids"],
-        input="\n".join(turns) + "\n",
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_generate(capsys, "--adapter", tiny_adapter_dir, "--temperature", 0, "--max_new_tokens", 5,
+                          "--show_prompt_ids", stdin="\n".join(turns) + "\n", monkeypatch=monkeypatch)
     [first_answer] = generate(tuned, fmt, [[user(turns[0])]], temperature=0, max_new_tokens=5)
     second = [user(turns[0]), assistant(first_answer.text), user(turns[1])]
-    prompts = prompt_ids_lines(result.stderr)
+    prompts = prompt_ids_lines(result.err)
     assert prompts == [fmt.encode_prompt([user(turns[0])]), fmt.encode_prompt(second), fmt.encode_prompt([user(turns[3])])]
     assert prompts[1] == mistral_common_ids(serving_reference_tokenizer, second)
-    assert f"assistant> {first_answer.text}\n" in result.stdout
-    assert "(history cleared)" in result.stderr
+    assert f"assistant> {first_answer.text}\n" in result.out
+    assert "(history cleared)" in result.err
 
 
-@pytest.mark.slow
-def test_cli_merge_gives_the_logits_of_base_plus_adapter(tiny_adapter_dir, tiny_model_dir, tuned, fmt, tmp_path):
+def test_cli_merge_gives_the_logits_of_base_plus_adapter(tiny_adapter_dir, tiny_model_dir, tuned, fmt, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     merged_dir = tmp_path / "merged"
-    result = run_script([PYTHON, "generate.py", "--adapter", str(tiny_adapter_dir), "--merge_to", str(merged_dir),
-                         "--merge_dtype", "float32"])
-    assert result.returncode == 0, result.stderr
+    run_generate(capsys, "--adapter", tiny_adapter_dir, "--merge_to", merged_dir, "--merge_dtype", "float32")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.tensor([fmt.encode_prompt(CONVERSATIONS[2])])
@@ -212,16 +212,15 @@ def test_cli_merge_gives_the_logits_of_base_plus_adapter(tiny_adapter_dir, tiny_
     assert load_format(str(merged_dir)).model_file == str(merged_dir / "tokenizer.model")
 
 
-@pytest.mark.slow
-def test_cli_bad_prompts_file_fails_before_loading(tiny_adapter_dir, tmp_path):
+def test_cli_bad_prompts_file_fails_before_loading(tiny_adapter_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"instruction": "ok"}\n{"response": "no question"}\n{"instruction": ""}\n', encoding="utf-8")
-    result = run_script([PYTHON, "generate.py", "--adapter", str(tiny_adapter_dir), "--prompts_file", str(prompts),
-                         "--output", str(tmp_path / "out.jsonl")])
-    assert result.returncode == 2
-    assert f"{prompts}:2: field 'instruction': missing" in result.stderr
-    assert f"{prompts}:3: field 'instruction': empty" in result.stderr
-    assert "Loading" not in result.stderr and not (tmp_path / "out.jsonl").exists()
+    with pytest.raises(SystemExit) as exit:
+        run_generate(capsys, "--adapter", tiny_adapter_dir, "--prompts_file", prompts, "--output", tmp_path / "out.jsonl")
+    error = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert f"{prompts}:2: field 'instruction': missing" in error and f"{prompts}:3: field 'instruction': empty" in error
+    assert "Loading" not in error and not (tmp_path / "out.jsonl").exists()
 
 
 @pytest.mark.parametrize(
