@@ -47,11 +47,7 @@ def main(script_args, training_args, model_args):
     if finished_already(script_args, training_args):
         return
 
-    # Publishing: the token and the repo are checked now, not after hours of training. The Trainer's own push
-    # would contact the Hub in __init__ and upload in the background; we push once everything is saved.
-    push, training_args.push_to_hub = training_args.push_to_hub, False
-    if push:
-        check_push(script_args, training_args, model_args, state)
+    push, training_args.push_to_hub = training_args.push_to_hub, False  # we push once everything is saved (below)
     if os.path.isdir(model_args.model_name_or_path):  # the adapter names its base wherever it is loaded from
         model_args.model_name_or_path = os.path.abspath(model_args.model_name_or_path)
 
@@ -70,6 +66,11 @@ def main(script_args, training_args, model_args):
         fail(tokenizer_error(model_args.model_name_or_path, error))
     for warning in warnings:
         logger.warning(warning)
+
+    # Publishing: the token and the repo are checked now, not after hours of training. (The Trainer's own push
+    # would contact the Hub in __init__ and upload in the background, so a failure could not be reported plainly.)
+    if push:
+        check_push(script_args, training_args, model_args, state)
     if script_args.dump_tokenized:
         if state.is_main_process:
             write_jsonl_atomic(script_args.dump_tokenized, rows["train"])
@@ -105,31 +106,34 @@ def main(script_args, training_args, model_args):
         trainer.model.peft_config["default"].base_model_name_or_path = script_args.base_model_hub_id
     trainer.save_model(output_dir)
     metrics = dict(result.metrics) | final_eval_metrics(trainer)
-
-    # Samples, knowledge check, card and run.json, with the trained model still in memory (main process only)
-    if state.is_main_process:
-        shutil.copy(fmt.model_file, os.path.join(output_dir, "tokenizer.model"))  # generate.py's exact ids
-        knowledge = run_record.after_training(trainer.model, fmt, script_args, output_dir)
-        run_record.finish(output_dir, record, metrics, knowledge, records["train"])
-        logger.info(f"saved the adapter, tokenizer, model card and run.json to {output_dir}")
-    # All processes leave the process group together, before the main one's upload (which needs none of them):
-    # a process tearing down its group while another still works can hang at exit.
+    # The rest needs no other process: all leave the process group together now (a process tearing down its group
+    # while another still works can hang at exit), so none waits at a barrier while the main one answers.
     state.wait_for_everyone()
     trainer.accelerator.end_training()
+    if not state.is_main_process:
+        return
+
+    # Samples, knowledge check, card and run.json, with the trained model still in memory
+    shutil.copy(fmt.model_file, os.path.join(output_dir, "tokenizer.model"))  # generate.py's exact ids
+    knowledge = run_record.after_training(trainer.model, fmt, script_args, output_dir)
+    run_record.finish(output_dir, record, metrics, knowledge, records["train"])
+    logger.info(f"saved the adapter, tokenizer, model card and run.json to {output_dir}")
 
     # Publish
-    if push and state.is_main_process:
+    if push:
         publish(output_dir, training_args)
 
 
 def finished_already(script_args, training_args) -> bool:
     """True (nothing to do, nothing written) when resuming a finished run; a new run there is refused."""
     previous = read_run(training_args.output_dir)
-    if not previous or previous.get("status") != "finished" or script_args.overwrite_output_dir:
+    if not previous or previous.get("status") != "finished":
         return False
     if str(training_args.resume_from_checkpoint).lower() not in ("none", "false", ""):
         logger.info(f"{training_args.output_dir} holds a finished run (run.json); nothing to resume, nothing written.")
         return True
+    if script_args.overwrite_output_dir:
+        return False
     fail(f"{training_args.output_dir} already holds a finished run (run.json): choose another --output_dir, or pass "
          "--overwrite_output_dir true to train a new run there")
 

@@ -19,6 +19,8 @@ SOURCE_TEXTS = "data/source_texts.jsonl"  # every crawled article's text
 CACHE_DIR = ".cache"  # the crawl (wiki/) and the model-written answers (qa/)
 # Keys that hold credentials: never accepted on the command line, written to run.json, the saved config or logs.
 SECRET_KEYS = ("hub_token", "push_to_hub_token")
+# Options about this one invocation, not the recipe: left out of the saved config.yaml, which repeats the run
+ONE_OFF_KEYS = ("resume_from_checkpoint", "overwrite_output_dir", "dump_tokenized")
 
 
 @dataclass
@@ -64,6 +66,10 @@ class ScriptArguments:
     def __post_init__(self):
         self.eval_file = list_of_files(self.eval_file)
         self.knowledge_check_files = list_of_files(self.knowledge_check_files)
+        problem = DecodingArguments(self.sample_temperature, self.sample_top_p, self.sample_repetition_penalty,
+                                    self.sample_max_new_tokens).problem()
+        if problem:  # found now, not after hours of training
+            raise ValueError(problem.replace("--", "sample_"))
 
 
 def list_of_files(value) -> list[str]:
@@ -129,7 +135,7 @@ def normalized_argv(argv: list[str]) -> list[str]:
 def refuse_secret_arguments(argv: list[str]) -> None:
     """A token on the command line shows in the process list and in a launcher's failure report."""
     for arg in argv:
-        if arg.split("=", 1)[0].lstrip("-") in SECRET_KEYS:
+        if arg.startswith("--") and arg.split("=", 1)[0].lstrip("-").replace("-", "_") in SECRET_KEYS:
             fail(f"{arg.split('=', 1)[0]} is not accepted on the command line (it would show in the process list "
                  "and in error reports): log in with `hf auth login`, or set the HF_TOKEN environment variable")
 
@@ -145,6 +151,10 @@ def check_config_keys(path: str, fields: set[str]) -> None:
         fail(f"--config: {path} is not valid YAML: {error}")
     if not isinstance(values, dict):
         fail(f"--config: {path} must be a YAML mapping of option: value")
+    secrets = [str(key) for key in values if str(key) in SECRET_KEYS]
+    if secrets:
+        fail(f"{path}: '{secrets[0]}' does not belong in a config file (it would be saved with every checkpoint): "
+             "log in with `hf auth login`, or set the HF_TOKEN environment variable")
     unknown = [str(key) for key in values if key not in fields | {"env"}]
     if unknown:
         fail("\n".join(f"{path}: unknown key '{key}'{nearest_hint(key, fields)}" for key in unknown))
@@ -154,16 +164,6 @@ def nearest_hint(key: str, fields: set[str]) -> str:
     nearest = difflib.get_close_matches(key.replace("-", "_"), sorted(fields), n=1, cutoff=0.6)
     return f"; did you mean '{nearest[0]}'?" if nearest else " (the options are the keys of sft_config.yaml and " \
         "the fields of TRL's SFTConfig and ModelConfig)"
-
-
-def config_path(args: list[str]) -> str | None:
-    """The value of --config (as `--config FILE` or `--config=FILE`), if given."""
-    for index, arg in enumerate(args):
-        if arg == "--config" and index + 1 < len(args):
-            return args[index + 1]
-        if arg.startswith("--config="):
-            return arg.removeprefix("--config=")
-    return None
 
 
 def resolved_config(*configs) -> dict:
@@ -180,6 +180,11 @@ def resolved_config(*configs) -> dict:
                 values[key] = getattr(config, key)
         resolved.update({key: value for key, value in values.items() if key not in SECRET_KEYS})
     return resolved
+
+
+def recipe(config: dict) -> dict:
+    """The resolved configuration without the one-off options: what config.yaml saves to repeat the run."""
+    return {key: value for key, value in config.items() if key not in ONE_OFF_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -157,11 +157,14 @@ def eval_set_name(path: str, eval_files: list[str]) -> str:
     """
     if len(eval_files) == 1:
         return "eval"
-    names = [Path(other).stem.removeprefix("eval_") for other in eval_files]
-    name = Path(path).stem.removeprefix("eval_")
-    if names.count(name) > 1:
-        raise DataError(f"eval_file: two files are named {Path(path).stem}; their losses would share one name")
-    return {"eval": "unseen", "train": "train_file"}.get(name, name)  # "train" names the training split
+
+    def name_of(file):
+        name = Path(file).stem.removeprefix("eval_")
+        return {"eval": "unseen", "train": "train_file"}.get(name, name)  # "train" names the training split
+
+    if [name_of(other) for other in eval_files].count(name_of(path)) > 1:
+        raise DataError(f"eval_file: two files would be logged as eval_{name_of(path)}_loss; rename one")
+    return name_of(path)
 
 
 def overlap_warnings(files: dict[str, str], records: dict[str, list[dict]]) -> list[str]:

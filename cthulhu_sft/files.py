@@ -36,6 +36,11 @@ def write_temporary(path: str | os.PathLike, text: str) -> Path:
     return temporary
 
 
+def is_local_path(name: str) -> bool:
+    """Whether a model name is a local folder (or written as a path), not a Hub id."""
+    return os.path.isabs(name) or name.startswith(".") or os.path.isdir(name)
+
+
 def write_json_atomic(path: str | os.PathLike, value) -> None:
     write_text_atomic(path, json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
 

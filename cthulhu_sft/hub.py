@@ -10,7 +10,10 @@ import json
 import os
 import sys
 
-from huggingface_hub import HfApi, get_session, get_token
+from huggingface_hub import HfApi, get_token, set_client_factory
+from huggingface_hub.utils import _http
+
+from .files import is_local_path
 
 # What a published adapter repo holds; checkpoints, logs and training_args.bin stay local.
 RUN_PATTERNS = ["adapter_config.json", "adapter_model.safetensors", "tokenizer*", "special_tokens_map.json",
@@ -26,8 +29,14 @@ class PushError(RuntimeError):
 
 def set_timeout(seconds: float) -> None:
     """Every request of huggingface_hub gives up after `seconds` without an answer (its default is to wait
-    forever). Its one shared HTTP client is the place to say so."""
-    get_session().timeout = seconds
+    forever). Set in the factory of its shared HTTP client, which it builds anew after a connection error."""
+
+    def client():
+        http = _http.default_client_factory()  # the library's own client (its request hooks), with a timeout
+        http.timeout = seconds
+        return http
+
+    set_client_factory(client)
 
 
 def _failure(what: str, error: Exception) -> PushError:
@@ -78,7 +87,7 @@ def push_run(output_dir: str, repo_id: str, private: bool | None = None) -> str:
     `base_model_hub_id` there): a local path means nothing to anyone who downloads the adapter."""
     with open(os.path.join(output_dir, "adapter_config.json"), encoding="utf-8") as file:
         base = json.load(file).get("base_model_name_or_path") or ""
-    if os.path.isabs(base) or base.startswith(".") or os.path.isdir(base):
+    if is_local_path(base):
         raise PushError(f"the adapter's base is the local folder {base}, which no one else can load: train with "
                         "--base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2), or set "
                         "base_model_name_or_path in adapter_config.json to the base's Hub id")

@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from .config import recipe
 from .data import write_jsonl_atomic
-from .files import write_json_atomic, write_text_atomic
+from .files import is_local_path, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger("train_sft")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "huggingface_hub")
@@ -76,7 +77,8 @@ def finish(output_dir: str, record: dict, metrics: dict, knowledge: dict, record
     """config.yaml, the model card and run.json (status "finished"), written last so that a finished run.json
     means every other output is in place."""
     config = record["config"]
-    write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    write_text_atomic(os.path.join(output_dir, "config.yaml"),
+                      yaml.safe_dump(recipe(config), allow_unicode=True, sort_keys=False))
     write_text_atomic(os.path.join(output_dir, "README.md"), render_card(config, metrics, knowledge, records))
     record.update(status="finished", end_time=now(), metrics=metrics, knowledge_check=knowledge)
     write_json_atomic(os.path.join(output_dir, "run.json"), record)
@@ -123,8 +125,9 @@ def knowledge_check(model, fmt, files: list[str], limit: int, source_texts_path:
         if rows is None:
             entry["error"] = "file not found"
             continue
+        rows = rows[:limit]
         flagged = {id(row) for row in quiz_problems(rows, texts)}
-        rows = [row for row in rows if row.get("answers") and id(row) not in flagged][:limit]
+        rows = [row for row in rows if row.get("answers") and id(row) not in flagged]
         entry["excluded_by_quiz_check"] = len(flagged)
         if not rows:
             entry["error"] = "no question with accepted short answers (`answers`)"
@@ -162,19 +165,22 @@ def after_training(model, fmt, script_args, output_dir) -> dict:
     if sharded_with_fsdp():  # a sharded model cannot generate on one process
         logger.info("samples and knowledge check skipped under FSDP: run generate.py / evaluate.py on the adapter")
         return {"status": "skipped", "reason": "the model was sharded with FSDP"}
-    if script_args.sample_prompts:
-        for sample in answer_samples(model, fmt, script_args, output_dir):
-            stop = "</s>" if sample["ended_with_eos"] else "(max_new_tokens reached)"
-            logger.info(f"\n[INST] {sample['prompt']} [/INST]\n{sample['answer']} {stop}")
+    try:  # the adapter is saved: a failure here is reported, never fatal
+        if script_args.sample_prompts:
+            for sample in answer_samples(model, fmt, script_args, output_dir):
+                stop = "</s>" if sample["ended_with_eos"] else "(max_new_tokens reached)"
+                logger.info(f"\n[INST] {sample['prompt']} [/INST]\n{sample['answer']} {stop}")
+    except Exception as error:
+        logger.warning(f"the sample answers failed: {type(error).__name__}: {error}")
     if not script_args.knowledge_check:
         return {"status": "skipped", "reason": "knowledge_check is false"}
-    source_texts = os.path.join(os.path.dirname(script_args.train_file), "source_texts.jsonl")
     try:
-        return knowledge_check(model, fmt, script_args.knowledge_check_files,
-                                          script_args.knowledge_check_limit, source_texts, logger.info)
-    except Exception as error:  # the adapter is saved: a failed check is reported, never fatal
+        check = knowledge_check(model, fmt, script_args.knowledge_check_files, script_args.knowledge_check_limit,
+                                logger.info)
+    except Exception as error:
         logger.warning(f"knowledge check failed: {type(error).__name__}: {error}")
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    return check | {"limit": script_args.knowledge_check_limit}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,14 +213,11 @@ def render_card(config: dict, metrics: dict, knowledge: dict, records: list[dict
         metrics=metric_rows(metrics),
         hyperparameters=[(key, config[key]) for key in HYPERPARAMETERS if key in config],
         knowledge=knowledge_view(knowledge),
+        load_flag=" --load_in_8bit" if config.get("load_in_8bit") else " --load_in_4bit" if config.get("load_in_4bit") else "",
         license=config["license"],
         **provenance,
     )
     return card.content
-
-
-def is_local_path(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith(".") or os.path.isdir(name)
 
 
 def metric_rows(metrics: dict) -> list[dict]:
@@ -265,7 +268,7 @@ def knowledge_view(knowledge: dict) -> dict:
     """The knowledge check as the card's tables show it."""
     if knowledge.get("status") != "done":
         return knowledge
-    view = {"status": "done", "sets": [], "sets_argument": " ".join(
+    view = {"status": "done", "sets": [], "limit": knowledge.get("limit"), "sets_argument": " ".join(
         f"{entry['name']}={entry['path']}" for entry in knowledge["sets"] if "results" in entry)}
     for entry in knowledge["sets"]:
         card_set = {"name": entry["name"], "path": entry["path"], "error": entry.get("error"), "rows": []}

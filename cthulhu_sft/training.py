@@ -6,6 +6,7 @@ Shared by train_sft.py and benchmarks/bench_train.py, so that the benchmark meas
 import json
 import logging
 import os
+import shutil
 import sys
 import warnings
 
@@ -148,21 +149,26 @@ def resume_checkpoint(value, output_dir: str) -> str | None:
 def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
     """Raises OutputDirError unless output_dir may receive a new run (or, resuming, the continued one).
 
-    A finished run is never touched (train_sft.py exits before calling this); a run with checkpoints is
-    continued with --resume_from_checkpoint true; a run that crashed before its first checkpoint is simply
-    started again; any other non-empty folder is the user's and is refused unless --overwrite_output_dir.
+    A finished run is never touched unless --overwrite_output_dir (train_sft.py stops before calling this); a run
+    with checkpoints is continued with --resume_from_checkpoint true; a run that crashed before its first
+    checkpoint is simply started again; any other non-empty folder is the user's and is refused. With
+    --overwrite_output_dir a new run starts there, and an earlier run's checkpoints are removed (by the main
+    process) so that a later resume cannot pick them up.
     """
     names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
     if resuming or not names:
         return
-    run = read_run(output_dir)
-    if run is None:
-        if not overwrite:
-            raise OutputDirError(
-                f"{output_dir} is not empty and holds no cthulhu-sft run (no run.json); its files (e.g. a README.md) "
-                "would be replaced: choose another --output_dir, or pass --overwrite_output_dir true")
+    checkpoints = [name for name in names if name.startswith("checkpoint-")]
+    if overwrite:
+        if checkpoints and PartialState().is_main_process:
+            for name in checkpoints:
+                shutil.rmtree(os.path.join(output_dir, name))
         return
-    if any(name.startswith("checkpoint-") for name in names):
+    if read_run(output_dir) is None:
+        raise OutputDirError(
+            f"{output_dir} is not empty and holds no cthulhu-sft run (no run.json); its files (e.g. a README.md) "
+            "would be replaced: choose another --output_dir, or pass --overwrite_output_dir true")
+    if checkpoints:
         raise OutputDirError(f"{output_dir} holds an unfinished run with checkpoints: continue it with "
                              "--resume_from_checkpoint true, or choose another --output_dir")
 

@@ -85,3 +85,12 @@ def test_the_retry_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         hub.main([str(tmp_path), "tester/again"])
     assert exit.value.code == 2 and "has no adapter_config.json" in capsys.readouterr().err
+
+
+def test_the_timeout_survives_a_new_http_client():
+    """huggingface_hub builds a new client after a connection error; the timeout must hold for it too."""
+    from huggingface_hub import close_session, get_session
+
+    hub.set_timeout(7)
+    close_session()
+    assert get_session().timeout.read == 7

@@ -44,7 +44,7 @@ def test_notebook_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
                       "--train_file data/sample/train.jsonl --eval_file data/sample/eval.jsonl",
         "LOAD_ARGS": "",
         "QUESTION": question,
-        "GENERATE_ARGS": "--temperature 0 --max_new_tokens 4",
+        "GENERATE_ARGS": "--temperature 0 --max_new_tokens 4 --show_prompt_ids",
         "EVAL_ARGS": "--limit 2 --temperatures 0 0.7 --max_new_tokens 4 --sets unseen=data/sample/eval.jsonl",
     }
     source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
@@ -58,6 +58,11 @@ def test_notebook_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     [chat] = [cell for cell in notebook.cells if '"--prompt"' in cell.source]
     assert "Loading" in cell_text(chat)
     assert not pwned.exists(), "a parameter was run as a command"
+    from cthulhu_sft.format import MistralFormat
+
+    [ids] = [json.loads(line.split(":", 1)[1]) for line in cell_text(chat).splitlines() if line.startswith("prompt ids:")]
+    expected = MistralFormat.from_pretrained(str(tiny_model_dir)).encode_prompt([{"role": "user", "content": question}])
+    assert ids == expected, "the question reached the model changed"
     report = json.loads((tmp_path / "adapter-eval" / "report.json").read_text(encoding="utf-8"))
     runs = {(result["model"], result["temperature"]) for result in report["results"] if result["set"] == "unseen"}
     assert runs == {("base", 0.0), ("base", 0.7), ("tuned", 0.0), ("tuned", 0.7)}

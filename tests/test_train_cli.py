@@ -117,7 +117,7 @@ def test_unknown_or_abbreviated_options_are_errors_naming_the_nearest(option, ne
 
 
 @pytest.mark.parametrize("args", [["--hub_token", "hf_secret123"], ["--hub_token=hf_secret123"],
-                                  ["--push_to_hub_token", "hf_secret123"]])
+                                  ["--hub-token", "hf_secret123"], ["--push_to_hub_token", "hf_secret123"]])
 def test_a_token_on_the_command_line_is_refused_without_echoing_it(args, capsys):
     with pytest.raises(SystemExit) as exit:
         parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false", *args])
@@ -125,6 +125,35 @@ def test_a_token_on_the_command_line_is_refused_without_echoing_it(args, capsys)
     error = capsys.readouterr().err
     assert "is not accepted on the command line" in error and "hf auth login" in error and "HF_TOKEN" in error
     assert "hf_secret123" not in error
+
+
+def test_a_token_in_the_config_file_is_refused_without_echoing_it(tmp_path, capsys):
+    """A token in the YAML would be pickled into training_args.bin in every checkpoint."""
+    config = yaml.safe_load((REPO / "sft_config.yaml").read_text()) | {"hub_token": "hf_secret123"}
+    path = tmp_path / "with-token.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--config", str(path), "--bf16", "false"])
+    error = capsys.readouterr().err
+    assert exit.value.code == 2 and "does not belong in a config file" in error and "hf_secret123" not in error
+
+
+@pytest.mark.parametrize("option,value", [("--sample_max_new_tokens", "0"), ("--sample_top_p", "1.5"),
+                                          ("--sample_temperature", "-1")])
+def test_bad_sample_settings_are_refused_before_training(option, value, capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false", option, value])
+    assert exit.value.code == 2 and "sample_" in capsys.readouterr().err
+
+
+def test_eval_files_that_would_share_a_loss_name_are_refused():
+    from cthulhu_sft.data import DataError, eval_set_name
+
+    files = ["data/eval.jsonl", "x/unseen.jsonl"]
+    with pytest.raises(DataError, match="eval_unseen_loss"):
+        eval_set_name(files[0], files)
+    assert [eval_set_name(path, ["a/eval_known.jsonl", "a/eval.jsonl"]) for path in ["a/eval_known.jsonl", "a/eval.jsonl"]] \
+        == ["known", "unseen"]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir, train, said):
@@ -198,6 +227,23 @@ def test_resuming_a_finished_run_changes_nothing_and_succeeds(tmp_path, tiny_mod
                     model=tiny_model_dir) == 0
     assert output_dir_digest(out) == before, "a finished run is left byte for byte as it was"
     assert "holds a finished run" in said()
+
+
+def test_resuming_a_finished_run_changes_nothing_even_with_overwrite(tmp_path, tiny_model_dir, train, said):
+    out = tmp_path / "out"
+    before = finished_run(out)
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
+                    "--resume_from_checkpoint", "true", "--overwrite_output_dir", "true", model=tiny_model_dir) == 0
+    assert output_dir_digest(out) == before
+
+
+def test_overwrite_clears_the_old_checkpoints_so_no_resume_can_mix_runs(tmp_path):
+    from cthulhu_sft.training import check_output_dir
+
+    out = tmp_path / "out"
+    finished_run(out)
+    check_output_dir(str(out), resuming=False, overwrite=True)
+    assert not list(out.glob("checkpoint-*")) and (out / "run.json").is_file()
 
 
 def test_a_finished_run_is_not_overwritten_and_the_refusal_suggests_nothing_harmful(tmp_path, tiny_model_dir, train,
@@ -304,10 +350,10 @@ def push_args(tmp_path, train, repo="tester/cthulhu"):
             "--push_to_hub", "--hub_model_id", repo, "--base_model_hub_id", "mistralai/Mistral-7B-Instruct-v0.2"]
 
 
-def test_push_without_a_token_stops_before_training(tmp_path, train, hub_env, said):
+def test_push_without_a_token_stops_before_training(tmp_path, train, hub_env, said, tiny_model_dir):
     with LoopbackHub() as hub:
         hub_env(hub.url, token=None)
-        assert run_main(*push_args(tmp_path, train)) == 2
+        assert run_main(*push_args(tmp_path, train), model=tiny_model_dir) == 2
     error = said()
     assert "no Hugging Face token found" in error and "hf auth login" in error and "Nothing was trained" in error
     assert not (tmp_path / "out").exists()
@@ -317,20 +363,21 @@ def test_push_without_a_token_stops_before_training(tmp_path, train, hub_env, sa
     ("hf_wrongToken000000000000000000000", "tester/cthulhu", "The Hub refused the token"),
     (VALID_TOKEN, "someone-else/cthulhu", "may not write to that namespace"),
 ])
-def test_push_with_a_refused_token_or_namespace_stops_before_training(tmp_path, train, hub_env, token, repo, hint, said):
+def test_push_with_a_refused_token_or_namespace_stops_before_training(tmp_path, train, hub_env, token, repo, hint, said,
+                                                                     tiny_model_dir):
     with LoopbackHub() as hub:
         hub_env(hub.url, token=token)
-        assert run_main(*push_args(tmp_path, train, repo)) == 2
+        assert run_main(*push_args(tmp_path, train, repo), model=tiny_model_dir) == 2
     error = said()
     assert hint in error and "Nothing was trained" in error
     assert token not in error
 
 
-def test_a_hub_that_never_answers_is_given_up_on_in_time(tmp_path, train, hub_env, said):
+def test_a_hub_that_never_answers_is_given_up_on_in_time(tmp_path, train, hub_env, said, tiny_model_dir):
     with SilentHub() as hub:
         hub_env(hub.url)
         started = time.monotonic()
-        assert run_main(*push_args(tmp_path, train), "--hub_timeout", 1) == 2
+        assert run_main(*push_args(tmp_path, train), "--hub_timeout", 1, model=tiny_model_dir) == 2
         assert time.monotonic() - started < 30
     error = said()
     assert "whoami" in error and "Timeout" in error and VALID_TOKEN not in error

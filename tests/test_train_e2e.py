@@ -154,6 +154,8 @@ def test_saved_config_reproduces_the_run_settings(trained):
     assert training_args.eos_token is None and training_args.pad_token is None
     assert training_args.learning_rate == 0.01 and training_args.max_steps == 80 and model_args.lora_r == 16
     assert script_args.base_model_hub_id == "mistralai/Mistral-7B-Instruct-v0.2"
+    saved = (out / "config.yaml").read_text()
+    assert "resume_from_checkpoint" not in saved and "overwrite_output_dir" not in saved  # one-off, not the recipe
 
 
 def test_model_card_describes_the_data_it_was_trained_on(trained):
@@ -217,7 +219,7 @@ def test_documented_command_echoes_no_token_and_shows_one_error(tiny_model_dir, 
     """accelerate launch prints the child's command line when it fails, unless --quiet."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "q"}\n', encoding="utf-8")
-    for extra in (["--hub_token", SECRET], ["--train_file", bad]):
+    for extra in (["--hub-token", SECRET], ["--train_file", bad]):
         result = launch(train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", *extra))
         assert result.returncode == 1
         assert SECRET not in result.stdout + result.stderr

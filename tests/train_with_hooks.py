@@ -2,6 +2,8 @@
 
     CTHULHU_TEST_TRACE=<folder>      each process appends the input_ids it collates to <folder>/process-<i>.jsonl
     CTHULHU_TEST_DIE_AFTER=<step>    the process exits at once, as if killed, right after checkpoint-<step> is saved
+    (with CTHULHU_TEST_TRACE, each process that runs the samples and the knowledge check also writes
+    <folder>/after-training-<i>)
 """
 
 import json
@@ -15,8 +17,16 @@ from accelerate import PartialState  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 import train_sft  # noqa: E402
+from cthulhu_sft import run_record  # noqa: E402
 
 build_trainer = train_sft.build_trainer
+after_training = run_record.after_training
+
+
+def after_training_traced(*args, **kwargs):
+    folder = os.environ["CTHULHU_TEST_TRACE"]
+    open(os.path.join(folder, f"after-training-{PartialState().process_index}"), "w").close()
+    return after_training(*args, **kwargs)
 
 
 class DieAfterSave(TrainerCallback):
@@ -51,5 +61,7 @@ def build_trainer_with_hooks(*args, **kwargs):
 
 if __name__ == "__main__":
     train_sft.build_trainer = build_trainer_with_hooks
+    if os.environ.get("CTHULHU_TEST_TRACE"):
+        run_record.after_training = after_training_traced
     train_sft.setup_logging()
     train_sft.main(*train_sft.parse_args())
