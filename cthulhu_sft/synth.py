@@ -31,7 +31,7 @@ from tqdm import tqdm
 from cthulhu_sft.data import DataError
 from cthulhu_sft.examples import Passage, normalize_question
 from cthulhu_sft.files import write_json_atomic
-from cthulhu_sft.metrics import is_japanese, unsupported_terms
+from cthulhu_sft.metrics import is_abstention, is_japanese, key_terms, match_form, unsupported_terms
 
 PLACEHOLDERS = ("{title}", "{subject}", "{section}", "{passage}", "{count}")
 TEMPERATURE = 0.2  # factual extraction: little variety needed, the passage decides the content
@@ -58,7 +58,10 @@ REASONS = {
     "points_at_text": "the question points at a text the user cannot see (この節, 本文, 上記, ...)",
     "no_subject": "the question does not name the subject",
     "not_japanese": "the answer is empty or not Japanese",
+    "abstains": "the answer says it does not know (training on it would teach abstaining on trained topics)",
     "ungrounded": "a key term of the answer is not in the passage",
+    "unverifiable": "the answer has no key term to check, and the passage does not state it",
+    "question_ungrounded": "the question names a key term the passage does not (it would be taken as support)",
     "duplicate": "the same question (normalised) was already asked",
     "too_long": "the example does not fit the length limit",
 }
@@ -294,9 +297,22 @@ def rejection(question: str, answer: str, passage: Passage) -> str | None:
         return "no_subject"
     if not answer or not is_japanese(answer):  # the evaluation's own test
         return "not_japanese"
+    if is_abstention(answer):
+        return "abstains"
     if unsupported_terms(answer, passage.text, passage.title):
         return "ungrounded"
+    if not key_terms(answer) and not stated_in(answer, passage):
+        return "unverifiable"
+    if unsupported_terms(question, passage.text, passage.title):
+        return "question_ungrounded"
     return None
+
+
+def stated_in(answer: str, passage: Passage) -> bool:
+    """Whether the passage states the answer itself ('邪神と呼ばれています。' → 邪神), compared as the evaluation
+    compares answers: for an answer with no key term, the only check there is."""
+    core = POLITE_END.sub("", answer.strip()).strip().strip("「」『』")
+    return bool(match_form(core)) and match_form(core) in match_form(f"{passage.title}\n{passage.text}")
 
 
 def short_answer(answer: str) -> str | None:

@@ -91,6 +91,19 @@ def test_questions_pointing_at_the_text_or_not_naming_the_subject_and_non_japane
     assert len(kept) == 2
 
 
+def test_answers_that_abstain_or_cannot_be_checked_and_questions_that_invent_are_rejected(tmp_path):
+    """Without key terms the grounding filter has nothing to compare: such an answer is kept only when the passage
+    states it; an abstention would teach the model to give up on a trained topic; a question's invented term
+    would later count as support in the evaluation."""
+    extra = [("{subject}とは何ですか？", "わかりません。"), ("{subject}は何と呼ばれていますか？", "邪神と呼ばれています。"),
+             ("{subject}はいつできましたか？", "およそ数百万年前です。"),
+             ("ラヴクラフトが南極で見つけた{subject}は何ですか？", "都市です。")]
+    with OpenAIServer(passage_writer(extra)) as server:
+        kept, report = run(server, tmp_path, passages=[RULUIE])
+    assert report.rejected == {"abstains": 1, "unverifiable": 2, "question_ungrounded": 1}
+    assert all(pair["answer"] not in ("わかりません。", "邪神と呼ばれています。") for _, pair in kept)
+
+
 def test_fenced_wrapped_malformed_and_duplicate_outputs(tmp_path):
     fenced = "以下が答えです。\n```json\n" + pairs(("ルルイエとは何ですか？", "架空の都市です。"),
                                                   ("ルルイエはどこに沈んでいますか？", "南太平洋の海底です。")) + "\n```"
@@ -103,10 +116,10 @@ def test_fenced_wrapped_malformed_and_duplicate_outputs(tmp_path):
     assert report.rejected == {"duplicate": 2}  # a recitation question already in the dataset, and a respelling
     with OpenAIServer() as server:
         server.replies.extend([Reply(content="I cannot help with that."),
-                               Reply(content='{"pairs": [{"question": "ダゴンとは？"}, "ダゴン", {"question": "ダゴンの姿は？", "answer": "巨大な生き物です。"}]}')])
+                               Reply(content='{"pairs": [{"question": "ダゴンとは？"}, "ダゴン", {"question": "ダゴンは何ですか？", "answer": "深きものどもに崇拝される存在です。"}]}')])
         kept, report = run(server, tmp_path / "again", concurrency=1)
     assert report.rejected == {"malformed": 1, "malformed_pair": 2}
-    assert [pair["question"] for _, pair in kept] == ["ダゴンの姿は？"]  # no key term in its answer: nothing to check
+    assert [pair["question"] for _, pair in kept] == ["ダゴンは何ですか？"]  # no key term, but the passage states it
     assert parse_pairs('[{"question": "q", "answer": "a"}]') == [{"question": "q", "answer": "a"}]
     assert parse_pairs('{"pairs": [') is None and parse_pairs("") is None
 
