@@ -123,7 +123,8 @@ def parse_args(argv=None):
         full = {name: evaluation.read_set(path) for name, path in args.set_paths.items()}
         args.sets = {name: prepare_set(path, full[name][: args.limit], args.texts) for name, path in args.set_paths.items()}
         if args.answers:
-            args.matched, args.ignored_sets = evaluation.match_answers(args.answers, evaluation.read_answers(args.answers), full)
+            args.matched, args.ignored_sets, args.unmatched = evaluation.match_answers(
+                args.answers, evaluation.read_answers(args.answers), full)
     except DataError as error:
         parser.error(str(error))
     return args
@@ -206,7 +207,11 @@ def item_row(name: str, label: str, temperature, row: dict, answer: str, scores:
 
 def score_answers(args, report: dict, generations: list) -> None:
     """Scores the answers of --answers on every set, as one more system of the report."""
-    entry = {"label": args.label, "answers_file": args.answers, "unanswered": {}}
+    entry = {"label": args.label, "answers_file": args.answers, "unanswered": {}, "unmatched": len(args.unmatched)}
+    for line in args.unmatched[:20]:
+        print(f"{line}; left out", file=sys.stderr)
+    if len(args.unmatched) > 20:
+        print(f"... and {len(args.unmatched) - 20} more answers that match no question; left out", file=sys.stderr)
     for name, info in args.sets.items():
         answered = [index for index in info["scored"] if index in args.matched[name]]
         entry["unanswered"][name] = len(info["scored"]) - len(answered)

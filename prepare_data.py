@@ -325,27 +325,30 @@ def held_out(count: int, ratio: float, key: str) -> set[int]:
 
 def make_splits(passages, synthesized, held_titles, args, fits) -> dict[str, list[dict]]:
     """train (each passage under every wording, synthesized pairs less probes), eval (never-trained articles, one
-    wording), eval_known (probes of trained facts: held-out synthesized pairs, or without a writer cloze probes)."""
+    wording), eval_known (probes of trained facts: held-out synthesized pairs, and cloze probes for the trained
+    articles that have none, e.g. every article without a writer)."""
     splits = {split: [] for split in SPLITS}
     for passage in passages:
         if passage.title in held_titles:
             splits["eval"].append(row(passage, passage.questions[0], passage.text, passage.kind))
         else:
             splits["train"] += [row(passage, question, passage.text, passage.kind) for question in passage.questions]
+    probed = set()  # trained articles with a held-out synthesized pair
     for title, pairs in by_title(synthesized).items():
         probes = set() if title in held_titles else held_out(len(pairs), args.probe_ratio, f"{args.seed}\x00{title}")
+        probed |= {title} if probes else set()
         for index, (passage, pair) in enumerate(pairs):
             answer = short_answer(pair["answer"])
             split = "eval" if title in held_titles else "eval_known" if index in probes else "train"
             splits[split].append(row(passage, pair["question"], pair["answer"], "synthesized", writer=args.qa_model,
                                      **({"answers": [answer]} if answer else {})))
-    if not args.qa_model:
-        trained = by_title((passage, None) for passage in passages if passage.title not in held_titles)
-        for pairs in trained.values():
-            for passage, probe in cloze_probes([passage for passage, _ in pairs], args.probe_ratio, args.seed):
-                if fits(probe["instruction"], probe["response"]):
-                    splits["eval_known"].append(row(passage, probe["instruction"], probe["response"], "cloze",
-                                                    answers=probe["answers"]))
+    # Cloze probes for every trained article that has no held-out pair (all of them without a writer)
+    trained = by_title((passage, None) for passage in passages if passage.title not in held_titles | probed)
+    for pairs in trained.values():
+        for passage, probe in cloze_probes([passage for passage, _ in pairs], args.probe_ratio, args.seed):
+            if fits(probe["instruction"], probe["response"]):
+                splits["eval_known"].append(row(passage, probe["instruction"], probe["response"], "cloze",
+                                                answers=probe["answers"]))
     return splits
 
 
@@ -466,6 +469,10 @@ def run(args) -> int:
     if not splits["eval"]:
         print(f"note: no eval split (--eval_ratio {args.eval_ratio}, {len(titles)} article(s)); "
               "train with --eval_file '' --eval_strategy no", file=sys.stderr)
+    if not splits["eval_known"]:
+        print(f"warning: no eval_known split (--probe_ratio {args.probe_ratio}: no held-out question about a trained "
+              "fact); train with --eval_file data/eval.jsonl, and the knowledge check has no known set",
+              file=sys.stderr)
     texts = {f"{split}.jsonl": jsonl_text(rows) for split, rows in splits.items() if rows}  # no empty files
     sources = [{"title": p["title"], "text": clean_text(p["text"] or ""), "source": p["url"], "revid": p["revid"],
                 "split": "eval" if p["title"] in held_titles else "train"} for p in pages if (p["text"] or "").strip()]

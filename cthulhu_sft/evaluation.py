@@ -8,7 +8,8 @@ other, or the data's recitation / synthesized / cloze ...)}; adding a set needs 
     quiz    data/quiz/cthulhu_quiz_ja.jsonl    curated short-answer questions on well-known facts
 
 One answer (`score_item`), from the per-answer measures of cthulhu_sft/metrics.py:
-    correct         rows with `answers` only (else None): the answer is in Japanese and contains an accepted form.
+    correct         rows with `answers` only (else None): the answer contains an accepted form and, that form left
+                    out, is in Japanese ("De Vermis Mysteriisです。" is correct, an English sentence is not).
     abstained       the answer says it does not know (metrics.is_abstention), and neither contains an accepted
                     form nor states an unsupported term: a hedge followed by a guess is scored as an answer.
     japanese        metrics.is_japanese. An answer not in Japanese is not correct, and its Latin words are not
@@ -42,6 +43,7 @@ unchecked, not a problem.
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from . import metrics
@@ -193,12 +195,13 @@ def question_key(question: str) -> str:
     return "".join(metrics.normalize(question).split())
 
 
-def match_answers(path, answers: list[dict], sets: dict[str, list[dict]]) -> tuple[dict[str, dict[int, str]], dict[str, int]]:
+def match_answers(path, answers: list[dict], sets: dict[str, list[dict]]):
     """Pairs answers made elsewhere with the rows of the sets they name, by question.
 
-    Returns ({set: {row index: answer}}, {set name not evaluated: number of its answers, which are ignored}). A
-    question asked n times in a set takes up to n answers, in order. An answer to a question that its set does
-    not ask, or one answer too many, is a DataError naming file:line:field.
+    Returns ({set: {row index: answer}}, {set name not evaluated: number of its answers, which are ignored},
+    [file:line: why, for each answer that matches no row]). A question asked n times in a set takes up to n
+    answers, in order; an answer to a question its set does not ask, or one answer too many, is left out (and
+    reported), not a reason to score nothing.
     """
     matched: dict[str, dict[int, str]] = {name: {} for name in sets}
     waiting = {name: {} for name in sets}  # set -> question key -> row indices not yet answered
@@ -206,7 +209,7 @@ def match_answers(path, answers: list[dict], sets: dict[str, list[dict]]) -> tup
         for index, row in enumerate(rows):
             waiting[name].setdefault(question_key(row["instruction"]), []).append(index)
     ignored: dict[str, int] = {}
-    problems = []
+    unmatched = []
     for answer in answers:
         name = answer["set"]
         if name not in sets:
@@ -214,14 +217,12 @@ def match_answers(path, answers: list[dict], sets: dict[str, list[dict]]) -> tup
             continue
         key = question_key(answer["instruction"])
         if key not in waiting[name]:
-            problems.append(f"{path}:{answer['line']}: field 'instruction': not a question of set '{name}'")
+            unmatched.append(f"{path}:{answer['line']}: field 'instruction': not a question of set '{name}'")
         elif not waiting[name][key]:
-            problems.append(f"{path}:{answer['line']}: field 'instruction': one answer too many to this question of set '{name}'")
+            unmatched.append(f"{path}:{answer['line']}: field 'instruction': one answer too many to this question of set '{name}'")
         else:
             matched[name][waiting[name][key].pop(0)] = answer["answer"]
-    if problems:
-        raise DataError("\n".join(problems[:20] + ([f"... and {len(problems) - 20} more problems"] if len(problems) > 20 else [])))
-    return matched, ignored
+    return matched, ignored, unmatched
 
 
 def default_max_new_tokens(rows: list[dict], fmt) -> int:
@@ -244,7 +245,8 @@ def score_item(row: dict, answer: str, stopped: bool | None, source_text: str = 
     contains = bool(accepted) and metrics.answer_is_correct(answer, accepted)
     reference_terms = metrics.key_terms(reference)
     return {
-        "correct": (contains and japanese) if accepted else None,
+        # a Latin accepted form (De Vermis Mysteriis) does not make the answer around it non-Japanese
+        "correct": (contains and metrics.is_japanese(without_forms(answer, accepted))) if accepted else None,
         "abstained": metrics.is_abstention(answer) and not contains and not unsupported,
         "japanese": japanese,
         "unsupported_terms": unsupported,
@@ -257,6 +259,13 @@ def score_item(row: dict, answer: str, stopped: bool | None, source_text: str = 
         "recalled_terms": len(reference_terms & metrics.key_terms(answer)),
         "claimed_terms": len(claims),
     }
+
+
+def without_forms(answer: str, accepted: list[str]) -> str:
+    """The answer with the accepted forms it spells out removed (case-insensitively)."""
+    for form in sorted(accepted, key=len, reverse=True):
+        answer = re.sub(re.escape(form), "", answer, flags=re.I)
+    return answer
 
 
 def aggregate(items: list[dict]) -> dict:

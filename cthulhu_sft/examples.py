@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cthulhu_sft.format import MistralFormat
-from cthulhu_sft.metrics import key_terms, normalize
+from cthulhu_sft.metrics import is_japanese, key_terms, normalize
 
 # Sections readers skip and that teach the model nothing about the mythos (notes, sources, links).
 DROPPED_SECTION = re.compile(
@@ -250,15 +250,16 @@ def normalize_question(text: str) -> str:
 def named_terms(text: str) -> list[str]:
     """The evaluation's key terms of `text` as written there (names whole: ハワード・フィリップス・ラヴクラフト),
     in order of appearance; bare numbers only as years (1928年)."""
-    folded = normalize(text)
-    if len(folded) != len(text):  # NFKC changed the length: positions would not match the text
-        return []
+    # normalised character by character, so that a position in the folded text maps back to the text even where
+    # NFKC changes the length ("…" → "...")
+    pieces = [normalize(character) for character in text]
+    folded, owner = "".join(pieces), [index for index, piece in enumerate(pieces) for _ in piece]
     found = {}
     for term in key_terms(text):
-        start = folded.find(term)
-        if start < 0:
+        position = folded.find(term)
+        if position < 0:
             continue
-        end = start + len(term)
+        start, end = owner[position], owner[position + len(term) - 1] + 1
         if term.isdigit():
             if len(term) != 4 or text[end:end + 1] != "年":
                 continue
@@ -443,6 +444,8 @@ def cloze(subject: str, sentence: str, rng: random.Random) -> dict | None:
     subject_terms = key_terms(subject)
     candidates = []
     for name in named_terms(sentence):
+        if not is_japanese(name):  # a Latin name: a bare Latin answer is scored as a non-Japanese answer
+            continue
         answer = name.removesuffix("年") if name[0].isdigit() else name
         blanked = sentence.replace(answer, BLANK)
         if not key_terms(answer) & subject_terms and not key_terms(answer) & key_terms(blanked):

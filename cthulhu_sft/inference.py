@@ -20,6 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from cthulhu_sft.config import DecodingArguments, sft_defaults
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.logs import quiet_bitsandbytes
 
 DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -107,6 +108,8 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     base = resolve_base(base, adapter, adapter_revision)
+    if load_in_8bit:
+        quiet_bitsandbytes()
     # The quantization training uses (TRL's, from the same ModelConfig fields); 4-bit computes in bf16 for "auto"
     compute = "bfloat16" if dtype == "auto" else dtype
     quantization = ModelConfig(load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, dtype=compute)

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from .config import recipe
+from .config import CACHE_DIR, SOURCE_TEXTS, recipe
 from .data import write_jsonl_atomic
 from .files import is_local_path, write_json_atomic, write_text_atomic
 
@@ -101,18 +101,30 @@ def answer_samples(model, fmt, script_args, output_dir: str) -> list[dict]:
     return samples
 
 
-def knowledge_check(model, fmt, files: list[str], limit: int, source_texts_path: str | None, log) -> dict:
+def knowledge_check(model, fmt, files: list[str], limit: int, log) -> dict:
     """Answers each set's short-answer questions at temperature 0 with the adapter and with it disabled (PEFT's
-    disable_adapter: the base, no second copy in memory); scores them with the evaluation's own measures.
+    disable_adapter: the base, no second copy in memory); scores them with the evaluation's own measures, as
+    `evaluate.py --limit LIMIT --temperatures 0` does: the first `limit` rows of a set, the articles' text from
+    data/source_texts.jsonl and the crawl cache.
 
-    A missing or unusable set is reported in its entry, not raised; quiz items that the quiz self-check
-    flags (their answer is not in the crawled article) are left out and counted.
+    A missing or unusable set is reported in its entry, not raised; quiz items that the quiz self-check flags
+    (their answer is not in the crawled article) are left out and counted.
     """
-    from .evaluation import aggregate, default_max_new_tokens, quiz_problems, read_set, read_source_texts, score_item
+    from .evaluation import (
+        aggregate,
+        cached_source_texts,
+        default_max_new_tokens,
+        quiz_problems,
+        read_set,
+        read_source_texts,
+        score_item,
+    )
     from .inference import generate
 
     started = time.monotonic()
-    texts = read_source_texts(source_texts_path) if source_texts_path and os.path.isfile(source_texts_path) else {}
+    pages = os.path.join(CACHE_DIR, "wiki")  # where prepare_data.py keeps the crawled pages
+    texts = cached_source_texts(pages) if os.path.isdir(pages) else {}
+    texts |= read_source_texts(SOURCE_TEXTS) if os.path.isfile(SOURCE_TEXTS) else {}
     sets = []
     for path in files:
         entry = {"name": set_name(path), "path": path}

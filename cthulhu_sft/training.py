@@ -14,6 +14,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from .format import CHAT_TEMPLATE, chat_template_mismatches
+from .logs import SayOnce
 
 logger = logging.getLogger("train_sft")
 
@@ -218,24 +219,6 @@ def final_eval_metrics(trainer) -> dict:
     if len(logged) >= sets:
         return {key: value for entry in logged[-sets:] for key, value in entry.items() if key.startswith("eval_")}
     return trainer.evaluate()
-
-
-class SayOnce(logging.Filter):
-    """Each distinct warning once: bitsandbytes warns about its input cast on every 8-bit matmul (thousands of
-    lines in a short run), which would bury the lines that matter."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = set()
-
-    def filter(self, record):
-        if record.levelno < logging.WARNING:
-            return True
-        key = (record.name, record.getMessage())
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
 
 
 def setup_logging():

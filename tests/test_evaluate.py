@@ -212,6 +212,7 @@ def test_answers_made_elsewhere_are_scored_with_the_same_measures(tmp_path):
         {"set": "known", "instruction": KNOWN[1]["instruction"], "answer": "南極の氷の下にあります。"},
         {"set": "unseen", "instruction": UNSEEN[0]["instruction"], "answer": "Dagon is a deity worshipped by the Deep Ones."},
         {"set": "other", "instruction": "何か？", "answer": "x"},
+        {"set": "quiz", "instruction": "この質問はクイズにない？", "answer": "y"},  # a stray line: left out, named
     ])
     result = run_script([PYTHON, "evaluate.py", *write_inputs(tmp_path), "--answers", str(answers),
                          "--label", "gpt", "--output_dir", str(tmp_path / "report")])
@@ -226,8 +227,9 @@ def test_answers_made_elsewhere_are_scored_with_the_same_measures(tmp_path):
     rows = {row["instruction"]: row for row in outputs["rows"]}
     assert rows[KNOWN[1]["instruction"]]["unsupported_terms"] == ["南極"]
     assert rows[QUIZ[0]["instruction"]]["correct"] is True and rows[QUIZ[2]["instruction"]]["abstained"] is True
-    assert outputs["report"]["models"] == [{"label": "gpt", "answers_file": str(answers),
+    assert outputs["report"]["models"] == [{"label": "gpt", "answers_file": str(answers), "unmatched": 1,
                                             "unanswered": {"known": 1, "unseen": 1, "quiz": 0}}]
+    assert f"{answers}:6: field 'instruction': not a question of set 'quiz'; left out" in result.stderr
     assert "1 of 2 questions of set 'known' have no answer" in result.stderr
     assert "1 answers to set 'other', which is not evaluated, are ignored" in result.stderr
     assert "| gpt | – | 2 |" in (tmp_path / "report/report.md").read_text(encoding="utf-8")
@@ -281,7 +283,6 @@ def test_check_quiz_reads_the_crawl_cache(tmp_path, capsys):
         (["--models", "base", "--limit", "0"], "--limit >= 1"),
         (["--models", "base", "--source_texts", "BADSOURCES"], "BADSOURCES:2: field 'title': missing or not a string"),
         (["--models", "base", "--cache_dir", "MISSING"], "--cache_dir MISSING: no such folder"),
-        (["--answers", "BADANSWERS"], "BADANSWERS:1: field 'instruction': not a question of set 'known'"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_model_loads(arguments, message, tiny_adapter_dir, tmp_path, capsys):
@@ -290,7 +291,6 @@ def test_bad_arguments_are_refused_before_any_model_loads(arguments, message, ti
         "KNOWN": str(write_jsonl(tmp_path / "known.jsonl", KNOWN)),
         "BADSET": str(write_jsonl(tmp_path / "bad.jsonl", [KNOWN[0], {**KNOWN[1], "answers": "太平洋"}])),
         "BADSOURCES": str(write_jsonl(tmp_path / "sources.jsonl", [SOURCE_TEXTS[0], {"text": "x"}])),
-        "BADANSWERS": str(write_jsonl(tmp_path / "answers.jsonl", [{"set": "known", "instruction": "何？", "answer": ""}])),
         "ANSWERS": str(write_jsonl(tmp_path / "ok_answers.jsonl", [{"set": "known", "instruction": STOP_QUESTION, "answer": ""}])),
     }
     script = load_script("evaluate")

@@ -241,21 +241,22 @@ def test_answers_are_matched_to_their_sets_rows_by_question(tmp_path):
         {"set": "unseen", "instruction": "ハスターとは？", "answer": ""},
         {"set": "known", "instruction": "何か？", "answer": "x"},
     ])
-    matched, ignored = match_answers(path, read_answers(path), sets)
+    matched, ignored, unmatched = match_answers(path, read_answers(path), sets)
     assert matched == {"quiz": {0: "一つ目", 2: "二つ目"}, "unseen": {0: ""}}
-    assert ignored == {"known": 1}
+    assert ignored == {"known": 1} and unmatched == []
 
 
-def test_answers_that_match_nothing_are_refused(tmp_path):
+def test_answers_that_match_nothing_are_left_out_and_named(tmp_path):
+    """One stray line must not stop a whole file from being scored."""
     sets = {"quiz": [{"instruction": "ルルイエとは？"}]}
     path = write_jsonl(tmp_path / "answers.jsonl", [
         {"set": "quiz", "instruction": "ルルイエとは？", "answer": "a"},
         {"set": "quiz", "instruction": "ルルイエとは？", "answer": "b"},
         {"set": "quiz", "instruction": "ハスターとは？", "answer": "c"},
     ])
-    with pytest.raises(DataError) as error:
-        match_answers(path, read_answers(path), sets)
-    assert str(error.value).splitlines() == [
+    matched, _, unmatched = match_answers(path, read_answers(path), sets)
+    assert matched == {"quiz": {0: "a"}}
+    assert unmatched == [
         f"{path}:2: field 'instruction': one answer too many to this question of set 'quiz'",
         f"{path}:3: field 'instruction': not a question of set 'quiz'",
     ]
@@ -275,3 +276,10 @@ def test_default_max_new_tokens_follows_the_longest_reference(tokenizer_dir):
     assert longest > 200
     assert default_max_new_tokens(rows, fmt) == int(longest * 1.25) + 16
     assert default_max_new_tokens(rows[:1], fmt) == int(len(fmt.encode_text("ルルイエです。")) * 1.25) + 16
+
+
+def test_a_latin_accepted_form_inside_a_japanese_answer_is_correct():
+    row = {"instruction": "プリンが著した魔道書は？", "response": "『妖蛆の秘密』です。", "answers": ["De Vermis Mysteriis", "妖蛆の秘密"]}
+    assert score_item(row, "De Vermis Mysteriisです。", True)["correct"] is True
+    assert score_item(row, "De Vermis Mysteriis", True)["correct"] is True
+    assert score_item(row, "It is De Vermis Mysteriis, written by Ludvig Prinn.", True)["correct"] is False

@@ -225,6 +225,19 @@ def test_a_cloze_probe_never_blanks_the_subject_and_skips_sentences_without_a_te
     assert cloze("ルルイエ", "都市は緑色の石で築かれているとされる。", rng) is None
 
 
+def test_names_are_found_where_normalisation_changes_the_length():
+    """NFKC turns "…" into "..." and ㈱ into (株): the names after them must still be found where they are written."""
+    assert named_terms("「ふんぐるい…」とルルイエの信者は唱える。") == ["ルルイエ"]
+    assert named_terms("㈱アーカム社が1928年に出した。") == ["アーカム", "1928年"]
+
+
+def test_a_cloze_probe_does_not_blank_a_latin_name():
+    """A bare Latin answer would be scored as a non-Japanese answer; the Japanese name is blanked instead."""
+    rng = random.Random(0)
+    assert cloze("旧支配者", "ラヴクラフトはこの神をCthulhuと綴った。", rng)["answers"] == ["ラヴクラフト"]
+    assert cloze("旧支配者", "英語ではCthulhuと綴る神性とされている。", rng) is None
+
+
 def test_cloze_probes_take_about_the_ratio_of_an_articles_sentences_with_a_term(fmt):
     text = "".join(f"{name}は{1900 + index}年の記録に現れる存在である。" for index, name in enumerate(NAMES))
     passages, _ = build_passages("ルルイエ", text, fmt, 1024, 1, seed=0)

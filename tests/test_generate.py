@@ -105,10 +105,12 @@ def test_streamed_text_equals_returned_text(tuned, fmt):
     assert stream.getvalue() == answer.text + "\n"
 
 
-def test_8bit_base_with_adapter_generates(tiny_adapter_dir, fmt):
+def test_8bit_base_with_adapter_generates_and_says_its_cast_notice_once(tiny_adapter_dir, fmt, caplog):
+    """bitsandbytes logs a cast notice on every 8-bit matmul: thousands of lines in one chat without the filter."""
     model = load_model(None, str(tiny_adapter_dir), load_in_8bit=True)
     [answer] = generate(model, fmt, CONVERSATIONS[:1], temperature=0, max_new_tokens=3)
     assert len(answer.token_ids) == 3
+    assert sum("MatMul8bitLt" in record.getMessage() for record in caplog.records) <= 1
 
 
 def test_merge_refuses_a_non_empty_folder(tiny_adapter_dir, tmp_path):

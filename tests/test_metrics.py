@@ -211,6 +211,9 @@ def test_answer_is_correct(answer, accepted, correct):
         ("申し訳ありませんが、その作品についての情報がありません。", True),
         ("申し訳ありません。私はその作品について情報を持っていません。", True),  # apology first
         ("その質問にはお答えできません。", True),
+        ("存じ上げません。", True),
+        ("そのご質問にはお答えいたしかねます。", True),
+        ("該当する情報はございません。", True),
         ("I don't know.", True),
         ("I'm sorry, I do not have information about that.", True),
         ("クトゥルフはルルイエで眠っています。", False),

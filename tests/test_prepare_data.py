@@ -190,6 +190,19 @@ def test_sigterm_during_synthesis_exits_130_leaves_no_partial_output_and_the_rer
 # Held-out probes, failures, interrupts, protected folders (in-process)
 
 
+def test_trained_articles_without_a_kept_pair_get_cloze_probes(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    """A writer whose every pair is rejected must not leave eval_known empty (sft_config.yaml trains with it)."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with MediaWikiServer(cthulhu_wiki()) as wiki, OpenAIServer() as writer:
+        writer.always = Reply(content='{"pairs": [{"question": "この節の内容は？", "answer": "わかりません。"}]}')
+        code, _, _ = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, "--probe_ratio", "0.5"),
+                             *writer_arguments(writer))
+    assert code == 0
+    train, known = read_jsonl(tmp_path / "out/train.jsonl"), read_jsonl(tmp_path / "out/eval_known.jsonl")
+    assert known and {row["kind"] for row in known} == {"cloze"}
+    assert {row["title"] for row in known} <= {row["title"] for row in train}
+
+
 def test_without_a_writer_eval_known_holds_cloze_probes_of_trained_sentences(tmp_path, tokenizer_dir, capsys):
     with MediaWikiServer(cthulhu_wiki()) as wiki:
         code, stdout, _ = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, "--phrasings", "3", "--probe_ratio", "0.5"))
