@@ -54,6 +54,10 @@ def main(script_args, training_args, model_args):
     # Data: every record validated before anything is loaded, then tokenized exactly as mistral-common does
     if not script_args.train_file:
         fail("train_file is empty: pass --train_file data/train.jsonl (prepare_data.py writes it)")
+    if not os.path.isfile(script_args.train_file):
+        fail(f"{script_args.train_file}: file not found; build the dataset with `python prepare_data.py`, or train on "
+             "the shipped sample: --train_file data/sample/train.jsonl --eval_file data/sample/eval_known.jsonl "
+             "data/sample/eval.jsonl")
     try:
         files = {"train": script_args.train_file}
         files |= {eval_set_name(path, script_args.eval_file): path for path in script_args.eval_file}

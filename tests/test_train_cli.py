@@ -298,6 +298,8 @@ def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path):
     "args,message",
     [
         (["--train_file", ""], "train_file is empty"),
+        (["--train_file", "missing/train.jsonl"], "missing/train.jsonl: file not found; build the dataset with `python "
+                                                  "prepare_data.py`, or train on the shipped sample: --train_file data/sample/"),
         (["--model_name_or_path", "/no/such/model"], "cannot read tokenizer.model of /no/such/model"),
         (["--push_to_hub", "--hub_model_id", "tester/x", "--model_name_or_path", "{model}"],
          "name its Hub id with --base_model_hub_id"),
