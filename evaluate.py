@@ -116,10 +116,8 @@ def parse_args(argv=None):
     args.cache_dir = args.cache_dir or (CACHE_DIR if os.path.isdir(CACHE_DIR) else None)
     if args.cache_dir and not os.path.isdir(args.cache_dir):
         parser.error(f"--cache_dir {args.cache_dir}: no such folder")
-    pages = os.path.join(args.cache_dir, "wiki") if args.cache_dir else None  # where prepare_data.py keeps them
     try:
-        args.texts = evaluation.cached_source_texts(pages) if pages and os.path.isdir(pages) else {}
-        args.texts |= evaluation.read_source_texts(args.source_texts) if args.source_texts else {}
+        args.texts = evaluation.article_texts(args.source_texts, args.cache_dir)
         full = {name: evaluation.read_set(path) for name, path in args.set_paths.items()}
         args.sets = {name: prepare_set(path, full[name][: args.limit], args.texts) for name, path in args.set_paths.items()}
         if args.answers:

@@ -34,6 +34,7 @@ from cthulhu_sft.training import (
     read_run,
     report_memory_estimate,
     resume_checkpoint,
+    resume_requested,
     setup_logging,
 )
 
@@ -133,7 +134,7 @@ def finished_already(script_args, training_args) -> bool:
     previous = read_run(training_args.output_dir)
     if not previous or previous.get("status") != "finished":
         return False
-    if str(training_args.resume_from_checkpoint).lower() not in ("none", "false", ""):
+    if resume_requested(training_args.resume_from_checkpoint):
         logger.info(f"{training_args.output_dir} holds a finished run (run.json); nothing to resume, nothing written.")
         return True
     if script_args.overwrite_output_dir:

@@ -160,6 +160,14 @@ def cached_source_texts(cache_dir: str | os.PathLike) -> dict[str, str]:
     return texts
 
 
+def article_texts(source_texts: str | None, cache_dir: str | None) -> dict[str, str]:
+    """{title: text} of the crawled articles: the pages of prepare_data.py's cache (`cache_dir`, pages under
+    wiki/), then source_texts.jsonl over them; either may be None."""
+    pages = os.path.join(cache_dir, "wiki") if cache_dir else None
+    texts = cached_source_texts(pages) if pages and os.path.isdir(pages) else {}
+    return texts | (read_source_texts(source_texts) if source_texts else {})
+
+
 def quiz_problems(rows: list[dict], texts: dict[str, str]) -> list[dict]:
     """The rows (as given) whose accepted answers appear nowhere in the text of their titled article.
 

@@ -101,7 +101,7 @@ def answer_samples(model, fmt, script_args, output_dir: str) -> list[dict]:
     return samples
 
 
-def knowledge_check(model, fmt, files: list[str], limit: int, log) -> dict:
+def knowledge_check(model, fmt, files: list[str], limit: int) -> dict:
     """Answers each set's short-answer questions at temperature 0 with the adapter and with it disabled (PEFT's
     disable_adapter: the base, no second copy in memory); scores them with the evaluation's own measures, as
     `evaluate.py --limit LIMIT --temperatures 0` does: the first `limit` rows of a set, the articles' text from
@@ -110,21 +110,11 @@ def knowledge_check(model, fmt, files: list[str], limit: int, log) -> dict:
     A missing or unusable set is reported in its entry, not raised; quiz items that the quiz self-check flags
     (their answer is not in the crawled article) are left out and counted.
     """
-    from .evaluation import (
-        aggregate,
-        cached_source_texts,
-        default_max_new_tokens,
-        quiz_problems,
-        read_set,
-        read_source_texts,
-        score_item,
-    )
+    from .evaluation import aggregate, article_texts, default_max_new_tokens, quiz_problems, read_set, score_item
     from .inference import generate
 
     started = time.monotonic()
-    pages = os.path.join(CACHE_DIR, "wiki")  # where prepare_data.py keeps the crawled pages
-    texts = cached_source_texts(pages) if os.path.isdir(pages) else {}
-    texts |= read_source_texts(SOURCE_TEXTS) if os.path.isfile(SOURCE_TEXTS) else {}
+    texts = article_texts(SOURCE_TEXTS if os.path.isfile(SOURCE_TEXTS) else None, CACHE_DIR)
     sets = []
     for path in files:
         entry = {"name": set_name(path), "path": path}
@@ -148,7 +138,7 @@ def knowledge_check(model, fmt, files: list[str], limit: int, log) -> dict:
         conversations = [[{"role": "user", "content": row["instruction"]}] for row in rows]
         entry["results"] = {}
         for label in ("base", "adapter"):
-            log(f"knowledge check: {entry['name']}, {label}: {len(rows)} questions")
+            logger.info(f"knowledge check: {entry['name']}, {label}: {len(rows)} questions")
             if label == "base":
                 with model.disable_adapter():
                     answers = generate(model, fmt, conversations, temperature=0, max_new_tokens=max_new_tokens)
@@ -158,7 +148,7 @@ def knowledge_check(model, fmt, files: list[str], limit: int, log) -> dict:
                      for row, answer in zip(rows, answers)]
             entry["results"][label] = aggregate(items)
     seconds = time.monotonic() - started
-    log(f"knowledge check done in {seconds:.0f}s")
+    logger.info(f"knowledge check done in {seconds:.0f}s")
     return {"status": "done", "seconds": round(seconds, 1), "temperature": 0, "sets": sets}
 
 
@@ -187,8 +177,7 @@ def after_training(model, fmt, script_args, output_dir) -> dict:
     if not script_args.knowledge_check:
         return {"status": "skipped", "reason": "knowledge_check is false"}
     try:
-        check = knowledge_check(model, fmt, script_args.knowledge_check_files, script_args.knowledge_check_limit,
-                                logger.info)
+        check = knowledge_check(model, fmt, script_args.knowledge_check_files, script_args.knowledge_check_limit)
     except Exception as error:
         logger.warning(f"knowledge check failed: {type(error).__name__}: {error}")
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}

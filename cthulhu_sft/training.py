@@ -133,9 +133,14 @@ def newest_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def resume_requested(value) -> bool:
+    """Whether --resume_from_checkpoint asks for a resume (TrainingArguments keeps "true" as a string)."""
+    return value is not None and str(value).lower() not in ("false", "none", "")
+
+
 def resume_checkpoint(value, output_dir: str) -> str | None:
     """`--resume_from_checkpoint true` is the newest complete checkpoint in output_dir; a path is used as given."""
-    if value is None or str(value).lower() in ("false", "none", ""):
+    if not resume_requested(value):
         return None
     if str(value).lower() == "true":
         last = newest_complete_checkpoint(output_dir)
