@@ -114,6 +114,19 @@ class Passage:
 
 
 @dataclass
+class Fact:
+    """One fact a writer stated about a passage (synth.py): its evidence, the short answer a question asks for, a
+    self-contained answer sentence, and two or more questions asking it in different words. Only facts that passed
+    every check and the verification are made into Facts."""
+
+    passage: Passage
+    evidence: str  # a verbatim span of passage.text
+    short_answer: str  # the name, number or phrase asked for
+    answer: str  # a short self-contained Japanese sentence
+    questions: list[str]
+
+
+@dataclass
 class BuildStats:
     sections: int = 0
     dropped_sections: int = 0
