@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import re
 import signal
 import sys
@@ -38,10 +37,10 @@ from cthulhu_sft.dataset_card import CARD_MARK, OLD_CARD_MARK, length_stats, ren
 from cthulhu_sft.examples import (
     MAX_PHRASINGS,
     BuildStats,
+    Fact,
     Passage,
     build_passages,
     clean_text,
-    cloze_probes,
     example_length,
     fit_passages,
     normalize_question,
@@ -49,6 +48,7 @@ from cthulhu_sft.examples import (
 )
 from cthulhu_sft.files import write_temporary
 from cthulhu_sft.format import MistralFormat, tokenizer_error
+from cthulhu_sft.splits import SPLITS, alias_groups, known_probes, make_splits, split_by_article
 from cthulhu_sft.synth import AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
 from cthulhu_sft.wiki import (
     DEFAULT_API_URL,
@@ -65,7 +65,6 @@ from cthulhu_sft.wiki import (
 REPO = Path(__file__).resolve().parent
 SAMPLE = REPO / "data" / "sample"  # the shipped hand-written sample: never an output folder
 SOURCE_TEXTS = Path(config.SOURCE_TEXTS).name  # every article's text: evaluation, quiz and chat page read it
-SPLITS = ("train", "eval", "eval_known")
 OUTPUTS = tuple(f"{split}.jsonl" for split in SPLITS) + (SOURCE_TEXTS, "README.md")  # one run's set
 logger = logging.getLogger("prepare_data")
 
@@ -296,71 +295,6 @@ def dedupe(passages: list[Passage]) -> tuple[list[Passage], int, set[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Rows and splits
-
-
-def row(passage: Passage, question: str, answer: str, kind: str, **extra) -> dict:
-    return {"instruction": question, "response": answer, "title": passage.title, "source": passage.source,
-            "revid": passage.revid, "kind": kind, "section": passage.section, **extra}
-
-
-def split_by_article(titles: list[str], eval_ratio: float, seed: int) -> set[str]:
-    """The titles held out for evaluation: at least one when there are two articles or more, never all of them
-    (an empty train split could not be trained on; a single article goes to train)."""
-    titles = sorted(titles)
-    random.Random(seed).shuffle(titles)
-    count = min(round(len(titles) * eval_ratio), len(titles) - 1)
-    if eval_ratio > 0 and len(titles) >= 2:
-        count = max(count, 1)
-    return set(titles[:count])
-
-
-def held_out(count: int, ratio: float, key: str) -> set[int]:
-    """Which of an article's `count` synthesized pairs are probes: about `ratio` of them, at least one when
-    there are two or more, never all (the article's facts are still trained through the others)."""
-    if ratio <= 0 or count < 2:
-        return set()
-    return set(random.Random(key).sample(range(count), min(count - 1, max(1, round(count * ratio)))))
-
-
-def make_splits(passages, synthesized, held_titles, args, fits) -> dict[str, list[dict]]:
-    """train (each passage under every wording, synthesized pairs less probes), eval (never-trained articles, one
-    wording), eval_known (probes of trained facts: held-out synthesized pairs, and cloze probes for the trained
-    articles that have none, e.g. every article without a writer)."""
-    splits = {split: [] for split in SPLITS}
-    for passage in passages:
-        if passage.title in held_titles:
-            splits["eval"].append(row(passage, passage.questions[0], passage.text, passage.kind))
-        else:
-            splits["train"] += [row(passage, question, passage.text, passage.kind) for question in passage.questions]
-    probed = set()  # trained articles with a held-out synthesized pair
-    for title, pairs in by_title(synthesized).items():
-        probes = set() if title in held_titles else held_out(len(pairs), args.probe_ratio, f"{args.seed}\x00{title}")
-        probed |= {title} if probes else set()
-        for index, (passage, pair) in enumerate(pairs):
-            answer = short_answer(pair["answer"])
-            split = "eval" if title in held_titles else "eval_known" if index in probes else "train"
-            splits[split].append(row(passage, pair["question"], pair["answer"], "synthesized", writer=args.qa_model,
-                                     **({"answers": [answer]} if answer else {})))
-    # Cloze probes for every trained article that has no held-out pair (all of them without a writer)
-    trained = by_title((passage, None) for passage in passages if passage.title not in held_titles | probed)
-    for pairs in trained.values():
-        for passage, probe in cloze_probes([passage for passage, _ in pairs], args.probe_ratio, args.seed):
-            if fits(probe["instruction"], probe["response"]):
-                splits["eval_known"].append(row(passage, probe["instruction"], probe["response"], "cloze",
-                                                answers=probe["answers"]))
-    return splits
-
-
-def by_title(pairs) -> dict[str, list]:
-    """{title: [(passage, value), ...]} in the order given."""
-    grouped: dict[str, list] = {}
-    for passage, value in pairs:
-        grouped.setdefault(passage.title, []).append((passage, value))
-    return grouped
-
-
-# ---------------------------------------------------------------------------------------------------
 # The files, as one set
 
 
@@ -449,7 +383,7 @@ def run(args) -> int:
     def fits(question: str, answer: str) -> bool:
         return example_length(fmt, question, answer) <= args.max_tokens
 
-    synthesized, report = [], None
+    facts, rewrites, report = [], [], None
     if args.qa_model:
         writer = Writer(args.qa_api_url, args.qa_model, concurrency=args.qa_concurrency, timeout=args.qa_timeout,
                         retries=args.qa_retries, pairs=args.qa_pairs)
@@ -459,11 +393,15 @@ def run(args) -> int:
         except SynthError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+        # TODO(h-writer merge): synthesize returns Facts; until then a pair is a fact asked one way (never a probe)
+        facts = [Fact(p, "", short_answer(pair["answer"]) or pair["answer"], pair["answer"], [pair["question"]])
+                 for p, pair in synthesized]
 
-    # 5. Split by article, hold out probes of trained facts, and 6. write the files and the card as one set.
+    # 5. Split by article, hold out wordings of trained facts, and 6. write the files and the card as one set.
     titles = list(dict.fromkeys(passage.title for passage in passages))
     held_titles = split_by_article(titles, args.eval_ratio, args.seed)
-    splits = make_splits(passages, synthesized, held_titles, args, fits)
+    splits = make_splits(passages, facts, rewrites, held_titles, fits, probe_ratio=args.probe_ratio, seed=args.seed,
+                         writer=getattr(report, "model", None) or args.qa_model, names=alias_groups(pages))
     lengths = [example_length(fmt, r["instruction"], r["response"]) for rows in splits.values() for r in rows]
     assert max(lengths) <= args.max_tokens, "an example exceeds --max_tokens"
     if not splits["eval"]:
@@ -475,7 +413,8 @@ def run(args) -> int:
               file=sys.stderr)
     texts = {f"{split}.jsonl": jsonl_text(rows) for split, rows in splits.items() if rows}  # no empty files
     sources = [{"title": p["title"], "text": clean_text(p["text"] or ""), "source": p["url"], "revid": p["revid"],
-                "split": "eval" if p["title"] in held_titles else "train"} for p in pages if (p["text"] or "").strip()]
+                "split": "eval" if p["title"] in held_titles else "train", "aliases": p.get("aliases") or []}
+               for p in pages if (p["text"] or "").strip()]
     if sources:
         texts[SOURCE_TEXTS] = jsonl_text(sources)
     build.update({"seed": args.seed, "phrasings": args.phrasings, "eval_ratio": args.eval_ratio,
@@ -520,6 +459,9 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
     for split in SPLITS:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(counts[split].items())) or "none"
         print(f"{split}: {len(splits[split])} examples ({kinds})")
+    probes = known_probes(splits)
+    print(f"known probes: {len(splits['eval_known'])} for {sum(map(bool, probes.values()))} of {len(probes)} trained "
+          f"articles (at least {min(probes.values(), default=0)}, at most {max(probes.values(), default=0)} an article)")
     print(f"passages: {len(passages)} from {stats.sections or len(passages)} texts ({stats.split_sections} cut between "
           f"sentences, {stats.dropped_sentences} sentences dropped, {stats.unaskable_parts} parts with no name to ask by, "
           f"{stats.duplicates} duplicates removed), {args.phrasings} wording(s) each in train")

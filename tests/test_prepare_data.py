@@ -87,9 +87,11 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
         assert again.returncode == 0, again.stderr
         assert len(writer.requests) == asked and len(wiki.requests) == fetched  # zero calls on a rerun
         assert snapshot(tmp_path / "out") == first  # and the same bytes
-    assert set(first) == OUTPUTS
+    # Until synth.py writes facts asked 2+ ways (h-writer), a pair is a fact asked one way: trained, never a probe,
+    # and an article with a fact gets no cloze probe, so this run has no eval_known.
+    assert set(first) == OUTPUTS - {"eval_known.jsonl"}
     out = tmp_path / "out"
-    train, eval_, known = (read_jsonl(out / f"{split}.jsonl") for split in ("train", "eval", "eval_known"))
+    train, eval_, known = read_jsonl(out / "train.jsonl"), read_jsonl(out / "eval.jsonl"), []
     rows = train + eval_ + known
     assert all(FIELDS <= set(row) for row in rows) and load_records(out / "train.jsonl")
     assert {row["title"] for row in rows} == ALL_ARTICLES
@@ -112,7 +114,6 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     # Synthesized pairs: grounded, by the named writer, probes held out; what was rejected, counted.
     synthesized = [row for row in rows if row["kind"] == "synthesized"]
     assert synthesized and all(row["writer"] == "test-writer-7b" for row in synthesized)
-    assert {row["kind"] for row in known} == {"synthesized"} and all(row["title"] in {r["title"] for r in train} for row in known)
     assert not any("ラヴクラフト" in row["response"] or "この節" in row["instruction"] for row in synthesized)
     assert {row["title"] for row in synthesized if row["response"] == "太平洋の底です。"} == {"ルルイエ"}
     assert any(row.get("answers") == ["太平洋の底"] for row in synthesized)
@@ -125,7 +126,6 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     # The card: Hub metadata, counts per kind, the writer and its prompt, rejections, attribution.
     card = first["README.md"].decode()
     assert card.startswith("---\nlicense: cc-by-sa-4.0\nlanguage:\n- ja\n")
-    assert "- split: eval_known\n    path: eval_known.jsonl" in card
     assert "`test-writer-7b`" in card and "| synthesized |" in card and "| recitation |" in card
     assert "<passage>" in card and "文章に書かれていない名前" in card  # the prompt used, verbatim
     assert re.search(r"\| `ungrounded` \| a key term of the answer is not in the passage \| [1-9]\d* \|", card)
@@ -214,6 +214,11 @@ def test_without_a_writer_eval_known_holds_cloze_probes_of_trained_sentences(tmp
         assert "＿＿" in sentence and probe["answers"] == [probe["response"]]
         assert any(sentence.replace("＿＿", probe["response"]) in row["response"] for row in train if row["title"] == probe["title"])
     assert "eval_known: " in stdout and "cloze" in stdout
+    trained = {row["title"] for row in train}
+    probed = {row["title"] for row in known}
+    assert f"known probes: {len(known)} for {len(probed)} of {len(trained)} trained articles" in stdout
+    sources = read_jsonl(tmp_path / "out/source_texts.jsonl")
+    assert all(isinstance(source["aliases"], list) for source in sources)  # the crawler's, or none
     recited = {}
     for row in train:
         recited.setdefault(row["response"], set()).add(row["instruction"])
@@ -379,31 +384,6 @@ def test_tokenizer_and_max_tokens_default_to_sft_config_yaml(tmp_path, tokenizer
     assert "(limit 80)" in result.stdout and str(tokenizer_dir) in (tmp_path / "out/README.md").read_text(encoding="utf-8")
     rows = read_jsonl(tmp_path / "out/train.jsonl") + read_jsonl(tmp_path / "out/eval.jsonl")
     assert max(length(fmt, row) for row in rows) <= 80
-
-
-# ---------------------------------------------------------------------------------------------------
-# Splits
-
-
-def test_split_is_by_article_deterministic_and_eval_is_not_empty_with_two_articles():
-    titles = [f"記事{i}" for i in range(30)]
-    held_out = prepare_data.split_by_article(titles, 0.2, seed=3)
-    assert len(held_out) == 6 and held_out == prepare_data.split_by_article(list(reversed(titles)), 0.2, seed=3)
-    assert held_out != prepare_data.split_by_article(titles, 0.2, seed=4)
-    assert len(prepare_data.split_by_article(["甲", "乙"], 0.1, seed=0)) == 1
-    assert prepare_data.split_by_article(["甲"], 0.9, seed=0) == set()  # the train split is never empty
-
-
-def test_probes_are_about_a_fifth_of_an_articles_pairs_and_never_all():
-    assert len(prepare_data.held_out(10, 0.2, "k")) == 2 and prepare_data.held_out(10, 0.2, "k") == prepare_data.held_out(10, 0.2, "k")
-    assert len(prepare_data.held_out(2, 0.2, "k")) == 1 and prepare_data.held_out(1, 0.5, "k") == set()
-    assert len(prepare_data.held_out(3, 0.9, "k")) == 2 and prepare_data.held_out(10, 0, "k") == set()
-
-
-def test_old_questions_are_grouped_by_their_subject():
-    assert prepare_data.legacy_subject("ネクロノミコンの著者は誰ですか？") == "ネクロノミコン"
-    assert prepare_data.legacy_subject("「狂気の山脈にて」のあらすじは？") == "狂気の山脈にて"
-    assert prepare_data.legacy_subject("クトゥルフとは何ですか") == "クトゥルフ"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""Which article, passage, fact and question goes to train, eval and eval_known (cthulhu_sft.splits).
+
+Runs of the whole script are in test_prepare_data; these build the splits from hand-made passages and facts.
+"""
+
+from cthulhu_sft.examples import Fact, Passage, normalize_question
+from cthulhu_sft.splits import KNOWN_PROBES, accepted, alias_groups, known_probes, make_splits, split_by_article
+
+NAMES = ["ルルイエ", "ネクロノミコン", "アルハズレッド", "ダゴン", "インスマス", "アーカム", "ショゴス"]
+
+
+def fits(question: str, answer: str) -> bool:
+    return len(question) + len(answer) < 200
+
+
+def passage(title: str, text: str = "", questions=None) -> Passage:
+    text = text or f"{title}は、{'と'.join(NAMES)}に関わる存在である。"
+    return Passage(title, title, "", text, questions or [f"{title}とは何ですか？", f"{title}について教えてください。"],
+                   source=f"https://ja.wikipedia.org/wiki/{title}", revid=1)
+
+
+def facts_of(where: Passage, count: int, questions: int = 3) -> list[Fact]:
+    facts = []
+    for index in range(count):
+        name = NAMES[index % len(NAMES)]
+        wordings = [f"{where.subject}に関わる{index}番目の名前は何ですか？", f"{where.subject}と結びつく{index}番目の名は？",
+                    f"{where.subject}の{index}番目の関係者を教えてください。"][:questions]
+        facts.append(Fact(where, f"{name}に関わる", name, f"{where.subject}に関わる{index}番目の名前は{name}です。", wordings))
+    return facts
+
+
+def splits_of(passages, facts, held=(), rewrites=(), **options):
+    return make_splits(passages, facts, list(rewrites), set(held), fits, **{"probe_ratio": 0.2, "seed": 0,
+                                                                            "writer": "w-7b", **options})
+
+
+def questions(rows) -> set[str]:
+    return {normalize_question(row["instruction"]) for row in rows}
+
+
+def test_each_probe_asks_a_trained_fact_in_words_the_training_set_never_had():
+    cthulhu = passage("クトゥルフ")
+    facts = facts_of(cthulhu, 4)
+    splits = splits_of([cthulhu], facts)
+    known, train = splits["eval_known"], splits["train"]
+    assert len(known) == 4 and {row["kind"] for row in known} == {"synthesized"}  # every fact, one question each
+    assert not questions(known) & questions(train)
+    for fact in facts:
+        [probe] = [row for row in known if row["instruction"] in fact.questions]
+        taught = [row for row in train if row["instruction"] in fact.questions]
+        assert len(taught) == 2 and all(row["response"] == fact.answer for row in taught)  # the fact still trains
+        assert probe["response"] == fact.answer and probe["answers"][0] == fact.short_answer
+        assert probe["evidence"] == fact.evidence and probe["writer"] == "w-7b"
+    assert known_probes(splits) == {"クトゥルフ": 4}
+
+
+def test_an_article_gets_up_to_five_probes_three_when_it_holds_three_facts_and_the_same_ones_each_run():
+    many, three = passage("クトゥルフ"), passage("ルルイエ")
+    facts = facts_of(many, 9) + facts_of(three, 3)
+    splits = splits_of([many, three], facts)
+    assert known_probes(splits) == {"クトゥルフ": KNOWN_PROBES, "ルルイエ": 3}
+    assert splits == splits_of([many, three], facts)
+    assert questions(splits_of([many, three], facts, seed=1)["eval_known"]) != questions(splits["eval_known"])
+    assert len([row for row in splits["train"] if row["kind"] == "synthesized"]) == 12 * 3 - 8
+
+
+def test_a_fact_asked_one_way_only_is_trained_never_probed():
+    cthulhu = passage("クトゥルフ")
+    splits = splits_of([cthulhu], facts_of(cthulhu, 3, questions=1))
+    assert not [row for row in splits["eval_known"] if row["kind"] == "synthesized"]
+    assert len([row for row in splits["train"] if row["kind"] == "synthesized"]) == 3
+
+
+def test_facts_of_an_article_never_trained_are_in_eval_only_once_each():
+    trained, held = passage("クトゥルフ"), passage("ハスター")
+    splits = splits_of([trained, held], facts_of(trained, 2) + facts_of(held, 3), held={"ハスター"})
+    eval_ = [row for row in splits["eval"] if row["kind"] == "synthesized"]
+    assert [row["instruction"] for row in eval_] == [fact.questions[0] for fact in facts_of(held, 3)]
+    assert "ハスター" not in {row["title"] for row in splits["train"] + splits["eval_known"]}
+    assert [row["instruction"] for row in splits["eval"] if row["kind"] == "recitation"] == ["ハスターとは何ですか？"]
+
+
+def test_without_probes_every_question_trains():
+    cthulhu = passage("クトゥルフ")
+    splits = splits_of([cthulhu], facts_of(cthulhu, 3), probe_ratio=0)
+    assert splits["eval_known"] == [] and len(splits["train"]) == 2 + 9
+
+
+def test_a_trained_article_without_facts_gets_cloze_probes_and_one_with_facts_none():
+    text = "ルルイエは、1928年に発表された短編に登場した都市である。都市の石はショゴスが運んだとされる。"
+    with_facts, without = passage("クトゥルフ", text), passage("ルルイエ", text)
+    splits = splits_of([with_facts, without], facts_of(with_facts, 2), probe_ratio=0.9)
+    cloze = [row for row in splits["eval_known"] if row["kind"] == "cloze"]
+    assert cloze and {row["title"] for row in cloze} == {"ルルイエ"}
+
+
+def test_rewrites_train_under_their_passages_questions_and_never_for_a_held_article():
+    trained, held = passage("クトゥルフ"), passage("ハスター")
+    rewrites = [(trained, "言い換えた本文その一。"), (trained, "言い換えた本文その二。"), (held, "評価記事の言い換え。")]
+    splits = splits_of([trained, held], [], held={"ハスター"}, rewrites=rewrites)
+    rewritten = [row for row in splits["train"] if row["kind"] == "rewrite"]
+    assert len(rewritten) == 4 and {row["instruction"] for row in rewritten} == set(trained.questions)
+    assert {row["response"] for row in rewritten} == {"言い換えた本文その一。", "言い換えた本文その二。"}
+    assert all(row["writer"] == "w-7b" and row["title"] == "クトゥルフ" for row in rewritten)
+    assert "評価記事の言い換え。" not in {row["response"] for rows in splits.values() for row in rows}
+
+
+def test_an_answer_naming_an_article_accepts_every_name_of_it():
+    pages = [{"title": "クトゥルフ", "aliases": ["Cthulhu", "クトゥルー", "クスルー"]},
+             {"title": "ダゴン (クトゥルフ神話)", "aliases": ["Dagon"]}, {"title": "ルルイエ"}]  # a page without aliases
+    names = alias_groups(pages)
+    assert accepted("クトゥルー", names) == ["クトゥルー", "クトゥルフ", "Cthulhu", "クスルー"]
+    assert accepted("ダゴン", names) == ["ダゴン", "ダゴン (クトゥルフ神話)", "Dagon"]
+    assert accepted("1928年", names) == ["1928年"] and accepted("ルルイエ", names) == ["ルルイエ"]
+
+    cthulhu, dagon = passage("ルルイエ"), passage("ダゴン (クトゥルフ神話)")
+    fact = Fact(cthulhu, "クトゥルフが眠る", "クトゥルフ", "ルルイエで眠るのはクトゥルフです。",
+                ["ルルイエで眠る神格は何ですか？", "ルルイエに眠っているのは誰ですか？"])
+    splits = splits_of([cthulhu, dagon], [fact], held={"ダゴン (クトゥルフ神話)"}, names=names)
+    answers = [row["answers"] for row in splits["train"] + splits["eval_known"] if row["kind"] == "synthesized"]
+    assert answers == [["クトゥルフ", "Cthulhu", "クトゥルー", "クスルー"]] * 2
+
+
+def test_split_is_by_article_deterministic_and_eval_is_not_empty_with_two_articles():
+    titles = [f"記事{i}" for i in range(30)]
+    held_out = split_by_article(titles, 0.2, seed=3)
+    assert len(held_out) == 6 and held_out == split_by_article(list(reversed(titles)), 0.2, seed=3)
+    assert held_out != split_by_article(titles, 0.2, seed=4)
+    assert len(split_by_article(["甲", "乙"], 0.1, seed=0)) == 1
+    assert split_by_article(["甲"], 0.9, seed=0) == set()  # the train split is never empty
