@@ -18,7 +18,6 @@ sft_config.yaml. The hand-written sample in data/sample/ is never replaced.
 """
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -42,12 +41,12 @@ from cthulhu_sft.examples import (
     build_passages,
     clean_text,
     example_length,
-    fit_passages,
     normalize_question,
     subjects_of,
 )
 from cthulhu_sft.files import write_temporary
 from cthulhu_sft.format import MistralFormat, tokenizer_error
+from cthulhu_sft.legacy import converted_passages, read_legacy
 from cthulhu_sft.splits import SPLITS, alias_groups, known_probes, make_splits, split_by_article
 from cthulhu_sft.synth import AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
 from cthulhu_sft.wiki import (
@@ -156,64 +155,6 @@ def check_out_dir(out_dir: Path) -> None:
     if present and not ours:
         raise DataError(f"{out_dir} holds {', '.join(present)} not written by prepare_data.py (its README.md is not our "
                         "dataset card); choose another --out_dir, or move them away")
-
-
-# ---------------------------------------------------------------------------------------------------
-# The old notebook's file
-
-
-def legacy_subject(instruction: str) -> str:
-    """What an old notebook question is about ('ネクロノミコンの著者は？' → 'ネクロノミコン'): the split's unit."""
-    quoted = re.match(r"\s*[「『](.+?)[」』]", instruction)
-    if quoted:
-        return quoted.group(1)
-    match = re.match(r"\s*(.+?)(?:とは|について|に関して|って|の|は|を)", instruction)
-    return (match.group(1) if match else instruction).strip()
-
-
-def read_legacy(path: str) -> list[dict]:
-    """[{"text", "output"}] of the old notebook's JSON array; DataError naming the file and item (from 1)."""
-    try:
-        with open(path, encoding="utf-8-sig") as file:
-            items = json.load(file)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8; the file must be saved as UTF-8") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno}); "
-                        'expected one JSON array of {"text", "output"} objects') from None
-    if not isinstance(items, list):
-        raise DataError(f'{path}: expected a JSON array of {{"text", "output"}} objects, got a {type(items).__name__}')
-    if not items:
-        raise DataError(f"{path}: no records")
-    problems = []
-    for number, item in enumerate(items, start=1):
-        if not isinstance(item, dict):
-            problems.append(f"{path}: item {number}: expected a JSON object, got {type(item).__name__}")
-            continue
-        for key in ("text", "output"):
-            value = item.get(key)
-            problem = ("missing" if key not in item else f"expected a string, got {type(value).__name__}"
-                       if not isinstance(value, str) else "empty" if not value.strip() else None)
-            if problem:
-                problems.append(f"{path}: item {number}: field '{key}': {problem}")
-    if problems:
-        raise DataError("\n".join(problems[:20] + ([f"... and {len(problems) - 20} more problems"] if len(problems) > 20 else [])))
-    return items
-
-
-def converted_passages(path: str, items: list[dict], fmt, max_tokens: int, stats: BuildStats) -> list[Passage]:
-    """One passage per record (its own question), several where the answer is too long."""
-    passages = []
-    for number, item in enumerate(items, start=1):
-        question, answer = item["text"].strip(), item["output"].strip()
-        subject = legacy_subject(question)
-        for passage in fit_passages(fmt, max_tokens, subject, subject, "", answer, [question], subject, True, 1,
-                                    f"{path}\x00{number}", set(), stats):
-            passage.source, passage.kind = f"{Path(path).name}#{number}", "converted"
-            passages.append(passage)
-    return passages
 
 
 # ---------------------------------------------------------------------------------------------------

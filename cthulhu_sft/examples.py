@@ -390,8 +390,9 @@ def ask_parts(parts: list[str], whole: list[str], topic: str, known: str, first_
 
 def fit_passages(fmt: MistralFormat, max_tokens: int, title: str, subject: str, section: str, text: str,
                  whole: list[str], topic: str, first_part_whole: bool, phrasings: int, key: str,
-                 used: set[str], stats: BuildStats) -> list[Passage]:
-    """One text (a section, or an answer of a converted file) as passages whose every question fits."""
+                 used: set[str], stats: BuildStats, min_chars: int = MIN_RESPONSE_CHARS) -> list[Passage]:
+    """One text (a section, or an answer of a converted file) as passages whose every question fits; a part shorter
+    than `min_chars` is dropped (crawled text: a fragment; a converted file keeps every answer)."""
     if max(example_length(fmt, question, text) for question in whole) <= max_tokens:
         parts, lost = [text], 0
     else:  # cut with room for the longest question a part may get
@@ -408,7 +409,7 @@ def fit_passages(fmt: MistralFormat, max_tokens: int, title: str, subject: str, 
         questions = [question for question in questions if example_length(fmt, question, part) <= max_tokens]
         if not questions:
             stats.unaskable_parts += 1
-        elif len(part) < MIN_RESPONSE_CHARS:
+        elif len(part) < min_chars:
             stats.dropped_short += 1
         else:
             passages.append(Passage(title, subject, section, part, questions))

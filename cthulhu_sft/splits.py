@@ -3,8 +3,8 @@
     passages + facts + rewrites ──by article──> train (trained articles) | eval (articles never trained)
                                 └─held-out wordings of trained facts──> eval_known
 
-* eval.jsonl holds the articles never trained (`split_by_article`): each passage under its first question,
-  and each fact of theirs under its first question.
+* eval.jsonl holds the articles never trained (`split_by_article`): each passage under its first question (a
+  converted record's passage under each of its own), and each fact of theirs under its first question.
 * train.jsonl holds every other passage under each of its questions (`recitation`, `converted`), every kept
   rewrite of a trained passage under that passage's questions (`rewrite`), and each trained fact under its
   questions (`synthesized`) but one, for the facts that are probes:
@@ -104,7 +104,8 @@ def make_splits(passages: list[Passage], facts: list[Fact], rewrites: list[tuple
 
     for passage in passages:
         if passage.title in held_titles:
-            splits["eval"].append(row(passage, passage.questions[0], passage.text, passage.kind))
+            asked = passage.questions if passage.kind == "converted" else passage.questions[:1]  # a record's own
+            splits["eval"] += [row(passage, question, passage.text, passage.kind) for question in asked]
         else:
             for question in passage.questions:
                 train(passage, question, passage.text, passage.kind)

@@ -17,6 +17,7 @@ from conftest import PYTHON, REPO, run_script
 from hub_server import VALID_TOKEN, LoopbackHub, RefusingHub, wait_for
 from mediawiki_server import MediaWikiServer, cthulhu_wiki
 from openai_server import OpenAIServer, Reply, passage_writer
+from test_legacy import LEGACY
 
 import prepare_data
 from cthulhu_sft.data import load_records
@@ -315,57 +316,6 @@ def test_a_category_with_nothing_to_crawl_is_bad_input_not_a_retry(tmp_path, tok
 
 # ---------------------------------------------------------------------------------------------------
 # The old notebook's file
-
-
-LEGACY = [
-    {"text": "ネクロノミコンの著者は誰ですか？", "output": "作中では狂える詩人が著したとされています。"},
-    {"text": "ネクロノミコンはどこに保管されていますか？", "output": "作中ではいくつかの大学の図書館にあるとされます。"},
-    {"text": "ルルイエとは何ですか？", "output": "".join(f"ルルイエの{name}が{i}番目に語られます。" for i, name in
-                                                 enumerate(["ネクロノミコン", "アルハズレッド", "ウィアード・テイルズ", "ショゴス",
-                                                            "アーカム", "インスマス", "ダンウィッチ", "ミスカトニック"]))},
-    {"text": "ダゴンについて教えてください。", "output": "ダゴンは深きものどもが崇める存在です。"},
-    {"text": "ハスターとは？", "output": "ハスターは風に関わる神格です。"},
-    {"text": "ハスターとは？", "output": "ハスターは風に関わる神格です。"},
-]
-
-
-def test_the_old_notebooks_file_is_converted_split_by_subject_and_fitted(tmp_path, tokenizer_dir, fmt, capsys):
-    source = tmp_path / "data_lora_formatted.json"
-    source.write_text(json.dumps(LEGACY, ensure_ascii=False, indent=1), encoding="utf-8")
-    code, _, stderr = prepare(capsys, "--from_json", source, "--tokenizer", tokenizer_dir, "--max_tokens", 80,
-                              "--out_dir", tmp_path / "out", "--eval_ratio", "0.25")
-    assert code == 0, stderr
-    train, eval_ = read_jsonl(tmp_path / "out/train.jsonl"), read_jsonl(tmp_path / "out/eval.jsonl")
-    rows = train + eval_
-    assert {row["kind"] for row in rows} == {"converted"} and not {r["title"] for r in train} & {r["title"] for r in eval_}
-    assert {row["title"] for row in rows} == {"ネクロノミコン", "ルルイエ", "ダゴン", "ハスター"}
-    assert sum(row["title"] == "ハスター" for row in rows) == 1  # the duplicate removed
-    ruluie = [row for row in rows if row["title"] == "ルルイエ"]
-    assert len(ruluie) > 1 and ruluie[0]["instruction"] == "ルルイエとは何ですか？"  # too long: parts, asked by their names
-    assert all("（その" not in row["instruction"] for row in rows) and all(length(fmt, row) <= 80 for row in rows)
-    assert rows[0]["source"] == "data_lora_formatted.json#1"
-    assert not (tmp_path / "out/source_texts.jsonl").exists()  # no article text in a converted file
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ('[{"text": "問い", "output": "答え"},\n {"text": "問い2", "output": }]', "bad.json:2: invalid JSON"),
-        ('{"text": "問い", "output": "答え"}\n{"text": "問い2", "output": "答え2"}\n', "bad.json:2: invalid JSON: Extra data"),
-        ('[{"text": "問い", "output": "答え"}, {"text": "問い2"}]', "bad.json: item 2: field 'output': missing"),
-        ('[{"text": "問い", "output": 3}, "x", {"text": " ", "output": null}]',
-         "bad.json: item 1: field 'output': expected a string, got int|bad.json: item 2: expected a JSON object, got str|"
-         "bad.json: item 3: field 'text': empty|bad.json: item 3: field 'output': expected a string, got NoneType"),
-        ('{"text": "問い", "output": "答え"}', "expected a JSON array"),
-        ("[]", "no records"),
-    ],
-)
-def test_a_bad_old_file_exits_2_naming_file_item_and_field(tmp_path, tokenizer_dir, capsys, content, message):
-    (tmp_path / "bad.json").write_text(content, encoding="utf-8")
-    code, _, stderr = prepare(capsys, "--from_json", tmp_path / "bad.json", "--tokenizer", tokenizer_dir,
-                              "--max_tokens", 64, "--out_dir", tmp_path / "out")
-    assert code == 2 and all(part in stderr for part in message.split("|"))  # every problem, each named
-    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
