@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cthulhu_sft.format import MistralFormat
-from cthulhu_sft.metrics import is_japanese, key_terms, normalize
+from cthulhu_sft.metrics import _morphemes, is_japanese, key_terms, match_form, normalize
 
 # Sections readers skip and that teach the model nothing about the mythos (notes, sources, links).
 DROPPED_SECTION = re.compile(
@@ -59,6 +59,7 @@ CONNECTIVE = re.compile(
 DISAMBIGUATION = re.compile(r"(.+?)\s*[（(][^()（）]+[)）]")
 NAME_JOINERS = "・=＝゠"
 KATAKANA_CHARS = re.compile(r"[\u30A1-\u30FA\u30FC]")
+WORD_CHARS = re.compile(r"[\u30A1-\u30FA\u30FC\u3005\u4E00-\u9FFFA-Za-z.．]")  # a name that touches one is part of a word
 
 LEAD_PHRASINGS = (
     "{subject}とは何ですか？",
@@ -449,20 +450,19 @@ CLOZE_QUESTION = "{subject}について、次の文の空欄に入る語を答�
 BLANK = "＿＿"
 
 
-def cloze(subject: str, sentence: str, rng: random.Random) -> dict | None:
+def cloze(subject: str, sentence: str, rng: random.Random, title: str = "", names: dict | None = None) -> dict | None:
     """{"instruction", "response", "answers"} blanking one name (whole) or year of `sentence`; None when it has
-    none that the blanked sentence does not still show."""
+    no blank worth asking (`fair_blank`). names: {match_form(name): every name of one article}."""
     sentence = sentence.strip()
     if not 15 <= len(sentence) <= 150 or REFERRING.match(sentence) or CONNECTIVE.match(sentence):
         return None
-    subject_terms = key_terms(subject)
     candidates = []
     for name in named_terms(sentence):
         if not is_japanese(name):  # a Latin name: a bare Latin answer is scored as a non-Japanese answer
             continue
         answer = name.removesuffix("年") if name[0].isdigit() else name
         blanked = sentence.replace(answer, BLANK)
-        if not key_terms(answer) & subject_terms and not key_terms(answer) & key_terms(blanked):
+        if fair_blank(answer, sentence, blanked, f"{subject}\n{title}", names or {}):
             candidates.append((answer, blanked))
     if not candidates:
         return None
@@ -471,13 +471,40 @@ def cloze(subject: str, sentence: str, rng: random.Random) -> dict | None:
             "answers": [answer]}
 
 
-def cloze_probes(passages: list[Passage], ratio: float, seed: int) -> list[tuple[Passage, dict]]:
-    """About `ratio` of the sentences of one article's passages that hold a key term, each as a cloze probe
-    (at least one when there is any)."""
+def fair_blank(answer: str, sentence: str, blanked: str, own: str, names: dict) -> bool:
+    """Whether blanking `answer` asks something: not the article's own subject nor a word of its title (`own`);
+    nothing the blanked sentence still shows (the same term, another name of the same article, a reading in
+    parentheses beside it: 「クトゥルフ（Cthulhu）」); a whole name (not ロバート・E・＿＿, nor the ＿＿ of
+    ＿＿神話, which the category gives away); a name, not a common noun (ゲーム, ホラー)."""
+    terms = key_terms(answer)
+    if terms & key_terms(own) or match_form(answer) in match_form(own) or terms & key_terms(blanked):
+        return False
+    if any(match_form(other) in match_form(blanked) for other in names.get(match_form(answer), []) if match_form(other)):
+        return False
+    for match in re.finditer(re.escape(answer), sentence):
+        before, after = sentence[match.start() - 1:match.start()], sentence[match.end():match.end() + 1]
+        if any(char and char in "（()）" + NAME_JOINERS for char in (before, after)):
+            return False
+        if not answer.isdigit() and (WORD_CHARS.match(before or " ") or WORD_CHARS.match(after or " ")):
+            return False  # part of a longer word: クトゥルフ神話, 南太平洋, E・ハワード
+    return answer.isdigit() or not is_common_noun(answer)
+
+
+def is_common_noun(word: str) -> bool:
+    """Whether the dictionary knows every part of `word` as a common noun (ゲーム, ホラー; not クトゥルフ, which it
+    does not know, nor ハワード or 南極, which it tags as proper nouns)."""
+    morphemes = list(_morphemes(normalize(word)))
+    return all(not m.is_oov() and m.part_of_speech()[:2] == ("名詞", "普通名詞") for m in morphemes)
+
+
+def cloze_probes(passages: list[Passage], ratio: float, seed: int, names: dict | None = None) -> list[tuple[Passage, dict]]:
+    """About `ratio` of the sentences of one article's passages that hold a fair blank, each as a cloze probe
+    (at least one when there is any); names: {match_form(name): every name of one article} (splits.alias_groups)."""
     if ratio <= 0 or not passages:
         return []
     rng = random.Random(f"{seed}\x00cloze\x00{passages[0].title}")
     candidates = [(passage, sentence) for passage in passages for sentence in split_sentences(passage.text)]
-    probes = [(passage, probe) for passage, sentence in candidates if (probe := cloze(passage.subject, sentence, rng))]
+    probes = [(passage, probe) for passage, sentence in candidates
+              if (probe := cloze(passage.subject, sentence, rng, passage.title, names))]
     count = min(len(probes), max(1, round(len(probes) * ratio)))
     return [probes[index] for index in sorted(rng.sample(range(len(probes)), count))]

@@ -137,7 +137,7 @@ def make_splits(passages: list[Passage], facts: list[Fact], rewrites: list[tuple
     with_facts = {fact.passage.title for fact in facts}
     fallback = by_title((p, None) for p in passages if p.title not in held_titles | with_facts)
     for pairs in fallback.values():
-        for passage, probe in cloze_probes([passage for passage, _ in pairs], probe_ratio, seed):
+        for passage, probe in cloze_probes([passage for passage, _ in pairs], probe_ratio, seed, names):
             if fits(probe["instruction"], probe["response"]) and normalize_question(probe["instruction"]) not in trained:
                 splits["eval_known"].append(row(passage, probe["instruction"], probe["response"], "cloze",
                                                 answers=accepted(probe["response"], names)))

@@ -21,6 +21,7 @@ from cthulhu_sft.examples import (
     subjects_of,
 )
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.splits import alias_groups
 
 
 @pytest.fixture(scope="session")
@@ -247,3 +248,36 @@ def test_cloze_probes_take_about_the_ratio_of_an_articles_sentences_with_a_term(
         sentence = probe["instruction"].split("『")[1].rstrip("』")
         assert sentence.replace("＿＿", probe["response"]) in passage.text
     assert cloze_probes(passages, 0, seed=0) == []
+
+
+# Sentences a cloze probe must not blank, with why (a table: a surprising case is added here before the code changes).
+UNFAIR_BLANKS = [
+    ("ルルイエ", "", "クトゥルフ（Cthulhu）は、ルルイエに眠るとされる神格である。"),  # its reading beside it; the subject
+    ("ダゴン", "ダゴン (クトゥルフ神話)", "ダゴンは、クトゥルフ神話に登場する神格である。"),  # the category's own name
+    ("ハスター", "", "ハスターは、クトゥルフ神話に登場する神格とされる。"),  # ＿＿神話: part of a longer word
+    ("コナン", "", "この作品の作者とされるのは、ロバート・E・ハワードである。"),  # pointing back; and half a name
+    ("コナン", "", "作者として知られるのは、ロバート・E・ハワードであった。"),  # half a name either way
+    ("ダゴン", "ダゴン (クトゥルフ神話)", "ダゴンは、しばしばクトゥルフの眷属として扱われる。"),  # a word of the title
+    ("ハスター", "", "ハスターは、ゲームやホラーの分野でよく知られている。"),  # common nouns
+    ("ルルイエ", "", "ルルイエは南太平洋の海底に沈んだ都市とされる。"),  # 太平洋 inside 南太平洋
+    ("ショゴス", "", "ショゴスは古のもの（エルダーシング）に仕えた生物とされる。"),  # a reading in parentheses
+]
+
+
+@pytest.mark.parametrize("subject, title, sentence", UNFAIR_BLANKS)
+def test_a_cloze_probe_never_gives_its_answer_away_nor_blanks_part_of_a_name(subject, title, sentence):
+    for seed in range(5):
+        assert cloze(subject, sentence, random.Random(seed), title or subject) is None
+
+
+def test_a_cloze_probe_never_blanks_a_name_whose_other_name_is_in_the_sentence():
+    names = alias_groups([{"title": "クトゥルフ", "aliases": ["Cthulhu", "クトゥルー"]}])
+    sentence = "クトゥルーは、ラヴクラフトが創作したクトゥルフと同じ神格である。"
+    for seed in range(5):
+        probe = cloze("旧支配者", sentence, random.Random(seed), "旧支配者", names)
+        assert probe["answers"] == ["ラヴクラフト"]
+
+
+def test_a_cloze_probe_blanks_a_whole_proper_name():
+    probe = cloze("ルルイエ", "ルルイエは、アブドゥル・アルハズレッドの書に記された都市である。", random.Random(0))
+    assert probe["response"] == "アブドゥル・アルハズレッド" and "＿＿の書" in probe["instruction"]
