@@ -5,10 +5,16 @@
 * The text is TextExtracts' plain text with `== heading ==` lines; reference marks, footnote lines and
   the notes and links sections are removed.
 * A question names the article's subject as a user would: its title without the disambiguation part
-  ("ダゴン (クトゥルフ神話)" → "ダゴン"). The lead answers an overview question ("ダゴンとは何ですか？"),
-  a 概要 section a summary question that is never the lead's, a section a question about that section,
-  nested headings read as "登場作品のうち小説". `phrasings` distinct wordings per passage are picked
-  deterministically from (seed, title, section, part).
+  ("ダゴン (クトゥルフ神話)" → "ダゴン"), a work in 『』. What the subject is comes from the lead's first
+  sentence (`kind_of`): a person is asked as a person (「オーガスト・ダーレスは誰ですか？」), a work as a work
+  (「『インスマウスを覆う影』はどのような作品ですか？」), anything else as a thing (「ダゴンとは何ですか？」).
+  A 概要 section gets a summary question that is never the lead's, a section a question about that section,
+  its headings never quoted (「『インスマウスを覆う影』のあらすじを教えてください。」), nested ones read as
+  "登場作品のうち小説". `phrasings` distinct wordings per passage are picked deterministically from (seed,
+  title, section, part).
+* An answer never opens by pointing at text the user never saw: at a section's start, 彼/彼女 (a person's
+  article) and 本作/同作 (a work's) become the subject, a connective (また、) is removed, and a sentence that
+  still points back (彼らが…, この都市の館で…) is dropped and counted.
 * A section too long for `max_tokens` (the whole example in the Mistral instruct format, measured with
   the model's own SentencePiece model) becomes several passages, cut between sentences, never inside
   one. A part asks about what it says, by the names it holds that the other parts do not
@@ -61,13 +67,29 @@ NAME_JOINERS = "・=＝゠"
 KATAKANA_CHARS = re.compile(r"[\u30A1-\u30FA\u30FC]")
 WORD_CHARS = re.compile(r"[\u30A1-\u30FA\u30FC\u3005\u4E00-\u9FFFA-Za-z.．]")  # a name that touches one is part of a word
 
-LEAD_PHRASINGS = (
-    "{subject}とは何ですか？",
-    "{subject}について教えてください。",
-    "{subject}とはどのようなものですか？",
-    "{subject}について簡単に説明してください。",
-    "{subject}について知っていることを教えてください。",
-)
+LEAD_PHRASINGS = {  # by what the article is about (kind_of); a work's subject is named in 『』
+    "thing": (
+        "{subject}とは何ですか？",
+        "{subject}について教えてください。",
+        "{subject}とはどのようなものですか？",
+        "{subject}について簡単に説明してください。",
+        "{subject}について知っていることを教えてください。",
+    ),
+    "person": (
+        "{subject}は誰ですか？",
+        "{subject}について教えてください。",
+        "{subject}はどのような人物ですか？",
+        "{subject}について簡単に説明してください。",
+        "{subject}について知っていることを教えてください。",
+    ),
+    "work": (
+        "{subject}はどのような作品ですか？",
+        "{subject}について教えてください。",
+        "{subject}とはどんな作品ですか？",
+        "{subject}の内容を簡単に説明してください。",
+        "{subject}について知っていることを教えてください。",
+    ),
+}
 SUMMARY_PHRASINGS = (  # a 概要 section beside a lead: never one of the lead's questions
     "{subject}の概要を教えてください。",
     "{subject}の概要を説明してください。",
@@ -75,6 +97,7 @@ SUMMARY_PHRASINGS = (  # a 概要 section beside a lead: never one of the lead's
     "{subject}の概要はどのようなものですか？",
 )
 SECTION_PHRASINGS = (
+    "{subject}の{section}を教えてください。",
     "{subject}の{section}について教えてください。",
     "{subject}の{section}について説明してください。",
     "{subject}の{section}はどのようなものですか？",
@@ -87,7 +110,16 @@ PART_PHRASINGS = (  # {topic}: "ルルイエ", "ルルイエの概要", "ルル�
     "{topic}について、{terms}に関わる話を教えてください。",
     "{topic}では、{terms}について何が知られていますか？",
 )
-MAX_PHRASINGS = min(map(len, (LEAD_PHRASINGS, SUMMARY_PHRASINGS, SECTION_PHRASINGS, PART_PHRASINGS)))
+MAX_PHRASINGS = min(map(len, (*LEAD_PHRASINGS.values(), SUMMARY_PHRASINGS, SECTION_PHRASINGS, PART_PHRASINGS)))
+# How a lead's first sentence says what its subject is (kind_of): the noun it ends with, or what it tells.
+PERSON_NOUNS = ("作家", "小説家", "詩人", "人物", "画家", "編集者", "翻訳家", "漫画家", "俳優", "脚本家", "評論家",
+                "批評家", "研究家", "学者", "イラストレーター", "ゲームデザイナー", "映画監督", "出版者")
+WORK_NOUNS = ("小説", "短編", "中編", "長編", "作品", "短編集", "映画", "漫画", "戯曲", "詩", "アンソロジー", "ゲーム",
+              "シリーズ", "物語", "連作", "書籍", "RPG")
+DEFINITION_END = re.compile(r"(?:である|であった|だった|だ|です|でした|とされる|とされている)?[。．.！!]*$")
+LIFE_SPAN = re.compile(r"[（(][^()（）]*\d{3,4}年[^()（）]*[-–—－〜~][^()（）]*\d{3,4}年[^()（）]*[)）]")
+PERSON_PRONOUN = re.compile(r"^(?:彼女|彼)(?=[はがのもにを])")
+WORK_PRONOUN = re.compile(r"^(?:本作品|本作|同作品|同作|この作品)(?=[はがのもにを])")
 OVERVIEW_HEADINGS = {"概要", "概説", "解説"}
 TERMS_PER_QUESTION = 2
 # The longest terms a part question is expected to name, to reserve room for them when cutting parts.
@@ -112,6 +144,7 @@ class Passage:
     source: str = ""  # where the text comes from (the page's URL), and its revision
     revid: int | None = None
     kind: str = "recitation"
+    about: str = "thing"  # what the article is about: "person", "work" or "thing" (kind_of)
 
 
 @dataclass
@@ -251,9 +284,9 @@ def subjects_of(titles: list[str]) -> dict[str, str]:
 
 
 def section_label(path: tuple[str, ...]) -> str:
-    """('登場作品', '小説') → '登場作品のうち小説': the last two headings, as a sentence says them; a heading
-    that is a phrase in 「」 ('作品のうち「クトゥルフの呼び声」')."""
-    return "のうち".join(heading if heading[:1] in OPENING else quoted(heading) for heading in path[-2:])
+    """('登場作品', '小説') → '登場作品のうち小説': the last two headings, as a sentence says them, never quoted
+    (「『インスマウスを覆う影』のあらすじを教えてください。」)."""
+    return "のうち".join(path[-2:])
 
 
 def normalize_question(text: str) -> str:
@@ -421,26 +454,62 @@ def build_passages(title: str, text: str, fmt: MistralFormat, max_tokens: int, p
                    subject: str | None = None) -> tuple[list[Passage], BuildStats]:
     """The passages of one article's plain text, each with `phrasings` distinct questions that fit `max_tokens`."""
     subject = subject or subject_of(title)
-    named = quoted(subject)
     stats = BuildStats()
     sections, dropped = parse_sections(clean_text(text))
     stats.dropped_sections = len(dropped)
     has_lead = any(not section.path for section in sections)
+    about = kind_of(next((section.text for section in sections if not section.path), sections[0].text if sections else ""))
+    named = f"『{subject}』" if about == "work" else quoted(subject)
     used: set[str] = set()  # one article never asks the same question twice
     passages = []
     for section in sections:
         stats.sections += 1
         label = section_label(section.path)
         overview = len(section.path) == 1 and section.path[0] in OVERVIEW_HEADINGS
-        if not section.path or (overview and not has_lead):
-            templates, topic, label = LEAD_PHRASINGS, named, ""
+        lead = not section.path or (overview and not has_lead)
+        if lead:
+            templates, topic, label = LEAD_PHRASINGS[about], named, ""
         else:
             templates, topic = (SUMMARY_PHRASINGS if overview else SECTION_PHRASINGS), f"{named}の{label}"
         whole = [template.format(subject=named, section=label) for template in templates]
         key = f"{seed}\x00{title}\x00{'/'.join(section.path)}"
-        passages += fit_passages(fmt, max_tokens, title, subject, label, section.text, whole, topic,
-                                 templates is LEAD_PHRASINGS, phrasings, key, used, stats)
+        body, lost = (section.text, 0) if lead else open_section(section.text, named, about)
+        stats.dropped_sentences += lost
+        if lost:
+            stats.notes.append(f"{title} {label}: {lost} sentence(s) dropped at its start (pointing back at text "
+                               "before the section)")
+        if body:
+            built = fit_passages(fmt, max_tokens, title, subject, label, body, whole, topic, lead, phrasings, key,
+                                 used, stats)
+            for passage in built:
+                passage.about = about
+            passages += built
     return passages, stats
+
+
+def kind_of(lead: str) -> str:
+    """What an article is about, from its lead's first sentence (the definition: 「Xは、アメリカの小説家である。」):
+    "person" when it ends with a PERSON_NOUNS word or tells a birth (生まれ, a life span in parentheses), "work"
+    when it ends with a WORK_NOUNS word or tells a publication (発表) without saying that the subject appears in
+    one (登場: a thing in a story), else "thing"."""
+    first = next((sentence for sentence in split_sentences(lead) if sentence.strip()), "")
+    core = re.sub(r"[（(][^()（）]*[)）]\s*$", "", DEFINITION_END.sub("", first.strip()))
+    if core.endswith(PERSON_NOUNS) or "生まれ" in first or LIFE_SPAN.search(first):
+        return "person"
+    if core.endswith(WORK_NOUNS) or ("発表" in first and "登場" not in first):
+        return "work"
+    return "thing"
+
+
+def open_section(text: str, named: str, about: str) -> tuple[str, int]:
+    """A section's text as an answer that opens plainly: 彼/彼女 (a person's article) and 本作/同作 (a work's) at its
+    start read as the subject; a leading connective is removed and sentences pointing back are dropped; (text,
+    sentences dropped)."""
+    text = CONNECTIVE.sub("", text.lstrip(), count=1)
+    pronoun = {"person": PERSON_PRONOUN, "work": WORK_PRONOUN}.get(about)
+    if pronoun:
+        text = pronoun.sub(named.strip("「」"), text, count=1)
+    return open_plainly(text)
 
 
 # ---------------------------------------------------------------------------------------------------

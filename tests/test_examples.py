@@ -6,6 +6,7 @@ import pytest
 from mediawiki_server import cthulhu_wiki
 
 from cthulhu_sft.examples import (
+    MAX_PHRASINGS,
     BuildStats,
     build_passages,
     clean_text,
@@ -13,6 +14,7 @@ from cthulhu_sft.examples import (
     cloze_probes,
     example_length,
     fit_passages,
+    kind_of,
     named_terms,
     normalize_question,
     pack,
@@ -110,8 +112,63 @@ def test_two_titles_with_the_same_subject_keep_their_disambiguation():
 
 
 def test_a_title_that_is_a_phrase_is_quoted_in_questions(fmt):
-    passages, _ = build_passages("狂気の山脈にて", "狂気の山脈にては、南極探検を描いた長編小説である。", fmt, 256, 2, seed=0)
-    assert all(question.startswith("「狂気の山脈にて」") for question in passages[0].questions)
+    passages, _ = build_passages("銀の鍵の門を越えて", "銀の鍵の門を越えてには、門の向こうが描かれるとされる。", fmt, 256, 2, seed=0)
+    assert all(question.startswith("「銀の鍵の門を越えて」") for question in passages[0].questions)
+
+
+# What an article's lead says it is about, and how a user asks about it.
+KINDS = [
+    ("オーガスト・ダーレス（August Derleth、1909年2月24日 - 1971年7月4日）は、アメリカ合衆国の小説家、編集者。", "person"),
+    ("ラヴクラフトは、アメリカの怪奇小説作家である。", "person"),
+    ("ロバート・ブロックは、1917年にシカゴで生まれた。", "person"),
+    ("狂気の山脈にては、南極探検を描いた長編小説である。", "work"),
+    ("ダゴンは、1919年に執筆された短編。", "work"),
+    ("クトゥルフの呼び声は、1928年にウィアード・テイルズ誌で発表された。", "work"),
+    ("クトゥルフ（Cthulhu）は、怪奇作家が創作した架空の神格である。", "thing"),  # 作家 is not what it is
+    ("ネクロノミコンは、1923年に発表された短編に登場する架空の魔道書である。", "thing"),
+]
+
+
+@pytest.mark.parametrize("lead, kind", KINDS)
+def test_a_lead_says_whether_its_subject_is_a_person_a_work_or_a_thing(lead, kind):
+    assert kind_of(lead) == kind
+
+
+def test_people_are_asked_as_people_works_as_works_and_headings_are_never_quoted(fmt):
+    person = "オーガスト・ダーレス（August Derleth、1909年2月24日 - 1971年7月4日）は、アメリカ合衆国の小説家、編集者。"
+    asked = set()
+    for seed in range(10):
+        passages, _ = build_passages("オーガスト・ダーレス", person, fmt, 256, phrasings=MAX_PHRASINGS, seed=seed)
+        asked.update(passages[0].questions)
+    assert "オーガスト・ダーレスは誰ですか？" in asked and "オーガスト・ダーレスはどのような人物ですか？" in asked
+    assert not any("どのようなもの" in question or "とは何" in question for question in asked)
+
+    work = article(("あらすじ", "語り手は寂れた港町を訪れ、町の秘密を知ることになる。"),
+                   lead="インスマウスを覆う影は、H・P・ラヴクラフトの中編小説である。")
+    asked = set()
+    for seed in range(10):
+        lead, plot = build_passages("インスマウスを覆う影", work, fmt, 256, phrasings=MAX_PHRASINGS, seed=seed)[0]
+        assert lead.about == plot.about == "work"
+        asked.update(lead.questions + plot.questions)
+    assert "『インスマウスを覆う影』はどのような作品ですか？" in asked
+    assert "『インスマウスを覆う影』のあらすじを教えてください。" in asked
+    assert not any("「あらすじ」" in question or "「インスマウス" in question for question in asked)
+
+
+def test_an_answer_never_opens_by_pointing_at_text_the_user_never_saw(fmt):
+    text = article(("生涯", "彼は1909年に生まれた。幼い頃から怪奇小説を好んだ。"),
+                   ("作品", "また、多くの短編をアーカム・ハウスから出版した。"),
+                   ("交友", "彼らが出会ったのは1926年である。ダーレスはラヴクラフトと文通した。"),
+                   ("邸宅", "この都市の館でダーレスは暮らした。"),
+                   lead="オーガスト・ダーレスは、アメリカ合衆国の小説家である。")
+    passages, stats = build_passages("オーガスト・ダーレス", text, fmt, 256, 2, seed=0)
+    answers = {passage.section: passage.text for passage in passages}
+    assert answers["生涯"] == "オーガスト・ダーレスは1909年に生まれた。幼い頃から怪奇小説を好んだ。"
+    assert answers["作品"] == "多くの短編をアーカム・ハウスから出版した。"
+    assert answers["交友"] == "ダーレスはラヴクラフトと文通した。"
+    assert "邸宅" not in answers and stats.dropped_sentences == 2
+    work = article(("評価", "本作は高く評価された。"), lead="ダゴンは、1919年に執筆された短編。")
+    assert build_passages("ダゴン (小説)", work, fmt, 256, 1, seed=0)[0][1].text == "『ダゴン』は高く評価された。"
 
 
 def test_nested_headings_read_as_a_sentence_says_them(fmt):
