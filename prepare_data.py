@@ -32,7 +32,15 @@ from tqdm import tqdm
 from cthulhu_sft import config
 from cthulhu_sft.config import CACHE_DIR, sft_defaults
 from cthulhu_sft.data import DataError, jsonl_text
-from cthulhu_sft.dataset_card import CARD_MARK, OLD_CARD_MARK, length_stats, render_card
+from cthulhu_sft.dataset_card import (
+    CARD_MARK,
+    NO_WRITER_SUMMARY,
+    OLD_CARD_MARK,
+    has_writer,
+    length_stats,
+    render_card,
+    report_values,
+)
 from cthulhu_sft.examples import (
     MAX_PHRASINGS,
     BuildStats,
@@ -406,11 +414,18 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
     print(f"passages: {len(passages)} from {stats.sections or len(passages)} texts ({stats.split_sections} cut between "
           f"sentences, {stats.dropped_sentences} sentences dropped, {stats.unaskable_parts} parts with no name to ask by, "
           f"{stats.duplicates} duplicates removed), {args.phrasings} wording(s) each in train")
-    if report is not None:
-        rejected = ", ".join(f"{reason} {count}" for reason, count in report.rejected.most_common()) or "none"
-        print(f"Q&A ({args.qa_model}): {report.passages} passages ({report.cached} cached), requests: {report.requests} "
-              f"({max(0, report.retries)} retries), tokens: {report.prompt_tokens} prompt + {report.completion_tokens} "
-              f"completion; pairs kept {report.kept}, rejected: {rejected}")
+    if has_writer(report):
+        values = report_values(report)
+        rejected = ", ".join(f"{reason} {count}" for reason, count in Counter(values["rejected"] or {}).most_common())
+        rejected = rejected or "none"
+        q = {name: "-" if value is None else value for name, value in values.items()}
+        verification = "off" if q["verify_votes"] == 0 else f"{q['verify_votes']} vote(s), agreement {q['verify_agreement']}"
+        print(f"Q&A ({q['backend']}, {values['model'] or args.qa_model}): {q['passages']} passages ({q['cached']} cached), "
+              f"requests: {q['requests']}; tokens: {q['prompt_tokens']} prompt + {q['completion_tokens']} completion; "
+              f"facts offered {q['offered']}, kept {q['kept']}, rejected: {rejected}; "
+              f"verification: {verification}; rewrites offered {q['rewrites_offered']}, kept {q['rewrites_kept']}")
+    else:
+        print(f"Q&A: none, so {NO_WRITER_SUMMARY}")
     length = length_stats(lengths)
     print(f"tokens: min {length['min']}, median {length['median']}, p90 {length['p90']}, max {length['max']} "
           f"(limit {args.max_tokens}), total {length['total']}")

@@ -2,7 +2,8 @@
 
 The Hub metadata is huggingface_hub's DatasetCardData. This module computes the values (examples and articles per
 split, kinds, token lengths, what the writer's filters rejected, the pages and revisions to attribute) and the
-template lays them out, as run_record.py does for the model card.
+template lays them out, as run_record.py does for the model card. Without a writer, the card says plainly that
+the set holds no model-written questions and what to pass to get them.
 """
 
 import re
@@ -12,6 +13,7 @@ from urllib.parse import quote
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from .splits import known_probes
 from .synth import REASONS
 
 CARD_TEMPLATE = Path(__file__).with_name("dataset_card.md")
@@ -19,6 +21,9 @@ CARD_MARK = "<!-- written by prepare_data.py; a rerun replaces this folder's dat
 OLD_CARD_MARK = "built by `prepare_data.py`"  # cards of earlier versions
 # License first, as in the cards written so far: a rerun on unchanged data gives the same bytes.
 METADATA_ORDER = ["license", "language", "pretty_name", "task_categories", "size_categories", "configs"]
+NO_WRITER_SUMMARY = ("the set holds no model-written questions (recitations and cloze probes only); for checked facts "
+                     "asked several ways, run on a CUDA machine (--qa_backend auto writes with the base model) or pass "
+                     "--qa_api_url URL --qa_model NAME")
 SIZE_CATEGORIES = ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (float("inf"), "100K<n<1M"))
 
 
@@ -28,8 +33,8 @@ def render_card(args, splits: dict[str, list[dict]], lengths: list[int], pages: 
 
     args: prepare_data's options (from_json, phrasings, qa_model, tokenizer, max_tokens, api_url); splits: {split:
     rows}, in file order, an empty split has no file; lengths: every example's tokens; pages: the articles used
-    (title, url, revid); build: the parameters listed; prompt and report: the writer's prompt and synth.Report, or
-    None without a writer.
+    (title, url, revid); build: the parameters listed; prompt and report: the writer's prompt and report (read
+    through REPORT_FIELDS), or None (or a report whose backend is "none") without a writer.
     """
     card_data = DatasetCardData(
         license="cc-by-sa-4.0",
@@ -52,13 +57,14 @@ def render_card(args, splits: dict[str, list[dict]], lengths: list[int], pages: 
                 for split, rows in splits.items()},
         kinds=[(kind, [sum(r["kind"] == kind for r in rows) for rows in splits.values()])
                for kind in sorted({r["kind"] for rows in splits.values() for r in rows})],
-        writer=writer_view(args.qa_model, prompt, report) if report is not None else None,
+        writer=writer_view(args.qa_model, prompt, report),
+        known=known_probes(splits),
         tokenizer=args.tokenizer,
         max_tokens=args.max_tokens,
         length=length_stats(lengths),
         parameters=build,
         pages=attribution_rows(args.api_url, pages),
-        adapted_by_model=bool(args.qa_model),
+        adapted_by_model=has_writer(report),
     )
     return card.content
 
@@ -78,17 +84,67 @@ def length_stats(lengths: list[int]) -> dict:
     }
 
 
-def writer_view(model: str, prompt: str, report) -> dict:
-    """The writer's section: its model (and every name the endpoint reported, when another answered), the counts,
-    each filter's rejections, the prompt."""
+# The writer's report is read through these attributes only, each from the first name it has (synth.Report's
+# current names, then earlier ones); any may be missing (None), and the card and the summary show "-" for it.
+REPORT_FIELDS = {
+    "backend": ("backend",),
+    "model": ("model",),
+    "judge_model": ("judge_model",),
+    "passages": ("passages",),
+    "cached": ("cached",),  # answers read from the cache, and
+    "generated": ("generated",),  # answers the writer made in this run
+    "requests": ("requests",),  # sent, retries included
+    "prompt_tokens": ("prompt_tokens",),
+    "completion_tokens": ("completion_tokens",),
+    "offered": ("offered", "facts_offered"),
+    "kept": ("kept", "facts_kept"),
+    "rejected": ("rejected",),  # {reason: count}
+    "verify_votes": ("verify_votes", "verify"),  # votes per verdict; 0: no verification
+    "verify_agreement": ("verify_agreement", "agreement"),  # share of verdicts whose votes all agreed
+    "rewrites_offered": ("rewrites_offered",),
+    "rewrites_kept": ("rewrites_kept",),
+    "served_by": ("served_by",),  # every model name the backend reported
+}
+
+
+def report_values(report) -> dict:
+    """{field of REPORT_FIELDS: value or None} of the writer's report (None: no writer)."""
+    values = {}
+    for name, attributes in REPORT_FIELDS.items():
+        values[name] = next((getattr(report, a) for a in attributes if getattr(report, a, None) is not None), None)
+    if values["offered"] is None and values["kept"] is not None and values["rejected"] is not None:
+        values["offered"] = values["kept"] + sum(values["rejected"].values())
+    return values
+
+
+def has_writer(report) -> bool:
+    return report is not None and getattr(report, "backend", None) != "none"
+
+
+def writer_view(model: str | None, prompt: str | None, report) -> dict | None:
+    """The writer's section: backend and model (and every name the backend reported, when another answered),
+    requests, facts offered and kept, each reason's rejections, the verification's votes and agreement, rewrites,
+    the prompt; None without a writer."""
+    if not has_writer(report):
+        return None
+    values = report_values(report)
+    model = values["model"] or model
+    rejected = dict(values["rejected"] or {})
+    reasons = [(reason, why, rejected.get(reason, 0)) for reason, why in REASONS.items()]
+    reasons += [(reason, "", count) for reason, count in sorted(rejected.items()) if reason not in REASONS]
+    agreement = values["verify_agreement"]
     return {
+        **{name: "-" if value is None else value for name, value in values.items()},
         "model": model,
-        "served_by": sorted(report.served_by) if report.served_by - {model} else [],
-        "passages": report.passages,
-        "kept": report.kept,
-        "rejected": sum(report.rejected.values()),
-        "reasons": [(reason, why, report.rejected.get(reason, 0)) for reason, why in REASONS.items()],
-        "prompt": prompt.rstrip("\n"),
+        "served_by": sorted(values["served_by"] or set()) if set(values["served_by"] or set()) - {model} else [],
+        # what the set was made from, the same on a rerun from the cache (the run's own requests vary: the summary)
+        "answers": "-" if None in (values["cached"], values["generated"]) else values["cached"] + values["generated"],
+        "judge": values["judge_model"] if values["judge_model"] not in (None, "", model) else None,
+        "rejected": sum(rejected.values()),
+        "reasons": reasons,
+        "verify_off": values["verify_votes"] == 0,
+        "agreement": f"{agreement:.0%}" if isinstance(agreement, float) else "-",
+        "prompt": (prompt or "").rstrip("\n"),
     }
 
 

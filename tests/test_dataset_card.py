@@ -2,11 +2,13 @@
 
 from argparse import Namespace
 from collections import Counter
+from types import SimpleNamespace
 
+import pytest
 from huggingface_hub import DatasetCard
 
 from cthulhu_sft.dataset_card import CARD_MARK, length_stats, render_card
-from cthulhu_sft.synth import Report
+from cthulhu_sft.synth import REASONS
 
 API_URL = "https://ja.wikipedia.org/w/api.php"
 PAGES = [{"title": "ダゴン (クトゥルフ神話)", "url": "https://ja.wikipedia.org/wiki/ダゴン", "revid": 101},
@@ -22,11 +24,18 @@ def rows(count: int, kind: str, titles: int = 1) -> list[dict]:
     return [{"kind": kind, "title": f"記事{i % titles}"} for i in range(count)]
 
 
+def writer_report(**changes) -> SimpleNamespace:
+    """A writer's report as synth.Report has it (the card reads it through REPORT_FIELDS only)."""
+    values = {"backend": "openai", "model": "a-7b", "judge_model": "a-7b", "passages": 4, "cached": 1, "generated": 20, "requests": 23,
+              "facts_offered": 8, "kept": 3, "rejected": Counter({"malformed": 4, "a_reason_synth_does_not_describe": 1}),
+              "verify": 3, "agreement": 0.75, "rewrites_offered": 4, "rewrites_kept": 2, "served_by": {"a-7b", "b-7b"}}
+    return SimpleNamespace(**{**values, **changes})
+
+
 def test_a_crawl_with_a_writer_has_the_hub_metadata_the_tables_the_prompt_and_the_revisions():
     splits = {"train": rows(6, "recitation", 3) + rows(2, "synthesized"), "eval": [], "eval_known": rows(1, "synthesized")}
-    report = Report(passages=4, kept=3, rejected=Counter({"ungrounded": 5, "duplicate": 1}), served_by={"a-7b", "b-7b"})
     text = render_card(options(qa_model="a-7b"), splits, [30, 10, 20], PAGES, {"seed": 42, "depth": 2},
-                       "文章:\n<passage>\n{passage}\n</passage>\n\n", report)
+                       "文章:\n<passage>\n{passage}\n</passage>\n\n", writer_report())
 
     card = DatasetCard(text)
     assert text.startswith("---\nlicense: cc-by-sa-4.0\nlanguage:\n- ja\n") and text.endswith(" |\n")
@@ -38,9 +47,16 @@ def test_a_crawl_with_a_writer_has_the_hub_metadata_the_tables_the_prompt_and_th
     assert "| train.jsonl | 8 | 3 | trained: each passage under 2 question wording(s) |" in text
     assert "| eval.jsonl | 0 | 0 |" in text
     assert "| recitation | 6 | 0 | 0 |\n| synthesized | 2 | 0 | 1 |\n\n- `recitation`:" in text
-    assert "`a-7b` (the endpoint reported `a-7b`, `b-7b`), from each passage" in text
-    assert "Passages asked: 4; pairs kept: 3; rejected: 6." in text
-    assert "| `ungrounded` | a key term of the answer is not in the passage | 5 |" in text and "| `malformed` |" in text
+    assert "written by `a-7b` (backend `openai`) (it reported `a-7b`, `b-7b`), from each passage" in text
+    assert "verified by" not in text  # the writer is its own judge
+    assert "- requests: 21 (facts, rewrites and verdicts, each cached: a rerun asks nothing); passages: 4\n" in text
+    assert "- facts offered: 8; kept: 3; rejected: 5 (each reason below)\n" in text
+    assert "3 vote(s) for each question/answer and rewrite, at temperature 0, kept on a majority of true; the votes " \
+           "of a verdict all agreed in 75% of them" in text
+    assert "- rewrites offered: 4; kept: 2\n" in text
+    assert f"| `malformed` | {REASONS['malformed']} | 4 |" in text and "| `duplicate` |" in text
+    assert "| `a_reason_synth_does_not_describe` |  | 1 |" in text  # counted though not described
+    assert "No model-written questions" not in text
     assert "~~~~text\n文章:\n<passage>\n{passage}\n</passage>\n~~~~" in text
     assert "min 10, median 20, p90 30, max 30, total 60\n\n## Parameters\n\n- `seed`: 42\n- `depth`: 2\n\n## License and" in text
     assert "asked as questions, rewritten as question/answer pairs by a model)." in text
@@ -49,6 +65,35 @@ def test_a_crawl_with_a_writer_has_the_hub_metadata_the_tables_the_prompt_and_th
             f"%28%E3%82%AF%E3%83%88%E3%82%A5%E3%83%AB%E3%83%95%E7%A5%9E%E8%A9%B1%29&oldid=101) |") in text
     assert f"| [R&D?](https://ja.wikipedia.org/wiki/R%26D) | - | [history]({index}R%26D%3F&action=history) |" in text
     assert DatasetCard(card.content).content == text  # the Hub's own round trip keeps the bytes
+
+
+def test_known_probes_are_counted_per_trained_article():
+    splits = {"train": rows(6, "recitation", 3), "eval": rows(2, "recitation"),
+              "eval_known": rows(4, "synthesized", 2) + [{"kind": "synthesized", "title": "記事0"}]}
+    text = render_card(options(), splits, [5], PAGES, {}, None, None)
+    assert "5 probes for 2 of 3 trained articles.\n\n| article | probes |\n| --- | --- |\n" \
+           "| 記事0 | 3 |\n| 記事1 | 2 |\n| 記事2 | 0 |\n" in text
+
+
+def test_a_report_missing_fields_shows_dashes_and_verification_off_is_said():
+    report = SimpleNamespace(backend="transformers", model="tiny-mistral", verify_votes=0, kept=0,
+                             rejected=Counter({"malformed": 6}))
+    text = render_card(options(), {"train": rows(2, "recitation"), "eval": [], "eval_known": []}, [5], PAGES, {}, "p",
+                       report)
+    assert "written by `tiny-mistral` (backend `transformers`), from each passage" in text
+    assert "- requests: - (facts, rewrites and verdicts, each cached: a rerun asks nothing); passages: -\n" \
+           "- facts offered: 6; kept: 0; rejected: 6" in text
+    assert "- verification: off (`--qa_verify 0`): facts were kept on the checks alone\n" in text
+    assert "- rewrites offered: -; kept: -\n" in text and "| `malformed` |" in text
+
+
+@pytest.mark.parametrize("report", [None, SimpleNamespace(backend="none", model="", note="none")])
+def test_without_a_writer_the_card_says_it_holds_no_model_written_questions_and_how_to_get_them(report):
+    text = render_card(options(), {"train": rows(3, "recitation"), "eval": [], "eval_known": rows(1, "cloze")}, [5],
+                       PAGES, {}, None, report)
+    assert "## No model-written questions\n\nThis set holds no model-written questions:" in text
+    assert "`--qa_api_url URL --qa_model NAME`" in text and "on a CUDA" in text
+    assert "## Written by a model" not in text and "rewritten as question/answer pairs" not in text
 
 
 def test_a_converted_file_names_its_source_and_has_no_writer_section_nor_attribution():
@@ -63,5 +108,5 @@ def test_a_converted_file_names_its_source_and_has_no_writer_section_nor_attribu
 def test_size_category_and_length_statistics():
     text = render_card(options(), {"train": rows(10_000, "recitation"), "eval": [], "eval_known": []}, [], PAGES, {}, None, None)
     assert DatasetCard(text).data.size_categories == ["10K<n<100K"]
-    assert "min 0, median 0, p90 0, max 0, total 0" in text and "rewritten" not in text
+    assert "min 0, median 0, p90 0, max 0, total 0" in text and "rewritten as question" not in text
     assert length_stats(list(range(1, 11))) == {"min": 1, "median": 5, "p90": 10, "max": 10, "total": 55}

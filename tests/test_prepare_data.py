@@ -119,9 +119,9 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     assert {row["title"] for row in synthesized if row["response"] == "太平洋の底です。"} == {"ルルイエ"}
     assert any(row.get("answers") == ["太平洋の底"] for row in synthesized)
     stdout = result.stdout
-    passages = re.search(r"Q&A \(test-writer-7b\): (\d+) passages \(0 cached\), requests: \1 \(0 retries\), "
-                         r"tokens: [1-9]\d* prompt \+ [1-9]\d* completion", stdout).group(1)
-    assert f"{passages} passages ({passages} cached), requests: 0 (0 retries), tokens: 0 prompt" in again.stdout
+    passages = re.search(r"Q&A \([^,]+, test-writer-7b\): (\d+) passages \(0 cached\), requests: \1; "
+                         r"tokens: [1-9]\d* prompt \+ [1-9]\d* completion; facts offered", stdout).group(1)
+    assert f"{passages} passages ({passages} cached), requests: 0; tokens: 0 prompt" in again.stdout
     assert "rejected: " in stdout and "ungrounded" in stdout and "points_at_text" in stdout
 
     # The card: Hub metadata, counts per kind, the writer and its prompt, rejections, attribution.
@@ -220,6 +220,10 @@ def test_without_a_writer_eval_known_holds_cloze_probes_of_trained_sentences(tmp
     assert f"known probes: {len(known)} for {len(probed)} of {len(trained)} trained articles" in stdout
     sources = read_jsonl(tmp_path / "out/source_texts.jsonl")
     assert all(isinstance(source["aliases"], list) for source in sources)  # the crawler's, or none
+    assert "Q&A: none, so the set holds no model-written questions" in stdout and "--qa_api_url URL" in stdout
+    card = (tmp_path / "out/README.md").read_text(encoding="utf-8")
+    assert "## No model-written questions" in card and "## Written by a model" not in card
+    assert f"{len(known)} probes for {len(probed)} of {len(trained)} trained articles." in card
     recited = {}
     for row in train:
         recited.setdefault(row["response"], set()).add(row["instruction"])
