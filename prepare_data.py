@@ -38,6 +38,7 @@ from cthulhu_sft.dataset_card import (
     OLD_CARD_MARK,
     has_writer,
     length_stats,
+    percent,
     render_card,
     report_values,
 )
@@ -419,10 +420,11 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
         rejected = ", ".join(f"{reason} {count}" for reason, count in Counter(values["rejected"] or {}).most_common())
         rejected = rejected or "none"
         q = {name: "-" if value is None else value for name, value in values.items()}
-        verification = "off" if q["verify_votes"] == 0 else f"{q['verify_votes']} vote(s), agreement {q['verify_agreement']}"
+        verification = ("off" if q["verify_votes"] == 0
+                        else f"{q['verify_votes']} vote(s), agreement {percent(values['verify_agreement'])}")
         print(f"Q&A ({q['backend']}, {values['model'] or args.qa_model}): {q['passages']} passages ({q['cached']} cached), "
               f"requests: {q['requests']}; tokens: {q['prompt_tokens']} prompt + {q['completion_tokens']} completion; "
-              f"facts offered {q['offered']}, kept {q['kept']}, rejected: {rejected}; "
+              f"facts offered {q['offered']}, kept {q['kept']}; rejections: {rejected}; "
               f"verification: {verification}; rewrites offered {q['rewrites_offered']}, kept {q['rewrites_kept']}")
     else:
         print(f"Q&A: none, so {NO_WRITER_SUMMARY}")

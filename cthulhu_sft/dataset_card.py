@@ -117,6 +117,10 @@ def report_values(report) -> dict:
     return values
 
 
+def percent(share) -> str:
+    return f"{share:.0%}" if isinstance(share, float) else "-"
+
+
 def has_writer(report) -> bool:
     return report is not None and getattr(report, "backend", None) != "none"
 
@@ -132,7 +136,6 @@ def writer_view(model: str | None, prompt: str | None, report) -> dict | None:
     rejected = dict(values["rejected"] or {})
     reasons = [(reason, why, rejected.get(reason, 0)) for reason, why in REASONS.items()]
     reasons += [(reason, "", count) for reason, count in sorted(rejected.items()) if reason not in REASONS]
-    agreement = values["verify_agreement"]
     return {
         **{name: "-" if value is None else value for name, value in values.items()},
         "model": model,
@@ -143,7 +146,7 @@ def writer_view(model: str | None, prompt: str | None, report) -> dict | None:
         "rejected": sum(rejected.values()),
         "reasons": reasons,
         "verify_off": values["verify_votes"] == 0,
-        "agreement": f"{agreement:.0%}" if isinstance(agreement, float) else "-",
+        "agreement": percent(values["verify_agreement"]),
         "prompt": (prompt or "").rstrip("\n"),
     }
 

@@ -13,7 +13,8 @@
   probe asks a fact the training set teaches, in words it never saw. A trained article with no fact (every
   article of a run without a writer) gets cloze probes of its sentences instead (examples.cloze_probes).
 * Every fact and cloze row carries `answers`: its short answer and, when that names an article (its title,
-  its subject or one of its aliases: redirects, English title, readings), every other name of that article.
+  its subject or one of its aliases: redirects, English title, readings), every other name of that article that
+  its question does not hold.
 """
 
 import random
@@ -29,6 +30,11 @@ KNOWN_PROBES = 5  # facts of one trained article asked in eval_known at most
 def row(passage: Passage, question: str, answer: str, kind: str, **extra) -> dict:
     return {"instruction": question, "response": answer, "title": passage.title, "source": passage.source,
             "revid": passage.revid, "kind": kind, "section": passage.section, **extra}
+
+
+def fact_row(fact: Fact, question: str, writer: str | None, names: dict[str, list[str]]) -> dict:
+    return row(fact.passage, question, fact.answer, "synthesized", writer=writer,
+               answers=accepted(fact.short_answer, names, question), evidence=fact.evidence)
 
 
 def split_by_article(titles: list[str], eval_ratio: float, seed: int) -> set[str]:
@@ -66,9 +72,12 @@ def alias_groups(pages: list[dict]) -> dict[str, list[str]]:
     return groups
 
 
-def accepted(answer: str, groups: dict[str, list[str]]) -> list[str]:
-    """The answer, and every other name of the article it names, if it names one."""
-    return list(dict.fromkeys([answer, *groups.get(match_form(answer), [])]))
+def accepted(answer: str, groups: dict[str, list[str]], question: str = "") -> list[str]:
+    """The answer, and every other name of the article it names, if it names one, but for names the question
+    holds (「クトゥルフの英語名は？」→ Cthulhu: an answer that repeats クトゥルフ is not correct)."""
+    asked = match_form(question)
+    others = [name for name in groups.get(match_form(answer), []) if match_form(name) not in asked]
+    return list(dict.fromkeys([answer, *others]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -97,10 +106,11 @@ def make_splits(passages: list[Passage], facts: list[Fact], rewrites: list[tuple
     splits: dict[str, list[dict]] = {split: [] for split in SPLITS}
     trained = set()  # normalised questions of train.jsonl: a probe never asks one of them
 
-    def train(passage, question, answer, kind, **extra):
-        if normalize_question(question) not in trained and fits(question, answer):
+    def train(example: dict) -> None:
+        question = example["instruction"]
+        if normalize_question(question) not in trained and fits(question, example["response"]):
             trained.add(normalize_question(question))
-            splits["train"].append(row(passage, question, answer, kind, **extra))
+            splits["train"].append(example)
 
     for passage in passages:
         if passage.title in held_titles:
@@ -108,7 +118,7 @@ def make_splits(passages: list[Passage], facts: list[Fact], rewrites: list[tuple
             splits["eval"] += [row(passage, question, passage.text, passage.kind) for question in asked]
         else:
             for question in passage.questions:
-                train(passage, question, passage.text, passage.kind)
+                train(row(passage, question, passage.text, passage.kind))
     for passage, text in rewrites:  # a passage's questions, answered by its text in other words
         if passage.title not in held_titles:
             splits["train"] += [row(passage, question, text, "rewrite", writer=writer) for question in passage.questions
@@ -119,16 +129,15 @@ def make_splits(passages: list[Passage], facts: list[Fact], rewrites: list[tuple
         article = [fact for _, fact in pairs]
         probes = {} if title in held_titles or probe_ratio <= 0 else probes_of(article, f"{seed}\x00{title}")
         for index, fact in enumerate(article):
-            extra = {"writer": writer, "answers": accepted(fact.short_answer, names), "evidence": fact.evidence}
             if title in held_titles:
                 if fits(fact.questions[0], fact.answer):
-                    splits["eval"].append(row(fact.passage, fact.questions[0], fact.answer, "synthesized", **extra))
+                    splits["eval"].append(fact_row(fact, fact.questions[0], writer, names))
                 continue
             for number, question in enumerate(fact.questions):
                 if number == probes.get(index):
-                    known.append(row(fact.passage, question, fact.answer, "synthesized", **extra))
+                    known.append(fact_row(fact, question, writer, names))
                 else:
-                    train(fact.passage, question, fact.answer, "synthesized", **extra)
+                    train(fact_row(fact, question, writer, names))
     splits["eval_known"] += [probe for probe in known
                              if normalize_question(probe["instruction"]) not in trained
                              and fits(probe["instruction"], probe["response"])]
@@ -140,7 +149,7 @@ def make_splits(passages: list[Passage], facts: list[Fact], rewrites: list[tuple
         for passage, probe in cloze_probes([passage for passage, _ in pairs], probe_ratio, seed, names):
             if fits(probe["instruction"], probe["response"]) and normalize_question(probe["instruction"]) not in trained:
                 splits["eval_known"].append(row(passage, probe["instruction"], probe["response"], "cloze",
-                                                answers=accepted(probe["response"], names)))
+                                                answers=accepted(probe["response"], names, probe["instruction"])))
     return splits
 
 

@@ -50,7 +50,8 @@ def test_a_crawl_with_a_writer_has_the_hub_metadata_the_tables_the_prompt_and_th
     assert "written by `a-7b` (backend `openai`) (it reported `a-7b`, `b-7b`), from each passage" in text
     assert "verified by" not in text  # the writer is its own judge
     assert "- requests: 21 (facts, rewrites and verdicts, each cached: a rerun asks nothing); passages: 4\n" in text
-    assert "- facts offered: 8; kept: 3; rejected: 5 (each reason below)\n" in text
+    assert "- facts offered: 8; kept: 3; rejections: 5 (each check below, counted per answer, fact, question or " \
+           "rewrite as it says)\n" in text
     assert "3 vote(s) for each question/answer and rewrite, at temperature 0, kept on a majority of true; the votes " \
            "of a verdict all agreed in 75% of them" in text
     assert "- rewrites offered: 4; kept: 2\n" in text
@@ -82,7 +83,7 @@ def test_a_report_missing_fields_shows_dashes_and_verification_off_is_said():
                        report)
     assert "written by `tiny-mistral` (backend `transformers`), from each passage" in text
     assert "- requests: - (facts, rewrites and verdicts, each cached: a rerun asks nothing); passages: -\n" \
-           "- facts offered: 6; kept: 0; rejected: 6" in text
+           "- facts offered: 6; kept: 0; rejections: 6" in text
     assert "- verification: off (`--qa_verify 0`): facts were kept on the checks alone\n" in text
     assert "- rewrites offered: -; kept: -\n" in text and "| `malformed` |" in text
 

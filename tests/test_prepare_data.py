@@ -122,7 +122,7 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     passages = re.search(r"Q&A \([^,]+, test-writer-7b\): (\d+) passages \(0 cached\), requests: \1; "
                          r"tokens: [1-9]\d* prompt \+ [1-9]\d* completion; facts offered", stdout).group(1)
     assert f"{passages} passages ({passages} cached), requests: 0; tokens: 0 prompt" in again.stdout
-    assert "rejected: " in stdout and "ungrounded" in stdout and "points_at_text" in stdout
+    assert "rejections: " in stdout and "ungrounded" in stdout and "points_at_text" in stdout
 
     # The card: Hub metadata, counts per kind, the writer and its prompt, rejections, attribution.
     card = first["README.md"].decode()

@@ -112,6 +112,7 @@ def test_an_answer_naming_an_article_accepts_every_name_of_it():
     assert accepted("クトゥルー", names) == ["クトゥルー", "クトゥルフ", "Cthulhu", "クスルー"]
     assert accepted("ダゴン", names) == ["ダゴン", "ダゴン (クトゥルフ神話)", "Dagon"]
     assert accepted("1928年", names) == ["1928年"] and accepted("ルルイエ", names) == ["ルルイエ"]
+    assert accepted("Cthulhu", names, "クトゥルフの英語の綴りは？") == ["Cthulhu", "クスルー"]  # not a name it asks by
 
     cthulhu, dagon = passage("ルルイエ"), passage("ダゴン (クトゥルフ神話)")
     fact = Fact(cthulhu, "クトゥルフが眠る", "クトゥルフ", "ルルイエで眠るのはクトゥルフです。",
