@@ -11,8 +11,8 @@ Steps: crawl the category tree (every answer cached under --cache_dir, so a reru
 interrupted one resumes) → clean each article's text → passages a user can ask about (sections, long ones cut
 between sentences), each asked in --phrasings wordings → optionally, factoid pairs written from each passage by an
 OpenAI-compatible endpoint, kept only when grounded → split by article (eval.jsonl: articles never trained);
-held-out questions about trained facts in eval_known.jsonl (synthesized pairs, or cloze probes without an
-endpoint) → write the files and the dataset card (data/README.md, CC BY-SA 4.0 attribution) as one set → print
+held-out questions about trained facts in eval_known.jsonl (one wording of each of up to 5 facts of a trained
+article, its other wordings trained; cloze probes for an article without a fact) → write the files and the dataset card (data/README.md, CC BY-SA 4.0 attribution) as one set → print
 what it did in numbers. --tokenizer and --max_tokens default to `model_name_or_path` and `max_length` in
 sft_config.yaml. The hand-written sample in data/sample/ is never replaced.
 """
@@ -48,7 +48,6 @@ from cthulhu_sft.examples import (
     Fact,
     Passage,
     build_passages,
-    clean_text,
     example_length,
     normalize_question,
     subjects_of,
@@ -56,7 +55,7 @@ from cthulhu_sft.examples import (
 from cthulhu_sft.files import write_temporary
 from cthulhu_sft.format import MistralFormat, tokenizer_error
 from cthulhu_sft.legacy import converted_passages, read_legacy
-from cthulhu_sft.splits import SPLITS, alias_groups, known_probes, make_splits, split_by_article
+from cthulhu_sft.splits import SPLITS, alias_groups, known_probes, make_splits, source_texts, split_by_article
 from cthulhu_sft.synth import AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
 from cthulhu_sft.wiki import (
     DEFAULT_API_URL,
@@ -107,8 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help=f"distinct question wordings each passage is trained under, 1 to {MAX_PHRASINGS} (default: %(default)s)")
     data.add_argument("--eval_ratio", type=float, default=0.1, help="share of articles never trained, in eval.jsonl (default: %(default)s)")
     data.add_argument("--probe_ratio", type=float, default=0.2,
-                      help="share of each trained article's synthesized pairs (or of its sentences, as cloze probes) "
-                           "held out in eval_known.jsonl (default: %(default)s)")
+                      help="share of the sentences of a trained article without a fact asked as cloze probes in "
+                           "eval_known.jsonl; 0: no eval_known (default: %(default)s)")
     data.add_argument("--seed", type=int, default=42, help="question wording and splits (default: %(default)s)")
     qa = parser.add_argument_group("factoid Q&A written by a model (optional; key: OPENAI_API_KEY)")
     qa.add_argument("--qa_api_url", default=None, help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
@@ -362,9 +361,7 @@ def run(args) -> int:
               "fact); train with --eval_file data/eval.jsonl, and the knowledge check has no known set",
               file=sys.stderr)
     texts = {f"{split}.jsonl": jsonl_text(rows) for split, rows in splits.items() if rows}  # no empty files
-    sources = [{"title": p["title"], "text": clean_text(p["text"] or ""), "source": p["url"], "revid": p["revid"],
-                "split": "eval" if p["title"] in held_titles else "train", "aliases": p.get("aliases") or []}
-               for p in pages if (p["text"] or "").strip()]
+    sources = source_texts(pages, held_titles)
     if sources:
         texts[SOURCE_TEXTS] = jsonl_text(sources)
     build.update({"seed": args.seed, "phrasings": args.phrasings, "eval_ratio": args.eval_ratio,

@@ -20,7 +20,7 @@
 import random
 from collections import Counter
 
-from cthulhu_sft.examples import Fact, Passage, cloze_probes, normalize_question, subject_of
+from cthulhu_sft.examples import Fact, Passage, clean_text, cloze_probes, normalize_question, subject_of
 from cthulhu_sft.metrics import match_form
 
 SPLITS = ("train", "eval", "eval_known")
@@ -157,3 +157,10 @@ def known_probes(splits: dict[str, list[dict]]) -> dict[str, int]:
     """{trained title: its eval_known probes} for every article of train.jsonl, in title order (0 for none)."""
     counts = Counter(r["title"] for r in splits["eval_known"])
     return {title: counts[title] for title in sorted({r["title"] for r in splits["train"]})}
+
+
+def source_texts(pages: list[dict], held_titles: set[str]) -> list[dict]:
+    """source_texts.jsonl: every article with text, its split and its other names (`aliases`, [] without them)."""
+    return [{"title": p["title"], "text": clean_text(p["text"] or ""), "source": p["url"], "revid": p["revid"],
+             "split": "eval" if p["title"] in held_titles else "train", "aliases": p.get("aliases") or []}
+            for p in pages if (p["text"] or "").strip()]

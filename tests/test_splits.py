@@ -4,7 +4,15 @@ Runs of the whole script are in test_prepare_data; these build the splits from h
 """
 
 from cthulhu_sft.examples import Fact, Passage, normalize_question
-from cthulhu_sft.splits import KNOWN_PROBES, accepted, alias_groups, known_probes, make_splits, split_by_article
+from cthulhu_sft.splits import (
+    KNOWN_PROBES,
+    accepted,
+    alias_groups,
+    known_probes,
+    make_splits,
+    source_texts,
+    split_by_article,
+)
 
 NAMES = ["ルルイエ", "ネクロノミコン", "アルハズレッド", "ダゴン", "インスマス", "アーカム", "ショゴス"]
 
@@ -129,3 +137,12 @@ def test_split_is_by_article_deterministic_and_eval_is_not_empty_with_two_articl
     assert held_out != split_by_article(titles, 0.2, seed=4)
     assert len(split_by_article(["甲", "乙"], 0.1, seed=0)) == 1
     assert split_by_article(["甲"], 0.9, seed=0) == set()  # the train split is never empty
+
+
+def test_source_texts_carry_each_articles_split_and_aliases_and_a_page_without_them_has_none():
+    pages = [{"title": "クトゥルフ", "text": "クトゥルフは神格である。[1]", "url": "u1", "revid": 1, "aliases": ["Cthulhu"]},
+             {"title": "ハスター", "text": "ハスターは神格である。", "url": "u2", "revid": 2},
+             {"title": "空", "text": " ", "url": "u3", "revid": 3, "aliases": []}]
+    assert source_texts(pages, {"ハスター"}) == [
+        {"title": "クトゥルフ", "text": "クトゥルフは神格である。", "source": "u1", "revid": 1, "split": "train", "aliases": ["Cthulhu"]},
+        {"title": "ハスター", "text": "ハスターは神格である。", "source": "u2", "revid": 2, "split": "eval", "aliases": []}]
