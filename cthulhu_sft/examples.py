@@ -117,7 +117,8 @@ PERSON_NOUNS = ("作家", "小説家", "詩人", "人物", "画家", "編集者"
 WORK_NOUNS = ("小説", "短編", "中編", "長編", "作品", "短編集", "映画", "漫画", "戯曲", "詩", "アンソロジー", "ゲーム",
               "シリーズ", "物語", "連作", "書籍", "RPG")
 DEFINITION_END = re.compile(r"(?:である|であった|だった|だ|です|でした|とされる|とされている)?[。．.！!]*$")
-LIFE_SPAN = re.compile(r"[（(][^()（）]*\d{3,4}年[^()（）]*[-–—－〜~][^()（）]*\d{3,4}年[^()（）]*[)）]")
+# A birth: a life span of full dates in parentheses (a magazine's 1923年 - 1954年 is not one), or a year then 生まれ
+BIRTH = re.compile(r"\d{3,4}年\d{1,2}月\d{1,2}日\s*[-–—－〜~]|\d{3,4}年[^。]{0,20}生まれ")
 PERSON_PRONOUN = re.compile(r"^(?:彼女|彼)(?=[はがのもにを])")
 WORK_PRONOUN = re.compile(r"^(?:本作品|本作|同作品|同作|この作品)(?=[はがのもにを])")
 OVERVIEW_HEADINGS = {"概要", "概説", "解説"}
@@ -489,12 +490,12 @@ def build_passages(title: str, text: str, fmt: MistralFormat, max_tokens: int, p
 
 def kind_of(lead: str) -> str:
     """What an article is about, from its lead's first sentence (the definition: 「Xは、アメリカの小説家である。」):
-    "person" when it ends with a PERSON_NOUNS word or tells a birth (生まれ, a life span in parentheses), "work"
+    "person" when it ends with a PERSON_NOUNS word or tells a birth (BIRTH: 1917年に…生まれ, 1909年2月24日 - …), "work"
     when it ends with a WORK_NOUNS word or tells a publication (発表) without saying that the subject appears in
     one (登場: a thing in a story), else "thing"."""
     first = next((sentence for sentence in split_sentences(lead) if sentence.strip()), "")
     core = re.sub(r"[（(][^()（）]*[)）]\s*$", "", DEFINITION_END.sub("", first.strip()))
-    if core.endswith(PERSON_NOUNS) or "生まれ" in first or LIFE_SPAN.search(first):
+    if core.endswith(PERSON_NOUNS) or BIRTH.search(first):
         return "person"
     if core.endswith(WORK_NOUNS) or ("発表" in first and "登場" not in first):
         return "work"
