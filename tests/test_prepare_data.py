@@ -221,6 +221,9 @@ def test_without_a_writer_eval_known_holds_cloze_probes_of_trained_sentences(tmp
     sources = read_jsonl(tmp_path / "out/source_texts.jsonl")
     assert all(isinstance(source["aliases"], list) for source in sources)  # the crawler's, or none
     assert "Q&A: none, so the set holds no model-written questions" in stdout and "--qa_api_url URL" in stdout
+    asked = {row["title"]: row["instruction"] for row in train}  # works as works, headings never quoted
+    assert asked["狂気の山脈にて"].startswith("『狂気の山脈にて』") and asked["インスマスを覆う影"].startswith("『")
+    assert all(probe["response"] not in probe["title"] for probe in known)
     card = (tmp_path / "out/README.md").read_text(encoding="utf-8")
     assert "## No model-written questions" in card and "## Written by a model" not in card
     assert f"{len(known)} probes for {len(probed)} of {len(trained)} trained articles." in card
