@@ -12,8 +12,8 @@ interrupted one resumes) → clean each article's text → passages a user can a
 between sentences), each asked in --phrasings wordings → optionally, factoid pairs written from each passage by an
 OpenAI-compatible endpoint, kept only when grounded → split by article (eval.jsonl: articles never trained);
 held-out questions about trained facts in eval_known.jsonl (one wording of each of up to 5 facts of a trained
-article, its other wordings trained; cloze probes for an article without a fact) → write the files and the dataset card (data/README.md, CC BY-SA 4.0 attribution) as one set → print
-what it did in numbers. --tokenizer and --max_tokens default to `model_name_or_path` and `max_length` in
+article, its other wordings trained; cloze probes for an article without a fact) → write the files and the
+dataset card (data/README.md, CC BY-SA 4.0 attribution) as one set → print what it did in numbers. --tokenizer and --max_tokens default to `model_name_or_path` and `max_length` in
 sft_config.yaml. The hand-written sample in data/sample/ is never replaced.
 """
 
