@@ -10,8 +10,8 @@
   questions (`synthesized`) but one, for the facts that are probes:
 * eval_known.jsonl: for each trained article, up to KNOWN_PROBES of its facts (those with two questions or
   more) are asked by ONE of their questions, held out, while their other questions train; so every known
-  probe asks a fact the training set teaches, in words it never saw. A trained article with no fact (every
-  article of a run without a writer) gets cloze probes of its sentences instead (examples.cloze_probes).
+  probe asks a fact the training set teaches, in words it never saw. A trained article without such a probe
+  (every article of a run without a writer) gets cloze probes of its sentences instead (examples.cloze_probes).
 * Every fact and cloze row carries `answers`: its short answer and, when that names an article (its title,
   its subject or one of its aliases: redirects, English title, readings), every other name of that article that
   its question does not hold.
@@ -142,9 +142,9 @@ def make_splits(passages: list[Passage], facts: list[Fact], rewrites: list[tuple
                              if normalize_question(probe["instruction"]) not in trained
                              and fits(probe["instruction"], probe["response"])]
 
-    # Cloze probes for every trained article without a fact (all of them without a writer)
-    with_facts = {fact.passage.title for fact in facts}
-    fallback = by_title((p, None) for p in passages if p.title not in held_titles | with_facts)
+    # Cloze probes for every trained article without a fact to probe (all of them without a writer)
+    probed = {probe["title"] for probe in splits["eval_known"]}
+    fallback = by_title((p, None) for p in passages if p.title not in held_titles | probed)
     for pairs in fallback.values():
         for passage, probe in cloze_probes([passage for passage, _ in pairs], probe_ratio, seed, names):
             if fits(probe["instruction"], probe["response"]) and normalize_question(probe["instruction"]) not in trained:

@@ -88,11 +88,9 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
         assert again.returncode == 0, again.stderr
         assert len(writer.requests) == asked and len(wiki.requests) == fetched  # zero calls on a rerun
         assert snapshot(tmp_path / "out") == first  # and the same bytes
-    # Until synth.py writes facts asked 2+ ways (h-writer), a pair is a fact asked one way: trained, never a probe,
-    # and an article with a fact gets no cloze probe, so this run has no eval_known.
-    assert set(first) == OUTPUTS - {"eval_known.jsonl"}
+    assert set(first) == OUTPUTS
     out = tmp_path / "out"
-    train, eval_, known = read_jsonl(out / "train.jsonl"), read_jsonl(out / "eval.jsonl"), []
+    train, eval_, known = (read_jsonl(out / f"{split}.jsonl") for split in ("train", "eval", "eval_known"))
     rows = train + eval_ + known
     assert all(FIELDS <= set(row) for row in rows) and load_records(out / "train.jsonl")
     assert {row["title"] for row in rows} == ALL_ARTICLES
@@ -115,6 +113,8 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     # Synthesized pairs: grounded, by the named writer, probes held out; what was rejected, counted.
     synthesized = [row for row in rows if row["kind"] == "synthesized"]
     assert synthesized and all(row["writer"] == "test-writer-7b" for row in synthesized)
+    # Until synth.py writes facts asked 2+ ways (h-writer), a pair is a fact asked one way: trained, never a probe
+    assert {row["kind"] for row in known} <= {"synthesized", "cloze"}
     assert not any("ラヴクラフト" in row["response"] or "この節" in row["instruction"] for row in synthesized)
     assert {row["title"] for row in synthesized if row["response"] == "太平洋の底です。"} == {"ルルイエ"}
     assert any(row.get("answers") == ["太平洋の底"] for row in synthesized)
@@ -127,6 +127,7 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     # The card: Hub metadata, counts per kind, the writer and its prompt, rejections, attribution.
     card = first["README.md"].decode()
     assert card.startswith("---\nlicense: cc-by-sa-4.0\nlanguage:\n- ja\n")
+    assert "- split: eval_known\n    path: eval_known.jsonl" in card
     assert "`test-writer-7b`" in card and "| synthesized |" in card and "| recitation |" in card
     assert "<passage>" in card and "文章に書かれていない名前" in card  # the prompt used, verbatim
     assert re.search(r"\| `ungrounded` \| a key term of the answer is not in the passage \| [1-9]\d* \|", card)

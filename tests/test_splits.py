@@ -72,10 +72,10 @@ def test_an_article_gets_up_to_five_probes_three_when_it_holds_three_facts_and_t
     assert len([row for row in splits["train"] if row["kind"] == "synthesized"]) == 12 * 3 - 8
 
 
-def test_a_fact_asked_one_way_only_is_trained_never_probed():
-    cthulhu = passage("クトゥルフ")
-    splits = splits_of([cthulhu], facts_of(cthulhu, 3, questions=1))
-    assert not [row for row in splits["eval_known"] if row["kind"] == "synthesized"]
+def test_a_fact_asked_one_way_only_is_trained_never_probed_and_its_article_gets_cloze_probes():
+    cthulhu = passage("クトゥルフ", "クトゥルフは、1928年に発表された短編で初めて登場した。")
+    splits = splits_of([cthulhu], facts_of(cthulhu, 3, questions=1), probe_ratio=0.9)
+    assert [row["kind"] for row in splits["eval_known"]] == ["cloze"]
     assert len([row for row in splits["train"] if row["kind"] == "synthesized"]) == 3
 
 
