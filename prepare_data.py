@@ -12,7 +12,7 @@ interrupted one resumes) → clean each article's text → passages a user can a
 between sentences), each asked in --phrasings wordings → optionally, factoid pairs written from each passage by an
 OpenAI-compatible endpoint, kept only when grounded → split by article (eval.jsonl: articles never trained);
 held-out questions about trained facts in eval_known.jsonl (one wording of each of up to 5 facts of a trained
-article, its other wordings trained; cloze probes for an article without a fact) → write the files and the
+article, its other wordings trained; cloze probes for an article without one) → write the files and the
 dataset card (data/README.md, CC BY-SA 4.0 attribution) as one set → print what it did in numbers. --tokenizer and --max_tokens default to `model_name_or_path` and `max_length` in
 sft_config.yaml. The hand-written sample in data/sample/ is never replaced.
 """
@@ -106,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help=f"distinct question wordings each passage is trained under, 1 to {MAX_PHRASINGS} (default: %(default)s)")
     data.add_argument("--eval_ratio", type=float, default=0.1, help="share of articles never trained, in eval.jsonl (default: %(default)s)")
     data.add_argument("--probe_ratio", type=float, default=0.2,
-                      help="share of the sentences of a trained article without a fact asked as cloze probes in "
+                      help="share of the sentences of a trained article without a fact to probe, asked as cloze probes in "
                            "eval_known.jsonl; 0: no eval_known (default: %(default)s)")
     data.add_argument("--seed", type=int, default=42, help="question wording and splits (default: %(default)s)")
     qa = parser.add_argument_group("factoid Q&A written by a model (optional; key: OPENAI_API_KEY)")
