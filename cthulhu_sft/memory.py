@@ -35,7 +35,7 @@ case: a batch padded, or a row packed, to max_length), summed over what autograd
     the backward, except that non-reentrant checkpointing (use_reentrant: false) cannot free what an 8-bit linear
     keeps (bitsandbytes holds it on its autograd context, out of reach of the saved-tensor hooks that checkpointing
     works through): 2*r*h + c*q + p*i more per layer. Reentrant checkpointing (sft_config.yaml) runs the forward
-    without autograd, so nothing is kept. tests/test_memory.py checks the per-layer sum against the tensors
+    without autograd, so the 8-bit linears keep nothing. tests/test_memory.py checks the per-layer sum against the tensors
     autograd saves on the CPU, tests/test_precision.py what the 8-bit linears keep.
     Loss: TRL's SFTTrainer never builds the (tokens x 32000) logits; its fused LM head projects at most 4096
     tokens at a time (a c x 4096 x vocab tile, 262 MB, plus a compute-dtype copy of a float32 lm_head) and keeps

@@ -130,3 +130,28 @@ def test_memory_estimate_counts_what_a_checkpointed_8bit_layer_keeps(tmp_path, r
     per_layer = (measured[4] - measured[2]) / 2 / tokens
     bf16 = Precision(residual=2, projection=2, compute=2, mask=1, linear_keeps_input=True)
     assert per_layer == checkpointed_layer_bytes_per_token(ModelShape.from_config(config), bf16, reentrant)
+
+
+@pytest.mark.parametrize("base", ["8bit", "bf16"])
+def test_every_base_loads_onto_this_process_device(tiny_model_dir, tmp_path, monkeypatch, base):
+    """A bf16 base too is placed on the process's device while it loads (device_map), not through CPU memory.
+    (A single-device map leaves no hf_device_map on the model, so transformers' loader is watched instead.)"""
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM
+
+    from cthulhu_sft.training import load_base_model
+
+    asked = []
+    original = AutoModelForCausalLM.from_pretrained.__func__
+
+    def watched(cls, *args, **kwargs):
+        asked.append(kwargs.get("device_map"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(watched))
+    flags = BASES["8bit"] if base == "8bit" else ["--load_in_8bit", "false"]
+    training_args, model_args = parse_shipped_config(
+        "--model_name_or_path", str(tiny_model_dir), "--use_cpu", "true", "--output_dir", str(tmp_path), *flags)
+    model = load_base_model(model_args, training_args)
+    assert asked == [{"": PartialState().device}]
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
