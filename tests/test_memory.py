@@ -194,6 +194,9 @@ def test_default_config_on_an_a100_and_without_checkpointing(shipped_estimate):
     assert 12 * GiB < default.total < 18 * GiB
     assert check_fits(default, 80 * GiB) is None
     assert with_settings(default, activation_checkpointing=False).total > 80 * GiB
+    # non-reentrant checkpointing would leave every layer's 8-bit linear inputs: 53,248 bytes per token per layer
+    kept = with_settings(default, use_reentrant=False).activations - default.activations
+    assert kept == 32 * (2 * 2 * 4096 + 2 * 4096 + 2 * 14336) * 8 * 1024
 
 
 def test_warning_names_the_settings_that_fit(shipped_estimate):
@@ -243,6 +246,7 @@ def test_estimate_from_the_shipped_config(tiny_model_dir):
     estimate = estimate_for_args(training_args, model_args, longest_example=300)
     assert estimate.settings["max_length"] == 300  # padded or padding-free rows are no longer than the longest example
     assert estimate.settings["load_in_8bit"] and estimate.settings["activation_checkpointing"]
+    assert estimate.settings["use_reentrant"]  # sft_config.yaml's activation_checkpointing_kwargs
     text = format_estimate(estimate, device_bytes=80 * GiB, device_name="NVIDIA A100-SXM4-80GB")
     assert "8-bit base, LoRA r=16, 8 x 300 tokens per micro-batch" in text
     assert "device memory (NVIDIA A100-SXM4-80GB)" in text and "total" in text
