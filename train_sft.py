@@ -35,6 +35,7 @@ from cthulhu_sft.training import (
     report_memory_estimate,
     resume_checkpoint,
     resume_requested,
+    save_adapter,
     setup_logging,
 )
 
@@ -109,7 +110,7 @@ def main(script_args, training_args, model_args):
     result = trainer.train(resume_from_checkpoint=resume_from)
     if script_args.base_model_hub_id:  # the published adapter must name a base anyone can download
         trainer.model.peft_config["default"].base_model_name_or_path = script_args.base_model_hub_id
-    trainer.save_model(output_dir)
+    save_adapter(trainer, output_dir)  # refuses to go on when no adapter was written (FSDP included)
     metrics = dict(result.metrics) | final_eval_metrics(trainer)
     # The rest needs no other process: all leave the process group together now (a process tearing down its group
     # while another still works can hang at exit), so none waits at a barrier while the main one answers.

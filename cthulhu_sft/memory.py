@@ -10,9 +10,9 @@ Weights
     8-bit   each linear weight 1 byte + a float32 scale per output row.
     4-bit   NF4: half a byte + a float32 absmax per 64 weights.
     none    every weight in `dtype`.
-    bitsandbytes leaves embed_tokens, lm_head and the norms unquantized, and training.load_base_model runs PEFT's
-    prepare_model_for_kbit_training, which upcasts them to float32 (2 x 32000 x 4096 x 4 bytes = 1.05 GB for
-    Mistral-7B), except under FSDP, where they stay in `dtype`.
+    bitsandbytes leaves embed_tokens, lm_head and the norms unquantized; they stay in `dtype`
+    (training.load_base_model does not run PEFT's float32 upcast): 2 x 32000 x 4096 x 2 bytes = 0.52 GB for
+    Mistral-7B in bfloat16.
 LoRA
     r x (in + out) weights per targeted linear; training.keep_adapter_in_float32 keeps them in float32, so their
     gradients and AdamW's two states are float32 too: 16 bytes per LoRA weight. Under FSDP they stay in `dtype`
@@ -20,9 +20,9 @@ LoRA
     of them for the matmuls, 84 MB at r=16 when every layer keeps its own, are left out.)
 Activations, per token of a micro-batch of `per_device_train_batch_size` rows of `max_length` tokens (the worst
 case: a batch padded, or a row packed, to max_length), summed over what autograd saves for the backward:
-    r = bytes of the residual stream (float32 where the embeddings and norms are upcast; else dtype)
-    p = bytes of a base projection's output (r for 8-bit: bitsandbytes' int8 matmul returns its input's dtype and
-        autocast does not reach it; else c)
+    r = bytes of the residual stream (`dtype`: the embeddings and norms are not upcast)
+    p = bytes of a base projection's output (r on a k-bit base: bitsandbytes' 8-bit and 4-bit linears return
+        their input's dtype, and autocast does not reach them; else c)
     c = compute dtype bytes (2 under bf16 autocast), m = dropout mask bytes (bool: 1 on CUDA)
     LoRA on an input of width d: c*d (lora_A's input) + m*d (dropout mask) + c*rank (lora_B's input)
     attention:  r*h (norm input) + q, k, v LoRA + c*(q + 2*kv) (the kernel's q, k, v) + c*q (its output)
@@ -31,9 +31,12 @@ case: a batch padded, or a row packed, to max_length), summed over what autograd
                 q's width, and the float mask SDPA builds costs c*row; flash and flex attention take no mask.
     MLP:        r*h (norm input) + gate, up LoRA + 3*p*i (SiLU input, its output, up's output) + down LoRA
                 [+ r*h + p*i that an 8-bit linear keeps]
-    With activation checkpointing (non-reentrant) a layer keeps only its input, r*h; one layer at a time is
-    recomputed during the backward. tests/test_memory.py checks the per-layer sum against the tensors autograd
-    saves on the CPU.
+    With activation checkpointing a layer keeps only its input, r*h, and one layer at a time is recomputed during
+    the backward, except that non-reentrant checkpointing (use_reentrant: false) cannot free what an 8-bit linear
+    keeps (bitsandbytes holds it on its autograd context, out of reach of the saved-tensor hooks that checkpointing
+    works through): 2*r*h + c*q + p*i more per layer. Reentrant checkpointing (sft_config.yaml) runs the forward
+    without autograd, so the 8-bit linears keep nothing. tests/test_memory.py checks the per-layer sum against the tensors
+    autograd saves on the CPU, tests/test_precision.py what the 8-bit linears keep.
     Loss: TRL's SFTTrainer never builds the (tokens x 32000) logits; its fused LM head projects at most 4096
     tokens at a time (a c x 4096 x vocab tile, 262 MB, plus a compute-dtype copy of a float32 lm_head) and keeps
     the final hidden states (r*h per token) for the backward.
@@ -170,6 +173,18 @@ def layer_activation_bytes_per_token(
     return attention + mlp
 
 
+def checkpointed_layer_bytes_per_token(shape: ModelShape, prec: Precision, reentrant: bool) -> int:
+    """Bytes a checkpointed decoder layer keeps per token until its backward: its input, plus, under
+    non-reentrant checkpointing, the inputs its 8-bit linears hold on their autograd contexts (the attention and
+    MLP norms' outputs, o_proj's and down_proj's inputs)."""
+    h, i = shape.hidden_size, shape.intermediate_size
+    q = shape.num_attention_heads * shape.head_dim
+    kept = prec.residual * h
+    if prec.linear_keeps_input and not reentrant:
+        kept += 2 * prec.residual * h + prec.compute * q + prec.projection * i
+    return kept
+
+
 @dataclass
 class MemoryEstimate:
     """Peak device memory of a training step, in bytes, by part, and the settings it was estimated for."""
@@ -210,21 +225,22 @@ def estimate_memory(
     max_length: int,
     per_device_train_batch_size: int,
     activation_checkpointing: bool,
+    use_reentrant: bool,
     packing: bool,
     padding_free: bool,
     attn_implementation: str | None,
     fsdp_processes: int,
 ) -> MemoryEstimate:
-    """The estimate for one training process (one GPU); the settings are named as in SFTConfig and ModelConfig,
-    and fsdp_processes is the number of processes FSDP shards the model over (1: not sharded)."""
+    """The estimate for one training process (one GPU); the settings are named as in SFTConfig and ModelConfig
+    (use_reentrant: activation_checkpointing_kwargs'), and fsdp_processes is the number of processes FSDP shards
+    the model over (1: not sharded)."""
     settings = {key: value for key, value in locals().items() if key != "shape"}
     quantization = "4bit" if load_in_4bit else "8bit" if load_in_8bit else "none"
     sharded = fsdp_processes > 1
     dtype_bytes = 4 if dtype == "float32" else 2  # "auto": Mistral's checkpoint is bfloat16
     compute = 2 if bf16 else dtype_bytes
-    # embeddings, lm_head and norms: upcast to float32 by prepare_model_for_kbit_training on a k-bit base
-    unquantized = 4 if quantization != "none" and not sharded else dtype_bytes
-    prec = Precision(residual=unquantized, projection=unquantized if quantization == "8bit" else compute,
+    unquantized = dtype_bytes  # embeddings, lm_head and norms, hence the residual stream
+    prec = Precision(residual=unquantized, projection=unquantized if quantization != "none" else compute,
                      compute=compute, mask=1, linear_keeps_input=quantization == "8bit")
     h, layers = shape.hidden_size, shape.num_hidden_layers
     tokens = per_device_train_batch_size * max_length
@@ -245,7 +261,7 @@ def estimate_memory(
         shape, prec, lora_r, lora_targets(lora_target_modules), lora_dropout > 0, row_length, masked)
     final = (2 * unquantized * h + 24) * tokens  # final norm's input, the hidden states the loss keeps
     without_checkpointing = layers * per_layer + final
-    with_checkpointing = layers * unquantized * h * tokens + final
+    with_checkpointing = layers * checkpointed_layer_bytes_per_token(shape, prec, use_reentrant) * tokens + final
 
     # Transients: the fused LM head's tile (at the start of the backward) or a layer's backward
     loss_head = compute * min(tokens, LOSS_TOKEN_CHUNK) * (shape.vocab_size + h) + 4 * tokens * h
@@ -298,11 +314,18 @@ def estimate_for_args(training_args, model_args, longest_example: int, fsdp_proc
         max_length=training_args.max_length if training_args.packing else longest_example,
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         activation_checkpointing=training_args.activation_checkpointing,
+        use_reentrant=reentrant_checkpointing(training_args.activation_checkpointing_kwargs),
         packing=training_args.packing,
         padding_free=training_args.padding_free,
         attn_implementation=model_args.attn_implementation,
         fsdp_processes=fsdp_processes,
     )
+
+
+def reentrant_checkpointing(activation_checkpointing_kwargs: dict | None) -> bool:
+    """Whether checkpointing is reentrant: transformers passes use_reentrant=False when no kwargs are given,
+    torch.utils.checkpoint defaults to True when kwargs are given without it."""
+    return (activation_checkpointing_kwargs or {"use_reentrant": False}).get("use_reentrant", True)
 
 
 def with_settings(estimate: MemoryEstimate, **changes) -> MemoryEstimate:

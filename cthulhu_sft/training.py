@@ -30,35 +30,45 @@ def sharded_with_fsdp() -> bool:
 
 
 def load_base_model(model_args, training_args):
-    """The base model, quantized as configured, on this process's own device, prepared for k-bit training.
+    """The base model, quantized as configured, on this process's own device, its unquantized parts in `dtype`.
 
-    TRL 1.16's SFTTrainer neither places a quantized model per data-parallel process (it sets device_map=None
-    under DDP) nor runs PEFT's k-bit preparation, so both are done here. Under FSDP (configs/fsdp_qlora.yaml)
-    FSDP places the shards itself, and the float32 upcast would mix dtypes inside the modules it flattens.
+    Every base is placed on this process's device while it loads (a bf16 base too, which would otherwise pass
+    through CPU memory first): TRL 1.16's SFTTrainer sets device_map=None under data parallel, and
+    device_map="auto" would split one copy over all GPUs. Under FSDP (configs/fsdp_qlora.yaml) FSDP places the
+    shards itself.
+
+    PEFT's prepare_model_for_kbit_training is not run: it casts the embeddings, norms and lm_head to float32, so
+    the residual stream and every quantized linear's input become float32, and bitsandbytes' 8-bit matmul and its
+    backward (which autocast does not reach) then run in float32 instead of bf16. What it does besides is done
+    by the libraries: get_peft_model freezes the base, and the Trainer's activation_checkpointing_enable() turns on
+    checkpointing and the input gradients it needs. The norms need no float32 weights for stability: Mistral's
+    RMSNorm computes its statistics in float32 whatever its weight's dtype, and the loss is taken in float32.
     """
-    from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
 
-    quantization_config = get_quantization_config(model_args)
-    kbit = quantization_config is not None and not sharded_with_fsdp()
-    model = AutoModelForCausalLM.from_pretrained(
+    allow_tf32()
+    return AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=training_args.trust_remote_code,
-        quantization_config=quantization_config,
-        # each data-parallel process holds a whole quantized copy on its own device ("auto" would split it)
-        device_map={"": PartialState().device} if kbit else None,
+        quantization_config=get_quantization_config(model_args),
+        device_map=None if sharded_with_fsdp() else {"": PartialState().device},
     )
-    if kbit:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=training_args.activation_checkpointing,
-            gradient_checkpointing_kwargs=training_args.activation_checkpointing_kwargs,
-        )
-    return model
+
+
+def allow_tf32() -> None:
+    """TF32 for the float32 matmuls that remain (where TRL's fused loss head accumulates in float32 through a
+    float32 matmul; every matmul of a run with --bf16 false) on a GPU that has it. Set here, not as `tf32: true` in sft_config.yaml: TrainingArguments refuses that option at
+    parsing on a machine without such a GPU."""
+    import torch
+    from transformers.utils import is_torch_tf32_available
+    from transformers.utils.import_utils import enable_tf32
+
+    if torch.cuda.is_available() and is_torch_tf32_available():
+        enable_tf32(True)
 
 
 def build_trainer(model_args, training_args, train_rows, eval_sets: dict, tokenizer):
@@ -85,6 +95,31 @@ def build_trainer(model_args, training_args, train_rows, eval_sets: dict, tokeni
     if not sharded_with_fsdp():  # FSDP flattens each unit into one tensor of one dtype: LoRA stays in the base's
         keep_adapter_in_float32(trainer.model)
     return trainer
+
+
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def save_adapter(trainer, output_dir: str) -> None:
+    """Trainer.save_model on every process, then, on the main one, a refusal (exit 1) when no adapter file was
+    written, so that a run without an adapter is never recorded as finished nor pushed.
+
+    Under FSDP with SHARDED_STATE_DICT (configs/fsdp_qlora.yaml checkpoints that way) Trainer.save_model writes
+    nothing. As PEFT's FSDP example (examples/sft/train.py) does, the state dict type is switched to
+    FULL_STATE_DICT first: the adapter is gathered whole on the main process and saved there.
+    """
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(output_dir)
+    if trainer.args.should_save and hasattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config"):
+        check_adapter_written(output_dir)
+
+
+def check_adapter_written(output_dir: str) -> None:
+    """Exits (code 1) naming the missing file when output_dir holds no adapter weights."""
+    if not os.path.isfile(os.path.join(output_dir, ADAPTER_FILE)):
+        raise SystemExit(f"error: training ended but no {ADAPTER_FILE} was written to {output_dir}; the run is not "
+                         "recorded as finished (under FSDP, check fsdp_state_dict_type in the accelerate config)")
 
 
 def keep_adapter_in_float32(model) -> None:

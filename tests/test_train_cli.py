@@ -166,7 +166,7 @@ def test_shipped_config_parses_with_the_real_parser_and_holds_the_recipe():
     script_args, training_args, model_args = parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false"])
     assert model_args.model_name_or_path == "mistralai/Mistral-7B-Instruct-v0.2"
     assert model_args.load_in_8bit and model_args.use_peft and model_args.lora_target_modules == "all-linear"
-    assert training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs == {"use_reentrant": True}
     assert str(training_args.eval_strategy) in ("epoch", "IntervalStrategy.EPOCH")
     assert script_args.train_file == "data/train.jsonl"
     assert script_args.eval_file == ["data/eval_known.jsonl", "data/eval.jsonl"]

@@ -1,0 +1,60 @@
+"""benchmarks/gpu_check.py --smoke: the GPU check's own code on the CPU with the tiny model in bf16, end to end."""
+
+import json
+
+import pytest
+from conftest import PYTHON, run_script
+
+BASES = {"8bit": "Linear8bitLt", "4bit": "Linear4bit", "bf16": "Linear"}
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("gpu-check")
+    result = run_script([PYTHON, "benchmarks/gpu_check.py", "--smoke", "--out", str(work / "checks.jsonl"),
+                         "--cache_dir", str(work / "cache")], timeout=600)
+    return work, result
+
+
+def test_smoke_run_writes_one_json_record_per_line_to_stdout_and_the_file(smoke):
+    work, result = smoke
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    records = [json.loads(line) for line in lines]  # nothing else on stdout
+    assert all("check" in record for record in records)
+    assert (work / "checks.jsonl").read_text(encoding="utf-8").splitlines() == lines
+    assert records[0]["check"] == "environment" and records[0]["smoke"] is True
+    assert records[-1] == {"check": "done", "seconds": records[-1]["seconds"], "errors": 0}
+
+
+def test_every_base_and_variant_trains_in_bf16_and_is_measured(smoke):
+    _, result = smoke
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    training = {(r["base"], r["variant"]): r for r in records if r["check"] == "training"}
+    assert sorted(training) == sorted((base, variant) for base in BASES for variant in ("padding_free", "padded"))
+    for (base, variant), record in training.items():
+        assert record["layer0_linears"] == {
+            name: {"input": "bfloat16", "output": "bfloat16", "class": BASES[base]} for name in PROJECTIONS}
+        assert record["tokens_per_s"] > 0 and record["timed_steps"] == 1
+        assert record["peak_memory_gib"] > 0 and record["estimate_gib"] > 0
+        assert (record["padding_share"] > 0) == (variant == "padded")
+    # the 7B estimate at sft_config.yaml's settings, per base: what the GPU run's peak is compared with
+    seven_b = {base: training[(base, "padding_free")]["estimate_7b_gib"] for base in BASES}
+    assert seven_b["4bit"] < seven_b["8bit"] < seven_b["bf16"]
+    assert 10 < seven_b["8bit"] < 16
+    estimates = {(r["base"], r["variant"]): r["estimate_7b_gib"] for r in records if r["check"] == "memory_estimate"}
+    assert estimates == {key: record["estimate_7b_gib"] for key, record in training.items()}
+
+
+def test_padding_free_is_exact_and_the_leak_control_shows(smoke):
+    _, result = smoke
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    exactness = {r["base"]: r for r in records if r["check"] == "padding_free_exactness"}
+    assert sorted(exactness) == sorted(BASES)
+    for base, record in exactness.items():
+        assert record["difference"] < 1e-4, base
+        assert record["leak_visible"] and record["control_difference"] > 1e-4, base
+    decode = [r for r in records if r["check"] == "decode"]
+    assert sorted(r["base"] for r in decode) == sorted(BASES)
+    assert all(r["tokens_per_s"] > 0 and 0 < r["new_tokens"] <= r["batch_size"] * 4 for r in decode)
