@@ -47,11 +47,14 @@ from cthulhu_sft.examples import (
     normalize_question,
     subjects_of,
 )
-from cthulhu_sft.files import write_temporary
+from cthulhu_sft.files import Busy, one_run_at_a_time, os_error_message, write_temporary
 from cthulhu_sft.format import MistralFormat, tokenizer_error
 from cthulhu_sft.synth import AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
 from cthulhu_sft.wiki import (
+    CONNECT_TIMEOUT,
     DEFAULT_API_URL,
+    MAX_ANSWER_BYTES,
+    MAX_RETRY_AFTER,
     NS_MAIN,
     Cache,
     CategoryError,
@@ -89,7 +92,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     client.add_argument("--retries", type=int, default=5, help="retries of a failed request (default: %(default)s)")
     client.add_argument("--backoff_factor", type=float, default=1.0,
                         help="exponential backoff between retries, unless the server sends Retry-After (default: %(default)s)")
-    client.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer (default: %(default)s)")
+    client.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds each try of a request may take, from sending it to the answer's last byte "
+                             f"(connecting may take {CONNECT_TIMEOUT:g} s more; answers over {MAX_ANSWER_BYTES // 2**20} MiB "
+                             "are refused) (default: %(default)s)")
+    client.add_argument("--max_retry_after", type=float, default=MAX_RETRY_AFTER,
+                        help="longest wait a server may ask for (Retry-After) before a retry; a longer one ends the "
+                             "run with what the server asked (default: %(default)s)")
     data = parser.add_argument_group("dataset")
     data.add_argument("--from_json", default=None,
                       help='convert this JSON array of {"text", "output"} (the old notebook\'s file) instead of crawling')
@@ -124,6 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         (not 0 <= args.eval_ratio < 1, f"--eval_ratio must be in [0, 1), got {args.eval_ratio}"),
         (not 0 <= args.probe_ratio < 1, f"--probe_ratio must be in [0, 1), got {args.probe_ratio}"),
         (args.depth < 0, f"--depth must be >= 0, got {args.depth}"),
+        (args.timeout <= 0 or args.max_retry_after < 0, "--timeout must be > 0 and --max_retry_after >= 0"),
         (args.max_tokens is not None and args.max_tokens < 16, f"--max_tokens must be at least 16, got {args.max_tokens}"),
         (not 1 <= args.phrasings <= MAX_PHRASINGS, f"--phrasings must be 1 to {MAX_PHRASINGS}, got {args.phrasings}"),
         (bool(args.qa_api_url) != bool(args.qa_model), "--qa_api_url and --qa_model go together"),
@@ -223,8 +233,11 @@ def converted_passages(path: str, items: list[dict], fmt, max_tokens: int, stats
 
 def crawl_articles(args) -> tuple[list[dict], dict, dict]:
     """The articles' page records (sorted by title), the crawl's parameters and its request counts."""
+    if args.user_agent is None:
+        logger.warning("no --user_agent: Wikimedia's User-Agent policy expects one that names you and a contact, e.g. "
+                       "--user_agent 'MyCrawl/1.0 (you@example.org)'; sending the project's")
     client = WikiClient(args.api_url, args.user_agent, retries=args.retries, backoff_factor=args.backoff_factor,
-                        interval=args.request_interval, timeout=args.timeout)
+                        interval=args.request_interval, timeout=args.timeout, max_retry_after=args.max_retry_after)
     cache = Cache(Path(args.cache_dir) / "wiki", args.api_url, refresh=args.refresh)
     titles, categories = [], []
     try:
@@ -236,7 +249,10 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
     except CategoryError:
         raise
     except WikiError as error:
-        raise WikiError(f"{error}\nWhat was fetched is cached in {cache.root}; run again to resume.") from None
+        if not cache.saved:  # nothing to resume from
+            raise
+        raise WikiError(f"{error}\n{cache.saved} answer(s) fetched in this run are cached in {cache.root}; "
+                        "run again to resume.") from None
     articles, missing, skipped = {}, [], []
     for requested, record in records.items():
         if record.get("missing"):
@@ -395,7 +411,16 @@ def interrupt(signum, frame):
 def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        return run(parse_args(argv))
+        args = parse_args(argv)
+        with one_run_at_a_time(args.cache_dir, "--cache_dir"):  # runs sharing a cache would remove each other's files
+            return run(args)
+    except Busy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, a read-only folder: what was cached before stays, for the rerun
+        print(f"error: {os_error_message(error)}; fix that and run again (what is cached is kept)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; run again to resume (what was fetched or written by the model is cached)", file=sys.stderr)
         return 130

@@ -25,6 +25,14 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InvalidHeader,
+    MaxRetryError,
+    ProtocolError,
+    ReadTimeoutError,
+    ResponseError,
+)
 from urllib3.util.retry import Retry
 
 from .files import write_text_atomic
@@ -43,6 +51,11 @@ MAX_TITLES_BYTES = 4000  # keep the URL short enough for proxies, whatever the t
 # server that does not: answers in a row with nothing new, and answers per category listing (500 members each).
 MAX_IDLE_ANSWERS = 5
 MAX_LISTING_REQUESTS = 200
+# Each try of a request: connecting, then at most --timeout from sending it to the answer's last byte.
+CONNECT_TIMEOUT = 10.0
+MAX_RETRY_AFTER = 120.0  # seconds; a server that asks to wait longer (Retry-After) is an error, not a silent sleep
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # one answer carries one whole-page extract: far larger is not an api.php
+READ_SIZE = 64 * 1024
 CACHE_VERSION = 1
 NS_MAIN, NS_CATEGORY = 0, 14
 EXTRACT_PARAMS = {
@@ -68,15 +81,46 @@ class CategoryError(WikiError):
 # HTTP
 
 
-class MaxlagRetry(Retry):
-    """urllib3's Retry, which also retries MediaWiki's maxlag answer.
+class PoliteRetry(Retry):
+    """urllib3's Retry, which also retries MediaWiki's maxlag answer and waits at most `max_wait` seconds.
 
     MediaWiki answers a request over `maxlag` with HTTP 200, an error body and a Retry-After header
     (Manual:Maxlag_parameter); no other read answer carries Retry-After. So a 200 with Retry-After is
     retried like a 503 with one, after the wait the server asks for, from the same retry budget.
+    A server that asks for more than `max_wait` seconds is not waited for: its answer comes back at once
+    (urllib3 gives up as when retries run out), and WikiClient.get reports what it asked.
     """
 
     RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES | {200}
+
+    def __init__(self, *args, max_wait: float = MAX_RETRY_AFTER, on_retry=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_wait, self.on_retry = max_wait, on_retry
+
+    def new(self, **kwargs):
+        retry = super().new(**kwargs)
+        retry.max_wait, retry.on_retry = self.max_wait, self.on_retry
+        return retry
+
+    def get_retry_after(self, response):
+        try:
+            return super().get_retry_after(response)
+        except InvalidHeader:  # e.g. "Retry-After: soon": the backoff applies instead
+            return None
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        wait = self.get_retry_after(response) if response is not None else None
+        if wait is not None and wait > self.max_wait:
+            raise MaxRetryError(_pool, url, ResponseError(f"Retry-After over {self.max_wait:g} s"))
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    def sleep(self, response=None):
+        wait = self.get_retry_after(response) if response is not None and self.respect_retry_after_header else None
+        if wait:
+            logger.info("HTTP %s: waiting %.0f s, as the server asks (Retry-After)", response.status, wait)
+        super().sleep(response)
+        if self.on_retry:
+            self.on_retry()
 
 
 def _warnings(data: dict) -> list[str]:
@@ -84,16 +128,35 @@ def _warnings(data: dict) -> list[str]:
     return [f"{module}: {value.get('warnings')}" for module, value in (data.get("warnings") or {}).items()]
 
 
-def _body_snippet(response: requests.Response) -> str:
-    text = response.text[:2000]
+def _body_snippet(text: str) -> str:
+    text = text[:2000]
     title = re.search(r"<title[^>]*>(.*?)</title>", text, re.S | re.I)
     if title:
         text = title.group(1)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()[:200]
 
 
+def _reason(error: Exception) -> str:
+    """The innermost cause urllib3 gives (refused, name not resolved, timed out), without the pool and the URL."""
+    while isinstance(error.args[0] if error.args else None, Exception):
+        error = error.args[0]
+    error = getattr(error, "reason", None) or error
+    text = re.sub(r"^<[^>]+>: ", "", re.sub(r" with url: \S+", "", str(error)))
+    return re.sub(r"^HTTPS?Connection(Pool)?\([^)]*\): ", "", text)
+
+
+class AnswerTooSlow(Exception):
+    pass
+
+
 class WikiClient:
-    """Serial GET requests to one api.php, with retries, a polite interval and a request count."""
+    """Serial GET requests to one api.php, with retries, a polite interval, bounded answers and a request count.
+
+    Each try of a request, from sending it to the last byte of the answer, takes at most `timeout` seconds, and
+    an answer holds at most `max_bytes` (decoded); connecting may take `CONNECT_TIMEOUT` more. A wiki that cannot
+    be reached at the first request is reported at once: retrying a refused connection or an unknown host name
+    only delays the message. Once the wiki has answered, dropped connections are retried like 5xx answers.
+    """
 
     def __init__(
         self,
@@ -103,25 +166,33 @@ class WikiClient:
         backoff_factor: float = 1.0,
         interval: float = 0.5,
         timeout: float = 60.0,
+        max_retry_after: float = MAX_RETRY_AFTER,
+        max_bytes: int = MAX_ANSWER_BYTES,
     ):
         self.api_url = api_url
         self.interval = interval
-        self.timeout = (10.0, timeout)
+        self.timeout = timeout
+        self.max_retry_after = max_retry_after
+        self.max_bytes = max_bytes
         self.requests = 0  # HTTP requests sent, retries included
         self.retries = 0
+        self.answered = False  # whether the wiki has answered once: connection failures are retried from then on
         self._last_request = 0.0
+        self._try_started = 0.0
         self._warned = set()
-        self.retry = MaxlagRetry(
+        self.retry = PoliteRetry(
             total=retries,
             backoff_factor=backoff_factor,
             status_forcelist=(429, 500, 502, 503, 504),
             raise_on_status=False,  # the last answer comes back, so its error can be reported
+            max_wait=max_retry_after,
+            on_retry=self._start_try,
         )
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent or DEFAULT_USER_AGENT
-        adapter = HTTPAdapter(max_retries=self.retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.adapter = HTTPAdapter(max_retries=self.retry.new(connect=0))
+        self.session.mount("http://", self.adapter)
+        self.session.mount("https://", self.adapter)
 
     def _wait_turn(self) -> None:
         wait = self._last_request + self.interval - time.monotonic()
@@ -129,39 +200,72 @@ class WikiClient:
             time.sleep(wait)
         self._last_request = time.monotonic()
 
+    def _start_try(self) -> None:
+        self._try_started = time.monotonic()
+
+    def _read(self, response: requests.Response) -> bytes:
+        """The whole body, decoded, within the try's `timeout` and at most `max_bytes`.
+
+        Each read takes what one receive brings (read1), after setting the socket's timeout to the time left, so
+        a server that trickles a byte a second is cut off at the deadline, not after the gap between two bytes.
+        """
+        deadline, body = self._try_started + self.timeout, bytearray()
+        connection = getattr(response.raw, "connection", None)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AnswerTooSlow
+            if connection is not None and connection.sock is not None:
+                connection.sock.settimeout(left)
+            try:
+                chunk = response.raw.read1(READ_SIZE, decode_content=True)
+            except (ReadTimeoutError, TimeoutError):
+                raise AnswerTooSlow from None
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise WikiError(f"{self.api_url}: the answer is larger than {self.max_bytes:,} bytes; stopping "
+                                "(is --api_url the wiki's api.php?)")
+
     def get(self, params: dict) -> dict:
         """One API call (retried by urllib3): the decoded JSON answer, or a WikiError that says why not."""
         params = {"format": "json", "formatversion": "2", "maxlag": str(MAXLAG), **params}
         self._wait_turn()
+        self._start_try()
+        response = None
         try:
-            response = self.session.get(self.api_url, params=params, timeout=self.timeout)
-        except requests.exceptions.RequestException as error:
-            self.requests += 1
-            reason = re.sub(r" with url: \S+", "", str(error))  # not the whole query string
-            if isinstance(error, requests.exceptions.ConnectionError):  # urllib3 spent its retries on it
-                self.requests += self.retry.total
-                self.retries += self.retry.total
-                reason = f"no answer after {self.retry.total} retries: {reason}"
-            elif isinstance(error, requests.exceptions.ChunkedEncodingError):  # read after urllib3's retries
-                reason = "the connection broke while the answer was being read"
-            raise WikiError(f"{self.api_url}: {reason}") from None
-        history = response.raw.retries.history if response.raw.retries else ()
-        self.requests += 1 + len(history)
-        self.retries += len(history)
-        if history:
-            logger.info("retried %d time(s) after %s", len(history),
-                        ", ".join(str(item.status or type(item.error).__name__) for item in history))
+            response = self.session.get(self.api_url, params=params, stream=True,
+                                        timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
+            with response:
+                body = self._read(response)
+        except AnswerTooSlow:
+            self._count(response)
+            raise WikiError(f"{self.api_url}: no complete answer within --timeout {self.timeout:g} s "
+                            "(the server sends too slowly); stopping") from None
+        except (requests.exceptions.RequestException, ProtocolError) as error:
+            raise WikiError(self._failure(error, response)) from None
+        history = self._count(response)
+        if not self.answered:
+            self.answered = True
+            self.adapter.max_retries = self.retry
         retried = f" (after {len(history)} retries)" if history else ""
+        text = body.decode("utf-8", errors="replace")
+        wait = response.headers.get("Retry-After")
+        if wait is not None and (self.retry.get_retry_after(response.raw) or 0) > self.max_retry_after:
+            raise WikiError(f"{self.api_url} answered HTTP {response.status_code}{retried} and asks to wait before the "
+                            f"next request (Retry-After: {wait.strip()[:40]}), longer than the {self.max_retry_after:g} s "
+                            "this client waits (--max_retry_after); try again later")
         if response.status_code != 200:
             hint = " (Wikimedia refuses requests without a descriptive --user_agent)" if response.status_code == 403 else ""
-            raise WikiError(f"{self.api_url} answered HTTP {response.status_code}{retried}: {_body_snippet(response)}{hint}")
+            raise WikiError(f"{self.api_url} answered HTTP {response.status_code}{retried}: {_body_snippet(text)}{hint}")
         try:
-            data = response.json()
+            data = json.loads(body)
         except ValueError:
             data = None
         if not isinstance(data, dict):
             kind = response.headers.get("Content-Type", "unknown type")
-            raise WikiError(f"{self.api_url}: the answer is not JSON ({kind}): {_body_snippet(response)!r}; "
+            raise WikiError(f"{self.api_url}: the answer is not JSON ({kind}): {_body_snippet(text)!r}; "
                             "is --api_url the wiki's api.php?")
         if isinstance(data.get("error"), dict):
             error = data["error"]
@@ -173,6 +277,30 @@ class WikiClient:
                 self._warned.add(warning)
                 logger.warning("API warning: %s", warning)
         return data
+
+    def _failure(self, error: Exception, response: requests.Response | None) -> str:
+        """What to say when no answer could be read, counting the tries it took."""
+        reason = _reason(error)
+        if response is not None:  # the answer began, then broke: outside urllib3's retries
+            self._count(response)
+            return f"{self.api_url}: the connection broke while the answer was being read ({reason})"
+        unreachable = isinstance(getattr(error.args[0] if error.args else None, "reason", None), ConnectTimeoutError)
+        tries = 0 if unreachable and not self.answered else self.adapter.max_retries.total  # urllib3 spent them
+        self.requests += 1 + tries
+        self.retries += tries
+        if not tries:
+            return f"cannot reach {self.api_url}: {reason} (no network, or a wrong --api_url?)"
+        return f"{self.api_url}: no answer after {tries} retries: {reason}"
+
+    def _count(self, response: requests.Response) -> tuple:
+        """Counts the request and urllib3's retries of it; returns their history."""
+        history = response.raw.retries.history if response.raw.retries else ()
+        self.requests += 1 + len(history)
+        self.retries += len(history)
+        if history:
+            logger.info("retried %d time(s) after %s", len(history),
+                        ", ".join(str(item.status or type(item.error).__name__) for item in history))
+        return history
 
     def query(self, params: dict, start: dict | None = None):
         """Yields the answers of an action=query request, following `continue` until the server stops.
@@ -216,6 +344,7 @@ class Cache:
     def __init__(self, root: str | os.PathLike, api_url: str, refresh: bool = False):
         self.root = Path(root) / site_key(api_url)
         self.refresh = refresh
+        self.saved = 0  # files written since opened: what an interrupted run leaves to resume from
         for stale in self.root.glob("*/.*.tmp"):
             stale.unlink(missing_ok=True)
 
@@ -240,6 +369,7 @@ class Cache:
     def save(self, kind: str, title: str, data: dict) -> None:
         payload = json.dumps({"key": title, "version": CACHE_VERSION, **data}, ensure_ascii=False, indent=1)
         write_text_atomic(self.path(kind, title), payload)
+        self.saved += 1
 
 
 # ---------------------------------------------------------------------------------------------------

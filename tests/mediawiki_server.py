@@ -13,7 +13,9 @@ It answers what cthulhu_sft/wiki.py asks, the way MediaWiki documents it and doe
     prop=info (lastrevid, fullurl), with redirects=1, normalized titles, missing and invalid titles,
     and the `continue` string that marks finished modules;
   * faults, one per request from `faults` in order: "maxlag" (200 + error + Retry-After), "maxlag503",
-    "429", "503html", "html200", "drop" (connection closed without an answer), "truncate" (half a body);
+    "429", "503html", "html200", "drop" (connection closed without an answer), "truncate" (half a body),
+    "trickle" (the answer a byte every `trickle_delay` seconds); `retry_after` is the Retry-After that
+    "maxlag", "maxlag503" and "429" send;
     `fail_after`: every request after that many answers gets a 503 HTML page (an outage);
     `endless_continuation`: every answer asks to continue with a new token and brings nothing.
 Every request is recorded in `requests` (params, headers, time) so tests can count and inspect them.
@@ -105,6 +107,7 @@ class MediaWikiServer:
         self.retry_after = retry_after
         self.empty_first_page = empty_first_page
         self.endless_continuation = endless_continuation
+        self.trickle_delay = 0.5
         self.faults = deque()
         self.fail_after = None
         self.answered = 0
@@ -175,11 +178,13 @@ class MediaWikiServer:
                 text = json.dumps(body, ensure_ascii=False)
                 if fault == "truncate":
                     return self._send(200, text, "application/json", truncate=True)
+                if fault == "trickle":
+                    return self._send(200, text, "application/json", trickle=True)
                 self._send(200, text, "application/json; charset=utf-8")
 
-            def _send(self, status, text, content_type, headers=None, truncate=False):
+            def _send(self, status, text, content_type, headers=None, truncate=False, trickle=False):
                 data = text.encode("utf-8")
-                gzipped = "gzip" in self.headers.get("Accept-Encoding", "") and not truncate
+                gzipped = "gzip" in self.headers.get("Accept-Encoding", "") and not truncate and not trickle
                 if gzipped:
                     data = gzip.compress(data)
                 self.send_response(status)
@@ -193,6 +198,16 @@ class MediaWikiServer:
                     self.send_header("Connection", "close")
                     self.close_connection = True
                 self.end_headers()
+                if trickle:
+                    self.close_connection = True
+                    try:
+                        for byte in data:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(server.trickle_delay)
+                    except OSError:  # the client gave up
+                        pass
+                    return
                 self.wfile.write(data[: len(data) // 2] if truncate else data)
 
         return Handler

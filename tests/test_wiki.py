@@ -1,7 +1,14 @@
 """The MediaWiki client against a real HTTP server on 127.0.0.1 (tests/mediawiki_server.py)."""
 
+import errno
 import json
 import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from mediawiki_server import (
@@ -15,6 +22,7 @@ from mediawiki_server import (
     cthulhu_wiki,
 )
 
+import prepare_data
 from cthulhu_sft.files import write_temporary
 from cthulhu_sft.wiki import (
     DEFAULT_USER_AGENT,
@@ -26,6 +34,7 @@ from cthulhu_sft.wiki import (
     crawl_category_tree,
     fetch_pages,
     safe_filename,
+    site_key,
 )
 
 ROOT = "Category:クトゥルフ神話"
@@ -332,3 +341,144 @@ def test_cache_is_kept_apart_per_wiki(tmp_path):
     a.save("pages", "ルルイエ", {"text": "ja"})
     assert b.load("pages", "ルルイエ") is None
     assert a.load("pages", "ルルイエ")["text"] == "ja"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Greedy or slow servers, and no server at all
+
+
+@pytest.mark.parametrize("fault", ["maxlag503", "429", "maxlag"])
+def test_a_server_asking_to_wait_longer_than_the_cap_is_an_error_at_once_that_says_what_it_asked(tmp_path, fault):
+    with MediaWikiServer(cthulhu_wiki(), retry_after="100000") as server:
+        server.faults.extend([fault] * 3)
+        started = time.monotonic()
+        with pytest.raises(WikiError, match=r"asks to wait before the next request \(Retry-After: 100000\), longer than the 2 s"):
+            fetch_pages(fast_client(server, max_retry_after=2), Cache(tmp_path, server.url), ["ルルイエ"])
+    assert time.monotonic() - started < 2 and len(server.requests) == 1
+
+
+def test_a_wait_within_the_cap_is_waited_and_said(tmp_path, caplog):
+    with MediaWikiServer(cthulhu_wiki(), retry_after="1") as server:
+        server.faults.append("maxlag503")
+        with caplog.at_level("INFO", logger="cthulhu_sft.wiki"):
+            pages = fetch_pages(fast_client(server, max_retry_after=2), Cache(tmp_path, server.url), ["ルルイエ"])
+    assert pages["ルルイエ"]["text"] and "waiting 1 s, as the server asks (Retry-After)" in caplog.text
+
+
+def test_a_server_trickling_its_answer_is_cut_off_at_the_timeout_of_the_whole_request(tmp_path):
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        server.trickle_delay = 0.3  # each byte comes well within the timeout: only a bound on the whole answer stops it
+        server.faults.append("trickle")
+        started = time.monotonic()
+        with pytest.raises(WikiError, match="no complete answer within --timeout 1 s"):
+            fetch_pages(fast_client(server, timeout=1), Cache(tmp_path, server.url), ["ルルイエ"])
+    assert time.monotonic() - started < 2
+
+
+def test_an_answer_larger_than_the_bound_is_an_error(server, cache):
+    with pytest.raises(WikiError, match="larger than 300 bytes"):
+        fetch_pages(fast_client(server, max_bytes=300), cache, ["ルルイエ"])
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/w/api.php"
+
+
+def test_a_wiki_that_cannot_be_reached_is_said_at_once_without_retries(tmp_path):
+    url = closed_port_url()
+    client = WikiClient(url, interval=0, backoff_factor=1.0, retries=5)  # retried, these would take 31 s
+    started = time.monotonic()
+    with pytest.raises(WikiError, match=f"cannot reach {url}: .*refused.*no network, or a wrong --api_url"):
+        fetch_pages(client, Cache(tmp_path, url), ["ルルイエ"])
+    assert time.monotonic() - started < 2 and client.requests == 1 and client.retries == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepare_data.py's crawl, in-process through its CLI
+
+
+def prepare(capsys, server_url, tmp_path, tokenizer_dir, *extra) -> tuple[int, str, str]:
+    code = prepare_data.main(["--api_url", server_url, "--tokenizer", str(tokenizer_dir), "--max_tokens", "256",
+                              "--cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out"),
+                              "--request_interval", "0", "--backoff_factor", "0", *map(str, extra)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_prepare_data_without_network_says_so_at_once_and_offers_no_resume(tmp_path, tokenizer_dir, capsys, caplog):
+    started = time.monotonic()
+    code, _, stderr = prepare(capsys, closed_port_url(), tmp_path, tokenizer_dir, "--backoff_factor", "1")
+    assert code == 1 and time.monotonic() - started < 3
+    assert "cannot reach http://127.0.0.1:" in stderr and "resume" not in stderr and "Traceback" not in stderr
+    assert caplog.text.count("Wikimedia's User-Agent policy expects") == 1  # no --user_agent: said once
+
+
+def test_an_outage_after_some_pages_offers_to_resume_and_names_what_was_saved(tmp_path, tokenizer_dir, capsys):
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        server.fail_after = 3
+        code, _, stderr = prepare(capsys, server.url, tmp_path, tokenizer_dir, "--retries", "0",
+                                  "--user_agent", "tests (me@example.org)")
+    assert code == 1 and "HTTP 503" in stderr and "3 answer(s) fetched in this run are cached" in stderr
+    assert "run again to resume" in stderr
+
+
+def fail_fsync_under(monkeypatch, folder: Path, after: int = 0):
+    """os.fsync of files under `folder` fails as on a full disk (ENOSPC) after `after` of them succeeded."""
+    real, count = os.fsync, [0]
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)):
+            count[0] += 1
+            if count[0] > after:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to tell which file is synced")
+def test_a_full_disk_is_one_line_naming_the_file_and_the_rerun_resumes(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    agent = ("--user_agent", "tests (me@example.org)")
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        pages = tmp_path / "cache" / "wiki" / site_key(server.url) / "pages"
+        fail_fsync_under(monkeypatch, pages, after=2)  # while crawling: the third page
+        code, _, stderr = prepare(capsys, server.url, tmp_path, tokenizer_dir, *agent)
+        assert code == 1 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+        assert re.search(rf"^error: {re.escape(str(tmp_path / 'cache'))}\S+\.json: No space left on device; ", stderr)
+        assert not list((tmp_path / "cache").rglob("*.tmp")) and not (tmp_path / "out").exists()
+        served = list(server.extracts_served)
+        monkeypatch.undo()
+
+        fail_fsync_under(monkeypatch, tmp_path / "out")  # while writing the outputs
+        code, _, stderr = prepare(capsys, server.url, tmp_path, tokenizer_dir, *agent)
+        assert code == 1 and "Traceback" not in stderr
+        assert re.search(rf"^error: {re.escape(str(tmp_path / 'out'))}/\S+: No space left on device; ", stderr)
+        monkeypatch.undo()
+        assert not [path for path in (tmp_path / "out").iterdir() if path.name.startswith(".")]
+        assert prepare(capsys, server.url, tmp_path, tokenizer_dir, *agent)[0] == 0
+    resumed = server.extracts_served[len(served):]
+    assert len(served) == 3 and len(resumed) == len(set(resumed))
+    assert not set(served[:2]) & set(resumed)  # the two pages saved were not fetched again; the one in flight was
+
+
+def test_a_second_run_on_the_same_cache_is_refused_naming_the_run_that_holds_it(tmp_path, tokenizer_dir, capsys):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from cthulhu_sft.files import one_run_at_a_time\n"
+         "with one_run_at_a_time(sys.argv[1], '--cache_dir'):\n    print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True, cwd=Path(prepare_data.__file__).parent)
+    url = closed_port_url()
+    try:
+        assert holder.stdout.readline() == "held\n"
+        in_flight = tmp_path / "cache" / "wiki" / site_key(url) / "pages" / ".page.json.123-abcd.tmp"
+        in_flight.parent.mkdir(parents=True)
+        in_flight.write_text("{")  # the other run's file being written
+        code, _, stderr = prepare(capsys, url, tmp_path, tokenizer_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 1 and f"{tmp_path / 'cache'} is in use by another run (pid {holder.pid} on " in stderr
+    assert "pass another --cache_dir" in stderr and in_flight.exists()
+    code, _, stderr = prepare(capsys, url, tmp_path, tokenizer_dir)  # the lock died with its run
+    assert code == 1 and "cannot reach" in stderr and not in_flight.exists()
