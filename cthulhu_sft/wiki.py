@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -51,21 +52,30 @@ MAX_TITLES_BYTES = 4000  # keep the URL short enough for proxies, whatever the t
 # server that does not: answers in a row with nothing new, and answers per category listing (500 members each).
 MAX_IDLE_ANSWERS = 5
 MAX_LISTING_REQUESTS = 200
+NS_MAIN, NS_CATEGORY = 0, 14
 # Each try of a request: connecting, then at most --timeout from sending it to the answer's last byte.
 CONNECT_TIMEOUT = 10.0
 MAX_RETRY_AFTER = 120.0  # seconds; a server that asks to wait longer (Retry-After) is an error, not a silent sleep
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # one answer carries one whole-page extract: far larger is not an api.php
 READ_SIZE = 64 * 1024
-CACHE_VERSION = 1
-NS_MAIN, NS_CATEGORY = 0, 14
+CACHE_VERSION = 2  # 2: pages carry their aliases
 EXTRACT_PARAMS = {
-    "prop": "extracts|info",
+    "prop": "extracts|info|redirects|langlinks",  # the text and, in the same answers, the page's other names
     "explaintext": "1",
     "exsectionformat": "wiki",
     "exlimit": "1",  # whole-page extracts come one per answer whatever is asked; more only earns a warning
     "inprop": "url",
+    "rdprop": "title",
+    "rdnamespace": str(NS_MAIN),
+    "rdshow": "!fragment",  # a redirect to a section names the section, not the page
+    "rdlimit": "max",
+    "lllang": "en",  # the English interlanguage title
+    "lllimit": "max",
     "redirects": "1",
 }
+LIST_PROPS = {"redirects": "rdcontinue", "langlinks": "llcontinue"}  # list props of a page, and their continuation
+MAX_PAGE_CHARS = 500_000  # a page's text past this is cut (at a paragraph) and counted: ja.wikipedia's longest are shorter
+MAX_NAME_CHARS = 40  # a name in the lead's parentheses; longer items are explanations, not names
 
 
 class WikiError(RuntimeError):
@@ -334,6 +344,41 @@ def site_key(api_url: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", f"{parts.netloc}{parts.path}").strip("_")
 
 
+def _wrong_fields(data: dict, fields: dict) -> str | None:
+    """What is wrong with `data`'s fields ({name: allowed types}), or None."""
+    for name, types in fields.items():
+        if not isinstance(data.get(name), types) or (types is int and isinstance(data.get(name), bool)):
+            return f"'{name}' is {type(data.get(name)).__name__ if name in data else 'missing'}"
+    return None
+
+
+def page_shape(data: dict) -> str | None:
+    """What makes a cached page unusable (a redirect, a missing page or a page record), or None."""
+    if "redirect" in data:
+        return _wrong_fields(data, {"redirect": str})
+    if data.get("missing") is True:
+        return _wrong_fields(data, {"title": str, "text": str})
+    problem = _wrong_fields(data, {"title": str, "text": str, "ns": int, "revid": (int, type(None)),
+                                   "url": (str, type(None)), "fetched": str, "aliases": list})
+    if problem is None and not all(isinstance(alias, str) for alias in data["aliases"]):
+        problem = "'aliases' holds a non-string"
+    return problem
+
+
+def listing_shape(data: dict) -> str | None:
+    """What makes a cached category listing unusable, or None: `members: null` is no empty category."""
+    problem = _wrong_fields(data, {"title": str, "members": list, "continue": (dict, type(None))})
+    for member in data.get("members") if problem is None else ():
+        problem = ("a member is not an object" if not isinstance(member, dict) else
+                   _wrong_fields(member, {"title": str, "ns": int, "pageid": (int, type(None))}))
+        if problem:
+            return f"members: {problem}"
+    return problem
+
+
+SHAPES = {"pages": page_shape, "categories": listing_shape}
+
+
 class Cache:
     """One JSON file per page or category listing under `root/<site>/`, written atomically.
 
@@ -360,9 +405,16 @@ class Cache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
-            logger.warning("ignoring unreadable cache file %s (%s)", path, error)
+            logger.warning("ignoring unreadable cache file %s (%s); fetching it again", path, error)
             return None
-        if data.pop("key", None) != title or data.pop("version", None) != CACHE_VERSION:
+        if not isinstance(data, dict) or data.pop("key", None) != title or data.pop("version", None) != CACHE_VERSION:
+            if not isinstance(data, dict):
+                logger.warning("ignoring cache file %s (a JSON %s, not an object); fetching it again", path,
+                               type(data).__name__)
+            return None
+        problem = SHAPES[kind](data)
+        if problem:
+            logger.warning("ignoring cache file %s (%s); fetching it again", path, problem)
             return None
         return data
 
@@ -484,20 +536,100 @@ def _missing(page: dict) -> bool:
     return bool(page.get("missing") or page.get("invalid") or page.get("special"))
 
 
-def _record(page: dict) -> dict:
-    """A page's record from its merged answers: info (first answer) and extract (the answer that carried it)."""
+def _record(page: dict, max_chars: int) -> dict:
+    """A page's record from its merged answers: info (first answer), extract (the answer that carried it), names."""
     if _missing(page):
         reason = page.get("invalidreason") or ("special page" if page.get("special") else "missing")
-        return {"title": page["title"], "missing": True, "reason": reason, "text": ""}
-    return {
+        return {"title": page["title"], "missing": True, "reason": reason, "text": "", "aliases": []}
+    text, cut = _cut(page.get("extract", ""), max_chars)
+    record = {
         "title": page["title"],
         "ns": page.get("ns", NS_MAIN),
         "pageid": page.get("pageid"),
         "revid": page.get("lastrevid"),
         "url": page.get("fullurl"),
-        "text": page.get("extract", ""),
+        "text": text,
+        "aliases": page_aliases(page["title"], page.get("redirects"), page.get("langlinks"), text),
         "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if cut:
+        record["cut_chars"] = cut
+    return record
+
+
+def _cut(text: str, limit: int) -> tuple[str, int]:
+    """`text` up to `limit` characters, cut at the last paragraph (else sentence) before it; characters left out."""
+    if len(text) <= limit:
+        return text, 0
+    end = text.rfind("\n\n", 0, limit)
+    if end < limit // 2:
+        end = text.rfind("。", 0, limit) + 1 or limit
+    kept = text[:end].rstrip()
+    return kept, len(text) - len(kept)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Aliases: a page's other names
+
+
+def _key(name: str) -> str:
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", name)).strip().casefold()
+
+
+def _unqualified(name: str) -> str:
+    """A title without its disambiguating qualifier: 'ダゴン (クトゥルフ神話)' → 'ダゴン'."""
+    return re.sub(r"\s*[(（][^()（）]*[)）]$", "", name).strip() or name.strip()
+
+
+def page_aliases(title: str, redirects, langlinks, text: str) -> list[str]:
+    """The page's other names, each once, never the title: the title without its qualifier, the redirects to
+    it and its English interlanguage title (without theirs), and the names in the lead's first parentheses."""
+    names = [item.get("title") for item in redirects or [] if isinstance(item, dict)]
+    names += [item.get("title") for item in langlinks or [] if isinstance(item, dict) and item.get("lang") == "en"]
+    names = [_unqualified(name) for name in [title, *names] if isinstance(name, str) and name.strip()]
+    names += lead_names(text, [title, *names])
+    aliases, seen = [], {_key(title)}
+    for name in names:
+        if _key(name) not in seen:
+            seen.add(_key(name))
+            aliases.append(name)
+    return aliases
+
+
+def lead_names(text: str, subjects: list[str]) -> list[str]:
+    """The names in the first parentheses of the lead, when they follow the page's name.
+
+    'クトゥルフ（Cthulhu, クトゥルー）は…' → ['Cthulhu', 'クトゥルー']; '英: X' → 'X'; dates, and explanations
+    longer than MAX_NAME_CHARS, are not names. A parenthesis after anything but one of `subjects` (the title, the
+    other names) is not about the subject: 'ダゴンは、深きものども（ディープ・ワンズ）' gives nothing.
+    """
+    lead = text.split("\n==", 1)[0].lstrip()
+    match = re.match(r"([^\n。、（(]{1,80})[（(]", lead)
+    if not match or _key(match.group(1).strip(" 「」『』\"'")) not in {_key(subject) for subject in subjects}:
+        return []
+    depth, inner = 0, []
+    for char in lead[match.end() - 1:]:
+        depth += (char in "（(") - (char in "）)")
+        if depth == 0:
+            break
+        inner.append(char)
+    names = []
+    for item in re.split(r"[、，,；;]|または|もしくは|あるいは", "".join(inner[1:])):
+        item = re.sub(r"^\s*(?:[\u3040-\u30ff\u4e00-\u9fff]{1,8}|[A-Za-z]{2,3})\s*[:：]\s*", "", item)  # '英: ', '略称：'
+        item = item.strip(" 　「」『』\"'")
+        if item and len(item) <= MAX_NAME_CHARS and _name_like(item):
+            names.append(item)
+    return names
+
+
+def _name_like(item: str) -> bool:
+    """A name or a reading, not a date or a phrase: Latin letters ('Howard Phillips Lovecraft', "R'lyeh"), kana
+    alone (a reading: 'くとぅるふ', 'クトゥルフしんわ'), or kanji and katakana without hiragana ('旧支配者');
+    hiragana among kanji is a phrase ('風の精とされる存在')."""
+    latin = all(char in " '’.-&" or (char.isalpha() and ord(char) < 0x2000) for char in item)
+    kana = re.fullmatch(r"[\u3041-\u3096\u30a1-\u30faー・＝= ]+", item)
+    kanji = re.fullmatch(r"[\u4e00-\u9fff々\u30a1-\u30faー・＝= ]+", item)
+    return bool(latin and re.search(r"[^\W\d_]", item) or kana or kanji)
 
 
 def _cached_page(cache: Cache, title: str) -> dict | None:
@@ -509,12 +641,15 @@ def _cached_page(cache: Cache, title: str) -> dict | None:
     return entry
 
 
-def fetch_pages(client: WikiClient, cache: Cache, titles: list[str], progress=None) -> dict[str, dict]:
+def fetch_pages(client: WikiClient, cache: Cache, titles: list[str], progress=None,
+                max_chars: int = MAX_PAGE_CHARS) -> dict[str, dict]:
     """{requested title: page record, or {"title", "missing": True, "reason", "text": ""}}, redirects followed.
 
-    Titles go 50 to a request with prop=extracts|info; the server sends one page's extract per answer
-    and continues. Each page is cached as soon as its text arrives, so an interrupted run loses at most
-    the page in flight, and a rerun asks nothing.
+    A page record: title, ns, pageid, revid, url, text (cut at `max_chars`, with `cut_chars` then), aliases
+    (page_aliases), fetched. Titles go 50 to a request with prop=extracts|info|redirects|langlinks; the server
+    sends one page's extract per answer and continues, the other names coming in the same answers. Each page is
+    cached as soon as its text and names have arrived, so an interrupted run loses at most the page in flight,
+    and a rerun asks nothing.
     """
     results, todo = {}, []
     for title in dict.fromkeys(normalize_title(title) for title in titles):
@@ -527,11 +662,12 @@ def fetch_pages(client: WikiClient, cache: Cache, titles: list[str], progress=No
                 progress.update(1)
     done = {}  # final title → record, for the pages of the whole run
     for batch in _title_batches(todo):
-        results.update(_fetch_batch(client, cache, batch, done, progress))
+        results.update(_fetch_batch(client, cache, batch, done, progress, max_chars))
     return results
 
 
-def _fetch_batch(client: WikiClient, cache: Cache, batch: list[str], done: dict, progress) -> dict[str, dict]:
+def _fetch_batch(client: WikiClient, cache: Cache, batch: list[str], done: dict, progress,
+                 max_chars: int) -> dict[str, dict]:
     """Fetches one batch of titles; `done` (final title → record) collects the pages of the whole run.
 
     The first answer names every page of the batch, redirects followed. When some were already fetched
@@ -544,7 +680,7 @@ def _fetch_batch(client: WikiClient, cache: Cache, batch: list[str], done: dict,
         for number, data in enumerate(client.query({**EXTRACT_PARAMS, "titles": "|".join(asked)}), 1):
             if any("extracts" in text and "nrecognized" in text for text in _warnings(data)):
                 raise WikiError(f"{client.api_url} has no TextExtracts extension (prop=extracts), which gives the pages' text")
-            new, waiting = _read_answer(data, cache, targets, pages, done)
+            new, waiting = _read_answer(data, cache, targets, pages, done, max_chars)
             for title in batch:
                 if progress and title not in shown and _resolve(title, targets) in done:
                     shown.add(title)
@@ -565,35 +701,44 @@ def _fetch_batch(client: WikiClient, cache: Cache, batch: list[str], done: dict,
                                 f"the text of a page; stopping (waiting for {', '.join(left[:5])}{' …' * (len(left) > 5)})")
     for title, page in pages.items():  # pages the server sent no text for, and missing ones
         if title not in done:
-            done[title] = _record(page)
+            done[title] = _record(page, max_chars)
             cache.save("pages", title, done[title])
     results = {}
     for requested in batch:
         final = _resolve(requested, targets)
         if final != requested:
             cache.save("pages", requested, {"redirect": final})
-        results[requested] = done.get(final) or {"title": final, "missing": True, "reason": "not in the answer", "text": ""}
+        results[requested] = done.get(final) or {"title": final, "missing": True, "reason": "not in the answer", "text": "",
+                                                        "aliases": []}
     if progress:
         progress.update(len(batch) - len(shown))
     return results
 
 
-def _read_answer(data: dict, cache: Cache, targets: dict, pages: dict, done: dict) -> tuple[bool, list[str]]:
-    """Takes in one answer: where titles lead, each page's fields, and the text of a page, cached at once.
+def _read_answer(data: dict, cache: Cache, targets: dict, pages: dict, done: dict, max_chars: int) -> tuple[bool, list[str]]:
+    """Takes in one answer: where titles lead, each page's fields and names, and the text of a page, cached at once.
 
-    Returns whether a page's text arrived, and the pages still waiting for theirs.
+    A page is complete when its extract has come and the server continues no list prop (redirects, langlinks);
+    with more than rdlimit redirects in a batch, pages wait for the answer that ends them.
+    Returns whether something of a page arrived, and the pages still waiting for their text.
     """
     query = data.get("query") or {}
     for item in (query.get("normalized") or []) + (query.get("redirects") or []):
         targets[item["from"]] = item["to"]
+    lists_done = not set(data.get("continue") or {}) & set(LIST_PROPS.values())
     new, waiting = False, []
     for page in query.get("pages") or []:
-        title = page["title"]
-        pages.setdefault(title, {}).update(page)  # info comes in the first answer, the extract later
-        if "extract" in page and title not in done:
-            done[title] = _record(pages[title])
-            cache.save("pages", title, done[title])
-            new = True
-        elif "extract" not in page and not _missing(page):
+        title, merged = page["title"], pages.setdefault(page["title"], {})
+        for prop in LIST_PROPS:  # a list prop's items may be spread over several answers
+            items = [item for item in page.get(prop) or [] if item not in merged.get(prop, [])]
+            merged[prop] = merged.get(prop, []) + items
+            new |= bool(items)
+        merged.update({key: value for key, value in page.items() if key not in LIST_PROPS})  # info, then the extract
+        new |= "extract" in page and title not in done
+        if "extract" not in merged and not _missing(merged):
             waiting.append(title)
+    for title, merged in pages.items():
+        if lists_done and "extract" in merged and title not in done:
+            done[title] = _record(merged, max_chars)
+            cache.save("pages", title, done[title])
     return new, waiting

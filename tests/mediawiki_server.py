@@ -10,8 +10,10 @@ It answers what cthulhu_sft/wiki.py asks, the way MediaWiki documents it and doe
     page set out: `continue` "-||");
   * prop=extracts (TextExtracts: one whole-page extract per answer and `excontinue`, explaintext,
     exsectionformat=wiki; `extracts=False`: a wiki without it, which warns "Unrecognized value"),
-    prop=info (lastrevid, fullurl), with redirects=1, normalized titles, missing and invalid titles,
-    and the `continue` string that marks finished modules;
+    prop=info (lastrevid, fullurl), prop=redirects (rdnamespace, rdshow, rdlimit, `rdcontinue`) and
+    prop=langlinks (lllang, lllimit, `llcontinue`), at most `list_items_per_response` items each per answer,
+    with redirects=1, normalized titles, missing and invalid titles, and the `continue` string that marks
+    finished modules;
   * faults, one per request from `faults` in order: "maxlag" (200 + error + Retry-After), "maxlag503",
     "429", "503html", "html200", "drop" (connection closed without an answer), "truncate" (half a body),
     "trickle" (the answer a byte every `trickle_delay` seconds); `retry_after` is the Retry-After that
@@ -51,6 +53,8 @@ class Page:
     ns: int = 0
     extract: str = ""  # TextExtracts' plain text with "== heading ==" lines
     redirect: str | None = None
+    fragment: str = ""  # a redirect to a section: "Target#fragment"
+    langlinks: dict = field(default_factory=dict)  # interlanguage links: {"en": "Cthulhu"}
 
 
 @dataclass
@@ -86,8 +90,15 @@ class Wiki:
 
     def add_redirect(self, title, target, categories=()):
         page = self.add_page(title, categories=categories)
+        target, _, page.fragment = target.partition("#")
         page.redirect = self.normalize(target)
         return page
+
+    def redirects_to(self, title: str, namespaces=None, fragments=None) -> list[dict]:
+        """prop=redirects' items for `title` (rdprop=title): the redirects that lead to it."""
+        return [{"ns": page.ns, "title": page.title} for page in self.pages.values()
+                if page.redirect == title and (namespaces is None or page.ns in namespaces)
+                and (fragments is None or bool(page.fragment) == fragments)]
 
     def add_category(self, title, parents=()):
         title = self.normalize(title)
@@ -100,8 +111,9 @@ class Wiki:
 
 class MediaWikiServer:
     def __init__(self, wiki: Wiki, members_per_response=2, extracts=True, retry_after="0", empty_first_page=False,
-                 endless_continuation=False):
+                 endless_continuation=False, list_items_per_response=500):
         self.wiki = wiki
+        self.list_items_per_response = list_items_per_response  # redirects and langlinks: at most rd/lllimit
         self.members_per_response = members_per_response
         self.extracts = extracts
         self.retry_after = retry_after
@@ -258,6 +270,15 @@ class MediaWikiServer:
             body["continue"] = {"cmcontinue": f"page|{offset + count}", "continue": "-||"}
         return body
 
+    def _list_items(self, prop: str, title: str, params: dict) -> list[dict]:
+        if prop == "langlinks":
+            links = self.wiki.pages[title].langlinks
+            return [{"lang": lang, "title": name} for lang, name in sorted(links.items())
+                    if params.get("lllang") in (None, lang)]
+        namespaces = {int(ns) for ns in params["rdnamespace"].split("|")} if params.get("rdnamespace") else None
+        show = params.get("rdshow")
+        return self.wiki.redirects_to(title, namespaces, None if not show else show == "fragment")
+
     def _pages(self, params: dict) -> dict:
         query, warnings = {}, {}
         props = set(params.get("prop", "").split("|")) - {""}
@@ -299,7 +320,20 @@ class MediaWikiServer:
                         entry.update({"fullurl": url, "canonicalurl": url})
                 pages.append(entry)
                 good.append(entry)
-        continuation = {}
+        continuation, finished = {}, set()
+        for prop, prefix in (("redirects", "rd"), ("langlinks", "ll")):
+            if prop not in props or prop in done:
+                continue
+            items = [(entry, item) for entry in good for item in self._list_items(prop, entry["title"], params)]
+            start = int(params.get(f"{prefix}continue", "0"))
+            limit = params.get(f"{prefix}limit", "10")
+            limit = min(len(items) if limit == "max" else int(limit), self.list_items_per_response)
+            for entry, item in items[start: start + limit]:
+                entry.setdefault(prop, []).append(item)
+            if start + limit < len(items):
+                continuation[f"{prefix}continue"] = start + limit
+            else:
+                finished.add(prop)
         if "extracts" in props and "extracts" not in done:
             start = int(params.get("excontinue", "0"))
             limit = 1 if not params.get("exintro") else 20
@@ -313,12 +347,14 @@ class MediaWikiServer:
                 continuation["excontinue"] = self._fresh_token()
             elif start + limit < len(good):
                 continuation["excontinue"] = start + limit
+            else:
+                finished.add("extracts")
         query["pages"] = pages
         body = {"query": query}
         if warnings:
             body["warnings"] = warnings
         if continuation:
-            finished = sorted((props & {"info"}) | done)
+            finished = sorted((props & {"info"}) | finished | done)
             body["continue"] = {**continuation, "continue": "||" + "|".join(finished)}
         else:
             body["batchcomplete"] = True
@@ -395,6 +431,11 @@ def cthulhu_wiki(namespaces=None) -> Wiki:
     wiki.add_page("Template:クトゥルフ神話", extract="ナビゲーション", categories=[root])
     wiki.add_page("ヨグ＝ソトース", extract="ヨグ＝ソトースは、時間と空間に関わる神格である。門にして鍵とも呼ばれる。")
     wiki.add_redirect("Cthulhu", "クトゥルフ")
+    wiki.add_redirect("クトゥルー", "クトゥルフ")
+    wiki.add_redirect("ルルイエの館", "ルルイエ#特徴")  # to a section: not another name of the page
+    wiki.pages["クトゥルフ"].langlinks.update(en="Cthulhu", fr="Cthulhu (mythe)")
+    wiki.pages["ダゴン (クトゥルフ神話)"].langlinks["en"] = "Dagon (Cthulhu Mythos)"
+    wiki.pages["ネクロノミコン"].langlinks["en"] = "Necronomicon"
     return wiki
 
 

@@ -25,6 +25,7 @@ from mediawiki_server import (
 import prepare_data
 from cthulhu_sft.files import write_temporary
 from cthulhu_sft.wiki import (
+    CACHE_VERSION,
     DEFAULT_USER_AGENT,
     MAX_IDLE_ANSWERS,
     MAX_LISTING_REQUESTS,
@@ -33,6 +34,7 @@ from cthulhu_sft.wiki import (
     WikiError,
     crawl_category_tree,
     fetch_pages,
+    page_aliases,
     safe_filename,
     site_key,
 )
@@ -52,6 +54,12 @@ class Progress:
 
     def update(self, count):
         self.count += count
+
+
+def record(title: str, text: str) -> dict:
+    """A page record as fetch_pages caches it."""
+    return {"title": title, "ns": 0, "pageid": 1, "revid": 10, "url": None, "text": text, "aliases": [],
+            "fetched": "2026-01-01T00:00:00Z"}
 
 
 def listings(server) -> list[dict]:
@@ -200,7 +208,7 @@ def test_a_server_that_never_sends_the_text_is_stopped_with_an_error_naming_the_
     with MediaWikiServer(cthulhu_wiki(), endless_continuation=True) as server:
         with pytest.raises(WikiError, match="without the text of a page.*ルルイエ"):
             fetch_pages(fast_client(server), Cache(tmp_path, server.url), ["ルルイエ", "クトゥルフ"])
-    assert len(server.requests) == MAX_IDLE_ANSWERS
+    assert len(server.requests) == 1 + MAX_IDLE_ANSWERS  # the first answer brought クトゥルフ's redirects
 
 
 def test_a_wiki_without_textextracts_is_a_clear_error(tmp_path):
@@ -306,7 +314,7 @@ def test_pages_are_cached_as_they_arrive_so_an_interrupted_batch_resumes(server,
 
 def test_temporary_files_that_a_killed_run_left_are_removed_when_the_cache_is_opened(tmp_path):
     cache = Cache(tmp_path, "https://ja.wikipedia.org/w/api.php")
-    cache.save("pages", "ルルイエ", {"title": "ルルイエ", "text": "本文"})
+    cache.save("pages", "ルルイエ", record("ルルイエ", "本文"))
     for kind in ("pages", "categories"):  # what a run killed between writing and renaming leaves
         write_temporary(cache.path(kind, "クトゥルフ"), "{")
     assert len(list(cache.root.glob("*/.*.tmp"))) == 2
@@ -320,7 +328,7 @@ def test_cache_file_names_are_safe_for_any_title(tmp_path, title):
     assert "/" not in name and "\\" not in name and ":" not in name and not name.startswith(".")
     assert len(name.encode("utf-8")) <= 255
     cache = Cache(tmp_path, "https://ja.wikipedia.org/w/api.php")
-    cache.save("pages", title, {"title": title, "text": "本文"})
+    cache.save("pages", title, record(title, "本文"))
     assert cache.load("pages", title)["text"] == "本文"
     assert safe_filename(title) != safe_filename(title + "2")
 
@@ -338,7 +346,7 @@ def test_a_corrupt_cache_file_is_fetched_again(server, tmp_path):
 def test_cache_is_kept_apart_per_wiki(tmp_path):
     a = Cache(tmp_path, "https://ja.wikipedia.org/w/api.php")
     b = Cache(tmp_path, "http://127.0.0.1:8080/w/api.php")
-    a.save("pages", "ルルイエ", {"text": "ja"})
+    a.save("pages", "ルルイエ", record("ルルイエ", "ja"))
     assert b.load("pages", "ルルイエ") is None
     assert a.load("pages", "ルルイエ")["text"] == "ja"
 
@@ -482,3 +490,81 @@ def test_a_second_run_on_the_same_cache_is_refused_naming_the_run_that_holds_it(
     assert "pass another --cache_dir" in stderr and in_flight.exists()
     code, _, stderr = prepare(capsys, url, tmp_path, tokenizer_dir)  # the lock died with its run
     assert code == 1 and "cannot reach" in stderr and not in_flight.exists()
+
+
+@pytest.mark.parametrize("content", [
+    [],
+    "page",
+    {"title": "ルルイエ", "text": 5},
+    {"title": "ルルイエ", "text": "本文", "ns": 0, "revid": 1, "url": None, "fetched": "x", "aliases": "R'lyeh"},
+    {"title": "ルルイエ", "text": "本文", "ns": 0, "revid": 1, "url": None, "fetched": "x", "aliases": [5]},
+    {"title": None, "missing": True, "text": ""},
+    {"redirect": ["ルルイエ"]},
+])
+def test_a_cached_page_of_the_wrong_shape_is_warned_about_with_its_path_and_fetched_again(server, cache, caplog, content):
+    fetch_pages(fast_client(server), cache, ["ルルイエ"])
+    path = cache.path("pages", "ルルイエ")
+    if isinstance(content, dict):
+        content = {"key": "ルルイエ", "version": CACHE_VERSION, **content}
+    path.write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
+    pages = fetch_pages(fast_client(server), cache, ["ルルイエ"])
+    assert pages["ルルイエ"]["text"].startswith("ルルイエは") and server.extracts_served == ["ルルイエ", "ルルイエ"]
+    assert f"ignoring cache file {path}" in caplog.text and "fetching it again" in caplog.text
+
+
+@pytest.mark.parametrize("members", [None, "none", [None], [{"title": "ルルイエ"}]])
+def test_a_cached_listing_of_the_wrong_shape_is_fetched_again_not_taken_for_an_empty_category(server, cache, caplog,
+                                                                                             members):
+    crawl_category_tree(fast_client(server), cache, ROOT, 0)
+    path = cache.path("categories", ROOT)
+    listing = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**listing, "members": members}, ensure_ascii=False), encoding="utf-8")
+    articles, _ = crawl_category_tree(fast_client(server), cache, ROOT, 0)
+    assert set(articles) == ARTICLES_DEPTH_0 and f"ignoring cache file {path}" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Aliases
+
+
+def test_pages_carry_their_aliases_from_the_same_requests_as_their_text(server, cache):
+    pages = fetch_pages(fast_client(server), cache, ["クトゥルフ", "ルルイエ", "ダゴン (クトゥルフ神話)", "ハスター"])
+    assert pages["クトゥルフ"]["aliases"] == ["Cthulhu", "クトゥルー"]  # redirects, en link, the lead's (Cthulhu): once each
+    assert pages["ダゴン (クトゥルフ神話)"]["aliases"] == ["ダゴン", "Dagon"]  # without their qualifiers
+    assert pages["ルルイエ"]["aliases"] == [] and pages["ハスター"]["aliases"] == []  # a redirect to a section is no name
+    assert len(server.requests) == 4  # one per page, as without aliases
+    params = server.params_of(0)
+    assert params["prop"] == "extracts|info|redirects|langlinks" and params["lllang"] == "en"
+    assert params["rdlimit"] == params["lllimit"] == "max" and params["rdshow"] == "!fragment"
+    cached = json.loads(cache.path("pages", "クトゥルフ").read_text(encoding="utf-8"))
+    assert cached["aliases"] == ["Cthulhu", "クトゥルー"]
+
+
+def test_redirects_and_langlinks_spread_over_several_answers_are_all_kept(tmp_path):
+    wiki = cthulhu_wiki()
+    for name in ("クトゥルー", "ク・リトル・リトル", "クートゥリュー", "大いなるクトゥルフ"):
+        wiki.add_redirect(f"{name}の別名", "クトゥルフ")
+    with MediaWikiServer(wiki, list_items_per_response=1) as server:
+        cache = Cache(tmp_path, server.url)
+        pages = fetch_pages(fast_client(server), cache, ["ルルイエ", "クトゥルフ"])
+    assert any("rdcontinue" in r["params"] for r in server.requests)
+    assert pages["クトゥルフ"]["aliases"] == ["Cthulhu", "クトゥルー", "クトゥルーの別名", "ク・リトル・リトルの別名",
+                                         "クートゥリューの別名", "大いなるクトゥルフの別名"]
+    assert cache.load("pages", "クトゥルフ")["aliases"] == pages["クトゥルフ"]["aliases"]
+    assert sorted(server.extracts_served) == ["クトゥルフ", "ルルイエ"]
+
+
+@pytest.mark.parametrize("title, lead, names", [
+    ("クトゥルフ", "クトゥルフ（Cthulhu, クトゥルー）は、架空の神格である。", ["Cthulhu", "クトゥルー"]),
+    ("クトゥルフ神話", "クトゥルフ神話（クトゥルフしんわ、英: Cthulhu Mythos）は、", ["クトゥルフしんわ", "Cthulhu Mythos"]),
+    ("ハワード・フィリップス・ラヴクラフト", "ハワード・フィリップス・ラヴクラフト（Howard Phillips Lovecraft、1890年8月20日 - "
+     "1937年3月15日）は、アメリカの小説家。", ["Howard Phillips Lovecraft"]),
+    ("ネクロノミコン", "『ネクロノミコン』(Necronomicon)は、", ["Necronomicon"]),
+    ("ルルイエ", "ルルイエ（R'lyeh または R'lyeh（古い綴り））は", ["R'lyeh"]),
+    ("ダゴン", "ダゴンは、深きものども（ディープ・ワンズ）に崇拝される存在である。", []),  # not the subject's parenthesis
+    ("ハスター", "ハスター（1930年代に、ダーレスが体系化した神話の中で風の精とされる存在）は", []),
+    ("ヨグ＝ソトース", "ヨグ＝ソトースは、時間と空間に関わる神格である（門にして鍵）。", []),
+    ("アザトース", "アザトース\n\n== 概要 ==\nアザトース（Azathoth）は", []),  # only the lead
+])
+def test_names_are_taken_from_the_leads_first_parenthesis_after_the_subject_only(title, lead, names):
+    assert page_aliases(title, [], [], lead) == names
