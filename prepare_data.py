@@ -54,6 +54,7 @@ from cthulhu_sft.wiki import (
     CONNECT_TIMEOUT,
     DEFAULT_API_URL,
     MAX_ANSWER_BYTES,
+    MAX_PAGE_CHARS,
     MAX_RETRY_AFTER,
     NS_MAIN,
     Cache,
@@ -85,6 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     crawl.add_argument("--cache_dir", default=CACHE_DIR,
                        help="pages under wiki/, the writer's answers under qa/ (default: %(default)s)")
     crawl.add_argument("--refresh", action="store_true", help="fetch every page again, ignoring the cache")
+    crawl.add_argument("--max_page_chars", type=int, default=MAX_PAGE_CHARS,
+                       help="longest page text taken; a longer one is cut at a paragraph and counted in the summary "
+                            "(default: %(default)s)")
     crawl.add_argument("--user_agent", default=None,
                        help="User-Agent with your contact, as Wikimedia's policy asks (default: the project's)")
     client = parser.add_argument_group("HTTP client (the wiki)")
@@ -134,6 +138,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         (not 0 <= args.probe_ratio < 1, f"--probe_ratio must be in [0, 1), got {args.probe_ratio}"),
         (args.depth < 0, f"--depth must be >= 0, got {args.depth}"),
         (args.timeout <= 0 or args.max_retry_after < 0, "--timeout must be > 0 and --max_retry_after >= 0"),
+        (args.max_page_chars < 1000, f"--max_page_chars must be at least 1000, got {args.max_page_chars}"),
         (args.max_tokens is not None and args.max_tokens < 16, f"--max_tokens must be at least 16, got {args.max_tokens}"),
         (not 1 <= args.phrasings <= MAX_PHRASINGS, f"--phrasings must be 1 to {MAX_PHRASINGS}, got {args.phrasings}"),
         (bool(args.qa_api_url) != bool(args.qa_model), "--qa_api_url and --qa_model go together"),
@@ -245,7 +250,7 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
             titles, categories = crawl_category_tree(client, cache, args.category, args.depth)
         titles += [normalize_title(title) for title in args.titles]
         with tqdm(total=len(dict.fromkeys(titles)), desc="pages", unit="page", disable=None) as progress:
-            records = fetch_pages(client, cache, titles, progress)
+            records = fetch_pages(client, cache, titles, progress, max_chars=args.max_page_chars)
     except CategoryError:
         raise
     except WikiError as error:
@@ -265,6 +270,10 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
         logger.warning("missing page: %s", line)
     for line in skipped:
         logger.warning("skipped: %s", line)
+    cut = {title: record["cut_chars"] for title, record in articles.items() if record.get("cut_chars")}
+    for title, chars in cut.items():
+        logger.warning("cut: %s (its text is longer than --max_page_chars %d; %d characters left out)", title,
+                       args.max_page_chars, chars)
     crawl = {
         "api_url": args.api_url,
         "category": args.category or "(none)",
@@ -274,10 +283,12 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
         "pages listed": len(records),
         "articles": len(articles),
         "missing pages": len(missing),
+        "pages cut at --max_page_chars": f"{len(cut)} ({sum(cut.values())} characters left out)",
         "fetched": f"{min((a['fetched'] for a in articles.values()), default='-')} – "
                    f"{max((a['fetched'] for a in articles.values()), default='-')}",
     }
-    requests = {"requests": client.requests, "retries": client.retries}
+    requests = {"requests": client.requests, "retries": client.retries,
+                "cut": f"{len(cut)} page(s), {sum(cut.values())} characters left out" if cut else None}
     return [articles[title] for title in sorted(articles)], crawl, requests
 
 
@@ -559,6 +570,8 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
     if requests is not None:
         print(f"requests: {requests['requests']} ({requests['retries']} retries, "
               f"{requests['requests'] / max(1, articles):.2f} per article), cache: {args.cache_dir}")
+        if requests.get("cut"):
+            print(f"pages cut at --max_page_chars {args.max_page_chars}: {requests['cut']}")
 
 
 def push(out_dir: Path, args) -> int:

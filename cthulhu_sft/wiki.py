@@ -360,6 +360,8 @@ def page_shape(data: dict) -> str | None:
         return _wrong_fields(data, {"title": str, "text": str})
     problem = _wrong_fields(data, {"title": str, "text": str, "ns": int, "revid": (int, type(None)),
                                    "url": (str, type(None)), "fetched": str, "aliases": list})
+    if problem is None and "cut_chars" in data:
+        problem = _wrong_fields(data, {"cut_chars": int, "cut_limit": int})
     if problem is None and not all(isinstance(alias, str) for alias in data["aliases"]):
         problem = "'aliases' holds a non-string"
     return problem
@@ -553,7 +555,7 @@ def _record(page: dict, max_chars: int) -> dict:
         "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if cut:
-        record["cut_chars"] = cut
+        record.update(cut_chars=cut, cut_limit=max_chars)
     return record
 
 
@@ -645,15 +647,18 @@ def fetch_pages(client: WikiClient, cache: Cache, titles: list[str], progress=No
                 max_chars: int = MAX_PAGE_CHARS) -> dict[str, dict]:
     """{requested title: page record, or {"title", "missing": True, "reason", "text": ""}}, redirects followed.
 
-    A page record: title, ns, pageid, revid, url, text (cut at `max_chars`, with `cut_chars` then), aliases
-    (page_aliases), fetched. Titles go 50 to a request with prop=extracts|info|redirects|langlinks; the server
-    sends one page's extract per answer and continues, the other names coming in the same answers. Each page is
-    cached as soon as its text and names have arrived, so an interrupted run loses at most the page in flight,
-    and a rerun asks nothing.
+    A page record: title, ns, pageid, revid, url, text (cut at a paragraph before `max_chars`), aliases
+    (page_aliases), fetched; `cut_chars` and `cut_limit` where the text was cut. Titles go 50 to a request with
+    prop=extracts|info|redirects|langlinks; the server sends one page's extract per answer and continues, the
+    other names coming in the same answers. Each page is cached as soon as its text and names have arrived, so
+    an interrupted run loses at most the page in flight, and a rerun asks nothing (unless --max_page_chars
+    changed for a page it cuts).
     """
     results, todo = {}, []
     for title in dict.fromkeys(normalize_title(title) for title in titles):
         record = _cached_page(cache, title)
+        if record is not None and (record.get("cut_limit", max_chars) != max_chars or len(record["text"]) > max_chars):
+            record = None  # cut at another --max_page_chars
         if record is None:
             todo.append(title)
         else:

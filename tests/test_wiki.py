@@ -29,6 +29,7 @@ from cthulhu_sft.wiki import (
     DEFAULT_USER_AGENT,
     MAX_IDLE_ANSWERS,
     MAX_LISTING_REQUESTS,
+    MAX_PAGE_CHARS,
     Cache,
     WikiClient,
     WikiError,
@@ -568,3 +569,34 @@ def test_redirects_and_langlinks_spread_over_several_answers_are_all_kept(tmp_pa
 ])
 def test_names_are_taken_from_the_leads_first_parenthesis_after_the_subject_only(title, lead, names):
     assert page_aliases(title, [], [], lead) == names
+
+
+# ---------------------------------------------------------------------------------------------------
+# Size limits
+
+
+def test_a_5_mb_extract_is_cut_at_a_paragraph_below_the_documented_limit_and_counted(tmp_path):
+    wiki = cthulhu_wiki()
+    paragraph = "巨大な一覧の段落である。" * 50 + "\n\n"
+    wiki.add_page("巨大な一覧", extract=paragraph * (5_000_000 // len(paragraph.encode())))
+    with MediaWikiServer(wiki) as server:
+        cache = Cache(tmp_path, server.url)
+        page = fetch_pages(fast_client(server), cache, ["巨大な一覧"])["巨大な一覧"]
+        assert len(page["text"]) <= MAX_PAGE_CHARS and page["text"].endswith("。")
+        assert page["cut_chars"] == len(wiki.pages["巨大な一覧"].extract) - len(page["text"])
+        assert page["cut_limit"] == MAX_PAGE_CHARS and cache.load("pages", "巨大な一覧") == page
+        again = fetch_pages(fast_client(server), cache, ["巨大な一覧"], max_chars=10_000)["巨大な一覧"]
+    assert len(again["text"]) <= 10_000 and len(server.requests) == 2  # another limit: fetched and cut again
+
+
+def test_prepare_data_reports_pages_cut_at_max_page_chars(tmp_path, tokenizer_dir, capsys):
+    wiki = cthulhu_wiki()
+    lead = "長い項目は、とても長い記事である。\n\n" + "続きの段落である。" * 60  # 559 characters, then a paragraph
+    wiki.add_page("長い項目", extract=lead + "\n\n" + "末尾。" * 2000, categories=["Category:クトゥルフ神話"])
+    with MediaWikiServer(wiki) as server:
+        code, stdout, stderr = prepare(capsys, server.url, tmp_path, tokenizer_dir, "--depth", "0",
+                                       "--max_page_chars", "1000", "--user_agent", "tests (me@example.org)")
+    assert code == 0, stderr
+    assert "pages cut at --max_page_chars 1000: 1 page(s), 6002 characters left out" in stdout
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "1 (6002 characters left out)" in card
