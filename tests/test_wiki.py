@@ -600,3 +600,16 @@ def test_prepare_data_reports_pages_cut_at_max_page_chars(tmp_path, tokenizer_di
     assert "pages cut at --max_page_chars 1000: 1 page(s), 6002 characters left out" in stdout
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert "1 (6002 characters left out)" in card
+
+
+def test_without_network_an_uncached_hub_tokenizer_is_said_at_once(tmp_path):
+    hub = closed_port_url().removesuffix("/w/api.php")
+    env = {**os.environ, "HF_ENDPOINT": hub, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "prepare_data.py", "--api_url", closed_port_url(), "--tokenizer",
+                             "someone/some-model", "--out_dir", str(tmp_path / "out"), "--cache_dir",
+                             str(tmp_path / "cache")], cwd=Path(prepare_data.__file__).parent, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and time.monotonic() - started < 15
+    assert f"cannot reach the Hub ({hub}) for someone/some-model's tokenizer.model" in result.stderr
+    assert "Retrying" not in result.stderr and "Traceback" not in result.stderr
