@@ -86,7 +86,7 @@ def one_run_at_a_time(folder: str | os.PathLike, option: str) -> Iterator[None]:
         lock.acquire()
     except Timeout:
         raise Busy(f"{folder} is in use by another run ({_holder(owner)}); wait for it to end, or pass another "
-                   f"{option}") from None
+                   f"{option} (if no such run is alive, delete {folder / '.lock'})") from None
     try:
         write_json_atomic(owner, {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -384,8 +384,9 @@ SHAPES = {"pages": page_shape, "categories": listing_shape}
 class Cache:
     """One JSON file per page or category listing under `root/<site>/`, written atomically.
 
-    One run at a time per folder: temporary files that a killed run left (`.name.*.tmp`, see
-    files.write_text_atomic) are removed when the cache is opened.
+    One run at a time per folder (prepare_data.py holds files.one_run_at_a_time on --cache_dir): temporary files
+    that a killed run left (`.name.*.tmp`, see files.write_text_atomic) are removed when the cache is opened.
+    A file that cannot be read, or holds JSON of another shape, is warned about with its path and fetched again.
     """
 
     def __init__(self, root: str | os.PathLike, api_url: str, refresh: bool = False):
