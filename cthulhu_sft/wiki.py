@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -103,13 +105,13 @@ class PoliteRetry(Retry):
 
     RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES | {200}
 
-    def __init__(self, *args, max_wait: float = MAX_RETRY_AFTER, on_retry=None, **kwargs):
+    def __init__(self, *args, max_wait: float = MAX_RETRY_AFTER, on_wait=None, on_retry=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.max_wait, self.on_retry = max_wait, on_retry
+        self.max_wait, self.on_wait, self.on_retry = max_wait, on_wait, on_retry
 
     def new(self, **kwargs):
         retry = super().new(**kwargs)
-        retry.max_wait, retry.on_retry = self.max_wait, self.on_retry
+        retry.max_wait, retry.on_wait, retry.on_retry = self.max_wait, self.on_wait, self.on_retry
         return retry
 
     def get_retry_after(self, response):
@@ -125,9 +127,13 @@ class PoliteRetry(Retry):
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def sleep(self, response=None):
+        """Waits before the next try (between the hooks that end one try and start the next)."""
+        if self.on_wait:
+            self.on_wait()
         wait = self.get_retry_after(response) if response is not None and self.respect_retry_after_header else None
         if wait:
-            logger.info("HTTP %s: waiting %.0f s, as the server asks (Retry-After)", response.status, wait)
+            fault = "maxlag" if response.status == 200 else f"HTTP {response.status}"
+            logger.info("%s: waiting %.0f s, as the server asks (Retry-After)", fault, wait)
         super().sleep(response)
         if self.on_retry:
             self.on_retry()
@@ -156,7 +162,11 @@ def _reason(error: Exception) -> str:
 
 
 class AnswerTooSlow(Exception):
-    pass
+    """A try of a request ran past its deadline (raised by the SIGALRM handler, or between reads)."""
+
+
+def _too_slow(signum, frame):
+    raise AnswerTooSlow
 
 
 class WikiClient:
@@ -189,6 +199,7 @@ class WikiClient:
         self.answered = False  # whether the wiki has answered once: connection failures are retried from then on
         self._last_request = 0.0
         self._try_started = 0.0
+        self._alarm = False  # whether this request's tries are bounded by SIGALRM until their headers are in
         self._warned = set()
         self.retry = PoliteRetry(
             total=retries,
@@ -196,6 +207,7 @@ class WikiClient:
             status_forcelist=(429, 500, 502, 503, 504),
             raise_on_status=False,  # the last answer comes back, so its error can be reported
             max_wait=max_retry_after,
+            on_wait=self._end_try,
             on_retry=self._start_try,
         )
         self.session = requests.Session()
@@ -211,7 +223,21 @@ class WikiClient:
         self._last_request = time.monotonic()
 
     def _start_try(self) -> None:
+        """A try begins: its deadline is `timeout` from now. Until the headers are in, SIGALRM keeps it (a server
+        may trickle its status line too); the body's reads keep it themselves (_read)."""
         self._try_started = time.monotonic()
+        if self._alarm:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    def _end_try(self) -> None:
+        if self._alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    @staticmethod
+    def _alarm_free() -> bool:
+        """Whether SIGALRM may be used: in the main thread, on a system that has it, when no timer is set."""
+        return (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+                and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0))
 
     def _read(self, response: requests.Response) -> bytes:
         """The whole body, decoded, within the try's `timeout` and at most `max_bytes`.
@@ -242,19 +268,28 @@ class WikiClient:
         """One API call (retried by urllib3): the decoded JSON answer, or a WikiError that says why not."""
         params = {"format": "json", "formatversion": "2", "maxlag": str(MAXLAG), **params}
         self._wait_turn()
-        self._start_try()
-        response = None
+        response, self._alarm = None, self._alarm_free()
+        previous = signal.signal(signal.SIGALRM, _too_slow) if self._alarm else None
         try:
+            self._start_try()
             response = self.session.get(self.api_url, params=params, stream=True,
                                         timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
+            self._end_try()
             with response:
                 body = self._read(response)
         except AnswerTooSlow:
-            self._count(response)
+            if response is None:  # still in the status line or headers; urllib3's retries of this try are lost
+                self.requests += 1
+            else:
+                self._count(response)
             raise WikiError(f"{self.api_url}: no complete answer within --timeout {self.timeout:g} s "
                             "(the server sends too slowly); stopping") from None
         except (requests.exceptions.RequestException, ProtocolError) as error:
             raise WikiError(self._failure(error, response)) from None
+        finally:
+            if self._alarm:
+                self._end_try()
+                signal.signal(signal.SIGALRM, previous)
         history = self._count(response)
         if not self.answered:
             self.answered = True

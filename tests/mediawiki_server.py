@@ -16,7 +16,8 @@ It answers what cthulhu_sft/wiki.py asks, the way MediaWiki documents it and doe
     finished modules;
   * faults, one per request from `faults` in order: "maxlag" (200 + error + Retry-After), "maxlag503",
     "429", "503html", "html200", "drop" (connection closed without an answer), "truncate" (half a body),
-    "trickle" (the answer a byte every `trickle_delay` seconds); `retry_after` is the Retry-After that
+    "trickle" (the answer a byte every `trickle_delay` seconds), "trickle_all" (its status line and headers
+    too); `retry_after` is the Retry-After that
     "maxlag", "maxlag503" and "429" send;
     `fail_after`: every request after that many answers gets a 503 HTML page (an outage);
     `endless_continuation`: every answer asks to continue with a new token and brings nothing.
@@ -192,6 +193,9 @@ class MediaWikiServer:
                     return self._send(200, text, "application/json", truncate=True)
                 if fault == "trickle":
                     return self._send(200, text, "application/json", trickle=True)
+                if fault == "trickle_all":  # the status line and headers too
+                    return self._trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                         + f"Content-Length: {len(text.encode())}\r\n\r\n".encode() + text.encode())
                 self._send(200, text, "application/json; charset=utf-8")
 
             def _send(self, status, text, content_type, headers=None, truncate=False, trickle=False):
@@ -211,16 +215,18 @@ class MediaWikiServer:
                     self.close_connection = True
                 self.end_headers()
                 if trickle:
-                    self.close_connection = True
-                    try:
-                        for byte in data:
-                            self.wfile.write(bytes([byte]))
-                            self.wfile.flush()
-                            time.sleep(server.trickle_delay)
-                    except OSError:  # the client gave up
-                        pass
-                    return
+                    return self._trickle(data)
                 self.wfile.write(data[: len(data) // 2] if truncate else data)
+
+            def _trickle(self, data: bytes):
+                self.close_connection = True
+                try:
+                    for byte in data:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(server.trickle_delay)
+                except OSError:  # the client gave up
+                    pass
 
         return Handler
 

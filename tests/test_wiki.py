@@ -374,10 +374,11 @@ def test_a_wait_within_the_cap_is_waited_and_said(tmp_path, caplog):
     assert pages["ルルイエ"]["text"] and "waiting 1 s, as the server asks (Retry-After)" in caplog.text
 
 
-def test_a_server_trickling_its_answer_is_cut_off_at_the_timeout_of_the_whole_request(tmp_path):
+@pytest.mark.parametrize("fault", ["trickle", "trickle_all"])
+def test_a_server_trickling_its_answer_is_cut_off_at_the_timeout_of_the_whole_request(tmp_path, fault):
     with MediaWikiServer(cthulhu_wiki()) as server:
         server.trickle_delay = 0.3  # each byte comes well within the timeout: only a bound on the whole answer stops it
-        server.faults.append("trickle")
+        server.faults.append(fault)
         started = time.monotonic()
         with pytest.raises(WikiError, match="no complete answer within --timeout 1 s"):
             fetch_pages(fast_client(server, timeout=1), Cache(tmp_path, server.url), ["ルルイエ"])
