@@ -355,6 +355,10 @@ class WikiClient:
         continuation = start or {}
         while True:
             data = self.get({"action": "query", **params, **continuation})
+            problem = answer_shape(data)
+            if problem:
+                raise WikiError(f"{self.api_url}: an answer of an unexpected shape ({problem}); is --api_url a "
+                                "MediaWiki api.php?")
             yield data
             continuation = data.get("continue")
             if not continuation:
@@ -384,6 +388,36 @@ def _wrong_fields(data: dict, fields: dict) -> str | None:
     for name, types in fields.items():
         if not isinstance(data.get(name), types) or (types is int and isinstance(data.get(name), bool)):
             return f"'{name}' is {type(data.get(name)).__name__ if name in data else 'missing'}"
+    return None
+
+
+ANSWER_LISTS = {"pages": {"title": str}, "normalized": {"from": str, "to": str}, "redirects": {"from": str, "to": str},
+                "categorymembers": {"title": str, "ns": int}}  # what this client reads of an answer's lists
+PAGE_FIELDS = {"ns": int, "pageid": int, "lastrevid": int, "fullurl": str, "extract": str}  # where present
+
+
+def answer_shape(data: dict) -> str | None:
+    """What in an action=query answer this client cannot read (formatversion 2), or None."""
+    for key in ("continue", "query"):
+        if key in data and not isinstance(data[key], dict):
+            return f"'{key}' is {type(data[key]).__name__}"
+    query = data.get("query") or {}
+    for name, fields in ANSWER_LISTS.items():
+        items = query.get(name, [])
+        if not isinstance(items, list):
+            return f"query.{name} is {type(items).__name__}"
+        for item in items:
+            problem = "an item is not an object" if not isinstance(item, dict) else _wrong_fields(item, fields)
+            if problem:
+                return f"query.{name}: {problem}"
+    for page in query.get("pages", []):
+        present = {name: types for name, types in PAGE_FIELDS.items() if name in page}
+        if problem := _wrong_fields(page, present):
+            return f"query.pages: {problem} in {page['title']}"
+        for prop in LIST_PROPS:
+            items = page.get(prop, [])
+            if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+                return f"query.pages: '{prop}' of {page['title']} is not a list of objects"
     return None
 
 

@@ -7,7 +7,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -614,3 +616,38 @@ def test_without_network_an_uncached_hub_tokenizer_is_said_at_once(tmp_path):
     assert result.returncode == 2 and time.monotonic() - started < 15
     assert f"cannot reach the Hub ({hub}) for someone/some-model's tokenizer.model" in result.stderr
     assert "Retrying" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("body, problem", [
+    ({"query": []}, "'query' is list"),
+    ({"continue": "x", "query": {}}, "'continue' is str"),
+    ({"query": {"pages": {"1": {"title": "ルルイエ"}}}}, "query.pages is dict"),
+    ({"query": {"pages": [5]}}, "query.pages: an item is not an object"),
+    ({"query": {"pages": [{"pageid": 1}]}}, "query.pages: 'title' is missing"),
+    ({"query": {"pages": [{"title": "ルルイエ", "extract": 5}]}}, "query.pages: 'extract' is int in ルルイエ"),
+    ({"query": {"pages": [{"title": "ルルイエ", "redirects": {"title": "x"}}]}}, "query.pages: 'redirects' of ルルイエ is not a list"),
+    ({"query": {"redirects": [{"from": "a"}]}}, "query.redirects: 'to' is missing"),
+    ({"query": {"categorymembers": [{"title": "x", "ns": "0"}]}}, "query.categorymembers: 'ns' is str"),
+])
+def test_an_answer_of_an_unexpected_shape_is_an_error_that_says_what(tmp_path, body, problem):
+    payload = json.dumps(body).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/w/api.php"
+        with pytest.raises(WikiError, match=re.escape(f"an answer of an unexpected shape ({problem}")):
+            fetch_pages(WikiClient(url, interval=0), Cache(tmp_path, url), ["ルルイエ"])
+        with pytest.raises(WikiError, match="unexpected shape|is empty"):
+            crawl_category_tree(WikiClient(url, interval=0), Cache(tmp_path / "2", url), ROOT, 0)
+        httpd.shutdown()
