@@ -84,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     crawl.add_argument("--titles", nargs="+", action="extend", default=[], metavar="TITLE",
                        help="extra pages (several, or 'A|B'); redirects are followed")
     crawl.add_argument("--cache_dir", default=CACHE_DIR,
-                       help="pages under wiki/, the writer's answers under qa/ (default: %(default)s)")
+                       help="pages under wiki/, the writer's answers under qa/; one run at a time uses it, a second "
+                            "is refused (default: %(default)s)")
     crawl.add_argument("--refresh", action="store_true", help="fetch every page again, ignoring the cache")
     crawl.add_argument("--max_page_chars", type=int, default=MAX_PAGE_CHARS,
                        help="longest page text taken; a longer one is cut at a paragraph and counted in the summary "
