@@ -199,7 +199,7 @@ class WikiClient:
         self.answered = False  # whether the wiki has answered once: connection failures are retried from then on
         self._last_request = 0.0
         self._try_started = 0.0
-        self._alarm = False  # whether this request's tries are bounded by SIGALRM until their headers are in
+        self._alarm = False  # whether this request's tries are bounded by SIGALRM
         self._warned = set()
         self.retry = PoliteRetry(
             total=retries,
@@ -223,8 +223,8 @@ class WikiClient:
         self._last_request = time.monotonic()
 
     def _start_try(self) -> None:
-        """A try begins: its deadline is `timeout` from now. Until the headers are in, SIGALRM keeps it (a server
-        may trickle its status line too); the body's reads keep it themselves (_read)."""
+        """A try begins: its deadline is `timeout` from now, kept by SIGALRM where it may be used (a server may
+        trickle its status line and headers too), and by the body's reads themselves (_read) everywhere."""
         self._try_started = time.monotonic()
         if self._alarm:
             signal.setitimer(signal.ITIMER_REAL, self.timeout)
@@ -274,7 +274,6 @@ class WikiClient:
             self._start_try()
             response = self.session.get(self.api_url, params=params, stream=True,
                                         timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
-            self._end_try()
             with response:
                 body = self._read(response)
         except AnswerTooSlow:

@@ -651,3 +651,23 @@ def test_an_answer_of_an_unexpected_shape_is_an_error_that_says_what(tmp_path, b
         with pytest.raises(WikiError, match="unexpected shape|is empty"):
             crawl_category_tree(WikiClient(url, interval=0), Cache(tmp_path / "2", url), ROOT, 0)
         httpd.shutdown()
+
+
+def test_outside_the_main_thread_a_trickling_body_is_cut_off_at_the_timeout_too(tmp_path):
+    """No SIGALRM there: the body's reads keep the deadline themselves."""
+    errors = []
+
+    def crawl():
+        try:
+            fetch_pages(fast_client(server, timeout=1), Cache(tmp_path, server.url), ["ルルイエ"])
+        except WikiError as error:
+            errors.append(error)
+
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        server.trickle_delay = 0.3
+        server.faults.append("trickle")
+        started = time.monotonic()
+        worker = threading.Thread(target=crawl)
+        worker.start()
+        worker.join(timeout=10)
+    assert time.monotonic() - started < 2 and "no complete answer within --timeout 1 s" in str(errors[0])
