@@ -530,16 +530,7 @@ def run(args) -> int:
 
 
 def load_tokenizer(name: str) -> MistralFormat:
-    """The tokenizer from a local folder, the Hub's cache, or the Hub; a DataError at once if the Hub is out of reach."""
-    try:
-        return MistralFormat.from_pretrained(tokenizer_folder(name))
-    except (OSError, ValueError, RuntimeError) as error:
-        raise DataError(f"{tokenizer_error(name, error)}\n(without access to the Hub, pass --tokenizer with a local "
-                        "folder that holds tokenizer.model)") from None
-
-
-def tokenizer_folder(name: str) -> str:
-    """`name` if it is a folder; else its snapshot in the Hub's cache; else `name`, once the Hub has answered.
+    """The tokenizer from a local folder, the Hub's cache (no request), or the Hub; at once when it is out of reach.
 
     hf_hub_download retries a network failure five times with backoff (24 s of warnings); one HEAD request
     (get_hf_file_metadata does not retry) tells at once that the Hub cannot be reached.
@@ -547,23 +538,28 @@ def tokenizer_folder(name: str) -> str:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError, OfflineModeIsEnabled
 
-    if os.path.isdir(name):
-        return name
+    folder = name
+    if not os.path.isdir(name):
+        try:
+            cached = try_to_load_from_cache(name, "tokenizer.model")
+        except HFValidationError:
+            cached = "neither a folder nor a Hub id"  # from_pretrained says so
+        if isinstance(cached, str) and os.path.isfile(cached):
+            folder = os.path.dirname(cached)
+        elif cached is None:
+            try:
+                get_hf_file_metadata(hf_hub_url(name, "tokenizer.model"))
+            except Exception as error:  # an HTTP answer (gated, not found) is reported by from_pretrained below
+                transport = any(kind.__name__ == "TransportError" for kind in type(error).__mro__)  # httpx's or a fork's
+                if isinstance(error, OfflineModeIsEnabled) or transport:
+                    raise DataError(f"cannot reach the Hub ({constants.ENDPOINT}) for {name}'s tokenizer.model, and it "
+                                    f"is not in the Hub's cache: {(str(error).splitlines() or [''])[0]}\nWithout "
+                                    "network, pass --tokenizer with a local folder that holds tokenizer.model") from None
     try:
-        cached = try_to_load_from_cache(name, "tokenizer.model")
-    except HFValidationError:
-        return name  # neither a folder nor a Hub id: from_pretrained says so
-    if isinstance(cached, str):
-        return os.path.dirname(cached)
-    try:
-        get_hf_file_metadata(hf_hub_url(name, "tokenizer.model"))
-    except Exception as error:  # an HTTP answer (gated, not found) is reported by from_pretrained; no answer is here
-        transport = any(kind.__name__ == "TransportError" for kind in type(error).__mro__)  # httpx's, whichever fork
-        if isinstance(error, OfflineModeIsEnabled) or transport:
-            raise DataError(f"cannot reach the Hub ({constants.ENDPOINT}) for {name}'s tokenizer.model, and it is not "
-                            f"in the Hub's cache: {(str(error).splitlines() or [''])[0]}\nWithout network, pass "
-                            "--tokenizer with a local folder that holds tokenizer.model") from None
-    return name
+        return MistralFormat.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise DataError(f"{tokenizer_error(name, error)}\n(without access to the Hub, pass --tokenizer with a local "
+                        "folder that holds tokenizer.model)") from None
 
 
 def hub_ready(args) -> bool:

@@ -671,3 +671,17 @@ def test_outside_the_main_thread_a_trickling_body_is_cut_off_at_the_timeout_too(
         worker.start()
         worker.join(timeout=10)
     assert time.monotonic() - started < 2 and "no complete answer within --timeout 1 s" in str(errors[0])
+
+
+def test_a_hub_tokenizer_in_the_hubs_cache_loads_without_network(tmp_path, tokenizer_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--someone--cached-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "tokenizer.model").write_bytes((tokenizer_dir / "tokenizer.model").read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "ENDPOINT", closed_port_url().removesuffix("/w/api.php"))
+    fmt = prepare_data.load_tokenizer("someone/cached-model")
+    assert fmt.encode_text("クトゥルフ") == prepare_data.load_tokenizer(str(tokenizer_dir)).encode_text("クトゥルフ")
