@@ -1,15 +1,20 @@
-"""A polite, resumable MediaWiki Action API client: category crawl and page text, cached page by page.
+"""A polite, resumable MediaWiki Action API client: category crawl, page text and aliases, cached page by page.
 
-It follows the API's documented behaviour (API:Query, API:Continue, API:Categorymembers, TextExtracts):
+It follows the API's documented behaviour (API:Query, API:Continue, API:Categorymembers, TextExtracts,
+API:Redirects, API:Langlinks):
   * `formatversion=2` answers; every request follows `continue` until the server stops sending it (the
     server decides how much an answer holds: TextExtracts gives one whole-page extract per answer);
+  * a page's other names (its redirects, its English interlanguage title) come in the same answers as its
+    text; the names in its lead's first parentheses are read from the text (page_aliases);
   * categories and pages are known by page id and by the titles the server reports (normalised: a stock
     Japanese wiki calls `Category:X` `カテゴリ:X`), never by the string the user typed;
   * a server that keeps asking to continue without sending anything new is stopped with an error that
     names the category or the pages;
   * `maxlag=5`, a descriptive User-Agent, serial requests at a polite interval; faults (refused or dropped
     connections, 429, 5xx, maxlag) are retried by urllib3's `Retry` mounted on the requests session,
-    honouring Retry-After.
+    honouring Retry-After up to a cap (a longer wait asked is an error that quotes it);
+  * every try is bounded in time (to the answer's last byte) and every answer in size; an answer of an
+    unexpected shape is an error that says what, not a traceback.
 Each page (and each category listing, answer by answer) is cached as one JSON file as soon as it arrives,
 so a second run makes no request and an interrupted crawl resumes where it stopped.
 """
