@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -685,3 +686,23 @@ def test_a_hub_tokenizer_in_the_hubs_cache_loads_without_network(tmp_path, token
     monkeypatch.setattr(constants, "ENDPOINT", closed_port_url().removesuffix("/w/api.php"))
     fmt = prepare_data.load_tokenizer("someone/cached-model")
     assert fmt.encode_text("クトゥルフ") == prepare_data.load_tokenizer(str(tokenizer_dir)).encode_text("クトゥルフ")
+
+
+def test_a_real_write_failure_through_the_cli_is_one_line_naming_the_file(tmp_path, tokenizer_dir):
+    """RLIMIT_FSIZE makes the system refuse any write past 3000 bytes (EFBIG), as a full disk refuses (ENOSPC)."""
+    import resource
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+    with MediaWikiServer(cthulhu_wiki()) as server:
+        result = subprocess.run([sys.executable, "prepare_data.py", "--api_url", server.url, "--depth", "0",
+                                 "--tokenizer", str(tokenizer_dir), "--max_tokens", "256", "--request_interval", "0",
+                                 "--out_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")],
+                                cwd=Path(prepare_data.__file__).parent, capture_output=True, text=True, timeout=120,
+                                preexec_fn=small_files)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert re.fullmatch(rf"error: {re.escape(str(tmp_path))}/\S+: File too large; fix that and run again .*", line)
+    assert not list(tmp_path.rglob("*.tmp"))
