@@ -421,7 +421,7 @@ def interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous, args = signal.signal(signal.SIGTERM, interrupt), None
     try:
         args = parse_args(argv)
         with one_run_at_a_time(args.cache_dir, "--cache_dir"):  # runs sharing a cache would remove each other's files
@@ -434,7 +434,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; run again to resume (what was fetched or written by the model is cached)", file=sys.stderr)
+        cached = args is not None and next(Path(args.cache_dir).glob("*/**/*.json"), None) is not None
+        print(f"interrupted; run again to resume (what was fetched or written by the model is cached in {args.cache_dir})"
+              if cached else "interrupted before anything was cached", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

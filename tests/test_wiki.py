@@ -706,3 +706,14 @@ def test_a_real_write_failure_through_the_cli_is_one_line_naming_the_file(tmp_pa
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert re.fullmatch(rf"error: {re.escape(str(tmp_path))}/\S+: File too large; fix that and run again .*", line)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_sigterm_before_anything_was_cached_offers_no_resume(tmp_path, tokenizer_dir, capsys):
+    with MediaWikiServer(cthulhu_wiki(), retry_after="5") as server:
+        server.faults.append("503html")
+        server.faults.append("maxlag503")  # the client waits 5 s, as asked, before anything is cached
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        code, _, stderr = prepare(capsys, server.url, tmp_path, tokenizer_dir, "--retries", "3")
+        timer.join()
+    assert code == 130 and "interrupted before anything was cached" in stderr and "resume" not in stderr
