@@ -52,13 +52,17 @@ from cthulhu_sft.examples import (
     normalize_question,
     subjects_of,
 )
-from cthulhu_sft.files import write_temporary
+from cthulhu_sft.files import Busy, one_run_at_a_time, os_error_message, write_temporary
 from cthulhu_sft.format import MistralFormat, tokenizer_error
 from cthulhu_sft.legacy import converted_passages, read_legacy
 from cthulhu_sft.splits import SPLITS, alias_groups, known_probes, make_splits, source_texts, split_by_article
 from cthulhu_sft.synth import AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
 from cthulhu_sft.wiki import (
+    CONNECT_TIMEOUT,
     DEFAULT_API_URL,
+    MAX_ANSWER_BYTES,
+    MAX_PAGE_CHARS,
+    MAX_RETRY_AFTER,
     NS_MAIN,
     Cache,
     CategoryError,
@@ -86,8 +90,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     crawl.add_argument("--titles", nargs="+", action="extend", default=[], metavar="TITLE",
                        help="extra pages (several, or 'A|B'); redirects are followed")
     crawl.add_argument("--cache_dir", default=CACHE_DIR,
-                       help="pages under wiki/, the writer's answers under qa/ (default: %(default)s)")
+                       help="pages under wiki/, the writer's answers under qa/; one run at a time uses it, a second "
+                            "is refused (default: %(default)s)")
     crawl.add_argument("--refresh", action="store_true", help="fetch every page again, ignoring the cache")
+    crawl.add_argument("--max_page_chars", type=int, default=MAX_PAGE_CHARS,
+                       help="longest page text taken; a longer one is cut at a paragraph and counted in the summary "
+                            "(default: %(default)s)")
     crawl.add_argument("--user_agent", default=None,
                        help="User-Agent with your contact, as Wikimedia's policy asks (default: the project's)")
     client = parser.add_argument_group("HTTP client (the wiki)")
@@ -95,7 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     client.add_argument("--retries", type=int, default=5, help="retries of a failed request (default: %(default)s)")
     client.add_argument("--backoff_factor", type=float, default=1.0,
                         help="exponential backoff between retries, unless the server sends Retry-After (default: %(default)s)")
-    client.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer (default: %(default)s)")
+    client.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds each try of a request may take, from sending it to the answer's last byte "
+                             f"(connecting may take {CONNECT_TIMEOUT:g} s more; answers over {MAX_ANSWER_BYTES // 2**20} MiB "
+                             "are refused) (default: %(default)s)")
+    client.add_argument("--max_retry_after", type=float, default=MAX_RETRY_AFTER,
+                        help="longest wait a server may ask for (Retry-After) before a retry; a longer one ends the "
+                             "run with what the server asked (default: %(default)s)")
     data = parser.add_argument_group("dataset")
     data.add_argument("--from_json", default=None,
                       help='convert this JSON array of {"text", "output"} (the old notebook\'s file) instead of crawling')
@@ -130,6 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         (not 0 <= args.eval_ratio < 1, f"--eval_ratio must be in [0, 1), got {args.eval_ratio}"),
         (not 0 <= args.probe_ratio < 1, f"--probe_ratio must be in [0, 1), got {args.probe_ratio}"),
         (args.depth < 0, f"--depth must be >= 0, got {args.depth}"),
+        (args.timeout <= 0 or args.max_retry_after < 0, "--timeout must be > 0 and --max_retry_after >= 0"),
+        (args.max_page_chars < 1000, f"--max_page_chars must be at least 1000, got {args.max_page_chars}"),
         (args.max_tokens is not None and args.max_tokens < 16, f"--max_tokens must be at least 16, got {args.max_tokens}"),
         (not 1 <= args.phrasings <= MAX_PHRASINGS, f"--phrasings must be 1 to {MAX_PHRASINGS}, got {args.phrasings}"),
         (bool(args.qa_api_url) != bool(args.qa_model), "--qa_api_url and --qa_model go together"),
@@ -171,8 +187,11 @@ def check_out_dir(out_dir: Path) -> None:
 
 def crawl_articles(args) -> tuple[list[dict], dict, dict]:
     """The articles' page records (sorted by title), the crawl's parameters and its request counts."""
+    if args.user_agent is None:
+        logger.warning("no --user_agent: Wikimedia's User-Agent policy expects one that names you and a contact, e.g. "
+                       "--user_agent 'MyCrawl/1.0 (you@example.org)'; sending the project's")
     client = WikiClient(args.api_url, args.user_agent, retries=args.retries, backoff_factor=args.backoff_factor,
-                        interval=args.request_interval, timeout=args.timeout)
+                        interval=args.request_interval, timeout=args.timeout, max_retry_after=args.max_retry_after)
     cache = Cache(Path(args.cache_dir) / "wiki", args.api_url, refresh=args.refresh)
     titles, categories = [], []
     try:
@@ -180,11 +199,14 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
             titles, categories = crawl_category_tree(client, cache, args.category, args.depth)
         titles += [normalize_title(title) for title in args.titles]
         with tqdm(total=len(dict.fromkeys(titles)), desc="pages", unit="page", disable=None) as progress:
-            records = fetch_pages(client, cache, titles, progress)
+            records = fetch_pages(client, cache, titles, progress, max_chars=args.max_page_chars)
     except CategoryError:
         raise
     except WikiError as error:
-        raise WikiError(f"{error}\nWhat was fetched is cached in {cache.root}; run again to resume.") from None
+        if not cache.saved:  # nothing to resume from
+            raise
+        raise WikiError(f"{error}\n{cache.saved} answer(s) fetched in this run are cached in {cache.root}; "
+                        "run again to resume.") from None
     articles, missing, skipped = {}, [], []
     for requested, record in records.items():
         if record.get("missing"):
@@ -197,6 +219,10 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
         logger.warning("missing page: %s", line)
     for line in skipped:
         logger.warning("skipped: %s", line)
+    cut = {title: record["cut_chars"] for title, record in articles.items() if record.get("cut_chars")}
+    for title, chars in cut.items():
+        logger.warning("cut: %s (its text is longer than --max_page_chars %d; %d characters left out)", title,
+                       args.max_page_chars, chars)
     crawl = {
         "api_url": args.api_url,
         "category": args.category or "(none)",
@@ -206,10 +232,12 @@ def crawl_articles(args) -> tuple[list[dict], dict, dict]:
         "pages listed": len(records),
         "articles": len(articles),
         "missing pages": len(missing),
+        "pages cut at --max_page_chars": f"{len(cut)} ({sum(cut.values())} characters left out)",
         "fetched": f"{min((a['fetched'] for a in articles.values()), default='-')} – "
                    f"{max((a['fetched'] for a in articles.values()), default='-')}",
     }
-    requests = {"requests": client.requests, "retries": client.retries}
+    requests = {"requests": client.requests, "retries": client.retries,
+                "cut": f"{len(cut)} page(s), {sum(cut.values())} characters left out" if cut else None}
     return [articles[title] for title in sorted(articles)], crawl, requests
 
 
@@ -276,11 +304,22 @@ def interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous, args = signal.signal(signal.SIGTERM, interrupt), None
     try:
-        return run(parse_args(argv))
+        args = parse_args(argv)
+        with one_run_at_a_time(args.cache_dir, "--cache_dir"):  # runs sharing a cache would remove each other's files
+            return run(args)
+    except Busy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, a read-only folder: what was cached before stays, for the rerun
+        print(f"error: {os_error_message(error)}; fix that and run again (what is cached is kept)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted; run again to resume (what was fetched or written by the model is cached)", file=sys.stderr)
+        cached = args is not None and next(Path(args.cache_dir).glob("*/**/*.json"), None) is not None
+        print(f"interrupted; run again to resume (what was fetched or written by the model is cached in {args.cache_dir})"
+              if cached else "interrupted before anything was cached", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -379,8 +418,33 @@ def run(args) -> int:
 
 
 def load_tokenizer(name: str) -> MistralFormat:
+    """The tokenizer from a local folder, the Hub's cache (no request), or the Hub; at once when it is out of reach.
+
+    hf_hub_download retries a network failure five times with backoff (24 s of warnings); one HEAD request
+    (get_hf_file_metadata does not retry) tells at once that the Hub cannot be reached.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, OfflineModeIsEnabled
+
+    folder = name
+    if not os.path.isdir(name):
+        try:
+            cached = try_to_load_from_cache(name, "tokenizer.model")
+        except HFValidationError:
+            cached = "neither a folder nor a Hub id"  # from_pretrained says so
+        if isinstance(cached, str) and os.path.isfile(cached):
+            folder = os.path.dirname(cached)
+        elif cached is None:
+            try:
+                get_hf_file_metadata(hf_hub_url(name, "tokenizer.model"))
+            except Exception as error:  # an HTTP answer (gated, not found) is reported by from_pretrained below
+                transport = any(kind.__name__ == "TransportError" for kind in type(error).__mro__)  # httpx's or a fork's
+                if isinstance(error, OfflineModeIsEnabled) or transport:
+                    raise DataError(f"cannot reach the Hub ({constants.ENDPOINT}) for {name}'s tokenizer.model, and it "
+                                    f"is not in the Hub's cache: {(str(error).splitlines() or [''])[0]}\nWithout "
+                                    "network, pass --tokenizer with a local folder that holds tokenizer.model") from None
     try:
-        return MistralFormat.from_pretrained(name)
+        return MistralFormat.from_pretrained(folder)
     except (OSError, ValueError, RuntimeError) as error:
         raise DataError(f"{tokenizer_error(name, error)}\n(without access to the Hub, pass --tokenizer with a local "
                         "folder that holds tokenizer.model)") from None
@@ -431,6 +495,8 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
     if requests is not None:
         print(f"requests: {requests['requests']} ({requests['retries']} retries, "
               f"{requests['requests'] / max(1, articles):.2f} per article), cache: {args.cache_dir}")
+        if requests.get("cut"):
+            print(f"pages cut at --max_page_chars {args.max_page_chars}: {requests['cut']}")
 
 
 def push(out_dir: Path, args) -> int:

@@ -10,10 +10,15 @@ It answers what cthulhu_sft/wiki.py asks, the way MediaWiki documents it and doe
     page set out: `continue` "-||");
   * prop=extracts (TextExtracts: one whole-page extract per answer and `excontinue`, explaintext,
     exsectionformat=wiki; `extracts=False`: a wiki without it, which warns "Unrecognized value"),
-    prop=info (lastrevid, fullurl), with redirects=1, normalized titles, missing and invalid titles,
-    and the `continue` string that marks finished modules;
+    prop=info (lastrevid, fullurl), prop=redirects (rdnamespace, rdshow, rdlimit, `rdcontinue`) and
+    prop=langlinks (lllang, lllimit, `llcontinue`), at most `list_items_per_response` items each per answer,
+    with redirects=1, normalized titles, missing and invalid titles, and the `continue` string that marks
+    finished modules;
   * faults, one per request from `faults` in order: "maxlag" (200 + error + Retry-After), "maxlag503",
-    "429", "503html", "html200", "drop" (connection closed without an answer), "truncate" (half a body);
+    "429", "503html", "html200", "drop" (connection closed without an answer), "truncate" (half a body),
+    "trickle" (the answer a byte every `trickle_delay` seconds), "trickle_all" (its status line and headers
+    too); `retry_after` is the Retry-After that
+    "maxlag", "maxlag503" and "429" send;
     `fail_after`: every request after that many answers gets a 503 HTML page (an outage);
     `endless_continuation`: every answer asks to continue with a new token and brings nothing.
 Every request is recorded in `requests` (params, headers, time) so tests can count and inspect them.
@@ -49,6 +54,8 @@ class Page:
     ns: int = 0
     extract: str = ""  # TextExtracts' plain text with "== heading ==" lines
     redirect: str | None = None
+    fragment: str = ""  # a redirect to a section: "Target#fragment"
+    langlinks: dict = field(default_factory=dict)  # interlanguage links: {"en": "Cthulhu"}
 
 
 @dataclass
@@ -84,8 +91,15 @@ class Wiki:
 
     def add_redirect(self, title, target, categories=()):
         page = self.add_page(title, categories=categories)
+        target, _, page.fragment = target.partition("#")
         page.redirect = self.normalize(target)
         return page
+
+    def redirects_to(self, title: str, namespaces=None, fragments=None) -> list[dict]:
+        """prop=redirects' items for `title` (rdprop=title): the redirects that lead to it."""
+        return [{"ns": page.ns, "title": page.title} for page in self.pages.values()
+                if page.redirect == title and (namespaces is None or page.ns in namespaces)
+                and (fragments is None or bool(page.fragment) == fragments)]
 
     def add_category(self, title, parents=()):
         title = self.normalize(title)
@@ -98,13 +112,15 @@ class Wiki:
 
 class MediaWikiServer:
     def __init__(self, wiki: Wiki, members_per_response=2, extracts=True, retry_after="0", empty_first_page=False,
-                 endless_continuation=False):
+                 endless_continuation=False, list_items_per_response=500):
         self.wiki = wiki
+        self.list_items_per_response = list_items_per_response  # redirects and langlinks: at most rd/lllimit
         self.members_per_response = members_per_response
         self.extracts = extracts
         self.retry_after = retry_after
         self.empty_first_page = empty_first_page
         self.endless_continuation = endless_continuation
+        self.trickle_delay = 0.5
         self.faults = deque()
         self.fail_after = None
         self.answered = 0
@@ -175,11 +191,16 @@ class MediaWikiServer:
                 text = json.dumps(body, ensure_ascii=False)
                 if fault == "truncate":
                     return self._send(200, text, "application/json", truncate=True)
+                if fault == "trickle":
+                    return self._send(200, text, "application/json", trickle=True)
+                if fault == "trickle_all":  # the status line and headers too
+                    return self._trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                         + f"Content-Length: {len(text.encode())}\r\n\r\n".encode() + text.encode())
                 self._send(200, text, "application/json; charset=utf-8")
 
-            def _send(self, status, text, content_type, headers=None, truncate=False):
+            def _send(self, status, text, content_type, headers=None, truncate=False, trickle=False):
                 data = text.encode("utf-8")
-                gzipped = "gzip" in self.headers.get("Accept-Encoding", "") and not truncate
+                gzipped = "gzip" in self.headers.get("Accept-Encoding", "") and not truncate and not trickle
                 if gzipped:
                     data = gzip.compress(data)
                 self.send_response(status)
@@ -193,7 +214,19 @@ class MediaWikiServer:
                     self.send_header("Connection", "close")
                     self.close_connection = True
                 self.end_headers()
+                if trickle:
+                    return self._trickle(data)
                 self.wfile.write(data[: len(data) // 2] if truncate else data)
+
+            def _trickle(self, data: bytes):
+                self.close_connection = True
+                try:
+                    for byte in data:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(server.trickle_delay)
+                except OSError:  # the client gave up
+                    pass
 
         return Handler
 
@@ -243,6 +276,15 @@ class MediaWikiServer:
             body["continue"] = {"cmcontinue": f"page|{offset + count}", "continue": "-||"}
         return body
 
+    def _list_items(self, prop: str, title: str, params: dict) -> list[dict]:
+        if prop == "langlinks":
+            links = self.wiki.pages[title].langlinks
+            return [{"lang": lang, "title": name} for lang, name in sorted(links.items())
+                    if params.get("lllang") in (None, lang)]
+        namespaces = {int(ns) for ns in params["rdnamespace"].split("|")} if params.get("rdnamespace") else None
+        show = params.get("rdshow")
+        return self.wiki.redirects_to(title, namespaces, None if not show else show == "fragment")
+
     def _pages(self, params: dict) -> dict:
         query, warnings = {}, {}
         props = set(params.get("prop", "").split("|")) - {""}
@@ -284,7 +326,20 @@ class MediaWikiServer:
                         entry.update({"fullurl": url, "canonicalurl": url})
                 pages.append(entry)
                 good.append(entry)
-        continuation = {}
+        continuation, finished = {}, set()
+        for prop, prefix in (("redirects", "rd"), ("langlinks", "ll")):
+            if prop not in props or prop in done:
+                continue
+            items = [(entry, item) for entry in good for item in self._list_items(prop, entry["title"], params)]
+            start = int(params.get(f"{prefix}continue", "0"))
+            limit = params.get(f"{prefix}limit", "10")
+            limit = min(len(items) if limit == "max" else int(limit), self.list_items_per_response)
+            for entry, item in items[start: start + limit]:
+                entry.setdefault(prop, []).append(item)
+            if start + limit < len(items):
+                continuation[f"{prefix}continue"] = start + limit
+            else:
+                finished.add(prop)
         if "extracts" in props and "extracts" not in done:
             start = int(params.get("excontinue", "0"))
             limit = 1 if not params.get("exintro") else 20
@@ -298,12 +353,14 @@ class MediaWikiServer:
                 continuation["excontinue"] = self._fresh_token()
             elif start + limit < len(good):
                 continuation["excontinue"] = start + limit
+            else:
+                finished.add("extracts")
         query["pages"] = pages
         body = {"query": query}
         if warnings:
             body["warnings"] = warnings
         if continuation:
-            finished = sorted((props & {"info"}) | done)
+            finished = sorted((props & {"info"}) | finished | done)
             body["continue"] = {**continuation, "continue": "||" + "|".join(finished)}
         else:
             body["batchcomplete"] = True
@@ -380,6 +437,11 @@ def cthulhu_wiki(namespaces=None) -> Wiki:
     wiki.add_page("Template:クトゥルフ神話", extract="ナビゲーション", categories=[root])
     wiki.add_page("ヨグ＝ソトース", extract="ヨグ＝ソトースは、時間と空間に関わる神格である。門にして鍵とも呼ばれる。")
     wiki.add_redirect("Cthulhu", "クトゥルフ")
+    wiki.add_redirect("クトゥルー", "クトゥルフ")
+    wiki.add_redirect("ルルイエの館", "ルルイエ#特徴")  # to a section: not another name of the page
+    wiki.pages["クトゥルフ"].langlinks.update(en="Cthulhu", fr="Cthulhu (mythe)")
+    wiki.pages["ダゴン (クトゥルフ神話)"].langlinks["en"] = "Dagon (Cthulhu Mythos)"
+    wiki.pages["ネクロノミコン"].langlinks["en"] = "Necronomicon"
     return wiki
 
 

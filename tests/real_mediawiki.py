@@ -1,7 +1,7 @@
 """A real MediaWiki on 127.0.0.1 for tests: Debian's `mediawiki` package (1.39) with TextExtracts and Cite.
 
 `running_wiki(folder)` installs a throwaway wiki in `folder` (SQLite, content language ja, so its namespaces are
-MediaWiki's stock Japanese ones: `カテゴリ:`), imports PAGES with `maintenance/importTextFiles.php`, runs the job
+MediaWiki's stock Japanese ones: `カテゴリ:`; `en:` an interlanguage prefix), imports PAGES with `maintenance/importTextFiles.php`, runs the job
 queue, and serves it with PHP's built-in web server on a free port until the `with` block ends (the server is
 stopped then, and killed if it does not stop). Nothing outside `folder` is read or written: the wiki's settings
 file is given by `MW_CONFIG_FILE`, never the system's /etc/mediawiki/LocalSettings.php. About 6 s (install.php
@@ -43,19 +43,19 @@ PAGES = {
     f"Category:{EMPTY_CATEGORY}": "何も属していない分類。",
     # In the root and in a subcategory: crawled once. A footnote, notes sections, ruby-like readings.
     "クトゥルフ": (
-        "'''クトゥルフ'''（Cthulhu）は、怪奇作家が創作した架空の神格である<ref>架空の出典の説明文。</ref>。"
+        "'''クトゥルフ'''（Cthulhu、クトゥルー、ク・リトル・リトル）は、怪奇作家が創作した架空の神格である<ref>架空の出典の説明文。</ref>。"
         "海底都市ルルイエで眠り続けているとされ、旧支配者（きゅうしはいしゃ）の一柱に数えられる。\n\n"
         "== 概要 ==\n巨大な体と蛸（たこ）に似た頭部を持つ存在として描かれる。夢を通じて人間の心に働きかけるという。\n\n"
         "== 登場作品 ==\n=== 小説 ===\n最初に登場したのは1928年に発表された短編である。その後、多くの作家が作品に取り入れた。\n\n"
         "== 脚注 ==\n=== 注釈 ===\n* 架空の注釈の本文。\n=== 出典 ===\n<references />\n\n"
         "== 参考文献 ==\n* 架空の参考文献の書誌情報。\n\n"
         "== 外部リンク ==\n* 架空の公式サイトの説明。\n\n"
-        "[[Category:クトゥルフ神話]]\n[[カテゴリ:クトゥルフ神話の神格]]"
+        "[[Category:クトゥルフ神話]]\n[[カテゴリ:クトゥルフ神話の神格]]\n[[en:Cthulhu]]"
     ),
     "ルルイエ": (
         "'''ルルイエ'''（R'lyeh）は、太平洋の底に沈んだとされる架空の都市である。非ユークリッド的な幾何学で造られているという。\n\n"
         "== 特徴 ==\n都市は緑色の石で築かれている。星辰（せいしん）が正しい位置に来ると浮上するとされる。\n\n"
-        "[[Category:クトゥルフ神話]]"
+        "[[Category:クトゥルフ神話]]\n[[en:R'lyeh]]"
     ),
     "ネクロノミコン": (
         "'''ネクロノミコン'''は、作中に登場する架空の魔道書である。狂える詩人が著したと設定されている。\n\n"
@@ -78,7 +78,12 @@ PAGES = {
     # Outside the category: for --titles (Cthulhu is a redirect to クトゥルフ).
     "ヨグ＝ソトース": "'''ヨグ＝ソトース'''は、時間と空間に関わる神格である。門にして鍵とも呼ばれる。",
     "Cthulhu": "#REDIRECT [[クトゥルフ]]",
+    # The other names of a page: redirects to it (not one to a section), its English link, its lead's parentheses.
+    "クトゥルー": "#REDIRECT [[クトゥルフ]]",
+    "ルルイエの館": "#REDIRECT [[ルルイエ#特徴]]",
 }
+# The aliases the crawl finds for them (the English links need the `en` interwiki prefix, added by install()).
+ALIASES = {"クトゥルフ": ["Cthulhu", "クトゥルー", "ク・リトル・リトル"], "ルルイエ": ["R'lyeh"], "ハスター": []}
 # What a crawl of the root to depth 2 finds (the server's titles).
 ARTICLES = {"クトゥルフ", "ルルイエ", "ネクロノミコン", "ダゴン (クトゥルフ神話)", "ハスター", "インスマスを覆う影"}
 
@@ -151,6 +156,9 @@ def install(folder: Path, pages: dict[str, str] = PAGES) -> None:
          "CthulhuTestWiki", "Admin")
     with open(folder / "LocalSettings.php", "a", encoding="utf-8") as settings:
         settings.write(SETTINGS)
+    # [[en:X]] is an interlanguage link only where `en` is an interwiki prefix; a fresh wiki has none.
+    _php(folder, "maintenance/sql.php", "--query", "INSERT INTO interwiki (iw_prefix, iw_url, iw_api, iw_wikiid, "
+         "iw_local, iw_trans) VALUES ('en', 'https://en.wikipedia.org/wiki/$1', '', '', 0, 0)")
     texts = folder / "pages"
     texts.mkdir()
     for title, text in pages.items():  # importTextFiles.php takes the title from the file name

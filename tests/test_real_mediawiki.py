@@ -2,7 +2,8 @@
 
 The stand-in (mediawiki_server.py) answers as MediaWiki documents it; this checks the crawler against the
 software itself: stock Japanese namespace names (`カテゴリ:`), a category cycle back to the root, a redirect
-listed beside its target, TextExtracts' one extract per answer, sections and notes sections, and the cache.
+listed beside its target, TextExtracts' one extract per answer, sections and notes sections, each page's
+aliases (redirects, English interlanguage link, the lead's parentheses) in the same answers, and the cache.
 Skipped where php and Debian's mediawiki are not installed (see real_mediawiki.py for the apt line).
 """
 
@@ -13,7 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from conftest import PYTHON, run_script
-from real_mediawiki import ARTICLES, EMPTY_CATEGORY, ROOT, missing, running_wiki
+from real_mediawiki import ALIASES, ARTICLES, EMPTY_CATEGORY, ROOT, missing, running_wiki
+
+from cthulhu_sft.wiki import Cache
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=f"no real MediaWiki: {missing()}")]
 
@@ -61,7 +64,7 @@ def test_a_real_wiki_is_crawled_once_per_article_and_a_rerun_asks_nothing(real_w
     assert listings[0] == (root if ":" in root else f"Category:{root}")  # asked as written (the server normalises)
     assert sorted(listings[1:]) == sorted(CATEGORIES[1:])  # subcategories by the server's titles
     # Each article's text asked for once: TextExtracts sends one extract per answer.
-    extracts = [request for request in requests if request.get("prop") == "extracts|info"]
+    extracts = [request for request in requests if request.get("prop") == "extracts|info|redirects|langlinks"]
     articles = ARTICLES | {"ヨグ＝ソトース"}
     assert len(extracts) == len(articles) and len(requests) == len(listings) + len(extracts)
 
@@ -82,6 +85,10 @@ def test_a_real_wiki_is_crawled_once_per_article_and_a_rerun_asks_nothing(real_w
     # A reading in parentheses stays inside its sentence.
     assert any("旧支配者（きゅうしはいしゃ）の一柱に数えられる。" in row["response"] for row in cthulhu)
     assert any(row["response"].startswith("巨大な体と蛸（たこ）に似た頭部") for row in cthulhu)
+
+    # Each page's other names came with its text: redirects (not one to a section), English link, lead's parentheses.
+    cache = Cache(tmp_path / "cache" / "wiki", real_wiki.api_url)
+    assert {title: cache.load("pages", title)["aliases"] for title in ALIASES} == ALIASES
 
     first = {path.name: path.read_bytes() for path in out.iterdir()}
     asked_so_far = len(real_wiki.requests())
