@@ -350,7 +350,7 @@ def open_retriever(source_texts: str | os.PathLike = config.SOURCE_TEXTS) -> Ret
 
 
 def passage_block(number: int, hit: Hit) -> str:
-    heading = f"{hit.title}（{hit.section}）" if hit.section else hit.title
+    heading = f"{hit.title}／{hit.section}" if hit.section else hit.title
     return f"[{number}] {heading}\n{hit.text}"
 
 
