@@ -38,6 +38,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -56,6 +57,11 @@ PROMPT_MAX_TOKENS = 1024  # the whole open-book user turn, in Mistral tokens ([I
 TITLE_BOOST = 0.6  # × the best passage score, added to the passages of an article the question names
 MAX_PER_ARTICLE = 2
 CONTAINED_NAME_WEIGHT = 0.5
+PART_NAME_WEIGHT = 0.5  # a surname alone (ラヴクラフト) also names the works about him
+FUZZY_NAME_WEIGHT = 0.5
+FUZZY_DICE = 0.75  # クトゥルー/クトゥルフ (folded クトゥル/クトゥルフ): 0.86; ダゴン/ダオン: 0.5
+MIN_FUZZY_CHARS = 4
+MIN_PART_CHARS = 3
 MIN_NAME_CHARS = 2  # a one-character title (門) is too common inside questions to be a match
 RECALL_KS = (1, 3, 5)
 KATAKANA_BIGRAM = "\x01"  # prefix keeping bigram tokens apart from words
@@ -160,6 +166,22 @@ def article_names(article: Article) -> list[str]:
     return list(dict.fromkeys([article.title, subject_of(article.title), *article.aliases]))
 
 
+def name_forms(article: Article) -> list[tuple[str, float]]:
+    """(name in metrics.match_form, weight) of what a question may call the article: its names (1.0), and the last
+    part of a name written in parts, a surname (ラヴクラフト of ハワード・フィリップス・ラヴクラフト), at PART_NAME_WEIGHT."""
+    forms: dict[str, float] = {}
+    for name in article_names(article):
+        forms.setdefault(metrics.match_form(name), 1.0)
+        parts = re.split(r"[\s・=゠]+", metrics.normalize(subject_of(name)).strip())
+        if len(parts) > 1 and len(parts[-1]) >= MIN_PART_CHARS:
+            forms.setdefault(metrics.match_form(parts[-1]), PART_NAME_WEIGHT)
+    return [(form, weight) for form, weight in forms.items() if form]
+
+
+def bigrams(word: str) -> set[str]:
+    return {word[index:index + 2] for index in range(len(word) - 1)}
+
+
 def revision_url(url: str, revid: int | None) -> str:
     """The permanent link to the revision that was read (…/w/index.php?title=…&oldid=…), else the page URL."""
     parts = urlsplit(url)
@@ -210,7 +232,14 @@ class Retriever:
 
     def __init__(self, articles: list[Article], passages: list[Hit], owners: list[int], bm25):
         self.articles, self.passages, self.owners, self.bm25 = articles, passages, owners, bm25
-        self.names = [[metrics.match_form(name) for name in article_names(article)] for article in articles]
+        self.names = [name_forms(article) for article in articles]
+        # katakana names, for `fuzzy_names`: (article, bigrams), and the names holding each bigram
+        self.katakana_names = [(number, bigrams(name)) for number, names in enumerate(self.names)
+                               for name, _ in names if len(name) >= MIN_FUZZY_CHARS and metrics.KATAKANA.fullmatch(name)]
+        self.names_with_bigram: dict[str, list[int]] = {}
+        for index, (_, grams) in enumerate(self.katakana_names):
+            for gram in grams:
+                self.names_with_bigram.setdefault(gram, []).append(index)
         self.passages_of: dict[int, list[int]] = {}
         for index, owner in enumerate(owners):
             self.passages_of.setdefault(owner, []).append(index)
@@ -256,22 +285,41 @@ class Retriever:
     # -- search
 
     def named_articles(self, question: str) -> dict[int, float]:
-        """{article: weight} of the articles whose name the question contains: 1.0, or CONTAINED_NAME_WEIGHT for a
-        name found only inside another matched name (クトゥルフ in クトゥルフ神話)."""
+        """{article: weight} of the articles the question names (see `name_forms`): a name's weight, times
+        CONTAINED_NAME_WEIGHT for a name found only inside another matched name (クトゥルフ in クトゥルフ神話);
+        a katakana word of the question that is not a name but shares most of its character bigrams with one
+        (クトゥルー, クトゥルフ) names that article at FUZZY_NAME_WEIGHT."""
         form = metrics.match_form(question)
-        spans = {}
+        found: dict[int, list] = {}
         for number, names in enumerate(self.names):
-            for name in names:
+            for name, weight in names:
                 if len(name) >= MIN_NAME_CHARS and name in form:
-                    spans.setdefault(number, []).extend(
-                        (match.start(), match.end()) for match in re.finditer(re.escape(name), form))
-        covered = [span for found in spans.values() for span in found]
+                    found.setdefault(number, []).extend(
+                        ((match.start(), match.end()), weight) for match in re.finditer(re.escape(name), form))
+        covered = [span for matches in found.values() for span, _ in matches]
 
         def inside_longer(span):
             return any(other != span and other[0] <= span[0] and span[1] <= other[1] for other in covered)
 
-        return {number: CONTAINED_NAME_WEIGHT if all(map(inside_longer, found)) else 1.0
-                for number, found in spans.items()}
+        named = {number: max(weight * (CONTAINED_NAME_WEIGHT if inside_longer(span) else 1.0) for span, weight in matches)
+                 for number, matches in found.items()}
+        for number, weight in self.fuzzy_names(form, covered).items():
+            named[number] = max(named.get(number, 0.0), weight)
+        return named
+
+    def fuzzy_names(self, form: str, covered: list) -> dict[int, float]:
+        named = {}
+        for match in metrics.KATAKANA.finditer(form):
+            word = match.group()
+            if len(word) < MIN_FUZZY_CHARS or any(start <= match.start() and match.end() <= end for start, end in covered):
+                continue
+            grams = bigrams(word)
+            shared = Counter(name for gram in grams for name in self.names_with_bigram.get(gram, ()))
+            for name, count in shared.items():
+                number, name_grams = self.katakana_names[name]
+                if 2 * count / (len(grams) + len(name_grams)) >= FUZZY_DICE:
+                    named[number] = max(named.get(number, 0.0), FUZZY_NAME_WEIGHT)
+        return named
 
     def scores(self, question: str):
         """BM25 score of every passage, the best passage of each article the question names raised by TITLE_BOOST

@@ -251,6 +251,18 @@ def test_a_question_naming_a_subject_finds_its_article_first(corpus_retriever):
         assert corpus_retriever.search(question)[0].title == title, question
 
 
+def test_a_surname_or_another_spelling_names_the_article(corpus_retriever):
+    named = corpus_retriever.named_articles
+    titles = [article.title for article in corpus_retriever.articles]
+    assert {titles[n]: w for n, w in named("ラヴクラフトが生まれた町は？").items()} == {
+        "ハワード・フィリップス・ラヴクラフト": retrieval.PART_NAME_WEIGHT}
+    assert {titles[n] for n in named("クトゥルーの姿は？")} == {"クトゥルフ"}  # fuzzy: most bigrams shared
+    assert {titles[n]: w for n, w in named("クトゥルフ神話の成立は？").items()} == {
+        "クトゥルフ神話": 1.0, "クトゥルフ": retrieval.CONTAINED_NAME_WEIGHT}
+    assert named("ダオンの配偶者は？") == {}  # too far from ダゴン
+    assert corpus_retriever.search("クトゥルーの背中には何がある？")[0].title == "クトゥルフ"
+
+
 def test_at_most_two_passages_of_one_article(corpus_retriever):
     hits = corpus_retriever.search("クトゥルフの外見と信仰と登場作品について", top_k=5)
     titles = [hit.title for hit in hits]

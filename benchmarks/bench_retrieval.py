@@ -1,0 +1,142 @@
+"""Retrieval cost (cthulhu_sft/retrieval.py): index build time, cached load, query latency, added prompt tokens.
+
+    python benchmarks/bench_retrieval.py                      # 1,500 synthetic articles of ~6,000 characters
+    python benchmarks/bench_retrieval.py --articles 300 --queries 100
+
+No crawled corpus ships with the repository, so the corpus is synthetic: each article is a lead and five sections
+drawn from the texts that do ship (data/sample/train.jsonl's answers, tests/test_retrieval.py's articles and the
+test wiki's extracts), with every katakana name replaced by a random one of the same length, so that the
+vocabulary grows with the corpus as a real one does. 1,500 articles of ~6,000 characters is more than
+Category:クトゥルフ神話 and its subcategories hold on ja.wikipedia (prepare_data.py prints the real count).
+
+It measures, on this machine's CPU: building the index (passages, Sudachi analysis, bm25s) and writing the cache
+(`open_retriever` on a new file), loading the cache (`open_retriever` again), the latency of `search` (top 3)
+over `--queries` questions, and the prompt tokens that open-book answering adds to a question (the
+open-book user turn minus the plain one, Mistral tokens) for the shipped sample's eval_known questions over the
+sample's texts and for the synthetic corpus.
+"""
+
+import argparse
+import json
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from mediawiki_server import cthulhu_wiki  # noqa: E402
+from test_retrieval import ARTICLES, QUESTIONS  # noqa: E402
+
+from cthulhu_sft import retrieval  # noqa: E402
+from cthulhu_sft.examples import clean_text, split_sentences  # noqa: E402
+from cthulhu_sft.format import MistralFormat  # noqa: E402
+from cthulhu_sft.tiny import sentencepiece_v1_file  # noqa: E402
+
+KATAKANA_NAME = re.compile(r"[ァ-ヺ][ァ-ヺー]{2,}")
+KATAKANA = [chr(code) for code in range(ord("ァ"), ord("ヺ") + 1)]
+
+
+def pool_of_texts() -> list[str]:
+    texts = [json.loads(line)["response"] for line in (REPO / "data/sample/train.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts += [clean_text(text) for text in ARTICLES.values()]
+    texts += [clean_text(page.extract) for page in cthulhu_wiki().pages.values() if page.extract]
+    return [sentence for text in texts for sentence in split_sentences(text.replace("== ", "").replace(" ==", ""))
+            if len(sentence.strip()) > 10]
+
+
+def synthetic_rows(articles: int, chars: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    sentences = pool_of_texts()
+
+    def renamed(sentence):
+        return KATAKANA_NAME.sub(lambda match: "".join(rng.choice(KATAKANA) for _ in match.group()), sentence)
+
+    def paragraph(length):
+        text = ""
+        while len(text) < length:
+            text += renamed(rng.choice(sentences).strip())
+        return text
+
+    rows = []
+    for number in range(articles):
+        size = max(600, int(rng.lognormvariate(0, 0.8) * chars / 1.4))  # stubs and long articles
+        title = "".join(rng.choice(KATAKANA) for _ in range(rng.randint(3, 8))) + f"{number}"
+        text = paragraph(size // 6) + "".join(f"\n\n== 節{s} ==\n" + paragraph(size // 6) for s in range(5))
+        rows.append({"title": title, "text": text, "source": f"https://ja.wikipedia.org/wiki/{title}",
+                     "revid": 10_000 + number, "split": "train"})
+    return rows
+
+
+def added_tokens(retriever, fmt, questions) -> list[int]:
+    added = []
+    for question in questions:
+        prompt, _ = retrieval.open_book_prompt(question, retriever.search(question), fmt)
+        added.append(len(fmt.encode_user(prompt)) - len(fmt.encode_user(question)))
+    return added
+
+
+def summary(values) -> str:
+    values = sorted(values)
+    return (f"median {statistics.median(values):.4g}, p90 {values[int(0.9 * (len(values) - 1))]:.4g}, "
+            f"max {values[-1]:.4g} (n={len(values)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--articles", type=int, default=1500)
+    parser.add_argument("--chars", type=int, default=6000, help="mean characters per article")
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    fmt = MistralFormat(str(sentencepiece_v1_file()))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "source_texts.jsonl"
+        rows = synthetic_rows(args.articles, args.chars)
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        characters = sum(len(row["text"]) for row in rows)
+        started = time.perf_counter()
+        retriever = retrieval.open_retriever(path)
+        built = time.perf_counter() - started
+        started = time.perf_counter()
+        retriever = retrieval.open_retriever(path)
+        loaded = time.perf_counter() - started
+        cache = retrieval.cache_folder(path)
+        size = sum(file.stat().st_size for file in cache.rglob("*") if file.is_file())
+        questions = [question for question, _ in QUESTIONS]
+        questions = [questions[index % len(questions)] for index in range(args.queries)]
+        retriever.search(questions[0])  # Sudachi's dictionary is loaded by now; the first query pays nothing more
+        latencies = []
+        for question in questions:
+            started = time.perf_counter()
+            retriever.search(question)
+            latencies.append((time.perf_counter() - started) * 1000)
+        synthetic_added = added_tokens(retriever, fmt, questions[:len(QUESTIONS)])
+
+        sample = Path(folder) / "sample" / "source_texts.jsonl"
+        sample.parent.mkdir()
+        texts = {}
+        for line in (REPO / "data/sample/train.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts.setdefault(row["title"], []).append(row["response"])
+        sample.write_text("".join(json.dumps({"title": title, "text": "\n".join(parts)}, ensure_ascii=False) + "\n"
+                                  for title, parts in texts.items()), encoding="utf-8")
+        known = [json.loads(line)["instruction"] for line in
+                 (REPO / "data/sample/eval_known.jsonl").read_text(encoding="utf-8").splitlines()]
+        sample_added = added_tokens(retrieval.open_retriever(sample), fmt, known)
+
+    print(f"corpus: {len(rows)} synthetic articles, {characters / 1e6:.1f} M characters, "
+          f"{len(retriever.passages)} passages")
+    print(f"index build + cache write: {built:.1f} s ({characters / built / 1e3:.0f} k characters/s); "
+          f"cache {size / 2**20:.1f} MiB")
+    print(f"cached load: {loaded:.2f} s")
+    print(f"query latency (top 3, ms): {summary(latencies)}, mean {statistics.mean(latencies):.1f}")
+    print(f"added prompt tokens, sample eval_known over the sample's texts: {summary(sample_added)}")
+    print(f"added prompt tokens, synthetic corpus: {summary(synthetic_added)}")
+
+
+if __name__ == "__main__":
+    main()
