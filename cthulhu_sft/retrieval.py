@@ -13,14 +13,17 @@ the text: a question that names an article's subject finds its passages even whe
 Analysis. NFKC and lower case (metrics.normalize); SudachiPy's morphemes (mode C, and the short units of a
 compound, so 海底都市 matches 海底の都市), as written and in Sudachi's normalized form (附属 → 付属); particles,
 auxiliaries, punctuation and a few question words dropped; katakana folded as the metrics fold it (ー dropped,
-ヴ as ブ), and a katakana name also gives its character bigrams, so that クトゥルー meets クトゥルフ and a name
-Sudachi cuts differently still matches.
+ヴ as ブ: ラヴクラフト = ラブクラフト).
 
-Scoring. bm25s (Lucene BM25) over the passages. An article whose title, subject (the title without its
-disambiguation) or alias the question contains, written in metrics.match_form, gets TITLE_BOOST times the best
-passage score added to each of its passages; a name inside a longer matched name does not count
-(クトゥルフ in クトゥルフ神話). At most MAX_PER_ARTICLE hits come from one article, so the top three name at
-least two articles.
+Scoring. bm25s (Lucene BM25) over the passages. The question names an article when it contains, in
+metrics.match_form, the article's title, subject (the title without its disambiguation) or an alias (weight 1),
+the last part of a name in parts, a surname (ラヴクラフト; 0.5), or a katakana word sharing most character bigrams
+with a katakana name (クトゥルー for クトゥルフ; 0.5); a name found only inside a longer matched name counts half
+(クトゥルフ in クトゥルフ神話), and a surname is worth less the more articles hold it (`Retriever.rarity`: naming
+ラヴクラフト says little in a corpus of his works). The best passage of each named article gets weight ×
+TITLE_BOOST × the best passage score added; only one passage per article, so a name that many questions carry
+takes one place at most. At most MAX_PER_ARTICLE hits come from one article, so the top three name at least two
+articles.
 
 Cache. The index is built once and kept beside the data, in <folder of source_texts>/.retrieval/<key>/ where
 the key is the corpus file's sha256 with INDEX_VERSION; a changed corpus gets a new folder (the old ones of the
@@ -31,6 +34,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -50,11 +54,12 @@ from .files import sha256_file, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-INDEX_VERSION = 1  # part of the cache key: bump it when the cut, the analysis or the stored files change
+INDEX_VERSION = 2  # part of the cache key: bump it when the cut, the analysis or the stored files change
 MAX_PASSAGE_CHARS = 240  # about 270 Mistral tokens of Japanese: three passages and a question fit 1024 tokens
 DEFAULT_TOP_K = 3
+BM25_PARAMETERS = {"k1": 1.5, "b": 0.75, "method": "lucene"}
 PROMPT_MAX_TOKENS = 1024  # the whole open-book user turn, in Mistral tokens ([INST] ... [/INST])
-TITLE_BOOST = 0.6  # × the best passage score, added to the passages of an article the question names
+TITLE_BOOST = 0.5  # × the best passage score, added to the passages of an article the question names
 MAX_PER_ARTICLE = 2
 CONTAINED_NAME_WEIGHT = 0.5
 PART_NAME_WEIGHT = 0.5  # a surname alone (ラヴクラフト) also names the works about him
@@ -62,9 +67,9 @@ FUZZY_NAME_WEIGHT = 0.5
 FUZZY_DICE = 0.75  # クトゥルー/クトゥルフ (folded クトゥル/クトゥルフ): 0.86; ダゴン/ダオン: 0.5
 MIN_FUZZY_CHARS = 4
 MIN_PART_CHARS = 3
-MIN_NAME_CHARS = 2  # a one-character title (門) is too common inside questions to be a match
+MIN_NAME_CHARS = 2
+NAME_IDF_POWER = 1.0  # a one-character title (門) is too common inside questions to be a match
 RECALL_KS = (1, 3, 5)
-KATAKANA_BIGRAM = "\x01"  # prefix keeping bigram tokens apart from words
 
 SKIPPED_POS = {"助詞", "助動詞", "補助記号", "空白", "記号"}
 STOPWORDS = set(
@@ -166,16 +171,17 @@ def article_names(article: Article) -> list[str]:
     return list(dict.fromkeys([article.title, subject_of(article.title), *article.aliases]))
 
 
-def name_forms(article: Article) -> list[tuple[str, float]]:
-    """(name in metrics.match_form, weight) of what a question may call the article: its names (1.0), and the last
-    part of a name written in parts, a surname (ラヴクラフト of ハワード・フィリップス・ラヴクラフト), at PART_NAME_WEIGHT."""
-    forms: dict[str, float] = {}
+def name_forms(article: Article) -> list[tuple[str, float, str]]:
+    """(name in metrics.match_form, weight, name as written) of what a question may call the article: its names
+    (1.0), and the last part of a name written in parts, a surname (ラヴクラフト of ハワード・フィリップス・ラヴクラフト),
+    at PART_NAME_WEIGHT."""
+    forms: dict[str, tuple[float, str]] = {}
     for name in article_names(article):
-        forms.setdefault(metrics.match_form(name), 1.0)
+        forms.setdefault(metrics.match_form(name), (1.0, name))
         parts = re.split(r"[\s・=゠]+", metrics.normalize(subject_of(name)).strip())
         if len(parts) > 1 and len(parts[-1]) >= MIN_PART_CHARS:
-            forms.setdefault(metrics.match_form(parts[-1]), PART_NAME_WEIGHT)
-    return [(form, weight) for form, weight in forms.items() if form]
+            forms.setdefault(metrics.match_form(parts[-1]), (PART_NAME_WEIGHT, parts[-1]))
+    return [(form, weight, name) for form, (weight, name) in forms.items() if form]
 
 
 def bigrams(word: str) -> set[str]:
@@ -200,12 +206,11 @@ def fold(token: str) -> str:
 
 
 def analyze(text: str) -> list[str]:
-    """The BM25 terms of a text (see the module docstring)."""
+    """The words of a text as BM25 terms (see the module docstring)."""
     from sudachipy import SplitMode
 
-    text = metrics.normalize(text)
     terms = []
-    for morpheme in metrics._morphemes(text):
+    for morpheme in metrics._morphemes(metrics.normalize(text)):
         if morpheme.part_of_speech()[0] in SKIPPED_POS or morpheme.normalized_form() in STOPWORDS:
             continue
         forms = {morpheme.surface(), morpheme.normalized_form()}
@@ -213,10 +218,13 @@ def analyze(text: str) -> list[str]:
         if len(units) > 1:
             forms.update(unit.surface() for unit in units)
         terms += [fold(form) for form in sorted(forms) if WORD.search(form) and not ONE_KANA.fullmatch(form)]
-    for name in metrics.KATAKANA.findall(metrics.NAME_SEPARATORS.sub("", text)):
-        name = metrics.fold_kana(name)
-        terms += [KATAKANA_BIGRAM + name[index:index + 2] for index in range(len(name) - 1)]
     return terms
+
+
+# The indexes a passage is scored on: (name, analysis, weight of its BM25 score). Character bigrams of katakana
+# names as a second index were measured and left out: weighted 0.2 to 1.0 they lost more questions of the quiz
+# (texts holding the answer) than they won where only the names could match (README of benchmarks, retrieval).
+INDEXES = (("words", analyze, 1.0),)
 
 
 def indexed_text(article: Article, passage: Hit) -> str:
@@ -230,17 +238,19 @@ def indexed_text(article: Article, passage: Hit) -> str:
 class Retriever:
     """BM25 over the passages of a corpus; `search` gives the best passages for a question."""
 
-    def __init__(self, articles: list[Article], passages: list[Hit], owners: list[int], bm25):
-        self.articles, self.passages, self.owners, self.bm25 = articles, passages, owners, bm25
+    def __init__(self, articles: list[Article], passages: list[Hit], owners: list[int], indexes: dict):
+        self.articles, self.passages, self.owners, self.indexes = articles, passages, owners, indexes
         self.names = [name_forms(article) for article in articles]
         # katakana names, for `fuzzy_names`: (article, bigrams), and the names holding each bigram
         self.katakana_names = [(number, bigrams(name)) for number, names in enumerate(self.names)
-                               for name, _ in names if len(name) >= MIN_FUZZY_CHARS and metrics.KATAKANA.fullmatch(name)]
+                               for name, _, _ in names if len(name) >= MIN_FUZZY_CHARS and metrics.KATAKANA.fullmatch(name)]
         self.names_with_bigram: dict[str, list[int]] = {}
         for index, (_, grams) in enumerate(self.katakana_names):
             for gram in grams:
                 self.names_with_bigram.setdefault(gram, []).append(index)
         self.passages_of: dict[int, list[int]] = {}
+        self.owner_array = __import__("numpy").asarray(owners)
+        self._rarity: dict[str, float] = {}
         for index, owner in enumerate(owners):
             self.passages_of.setdefault(owner, []).append(index)
 
@@ -255,15 +265,18 @@ class Retriever:
                 owners.append(number)
         if not passages:
             raise DataError("no article has text to retrieve from")
-        bm25 = bm25s.BM25()
-        bm25.index([analyze(indexed_text(articles[owner], passage)) for owner, passage in zip(owners, passages)],
-                   show_progress=False)
-        return cls(articles, passages, owners, bm25)
+        texts = [indexed_text(articles[owner], passage) for owner, passage in zip(owners, passages)]
+        indexes = {}
+        for name, analysis, _ in INDEXES:
+            indexes[name] = bm25s.BM25(**BM25_PARAMETERS)
+            indexes[name].index([analysis(text) for text in texts], show_progress=False)
+        return cls(articles, passages, owners, indexes)
 
     # -- cache
 
     def save(self, folder: Path) -> None:
-        self.bm25.save(str(folder / "bm25"))
+        for name, index in self.indexes.items():
+            index.save(str(folder / name))
         write_json_atomic(folder / "articles.json", [asdict(article) | {"text": ""} for article in self.articles])
         write_text_atomic(folder / "passages.jsonl", "".join(
             json.dumps([owner, passage.section, passage.text], ensure_ascii=False) + "\n"
@@ -280,7 +293,7 @@ class Retriever:
             article = articles[owner]
             passages.append(Hit(article.title, section, text, article.revid, article.url))
             owners.append(owner)
-        return cls(articles, passages, owners, bm25s.BM25.load(str(folder / "bm25")))
+        return cls(articles, passages, owners, {name: bm25s.BM25.load(str(folder / name)) for name, _, _ in INDEXES})
 
     # -- search
 
@@ -292,8 +305,9 @@ class Retriever:
         form = metrics.match_form(question)
         found: dict[int, list] = {}
         for number, names in enumerate(self.names):
-            for name, weight in names:
+            for name, weight, written in names:
                 if len(name) >= MIN_NAME_CHARS and name in form:
+                    weight *= self.rarity(written) if weight < 1 else 1.0  # a surname: see `rarity`
                     found.setdefault(number, []).extend(
                         ((match.start(), match.end()), weight) for match in re.finditer(re.escape(name), form))
         covered = [span for matches in found.values() for span, _ in matches]
@@ -306,6 +320,27 @@ class Retriever:
         for number, weight in self.fuzzy_names(form, covered).items():
             named[number] = max(named.get(number, 0.0), weight)
         return named
+
+    def rarity(self, name: str) -> float:
+        """How much naming a surname tells, from 1.0 (only its own article holds its words) down to 0 (every article
+        does: ラヴクラフト in a corpus of his works, whose questions say 「ラヴクラフトの短編」):
+        (log((N + 1) / df) / log(N + 1)) ** NAME_IDF_POWER, df the articles whose passages hold every word of the
+        name. A whole title is not weighed so: the subject of many articles (ネクロノミコン) is still what a
+        question naming it asks about."""
+        if name not in self._rarity:
+            import numpy as np
+
+            index, held = self.indexes["words"], None
+            for term in set(analyze(name)):
+                column = index.vocab_dict.get(term)
+                if column is None:
+                    continue
+                start, end = index.scores["indptr"][column], index.scores["indptr"][column + 1]
+                owners = np.unique(self.owner_array[index.scores["indices"][start:end]])
+                held = owners if held is None else np.intersect1d(held, owners)
+            count, articles = max(1, len(held) if held is not None else 1), len(self.articles)
+            self._rarity[name] = (math.log((articles + 1) / count) / math.log(articles + 1)) ** NAME_IDF_POWER
+        return self._rarity[name]
 
     def fuzzy_names(self, form: str, covered: list) -> dict[int, float]:
         named = {}
@@ -327,8 +362,12 @@ class Retriever:
         クトゥルフ神話, takes one place at most)."""
         import numpy as np
 
-        terms = [self.bm25.vocab_dict[term] for term in analyze(question) if term in self.bm25.vocab_dict]
-        scores = (self.bm25.get_scores(terms) if terms else np.zeros(len(self.passages))).astype("float64")
+        scores = np.zeros(len(self.passages))
+        for name, analysis, weight in INDEXES:
+            index = self.indexes[name]
+            terms = [index.vocab_dict[term] for term in analysis(question) if term in index.vocab_dict]
+            if terms and weight:
+                scores += weight * index.get_scores(terms)
         boost = TITLE_BOOST * max(float(scores.max()), 1.0)
         for number, weight in self.named_articles(question).items():
             own = self.passages_of.get(number)

@@ -254,11 +254,12 @@ def test_a_question_naming_a_subject_finds_its_article_first(corpus_retriever):
 def test_a_surname_or_another_spelling_names_the_article(corpus_retriever):
     named = corpus_retriever.named_articles
     titles = [article.title for article in corpus_retriever.articles]
-    assert {titles[n]: w for n, w in named("ラヴクラフトが生まれた町は？").items()} == {
-        "ハワード・フィリップス・ラヴクラフト": retrieval.PART_NAME_WEIGHT}
+    [(number, weight)] = named("ラヴクラフトが生まれた町は？").items()  # his surname, held by most articles
+    assert titles[number] == "ハワード・フィリップス・ラヴクラフト" and 0 < weight < retrieval.PART_NAME_WEIGHT / 2
     assert {titles[n] for n in named("クトゥルーの姿は？")} == {"クトゥルフ"}  # fuzzy: most bigrams shared
-    assert {titles[n]: w for n, w in named("クトゥルフ神話の成立は？").items()} == {
-        "クトゥルフ神話": 1.0, "クトゥルフ": retrieval.CONTAINED_NAME_WEIGHT}
+    weights = {titles[n]: w for n, w in named("クトゥルフ神話の成立は？").items()}
+    assert weights == {"クトゥルフ神話": 1.0, "クトゥルフ": retrieval.CONTAINED_NAME_WEIGHT}
+    assert named("アルハザードの最期は？") == {titles.index("アブドゥル・アルハザード"): pytest.approx(0.5 * 0.77, abs=0.01)}
     assert named("ダオンの配偶者は？") == {}  # too far from ダゴン
     assert corpus_retriever.search("クトゥルーの背中には何がある？")[0].title == "クトゥルフ"
 
@@ -282,7 +283,7 @@ def test_passages_are_bounded_and_follow_sections(corpus_retriever):
 def test_analysis_folds_spellings_and_drops_particles():
     terms = retrieval.analyze("ＮＥＣＲＯＮＯＭＩＣＯＮについて、ヴーアミタドレスの海底都市は？")
     assert "necronomicon" in terms and "海底" in terms and "都市" in terms
-    assert "ブアミタドレス" in terms or "\x01ブア" in terms  # ヴ as ブ, ー dropped
+    assert "ブアミタドレス" in terms  # ヴ as ブ, ー dropped
     assert not {"は", "の", "、", "？", "について", "つく"} & set(terms)
 
 
