@@ -9,11 +9,18 @@ test wiki's extracts), with every katakana name replaced by a random one of the 
 vocabulary grows with the corpus as a real one does. 1,500 articles of ~6,000 characters is more than
 Category:クトゥルフ神話 and its subcategories hold on ja.wikipedia (prepare_data.py prints the real count).
 
-It measures, on this machine's CPU: building the index (passages, Sudachi analysis, bm25s) and writing the cache
+It measures, on this machine's CPU (one process, one thread; wall and CPU time, since the machine may be shared): building the index (passages, Sudachi analysis, bm25s) and writing the cache
 (`open_retriever` on a new file), loading the cache (`open_retriever` again), the latency of `search` (top 3)
 over `--queries` questions, and the prompt tokens that open-book answering adds to a question (the
 open-book user turn minus the plain one, Mistral tokens) for the shipped sample's eval_known questions over the
 sample's texts and for the synthetic corpus.
+
+Recall (`--recall_only` runs just this): no crawled text ships, so the quiz (data/quiz/cthulhu_quiz_ja.jsonl:
+215 questions, 72 article titles) is made into a corpus, one article per title whose text is its rows' reference
+answers. "with the fact": every row's answer is in its article (the question's words are there, as in a real
+article that states the fact); "fact held out": the asked row's own answer is left out of its article (the
+article must be found by its name and its other facts; rows whose title has one row are skipped). recall@k: the
+share of questions whose titled article is among the top k hits.
 """
 
 import argparse
@@ -72,6 +79,26 @@ def synthetic_rows(articles: int, chars: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def quiz_recall() -> dict[str, dict[int, float]]:
+    rows = [json.loads(line) for line in (REPO / "data/quiz/cthulhu_quiz_ja.jsonl").read_text(encoding="utf-8").splitlines()]
+    by_title: dict[str, list[int]] = {}
+    for number, row in enumerate(rows):
+        by_title.setdefault(row["title"], []).append(number)
+
+    def corpus(left_out=None):
+        return retrieval.Retriever.build([retrieval.Article(title, "\n".join(rows[n]["response"] for n in numbers if n != left_out))
+                                          for title, numbers in by_title.items()])
+
+    whole = corpus()
+    ranks = {"with the fact": [], "fact held out": []}
+    for number, row in enumerate(rows):
+        ranks["with the fact"] += retrieval.ranks_of(whole, [(row["instruction"], row["title"])], 5)
+        if len(by_title[row["title"]]) > 1:
+            ranks["fact held out"] += retrieval.ranks_of(corpus(number), [(row["instruction"], row["title"])], 5)
+    return {name: {k: sum(rank is not None and rank <= k for rank in found) / len(found) for k in retrieval.RECALL_KS}
+            | {"n": len(found)} for name, found in ranks.items()}
+
+
 def added_tokens(retriever, fmt, questions) -> list[int]:
     added = []
     for question in questions:
@@ -91,16 +118,22 @@ def main() -> None:
     parser.add_argument("--articles", type=int, default=1500)
     parser.add_argument("--chars", type=int, default=6000, help="mean characters per article")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--recall_only", action="store_true", help="only the quiz recall")
     args = parser.parse_args()
+    for name, recall in quiz_recall().items():
+        print(f"quiz recall, {name} ({recall.pop('n')} questions): "
+              + ", ".join(f"recall@{k} {value:.3f}" for k, value in recall.items()))
+    if args.recall_only:
+        return
     fmt = MistralFormat(str(sentencepiece_v1_file()))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "source_texts.jsonl"
         rows = synthetic_rows(args.articles, args.chars)
         path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
         characters = sum(len(row["text"]) for row in rows)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         retriever = retrieval.open_retriever(path)
-        built = time.perf_counter() - started
+        built, built_cpu = time.perf_counter() - started, time.process_time() - cpu
         started = time.perf_counter()
         retriever = retrieval.open_retriever(path)
         loaded = time.perf_counter() - started
@@ -130,8 +163,8 @@ def main() -> None:
 
     print(f"corpus: {len(rows)} synthetic articles, {characters / 1e6:.1f} M characters, "
           f"{len(retriever.passages)} passages")
-    print(f"index build + cache write: {built:.1f} s ({characters / built / 1e3:.0f} k characters/s); "
-          f"cache {size / 2**20:.1f} MiB")
+    print(f"index build + cache write: {built:.1f} s wall, {built_cpu:.1f} s CPU ({characters / built_cpu / 1e3:.0f} k "
+          f"characters per CPU second); cache {size / 2**20:.1f} MiB")
     print(f"cached load: {loaded:.2f} s")
     print(f"query latency (top 3, ms): {summary(latencies)}, mean {statistics.mean(latencies):.1f}")
     print(f"added prompt tokens, sample eval_known over the sample's texts: {summary(sample_added)}")

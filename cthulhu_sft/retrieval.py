@@ -502,7 +502,7 @@ class RaftStats:
     chosen: int = 0
     with_passage: int = 0
     distractors_only: int = 0
-    held_out: int = 0  # facts a held-out probe asks: never an open-book example
+    held_out: int = 0  # facts a held-out probe asks, or of an eval-split article: never an open-book example
     too_long: int = 0
     no_distractor: int = 0
 
@@ -531,23 +531,27 @@ def raft_examples(facts: list[Fact], retriever: Retriever, ratio: float, seed: i
     random place among distractors the retriever returns for the question, and the answer is the fact's answer
     citing that passage. A share `distractor_only_ratio` of them get distractors only, none holding the short
     answer, and the answer NOT_FOUND. A fact any of whose questions is in `held_out_questions` (the eval probes,
-    compared as examples.normalize_question does) is skipped. Every row fits `max_tokens` (the whole example);
-    the rows are {"instruction", "response", "title", "source", "revid", "kind": "open_book" | "open_book_absent"}.
+    compared as examples.normalize_question does) is skipped, and so is a fact of an article of the retriever's
+    "eval" split (never trained); no distractor comes from such an article either. Every row fits `max_tokens`
+    (the whole example); the rows are {"instruction", "response", "title", "source", "revid",
+    "kind": "open_book" | "open_book_absent"}.
     """
     held = {normalize_question(question) for question in held_out_questions}
+    unseen = {article.title for article in retriever.articles if article.split == "eval"}
     rng = random.Random(f"{seed}\x00raft")
     stats, rows = RaftStats(facts=len(facts)), []
     for fact in facts:
         if rng.random() >= ratio:
             continue
-        if any(normalize_question(question) in held for question in fact.questions):
+        if fact.passage.title in unseen or any(normalize_question(question) in held for question in fact.questions):
             stats.held_out += 1
             continue
         stats.chosen += 1
         absent = rng.random() < distractor_only_ratio
         question, oracle = fact.questions[0], oracle_passage(fact)
         distractors = [hit for hit in retriever.search(question, top_k=top_k + 4, max_per_article=top_k)
-                       if not same_text(hit, oracle) and not metrics.answer_is_correct(hit.text, [fact.short_answer])]
+                       if hit.title not in unseen and not same_text(hit, oracle)
+                       and not metrics.answer_is_correct(hit.text, [fact.short_answer])]
         if not distractors:
             stats.no_distractor += 1
             continue

@@ -502,6 +502,18 @@ def test_raft_takes_a_share_and_skips_held_out_probes(corpus_retriever, mistral_
     assert not any(row["title"] in ("ネクロノミコン", "ショゴス") for row in rows)
 
 
+def test_raft_never_shows_an_unseen_article(mistral_format):
+    """Articles of the eval split (never trained) give neither facts nor distractors."""
+    unseen = {"ミスカトニック大学", "ハスター", "アーカム"}
+    retriever = Retriever.build([Article(row["title"], row["text"], row["source"], row["revid"],
+                                         split="eval" if row["title"] in unseen else "train")
+                                 for row in source_rows(ARTICLES)])
+    rows, stats = raft_examples(make_facts(), retriever, 1.0, 0, [], mistral_format, 1024)
+    assert stats.held_out == 8 and len(rows) == 16  # the ハスター and アーカム facts
+    shown = "".join(row["instruction"] for row in rows)
+    assert "ネクロノミコン" in shown and not any(f"] {title}" in shown for title in unseen)
+
+
 def test_raft_drops_what_cannot_fit(corpus_retriever, mistral_format):
     rows, stats = raft_examples(make_facts()[:6], corpus_retriever, 1.0, 0, [], mistral_format, max_tokens=120)
     assert rows == [] and stats.too_long == 6
