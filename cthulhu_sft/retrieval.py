@@ -13,7 +13,9 @@ the text: a question that names an article's subject finds its passages even whe
 Analysis. NFKC and lower case (metrics.normalize); SudachiPy's morphemes (mode C, and the short units of a
 compound, so 海底都市 matches 海底の都市), as written and in Sudachi's normalized form (附属 → 付属); particles,
 auxiliaries, punctuation and a few question words dropped; katakana folded as the metrics fold it (ー dropped,
-ヴ as ブ: ラヴクラフト = ラブクラフト).
+ヴ as ブ: ラヴクラフト = ラブクラフト). Character bigrams of katakana names, as a second index weighted 0.2 to 1.0,
+were measured and left out: they lost more quiz questions whose article holds the answer than they won where only
+names could match (benchmarks/RESULTS.md, "Retrieval").
 
 Scoring. bm25s (Lucene BM25) over the passages. The question names an article when it contains, in
 metrics.match_form, the article's title, subject (the title without its disambiguation) or an alias (weight 1),
@@ -47,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+import numpy as np
+
 from . import config, metrics
 from .data import DataError, load_items
 from .examples import Fact, clean_text, normalize_question, parse_sections, section_label, split_sentences, subject_of
@@ -54,21 +58,21 @@ from .files import sha256_file, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-INDEX_VERSION = 2  # part of the cache key: bump it when the cut, the analysis or the stored files change
+INDEX_VERSION = 3  # part of the cache key: bump it when the cut, the analysis or the stored files change
 MAX_PASSAGE_CHARS = 240  # about 270 Mistral tokens of Japanese: three passages and a question fit 1024 tokens
 DEFAULT_TOP_K = 3
 BM25_PARAMETERS = {"k1": 1.5, "b": 0.75, "method": "lucene"}
 PROMPT_MAX_TOKENS = 1024  # the whole open-book user turn, in Mistral tokens ([INST] ... [/INST])
 TITLE_BOOST = 0.5  # × the best passage score, added to the passages of an article the question names
-MAX_PER_ARTICLE = 2
-CONTAINED_NAME_WEIGHT = 0.5
+MAX_PER_ARTICLE = 2  # hits from one article: the top three always show two articles or more
+CONTAINED_NAME_WEIGHT = 0.5  # a name seen only inside a longer matched one: クトゥルフ in クトゥルフ神話
 PART_NAME_WEIGHT = 0.5  # a surname alone (ラヴクラフト) also names the works about him
-FUZZY_NAME_WEIGHT = 0.5
+FUZZY_NAME_WEIGHT = 0.5  # a katakana word close to a name: another spelling, or a typo
 FUZZY_DICE = 0.75  # クトゥルー/クトゥルフ (folded クトゥル/クトゥルフ): 0.86; ダゴン/ダオン: 0.5
 MIN_FUZZY_CHARS = 4
 MIN_PART_CHARS = 3
-MIN_NAME_CHARS = 2
-NAME_IDF_POWER = 1.0  # a one-character title (門) is too common inside questions to be a match
+MIN_NAME_CHARS = 2  # a one-character title (門) is too common inside questions to be a match
+NAME_IDF_POWER = 1.0  # how fast a surname's weight falls with the articles holding it (Retriever.rarity)
 RECALL_KS = (1, 3, 5)
 
 SKIPPED_POS = {"助詞", "助動詞", "補助記号", "空白", "記号"}
@@ -221,12 +225,6 @@ def analyze(text: str) -> list[str]:
     return terms
 
 
-# The indexes a passage is scored on: (name, analysis, weight of its BM25 score). Character bigrams of katakana
-# names as a second index were measured and left out: weighted 0.2 to 1.0 they lost more questions of the quiz
-# (texts holding the answer) than they won where only the names could match (README of benchmarks, retrieval).
-INDEXES = (("words", analyze, 1.0),)
-
-
 def indexed_text(article: Article, passage: Hit) -> str:
     return "\n".join([*article_names(article), passage.section, passage.text])
 
@@ -238,8 +236,8 @@ def indexed_text(article: Article, passage: Hit) -> str:
 class Retriever:
     """BM25 over the passages of a corpus; `search` gives the best passages for a question."""
 
-    def __init__(self, articles: list[Article], passages: list[Hit], owners: list[int], indexes: dict):
-        self.articles, self.passages, self.owners, self.indexes = articles, passages, owners, indexes
+    def __init__(self, articles: list[Article], passages: list[Hit], owners: list[int], bm25):
+        self.articles, self.passages, self.owners, self.bm25 = articles, passages, owners, bm25
         self.names = [name_forms(article) for article in articles]
         # katakana names, for `fuzzy_names`: (article, bigrams), and the names holding each bigram
         self.katakana_names = [(number, bigrams(name)) for number, names in enumerate(self.names)
@@ -249,10 +247,10 @@ class Retriever:
             for gram in grams:
                 self.names_with_bigram.setdefault(gram, []).append(index)
         self.passages_of: dict[int, list[int]] = {}
-        self.owner_array = __import__("numpy").asarray(owners)
-        self._rarity: dict[str, float] = {}
         for index, owner in enumerate(owners):
             self.passages_of.setdefault(owner, []).append(index)
+        self.owner_array = np.asarray(owners)
+        self._rarity: dict[str, float] = {}
 
     @classmethod
     def build(cls, articles: list[Article]) -> "Retriever":
@@ -265,18 +263,15 @@ class Retriever:
                 owners.append(number)
         if not passages:
             raise DataError("no article has text to retrieve from")
-        texts = [indexed_text(articles[owner], passage) for owner, passage in zip(owners, passages)]
-        indexes = {}
-        for name, analysis, _ in INDEXES:
-            indexes[name] = bm25s.BM25(**BM25_PARAMETERS)
-            indexes[name].index([analysis(text) for text in texts], show_progress=False)
-        return cls(articles, passages, owners, indexes)
+        bm25 = bm25s.BM25(**BM25_PARAMETERS)
+        bm25.index([analyze(indexed_text(articles[owner], passage)) for owner, passage in zip(owners, passages)],
+                   show_progress=False)
+        return cls(articles, passages, owners, bm25)
 
     # -- cache
 
     def save(self, folder: Path) -> None:
-        for name, index in self.indexes.items():
-            index.save(str(folder / name))
+        self.bm25.save(str(folder / "bm25"))
         write_json_atomic(folder / "articles.json", [asdict(article) | {"text": ""} for article in self.articles])
         write_text_atomic(folder / "passages.jsonl", "".join(
             json.dumps([owner, passage.section, passage.text], ensure_ascii=False) + "\n"
@@ -293,7 +288,7 @@ class Retriever:
             article = articles[owner]
             passages.append(Hit(article.title, section, text, article.revid, article.url))
             owners.append(owner)
-        return cls(articles, passages, owners, {name: bm25s.BM25.load(str(folder / name)) for name, _, _ in INDEXES})
+        return cls(articles, passages, owners, bm25s.BM25.load(str(folder / "bm25")))
 
     # -- search
 
@@ -328,15 +323,13 @@ class Retriever:
         name. A whole title is not weighed so: the subject of many articles (ネクロノミコン) is still what a
         question naming it asks about."""
         if name not in self._rarity:
-            import numpy as np
-
-            index, held = self.indexes["words"], None
+            matrix, held = self.bm25.scores, None  # per term (column), the passages that hold it
             for term in set(analyze(name)):
-                column = index.vocab_dict.get(term)
+                column = self.bm25.vocab_dict.get(term)
                 if column is None:
                     continue
-                start, end = index.scores["indptr"][column], index.scores["indptr"][column + 1]
-                owners = np.unique(self.owner_array[index.scores["indices"][start:end]])
+                start, end = matrix["indptr"][column], matrix["indptr"][column + 1]
+                owners = np.unique(self.owner_array[matrix["indices"][start:end]])
                 held = owners if held is None else np.intersect1d(held, owners)
             count, articles = max(1, len(held) if held is not None else 1), len(self.articles)
             self._rarity[name] = (math.log((articles + 1) / count) / math.log(articles + 1)) ** NAME_IDF_POWER
@@ -360,14 +353,8 @@ class Retriever:
         """BM25 score of every passage, the best passage of each article the question names raised by TITLE_BOOST
         × the best score (one boosted passage per article: a name that many questions carry, such as
         クトゥルフ神話, takes one place at most)."""
-        import numpy as np
-
-        scores = np.zeros(len(self.passages))
-        for name, analysis, weight in INDEXES:
-            index = self.indexes[name]
-            terms = [index.vocab_dict[term] for term in analysis(question) if term in index.vocab_dict]
-            if terms and weight:
-                scores += weight * index.get_scores(terms)
+        terms = [self.bm25.vocab_dict[term] for term in analyze(question) if term in self.bm25.vocab_dict]
+        scores = self.bm25.get_scores(terms).astype("float64") if terms else np.zeros(len(self.passages))
         boost = TITLE_BOOST * max(float(scores.max()), 1.0)
         for number, weight in self.named_articles(question).items():
             own = self.passages_of.get(number)
@@ -379,8 +366,6 @@ class Retriever:
     def search(self, question: str, top_k: int = DEFAULT_TOP_K, max_per_article: int = MAX_PER_ARTICLE) -> list[Hit]:
         """The `top_k` best passages for the question, at most `max_per_article` from one article (fewer only
         when the corpus has fewer); passages that share no term with the question and name no article are left out."""
-        import numpy as np
-
         scores = self.scores(question)
         hits, taken = [], {}
         for index in np.argsort(-scores, kind="stable"):
