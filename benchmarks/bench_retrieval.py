@@ -15,7 +15,9 @@ over `--queries` questions, and the prompt tokens that open-book answering adds 
 open-book user turn minus the plain one, Mistral tokens) for the shipped sample's eval_known questions over the
 sample's texts and for the synthetic corpus.
 
-Recall (`--recall_only` runs just this): no crawled text ships, so the quiz (data/quiz/cthulhu_quiz_ja.jsonl:
+Recall (`--recall_only` runs just this), for the retriever's variants (VARIANTS: module settings changed for the
+run): the tests' sets (tests/test_retrieval.py's written corpus and test wiki, the shipped sample's eval_known over
+its training answers), and the quiz. No crawled text ships, so the quiz (data/quiz/cthulhu_quiz_ja.jsonl:
 215 questions, 72 article titles) is made into a corpus, one article per title whose text is its rows' reference
 answers. "with the fact": every row's answer is in its article (the question's words are there, as in a real
 article that states the fact); "fact held out": the asked row's own answer is left out of its article (the
@@ -37,9 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from mediawiki_server import cthulhu_wiki  # noqa: E402
-from test_retrieval import ARTICLES, QUESTIONS  # noqa: E402
+from test_retrieval import ARTICLES, QUESTIONS, WIKI_QUESTIONS  # noqa: E402
 
-from cthulhu_sft import retrieval  # noqa: E402
+from cthulhu_sft import metrics, retrieval  # noqa: E402
 from cthulhu_sft.examples import clean_text, split_sentences  # noqa: E402
 from cthulhu_sft.format import MistralFormat  # noqa: E402
 from cthulhu_sft.tiny import sentencepiece_v1_file  # noqa: E402
@@ -79,24 +81,81 @@ def synthetic_rows(articles: int, chars: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def quiz_recall() -> dict[str, dict[int, float]]:
+def recall_sets() -> dict[str, list[tuple]]:
+    """{set: [(corpus key, question, title)]} and the corpora, as articles, under "corpora"."""
     rows = [json.loads(line) for line in (REPO / "data/quiz/cthulhu_quiz_ja.jsonl").read_text(encoding="utf-8").splitlines()]
     by_title: dict[str, list[int]] = {}
     for number, row in enumerate(rows):
         by_title.setdefault(row["title"], []).append(number)
 
-    def corpus(left_out=None):
-        return retrieval.Retriever.build([retrieval.Article(title, "\n".join(rows[n]["response"] for n in numbers if n != left_out))
-                                          for title, numbers in by_title.items()])
+    def quiz_corpus(left_out=None):
+        return [retrieval.Article(title, "\n".join(rows[n]["response"] for n in numbers if n != left_out))
+                for title, numbers in by_title.items()]
 
-    whole = corpus()
-    ranks = {"with the fact": [], "fact held out": []}
+    corpora = {"quiz": quiz_corpus(), "written": [retrieval.Article(title, clean_text(text)) for title, text in ARTICLES.items()],
+               "wiki": [retrieval.Article(page.title, clean_text(page.extract)) for page in cthulhu_wiki().pages.values()
+                        if page.ns == 0 and page.extract and not page.redirect],
+               "sample": [retrieval.Article(title, "\n".join(texts)) for title, texts in sample_texts().items()]}
+    sets = {"quiz, with the fact": [("quiz", row["instruction"], row["title"]) for row in rows],
+            "quiz, fact held out": [],
+            "written corpus (tests)": [("written", question, title) for question, title in QUESTIONS],
+            "test wiki (tests)": [("wiki", question, title) for question, title in WIKI_QUESTIONS],
+            "sample eval_known": [("sample", json.loads(line)["instruction"], json.loads(line)["title"]) for line in
+                                  (REPO / "data/sample/eval_known.jsonl").read_text(encoding="utf-8").splitlines()]}
     for number, row in enumerate(rows):
-        ranks["with the fact"] += retrieval.ranks_of(whole, [(row["instruction"], row["title"])], 5)
         if len(by_title[row["title"]]) > 1:
-            ranks["fact held out"] += retrieval.ranks_of(corpus(number), [(row["instruction"], row["title"])], 5)
-    return {name: {k: sum(rank is not None and rank <= k for rank in found) / len(found) for k in retrieval.RECALL_KS}
-            | {"n": len(found)} for name, found in ranks.items()}
+            corpora[f"quiz-{number}"] = quiz_corpus(number)
+            sets["quiz, fact held out"].append((f"quiz-{number}", row["instruction"], row["title"]))
+    return sets, corpora
+
+
+def sample_texts() -> dict[str, list[str]]:
+    texts: dict[str, list[str]] = {}
+    for line in (REPO / "data/sample/train.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        texts.setdefault(row["title"], []).append(row["response"])
+    return texts
+
+
+def with_name_bigrams(analyze):
+    """The analysis plus the character bigrams of the text's katakana names (the variant measured and left out)."""
+    def analysis(text):
+        folded = metrics.NAME_SEPARATORS.sub("", metrics.normalize(text))
+        names = [metrics.fold_kana(name) for name in metrics.KATAKANA.findall(folded)]
+        return analyze(text) + ["\x01" + gram for name in names for gram in sorted(retrieval.bigrams(name))]
+    return analysis
+
+
+def recall_table(variants: dict[str, dict]) -> list[str]:
+    """A markdown table: recall@1 / recall@3 of each set under each variant (module settings to change)."""
+    sets, corpora = recall_sets()
+    lines = ["| variant | " + " | ".join(f"{name} ({len(items)})" for name, items in sets.items()) + " |",
+             "|---" * (len(sets) + 1) + "|"]
+    for label, settings in variants.items():
+        saved = {name: getattr(retrieval, name) for name in settings}
+        try:
+            for name, value in settings.items():
+                setattr(retrieval, name, value)
+            built = {key: retrieval.Retriever.build(articles) for key, articles in corpora.items()}
+            cells = []
+            for items in sets.values():
+                ranks = [rank for key, question, title in items for rank in retrieval.ranks_of(built[key], [(question, title)], 3)]
+                cells.append("/".join(f"{sum(r is not None and r <= k for r in ranks) / len(ranks):.3f}" for k in (1, 3)))
+        finally:
+            for name, value in saved.items():
+                setattr(retrieval, name, value)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+VARIANTS = {
+    "BM25 alone (no name boost)": {"TITLE_BOOST": 0.0},
+    "default (name boost 0.5, surname by rarity)": {},
+    "name boost 1.0": {"TITLE_BOOST": 1.0},
+    "surname at full weight (no rarity)": {"NAME_IDF_POWER": 0.0},
+    "one hit per article": {"MAX_PER_ARTICLE": 1},
+    "plus katakana-name bigrams in the index": {"analyze": with_name_bigrams(retrieval.analyze)},
+}
 
 
 def added_tokens(retriever, fmt, questions) -> list[int]:
@@ -120,9 +179,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--recall_only", action="store_true", help="only the quiz recall")
     args = parser.parse_args()
-    for name, recall in quiz_recall().items():
-        print(f"quiz recall, {name} ({recall.pop('n')} questions): "
-              + ", ".join(f"recall@{k} {value:.3f}" for k, value in recall.items()))
+    print("recall@1/recall@3 (questions):")
+    print("\n".join(recall_table(VARIANTS)))
     if args.recall_only:
         return
     fmt = MistralFormat(str(sentencepiece_v1_file()))
@@ -151,12 +209,8 @@ def main() -> None:
 
         sample = Path(folder) / "sample" / "source_texts.jsonl"
         sample.parent.mkdir()
-        texts = {}
-        for line in (REPO / "data/sample/train.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            texts.setdefault(row["title"], []).append(row["response"])
         sample.write_text("".join(json.dumps({"title": title, "text": "\n".join(parts)}, ensure_ascii=False) + "\n"
-                                  for title, parts in texts.items()), encoding="utf-8")
+                                  for title, parts in sample_texts().items()), encoding="utf-8")
         known = [json.loads(line)["instruction"] for line in
                  (REPO / "data/sample/eval_known.jsonl").read_text(encoding="utf-8").splitlines()]
         sample_added = added_tokens(retrieval.open_retriever(sample), fmt, known)
