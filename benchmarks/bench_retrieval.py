@@ -172,15 +172,18 @@ def summary(values) -> str:
             f"max {values[-1]:.4g} (n={len(values)})")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--articles", type=int, default=1500)
     parser.add_argument("--chars", type=int, default=6000, help="mean characters per article")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--recall_only", action="store_true", help="only the quiz recall")
-    args = parser.parse_args()
-    print("recall@1/recall@3 (questions):")
-    print("\n".join(recall_table(VARIANTS)))
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--recall_only", action="store_true", help="only the recall table")
+    only.add_argument("--cost_only", action="store_true", help="only the cost figures")
+    args = parser.parse_args(argv)
+    if not args.cost_only:
+        print("recall@1/recall@3 (questions):")
+        print("\n".join(recall_table(VARIANTS)))
     if args.recall_only:
         return
     fmt = MistralFormat(str(sentencepiece_v1_file()))

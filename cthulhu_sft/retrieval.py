@@ -399,6 +399,21 @@ def open_retriever(source_texts: str | os.PathLike = config.SOURCE_TEXTS) -> Ret
             shutil.rmtree(folder, ignore_errors=True)
     started = time.monotonic()
     retriever = Retriever.build(read_articles(path))
+    logger.info("indexed %d passages of %d articles in %.1fs", len(retriever.passages), len(retriever.articles),
+                time.monotonic() - started)
+    try:
+        save_once(retriever, folder)
+    except OSError as error:  # a read-only data folder: the index still serves this process
+        logger.warning("the retrieval index is not cached (%s: %s); it is rebuilt next time", folder, error)
+        return retriever
+    for old in folder.parent.glob(f"{path.stem}-*"):
+        if old != folder and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return retriever
+
+
+def save_once(retriever: Retriever, folder: Path) -> None:
+    """Saves under a temporary name beside `folder`, then renames it: the folder appears whole or not at all."""
     temporary = folder.with_name(f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         temporary.mkdir(parents=True)
@@ -409,12 +424,6 @@ def open_retriever(source_texts: str | os.PathLike = config.SOURCE_TEXTS) -> Ret
             raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    for old in folder.parent.glob(f"{path.stem}-*"):
-        if old != folder and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-    logger.info("indexed %d passages of %d articles in %.1fs (%s)", len(retriever.passages),
-                len(retriever.articles), time.monotonic() - started, folder)
-    return retriever
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -628,6 +637,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # to stderr: --json output stays clean
     try:
         pairs = read_recall_pairs(args.recall) if args.recall else None
         retriever = open_retriever(args.source_texts)

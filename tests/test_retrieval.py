@@ -1,6 +1,7 @@
 """The retriever (recall of the right article on held-out questions), its cache, the CLI, the open-book prompt's ids
 against mistral-common, citations, and the RAFT examples' rules."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -316,6 +317,13 @@ def test_an_unreadable_cache_is_rebuilt(tmp_path):
     assert open_retriever(source_texts).search("ルルイエ", top_k=1)[0].title == "ルルイエ"
 
 
+def test_a_folder_that_cannot_hold_the_cache_still_serves(tmp_path, caplog):
+    source_texts = write_jsonl(tmp_path / "source_texts.jsonl", source_rows(dict(list(ARTICLES.items())[:3])))
+    (tmp_path / ".retrieval").write_text("a file where the cache folder would be")
+    assert open_retriever(source_texts).search("ネクロノミコン", top_k=1)[0].title == "ネクロノミコン"
+    assert "not cached" in caplog.text
+
+
 def test_cli_prints_title_section_revision_and_url(tmp_path):
     source_texts = write_jsonl(tmp_path / "source_texts.jsonl", source_rows(ARTICLES))
     result = run_script([PYTHON, "-m", "cthulhu_sft.retrieval", "--source_texts", str(source_texts),
@@ -526,3 +534,12 @@ def test_revision_url():
         "https://ja.wikipedia.org/w/index.php?title=%E3%83%80%E3%82%B4%E3%83%B3&oldid=12")
     assert retrieval.revision_url("https://ja.wikipedia.org/wiki/X", None) == "https://ja.wikipedia.org/wiki/X"
     assert retrieval.revision_url("", 5) == ""
+
+
+def test_the_benchmark_runs_small(capsys):
+    spec = importlib.util.spec_from_file_location("bench_retrieval", REPO / "benchmarks" / "bench_retrieval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--cost_only", "--articles", "12", "--chars", "1500", "--queries", "5"])
+    out = capsys.readouterr().out
+    assert "corpus: 12 synthetic articles" in out and "query latency" in out and "added prompt tokens" in out
