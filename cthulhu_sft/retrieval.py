@@ -89,7 +89,7 @@ OPEN_BOOK_INSTRUCTION = (
     "資料に答えが書かれていないときは、推測せずに「{not_found}」と答えてください。"
 )
 NOT_FOUND = "資料からは分かりません。"  # metrics.is_abstention takes it for an abstention
-CITATION = re.compile(r"\[\s*(\d{1,3}(?:\s*[,、，;]\s*\d{1,3})*)\s*\]")
+CITATION = re.compile(r"\[\s*(\d{1,3}(?:\s*[,、，;]\s*\d{1,3})*)\s*\]|資料\s*(\d{1,2})(?![\d年])")
 BRACKETS = str.maketrans({"【": "[", "】": "]", "〔": "[", "〕": "]"})
 
 
@@ -466,9 +466,10 @@ def open_book_prompt(question: str, hits: list[Hit], fmt, max_tokens: int = PROM
 
 
 def parse_citations(answer: str) -> list[int]:
-    """The passage numbers an answer cites, in order, once each: [1], [1][2], ［1］, [1, 2], 【1】."""
+    """The passage numbers an answer cites, in order, once each: [1], [1][2], ［1］, [1, 2], 【1】, 資料1."""
     text = metrics.normalize(answer).translate(BRACKETS)
-    numbers = [int(number) for group in CITATION.findall(text) for number in re.split(r"\s*[,、，;]\s*", group)]
+    groups = [bracketed or named for bracketed, named in CITATION.findall(text)]
+    numbers = [int(number) for group in groups for number in re.split(r"\s*[,、，;]\s*", group)]
     return list(dict.fromkeys(numbers))
 
 
