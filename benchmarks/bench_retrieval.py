@@ -119,10 +119,10 @@ def sample_texts() -> dict[str, list[str]]:
 
 def with_name_bigrams(analyze):
     """The analysis plus the character bigrams of the text's katakana names (the variant measured and left out)."""
-    def analysis(text):
+    def analysis(text, passage=True):
         folded = metrics.NAME_SEPARATORS.sub("", metrics.normalize(text))
         names = [metrics.fold_kana(name) for name in metrics.KATAKANA.findall(folded)]
-        return analyze(text) + ["\x01" + gram for name in names for gram in sorted(retrieval.bigrams(name))]
+        return analyze(text, passage) + ["\x01" + gram for name in names for gram in sorted(retrieval.bigrams(name))]
     return analysis
 
 

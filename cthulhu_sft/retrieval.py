@@ -13,7 +13,8 @@ the text: a question that names an article's subject finds its passages even whe
 Analysis. NFKC and lower case (metrics.normalize); SudachiPy's morphemes (mode C, and the short units of a
 compound, so 海底都市 matches 海底の都市), as written and in Sudachi's normalized form (附属 → 付属); particles,
 auxiliaries, punctuation and a few question words dropped; katakana folded as the metrics fold it (ー dropped,
-ヴ as ブ: ラヴクラフト = ラブクラフト). Character bigrams of katakana names, as a second index weighted 0.2 to 1.0,
+ヴ as ブ: ラヴクラフト = ラブクラフト) and with small vowels as large ones (ツァトゥグァ = ツァトゥグア); a passage's name
+in parts also gives the whole name as one word (ヨグ=ソトース → ヨグソトス), as a question may write it. Character bigrams of katakana names, as a second index weighted 0.2 to 1.0,
 were measured and left out: they lost more quiz questions whose article holds the answer than they won where only
 names could match (benchmarks/RESULTS.md, "Retrieval").
 
@@ -58,7 +59,7 @@ from .files import sha256_file, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-INDEX_VERSION = 3  # part of the cache key: bump it when the cut, the analysis or the stored files change
+INDEX_VERSION = 4  # part of the cache key: bump it when the cut, the analysis or the stored files change
 MAX_PASSAGE_CHARS = 240  # about 270 Mistral tokens of Japanese: three passages and a question fit 1024 tokens
 DEFAULT_TOP_K = 3
 BM25_PARAMETERS = {"k1": 1.5, "b": 0.75, "method": "lucene"}
@@ -205,16 +206,24 @@ def revision_url(url: str, revid: int | None) -> str:
 # Analysis
 
 
+SMALL_KANA = str.maketrans("ァィゥェォヵヶ", "アイウエオカケ")
+JOINED_NAME = re.compile(r"[ァ-ヺー]+(?:[・=゠][ァ-ヺー]+)+")
+
+
 def fold(token: str) -> str:
-    return metrics.fold_kana(token) if metrics.KATAKANA.fullmatch(token) else token
+    """A katakana word in one spelling: metrics.fold_kana (ー dropped, ヴ as ブ), small vowels as large ones
+    (ツァトゥグァ = ツァトゥグア)."""
+    return metrics.fold_kana(token).translate(SMALL_KANA) if metrics.KATAKANA.fullmatch(token) else token
 
 
-def analyze(text: str) -> list[str]:
-    """The words of a text as BM25 terms (see the module docstring)."""
+def analyze(text: str, passage: bool = True) -> list[str]:
+    """The words of a text as BM25 terms (see the module docstring). A passage also gives each name written in
+    parts as one word, since questions write it without separators (ヨグ=ソトース → ヨグソトス); a question does not,
+    or its names in parts would count twice."""
     from sudachipy import SplitMode
 
-    terms = []
-    for morpheme in metrics._morphemes(metrics.normalize(text)):
+    text, terms = metrics.normalize(text), []
+    for morpheme in metrics._morphemes(text):
         if morpheme.part_of_speech()[0] in SKIPPED_POS or morpheme.normalized_form() in STOPWORDS:
             continue
         forms = {morpheme.surface(), morpheme.normalized_form()}
@@ -222,6 +231,8 @@ def analyze(text: str) -> list[str]:
         if len(units) > 1:
             forms.update(unit.surface() for unit in units)
         terms += [fold(form) for form in sorted(forms) if WORD.search(form) and not ONE_KANA.fullmatch(form)]
+    if passage:
+        terms += [fold(metrics.NAME_SEPARATORS.sub("", name)) for name in JOINED_NAME.findall(text)]
     return terms
 
 
@@ -353,7 +364,7 @@ class Retriever:
         """BM25 score of every passage, the best passage of each article the question names raised by TITLE_BOOST
         × the best score (one boosted passage per article: a name that many questions carry, such as
         クトゥルフ神話, takes one place at most)."""
-        terms = [self.bm25.vocab_dict[term] for term in analyze(question) if term in self.bm25.vocab_dict]
+        terms = [self.bm25.vocab_dict[term] for term in analyze(question, passage=False) if term in self.bm25.vocab_dict]
         scores = self.bm25.get_scores(terms).astype("float64") if terms else np.zeros(len(self.passages))
         boost = TITLE_BOOST * max(float(scores.max()), 1.0)
         for number, weight in self.named_articles(question).items():

@@ -265,6 +265,13 @@ def test_a_surname_or_another_spelling_names_the_article(corpus_retriever):
     assert corpus_retriever.search("クトゥルーの背中には何がある？")[0].title == "クトゥルフ"
 
 
+def test_a_name_in_parts_is_found_written_as_one_word(corpus_retriever):
+    """Sudachi keeps テオドラスフィレタス whole; the passage's テオドラス・フィレタス also gives that word."""
+    assert retrieval.analyze("テオドラスフィレタスは何をした？", passage=False)[0] == "テオドラスフイレタス"
+    assert corpus_retriever.search("テオドラスフィレタスは何をした？")[0].title == "ネクロノミコン"
+    assert retrieval.analyze("ツァトゥグァ") == retrieval.analyze("ツァトゥグア") == ["ツアトウグア"]  # small ァ as ア
+
+
 def test_at_most_two_passages_of_one_article(corpus_retriever):
     hits = corpus_retriever.search("クトゥルフの外見と信仰と登場作品について", top_k=5)
     titles = [hit.title for hit in hits]
