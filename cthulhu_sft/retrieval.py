@@ -514,12 +514,22 @@ class RaftStats:
 
 
 def oracle_passage(fact: Fact) -> Hit:
-    """The fact's own passage as retrieval cuts it: the part of its section that holds the evidence (else the
-    data's passage text, cut to the part with the evidence)."""
+    """The fact's own passage as retrieval cuts it: the part of its section that holds the evidence; where the
+    evidence crosses a cut, the sentences from the one where it starts, to MAX_PASSAGE_CHARS or the evidence's end."""
     passage = fact.passage
-    parts = cut_section(passage.text)
     evidence = metrics.match_form(fact.evidence)
-    text = next((part for part in parts if evidence in metrics.match_form(part)), None)
+    text = next((part for part in cut_section(passage.text) if evidence in metrics.match_form(part)), None)
+    start = passage.text.find(fact.evidence)
+    if text is None and start >= 0:
+        end, text, offset = start + len(fact.evidence), "", 0
+        for sentence in split_sentences(passage.text):
+            sentence_start, offset = offset, offset + len(sentence)
+            if offset <= start:
+                continue  # before the evidence
+            if sentence_start >= end and len(text) + len(sentence) > MAX_PASSAGE_CHARS:
+                break
+            text += sentence
+        text = text.strip()
     return Hit(passage.title, passage.section, text or passage.text, passage.revid, passage.source)
 
 
@@ -535,8 +545,8 @@ def raft_examples(facts: list[Fact], retriever: Retriever, ratio: float, seed: i
 
     Each chosen fact is asked (its first question) over `top_k` passages: its own passage (`oracle_passage`) at a
     random place among distractors the retriever returns for the question, and the answer is the fact's answer
-    citing that passage. A share `distractor_only_ratio` of them get distractors only, none holding the short
-    answer, and the answer NOT_FOUND. A fact any of whose questions is in `held_out_questions` (the eval probes,
+    citing that passage. A share `distractor_only_ratio` of them get distractors only, none from the fact's article
+    and none holding the short answer, and the answer NOT_FOUND. A fact any of whose questions is in `held_out_questions` (the eval probes,
     compared as examples.normalize_question does) is skipped, and so is a fact of an article of the retriever's
     "eval" split (never trained); no distractor comes from such an article either. Every row fits `max_tokens`
     (the whole example); the rows are {"instruction", "response", "title", "source", "revid",
@@ -555,8 +565,10 @@ def raft_examples(facts: list[Fact], retriever: Retriever, ratio: float, seed: i
         stats.chosen += 1
         absent = rng.random() < distractor_only_ratio
         question, oracle = fact.questions[0], oracle_passage(fact)
+        # an "absent" example shows nothing of the fact's article, which may state the fact in other words
         distractors = [hit for hit in retriever.search(question, top_k=top_k + 4, max_per_article=top_k)
                        if hit.title not in unseen and not same_text(hit, oracle)
+                       and not (absent and hit.title == fact.passage.title)
                        and not metrics.answer_is_correct(hit.text, [fact.short_answer])]
         if not distractors:
             stats.no_distractor += 1

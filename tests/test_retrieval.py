@@ -3,6 +3,7 @@ against mistral-common, citations, and the RAFT examples' rules."""
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -479,6 +480,14 @@ def make_facts() -> list[Fact]:
     return facts * 4  # 24 facts: enough for the shares to show
 
 
+def shown_passages(instruction: str) -> list[tuple[str, str]]:
+    """(heading, text) of each numbered passage of an open-book user turn, in order."""
+    body = instruction.removeprefix("資料：\n").split("\n\n" + retrieval.OPEN_BOOK_INSTRUCTION[:10])[0]
+    blocks = re.split(r"(?:^|\n\n)\[(\d+)\] ", body)[1:]
+    assert [int(number) for number in blocks[::2]] == list(range(1, len(blocks) // 2 + 1))
+    return [tuple(block.split("\n", 1)) for block in blocks[1::2]]
+
+
 def test_raft_examples_follow_the_rules(corpus_retriever, mistral_format, reference_tokenizer):
     facts = make_facts()
     rows, stats = raft_examples(facts, corpus_retriever, ratio=1.0, seed=3, held_out_questions=[],
@@ -490,17 +499,18 @@ def test_raft_examples_follow_the_rules(corpus_retriever, mistral_format, refere
     for fact, row in zip(facts, rows):
         assert len(mistral_format.encode_example(row["instruction"], row["response"]).input_ids) <= 1024
         assert row["instruction"].endswith(f"質問：{fact.questions[0]}")
-        blocks = row["instruction"].split("\n\n")
-        shown = [block for block in blocks if block.startswith("[") or block.startswith("資料：\n[")]
+        shown = shown_passages(row["instruction"])
         if row["kind"] == "open_book":
             [number] = parse_citations(row["response"])
             positions.add(number)
-            assert fact.evidence in shown[number - 1] and fact.passage.title in shown[number - 1].split("\n")[-2]
+            heading, text = shown[number - 1]
+            assert fact.evidence in text and heading.startswith(fact.passage.title)
             assert row["response"].startswith(fact.answer.removesuffix("。"))
-            assert sum(fact.short_answer in block for block in shown) == 1  # no distractor holds the answer
+            assert sum(fact.short_answer in text for _, text in shown) == 1  # no distractor holds the answer
         else:
             assert row["response"] == NOT_FOUND
-            assert not any(fact.evidence in block or fact.short_answer in block for block in shown)
+            assert not any(fact.evidence in text or fact.short_answer in text for _, text in shown)
+            assert not any(heading.startswith(fact.passage.title) for heading, _ in shown)  # nothing of its article
         assert (row["title"], row["source"], row["revid"]) == (fact.passage.title, fact.passage.source, 7)
     assert len(positions) >= 2  # the fact's passage is not always first
     again, _ = raft_examples(facts, corpus_retriever, 1.0, 3, [], mistral_format, 1024)
@@ -520,6 +530,16 @@ def test_raft_takes_a_share_and_skips_held_out_probes(corpus_retriever, mistral_
     assert not any(row["title"] in ("ネクロノミコン", "ショゴス") for row in rows)
 
 
+def test_the_oracle_is_the_part_that_holds_the_evidence():
+    text = "".join(f"第{n}の文はここにある。" for n in range(40)) + "ルルイエは太平洋にある。" + "後の文。" * 80
+    passage = Passage("ルルイエ", "ルルイエ", "", text, ["q"], "url", 1)
+    part = retrieval.oracle_passage(Fact(passage, "ルルイエは太平洋にある", "太平洋", "太平洋です。", ["q"])).text
+    assert "ルルイエは太平洋にある。" in part and len(part) <= retrieval.MAX_PASSAGE_CHARS
+    crossing = "第39の文はここにある。ルルイエは"  # spans the cut between two parts
+    part = retrieval.oracle_passage(Fact(passage, crossing, "39", "第39です。", ["q"])).text
+    assert part.startswith("第39の文はここにある。ルルイエは太平洋にある。") and len(part) <= retrieval.MAX_PASSAGE_CHARS
+
+
 def test_raft_never_shows_an_unseen_article(mistral_format):
     """Articles of the eval split (never trained) give neither facts nor distractors."""
     unseen = {"ミスカトニック大学", "ハスター", "アーカム"}
@@ -527,7 +547,7 @@ def test_raft_never_shows_an_unseen_article(mistral_format):
                                          split="eval" if row["title"] in unseen else "train")
                                  for row in source_rows(ARTICLES)])
     rows, stats = raft_examples(make_facts(), retriever, 1.0, 0, [], mistral_format, 1024)
-    assert stats.held_out == 8 and len(rows) == 16  # the ハスター and アーカム facts
+    assert stats.held_out == 8 and len(rows) == 16 - stats.no_distractor  # the ハスター and アーカム facts skipped
     shown = "".join(row["instruction"] for row in rows)
     assert "ネクロノミコン" in shown and not any(f"] {title}" in shown for title in unseen)
 
