@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PYTHON, REPO, mistral_common_ids, run_script
-from mediawiki_server import LONG_TITLE, cthulhu_wiki
+from mediawiki_server import LONG_TITLE, MediaWikiServer, cthulhu_wiki
 
 from cthulhu_sft import retrieval
 from cthulhu_sft.examples import Fact, Passage, clean_text
@@ -226,6 +226,27 @@ def test_crawled_wiki_recall_at_3_is_1(tmp_path):
     assert recall_at_k(retriever, WIKI_QUESTIONS)[3] == 1.0
     [hit] = retriever.search("ハスターは何と呼ばれる？", top_k=1)
     assert (hit.title, hit.revid) == ("ハスター", wiki.pages["ハスター"].revid)
+
+
+def test_crawled_by_prepare_data_recall_at_3_is_1(tmp_path, tokenizer_dir, capsys):
+    """The real crawl (prepare_data.py against the loopback MediaWiki) writes data/source_texts.jsonl; the CLI's
+    --recall over it: recall@3 = 1.0 on the 12 held-out questions, and a hit names its revision."""
+    import prepare_data
+
+    with MediaWikiServer(cthulhu_wiki()) as wiki:
+        assert prepare_data.main(["--api_url", wiki.url, "--tokenizer", str(tokenizer_dir), "--max_tokens", "256",
+                                  "--cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "data"),
+                                  "--request_interval", "0", "--backoff_factor", "0", "--depth", "2",
+                                  "--titles", "ヨグ＝ソトース"]) == 0
+    capsys.readouterr()
+    source_texts = tmp_path / "data/source_texts.jsonl"
+    questions = write_jsonl(tmp_path / "questions.jsonl", [{"instruction": q, "title": t} for q, t in WIKI_QUESTIONS])
+    assert retrieval.main(["--source_texts", str(source_texts), "--recall", str(questions)]) == 0
+    assert "recall@3: 1.000" in capsys.readouterr().out
+    assert retrieval.main(["--source_texts", str(source_texts), "--json", "--top_k", "1", "門にして鍵とも呼ばれる神格"]) == 0
+    [hit] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    revid = cthulhu_wiki().pages["ヨグ＝ソトース"].revid
+    assert hit["title"] == "ヨグ＝ソトース" and hit["revid"] == revid and hit["revision_url"].endswith(f"&oldid={revid}")
 
 
 def sample_source_texts(folder: Path) -> Path:
