@@ -13,20 +13,21 @@ the text: a question that names an article's subject finds its passages even whe
 Analysis. NFKC and lower case (metrics.normalize); SudachiPy's morphemes (mode C, and the short units of a
 compound, so 海底都市 matches 海底の都市), as written and in Sudachi's normalized form (附属 → 付属); particles,
 auxiliaries, punctuation and a few question words dropped; katakana folded as the metrics fold it (ー dropped,
-ヴ as ブ: ラヴクラフト = ラブクラフト) and with small vowels as large ones (ツァトゥグァ = ツァトゥグア); a passage's name
-in parts also gives the whole name as one word (ヨグ=ソトース → ヨグソトス), as a question may write it. Character bigrams of katakana names, as a second index weighted 0.2 to 1.0,
-were measured and left out: they lost more quiz questions whose article holds the answer than they won where only
-names could match (benchmarks/RESULTS.md, "Retrieval").
+ヴ as ブ: ラヴクラフト = ラブクラフト) and with small vowels as large ones (ツァトゥグァ = ツァトゥグア); a passage's
+name in parts also gives the whole name as one word (ヨグ=ソトース → ヨグソトス), as a question may write it.
+Measured and left out (benchmarks/RESULTS.md, "Retrieval"): character bigrams of katakana names (they lost quiz
+questions whose article holds the answer), and the kanji of words with okurigana (眠り, 眠る → 眠: a wash with the
+name boost, a loss without it).
 
 Scoring. bm25s (Lucene BM25) over the passages. The question names an article when it contains, in
 metrics.match_form, the article's title, subject (the title without its disambiguation) or an alias (weight 1),
 the last part of a name in parts, a surname (ラヴクラフト; 0.5), or a katakana word sharing most character bigrams
-with a katakana name (クトゥルー for クトゥルフ; 0.5); a name found only inside a longer matched name counts half
-(クトゥルフ in クトゥルフ神話), and a surname is worth less the more articles hold it (`Retriever.rarity`: naming
-ラヴクラフト says little in a corpus of his works). The best passage of each named article gets weight ×
-TITLE_BOOST × the best passage score added; only one passage per article, so a name that many questions carry
-takes one place at most. At most MAX_PER_ARTICLE hits come from one article, so the top three name at least two
-articles.
+with a katakana name (クトゥルー for クトゥルフ; 0.5). A name found only inside a longer matched name counts half
+(クトゥルフ in クトゥルフ神話); one the question is about counts double (followed by は, とは, について: its topic);
+a surname is worth less the more articles hold it (`Retriever.rarity`: naming ラヴクラフト says little in a corpus
+of his works). The best passage of each named article gets weight × TITLE_BOOST × the best passage score added;
+only one passage per article, so a name that many questions carry takes one place at most. At most
+MAX_PER_ARTICLE hits come from one article, so the top three name at least two articles.
 
 Cache. The index is built once and kept beside the data, in <folder of source_texts>/.retrieval/<key>/ where
 the key is the corpus file's sha256 with INDEX_VERSION; a changed corpus gets a new folder (the old ones of the
@@ -59,7 +60,7 @@ from .files import sha256_file, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-INDEX_VERSION = 4  # part of the cache key: bump it when the cut, the analysis or the stored files change
+INDEX_VERSION = 6  # part of the cache key: bump it when the cut, the analysis or the stored files change
 MAX_PASSAGE_CHARS = 240  # about 270 Mistral tokens of Japanese: three passages and a question fit 1024 tokens
 DEFAULT_TOP_K = 3
 BM25_PARAMETERS = {"k1": 1.5, "b": 0.75, "method": "lucene"}
@@ -71,6 +72,8 @@ PART_NAME_WEIGHT = 0.5  # a surname alone (ラヴクラフト) also names the wo
 FUZZY_NAME_WEIGHT = 0.5  # a katakana word close to a name: another spelling, or a typo
 FUZZY_DICE = 0.75  # クトゥルー/クトゥルフ (folded クトゥル/クトゥルフ): 0.86; ダゴン/ダオン: 0.5
 MIN_FUZZY_CHARS = 4
+TOPIC_WEIGHT = 2.0  # a name the question is about: followed by は, とは, について ... (クトゥルフはどこで眠る？)
+TOPIC = re.compile(r"は|とは|について|に関して|って")
 MIN_PART_CHARS = 3
 MIN_NAME_CHARS = 2  # a one-character title (門) is too common inside questions to be a match
 NAME_IDF_POWER = 1.0  # how fast a surname's weight falls with the articles holding it (Retriever.rarity)
@@ -321,8 +324,12 @@ class Retriever:
         def inside_longer(span):
             return any(other != span and other[0] <= span[0] and span[1] <= other[1] for other in covered)
 
-        named = {number: max(weight * (CONTAINED_NAME_WEIGHT if inside_longer(span) else 1.0) for span, weight in matches)
-                 for number, matches in found.items()}
+        def weighed(span, weight):
+            if inside_longer(span):
+                return weight * CONTAINED_NAME_WEIGHT
+            return weight * (TOPIC_WEIGHT if TOPIC.match(form, span[1]) else 1.0)
+
+        named = {number: max(weighed(span, weight) for span, weight in matches) for number, matches in found.items()}
         for number, weight in self.fuzzy_names(form, covered).items():
             named[number] = max(named.get(number, 0.0), weight)
         return named

@@ -163,7 +163,8 @@ QUESTIONS = [
     ("クトゥルーが初めて登場した短編は何年に雑誌に載りましたか？", "クトゥルフ"),
 ]
 
-# Held-out questions about the crawled test wiki (tests/mediawiki_server.py), none in its texts' words alone.
+# Questions about the test wiki (tests/mediawiki_server.py), whose articles are a sentence or three: most reuse
+# a phrase of their article, none names it (but ネクロノミコン's second).
 WIKI_QUESTIONS = [
     ("千の姿を持つとされる神格は？", "ニャルラトホテプ"),
     ("深きものどもに崇拝される存在は何ですか？", "ダゴン (クトゥルフ神話)"),
@@ -210,7 +211,8 @@ def mistral_format(tokenizer_dir):
 
 
 def test_written_corpus_recall_at_3_is_1(corpus_retriever):
-    """recall@3 = 1.0 on 35 held-out questions over 16 articles; recall@1 at least 0.9 (33 of 35 when written)."""
+    """recall@3 = 1.0 on 35 held-out questions over 16 articles; recall@1 at least 0.9 (32 of 35 today: the
+    questions that name another article, アーカム's for ミスカトニック大学 and back, put that one first)."""
     recall = recall_at_k(corpus_retriever, QUESTIONS)
     assert recall[3] == 1.0
     assert recall[1] >= 0.9
@@ -270,7 +272,8 @@ def test_shipped_sample_recall_at_3_is_1(tmp_path, capsys):
 
 def test_a_question_naming_a_subject_finds_its_article_first(corpus_retriever):
     for question, title in [("ショゴスについて教えてください。", "ショゴス"), ("ダゴンとは何ですか？", "ダゴン (クトゥルフ神話)"),
-                            ("クトゥルフ神話とは？", "クトゥルフ神話"), ("ヨグ・ソトースの別名は？", "ヨグ＝ソトース")]:
+                            ("クトゥルフ神話とは？", "クトゥルフ神話"), ("ヨグ・ソトースの別名は？", "ヨグ＝ソトース"),
+                            ("クトゥルフはどこで眠っているとされますか？", "クトゥルフ")]:  # its topic, though 眠り ≠ 眠る
         assert corpus_retriever.search(question)[0].title == title, question
 
 
@@ -282,6 +285,7 @@ def test_a_surname_or_another_spelling_names_the_article(corpus_retriever):
     assert {titles[n] for n in named("クトゥルーの姿は？")} == {"クトゥルフ"}  # fuzzy: most bigrams shared
     weights = {titles[n]: w for n, w in named("クトゥルフ神話の成立は？").items()}
     assert weights == {"クトゥルフ神話": 1.0, "クトゥルフ": retrieval.CONTAINED_NAME_WEIGHT}
+    assert named("ショゴスとは？ショゴスの") == {titles.index("ショゴス"): retrieval.TOPIC_WEIGHT}  # the topic
     assert named("アルハザードの最期は？") == {titles.index("アブドゥル・アルハザード"): pytest.approx(0.5 * 0.77, abs=0.01)}
     assert named("ダオンの配偶者は？") == {}  # too far from ダゴン
     assert corpus_retriever.search("クトゥルーの背中には何がある？")[0].title == "クトゥルフ"
