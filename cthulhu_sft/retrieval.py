@@ -668,7 +668,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # to stderr: --json output stays clean
+    logging.basicConfig(format="%(message)s")  # to stderr: --json output stays clean
+    logger.setLevel(logging.INFO)  # this module's build line; bm25s' own logging stays at warnings
     try:
         pairs = read_recall_pairs(args.recall) if args.recall else None
         retriever = open_retriever(args.source_texts)
