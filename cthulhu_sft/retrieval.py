@@ -668,8 +668,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(format="%(message)s")  # to stderr: --json output stays clean
-    logger.setLevel(logging.INFO)  # this module's build line; bm25s' own logging stays at warnings
+    if not logger.handlers:  # this module's lines on stderr (the --json output stays clean), not bm25s' debug lines
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         pairs = read_recall_pairs(args.recall) if args.recall else None
         retriever = open_retriever(args.source_texts)
