@@ -13,6 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from .logs import quiet_library_notices
+
+quiet_library_notices()  # every script imports this module before any library that says them
 SFT_CONFIG = Path(__file__).resolve().parent.parent / "sft_config.yaml"
 # What prepare_data.py writes, where the other scripts look for it by default
 SOURCE_TEXTS = "data/source_texts.jsonl"  # every crawled article's text
@@ -117,8 +120,8 @@ def parse_args(argv: list[str] | None = None) -> tuple:
         return parser.parse_args_and_config(args=argv)
     except ValueError as error:  # values the dataclasses reject
         message = str(error)
-        if "bf16/gpu" in message:
-            message += "\nOn a machine without a GPU, pass --bf16 false (and --dtype float32)."
+        if "bf16/gpu" in message:  # the Trainer's advice (assign use_cpu) is not how this recipe runs on a CPU
+            message = "bf16 is true (sft_config.yaml) but this machine has no GPU: pass --bf16 false (and --dtype float32)"
         fail(message)
 
 

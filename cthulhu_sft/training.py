@@ -195,16 +195,18 @@ def load_tokenizer(model_args, training_args, fmt, instructions):
 
 
 def report_memory_estimate(training_args, model_args, rows):
-    """Prints the estimated peak GPU memory; warns, naming the settings to change, when it exceeds this GPU."""
+    """Prints the estimated peak GPU memory; warns, naming the settings to change, when it exceeds this GPU. On the
+    CPU one line says so: the estimate's parts (CUDA context, GPU activations) describe a GPU."""
     import torch
 
-    from .memory import check_fits, estimate_for_args, format_estimate
+    from .memory import check_fits, estimate_for_args, format_estimate, gib
 
     longest = max(len(row["input_ids"]) for row in rows)
     shards = PartialState().num_processes if sharded_with_fsdp() else 1
     estimate = estimate_for_args(training_args, model_args, longest_example=longest, fsdp_processes=shards)
     if not torch.cuda.is_available():
-        logger.info(format_estimate(estimate))
+        logger.info(f"Training on the CPU (no GPU found): no GPU memory check; on a GPU these settings would need "
+                    f"about {gib(estimate.total)} per process (estimate, cthulhu_sft/memory.py).")
         return
     device = torch.cuda.get_device_properties(PartialState().device)
     logger.info(format_estimate(estimate, device.total_memory, device.name))
