@@ -59,9 +59,10 @@ def main(script_args, training_args, model_args):
         fail(f"{script_args.train_file}: file not found; build the dataset with `python prepare_data.py`, or train on "
              "the shipped sample: --train_file data/sample/train.jsonl --eval_file data/sample/eval_known.jsonl "
              "data/sample/eval.jsonl")
+    eval_files = existing_eval_files(script_args.eval_file, training_args.eval_strategy.value)
     try:
         files = {"train": script_args.train_file}
-        files |= {eval_set_name(path, script_args.eval_file): path for path in script_args.eval_file}
+        files |= {eval_set_name(path, eval_files): path for path in eval_files}
         records = {split: load_records(path) for split, path in files.items()}
         fmt = MistralFormat.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
         rows, entries, warnings = tokenize_files(files, records, fmt, training_args.max_length)
@@ -81,7 +82,7 @@ def main(script_args, training_args, model_args):
             write_jsonl_atomic(script_args.dump_tokenized, rows["train"])
         logger.info(f"wrote {len(rows['train'])} tokenized training examples to {script_args.dump_tokenized}")
         return
-    if not script_args.eval_file and training_args.eval_strategy.value != "no":
+    if not eval_files and training_args.eval_strategy.value != "no":
         fail(f"eval_strategy is {training_args.eval_strategy.value!r} but there is no eval_file: "
              "pass --eval_file FILE, or --eval_strategy no")
     try:
@@ -127,6 +128,20 @@ def main(script_args, training_args, model_args):
     # Publish
     if push:
         publish(output_dir, training_args)
+
+
+def existing_eval_files(paths: list[str], eval_strategy: str) -> list[str]:
+    """The eval files to use. Without evaluation during training (eval_strategy no) a missing one is skipped with a
+    note (sft_config.yaml names files a fresh checkout does not have); with it, a missing one is an error that says
+    how to get it. Those that exist are evaluated at the end in either case."""
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing and eval_strategy == "no":
+        logger.info(f"eval_file {', '.join(missing)} not found: not evaluated (eval_strategy is 'no')")
+    elif missing:
+        fail(f"{missing[0]}: file not found (eval_file, evaluated every {eval_strategy}); build the eval sets with "
+             "`python prepare_data.py`, point --eval_file at other files (the shipped sample: --eval_file "
+             "data/sample/eval_known.jsonl data/sample/eval.jsonl), or train without evaluation: --eval_strategy no")
+    return [path for path in paths if path not in missing]
 
 
 def finished_already(script_args, training_args) -> bool:

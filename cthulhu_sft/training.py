@@ -217,15 +217,25 @@ def report_memory_estimate(training_args, model_args, rows):
 
 def final_eval_metrics(trainer) -> dict:
     """Eval metrics at the last step, of every eval set: those the last evaluation logged (one log entry per set),
-    else a new evaluation (all processes)."""
+    else a new evaluation (all processes). TRL adds its own metrics (entropy, token accuracy) to each set's entry
+    without the set's name; they get it here (eval_known_entropy), so that one set's value does not replace another's."""
     if trainer.eval_dataset is None:
         return {}
     sets = len(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else 1
-    logged = [entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.global_step
-              and any(key.startswith("eval_") and key.endswith("loss") for key in entry)]
-    if len(logged) >= sets:
-        return {key: value for entry in logged[-sets:] for key, value in entry.items() if key.startswith("eval_")}
-    return trainer.evaluate()
+
+    def logged():
+        return [entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.global_step
+                and any(key.startswith("eval_") and key.endswith("loss") for key in entry)]
+
+    if len(logged()) < sets:
+        trainer.evaluate()
+    metrics = {}
+    for entry in logged()[-sets:]:
+        loss = min((key for key in entry if key.startswith("eval_") and key.endswith("loss")), key=len)
+        prefix = loss.removesuffix("loss")  # "eval_known_", or "eval_" for a single set
+        metrics |= {key if key.startswith(prefix) else prefix + key.removeprefix("eval_"): value
+                    for key, value in entry.items() if key.startswith("eval_")}
+    return metrics
 
 
 def setup_logging():

@@ -196,6 +196,25 @@ def test_evaluation_without_eval_file_is_refused_before_training(tmp_path, tiny_
     assert "eval_strategy is 'epoch' but there is no eval_file" in said()
 
 
+def test_without_evaluation_the_default_eval_files_are_not_demanded(tmp_path, tiny_model_dir, train, monkeypatch,
+                                                                    said):
+    """A fresh checkout has no data/eval*.jsonl (sft_config.yaml's eval_file): --eval_strategy no needs none."""
+    monkeypatch.chdir(tmp_path)
+    dump = tmp_path / "d.jsonl"
+    assert run_main("--train_file", train, "--eval_strategy", "no", "--dump_tokenized", dump, model=tiny_model_dir) == 0
+    assert dump.is_file()
+    assert "eval_file data/eval_known.jsonl, data/eval.jsonl not found: not evaluated (eval_strategy is 'no')" in said()
+
+
+def test_with_evaluation_a_missing_eval_file_says_how_to_get_it(tmp_path, tiny_model_dir, train, monkeypatch, said):
+    monkeypatch.chdir(tmp_path)
+    assert run_main("--train_file", train, "--output_dir", tmp_path / "out", model=tiny_model_dir) == 2
+    error = said()
+    assert "data/eval_known.jsonl: file not found (eval_file, evaluated every epoch)" in error
+    assert "python prepare_data.py" in error and "--eval_file data/sample/eval_known.jsonl" in error
+    assert "--eval_strategy no" in error and not (tmp_path / "out").exists()
+
+
 def test_eval_sets_that_are_not_held_out_are_warned_about(tmp_path, tiny_model_dir, said):
     train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:3])
     known = write_jsonl(tmp_path / "eval_known.jsonl", RECORDS[:2] + [{"instruction": "別の質問", "response": "別"}])

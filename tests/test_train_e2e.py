@@ -173,6 +173,10 @@ def test_model_card_describes_the_data_it_was_trained_on(trained):
     assert "| recitation | 3 |" in card.text
     run = json.loads((out / "run.json").read_text())
     assert f"| train_loss | {run['metrics']['train_loss']:.4f} |" in card.text
+    # max_steps 80 set the length: the card shows it beside the epochs trained, not the unused num_train_epochs 3
+    assert f"| epochs trained (passes over the training data), set by max_steps 80 | {run['metrics']['epoch']:.2f} |" \
+        in card.text
+    assert "| `max_steps` | `80` |" in card.text and "num_train_epochs" not in card.text
 
 
 def test_it_learns_and_stops_at_eos(trained):
@@ -271,6 +275,9 @@ def test_each_eval_set_has_its_loss_and_knowledge_check_false_skips_the_check(ti
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert {"eval_known_loss", "eval_unseen_loss"} <= set(run["metrics"])
+    # TRL's own eval metrics are per set too: one unprefixed eval_entropy would be whichever set came last
+    assert {"eval_known_entropy", "eval_unseen_entropy"} <= set(run["metrics"])
+    assert not {"eval_entropy", "eval_mean_token_accuracy"} & set(run["metrics"]), run["metrics"]
     assert run["knowledge_check"] == {"status": "skipped", "reason": "knowledge_check is false"}
     assert "No knowledge check was run: knowledge_check is false" in (tmp_path / "out" / "README.md").read_text()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
