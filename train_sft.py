@@ -45,7 +45,7 @@ logger = logging.getLogger("train_sft")
 def main(script_args, training_args, model_args):
     state = PartialState()
     output_dir = training_args.output_dir
-    if finished_already(script_args, training_args):
+    if finished_already(script_args, training_args, state):
         return
 
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push once everything is saved (below)
@@ -127,7 +127,7 @@ def main(script_args, training_args, model_args):
 
     # Publish
     if push:
-        publish(output_dir, training_args)
+        publish(output_dir, training_args.hub_model_id, training_args.hub_private_repo, script_args.hub_timeout)
 
 
 def existing_eval_files(paths: list[str], eval_strategy: str) -> list[str]:
@@ -144,18 +144,52 @@ def existing_eval_files(paths: list[str], eval_strategy: str) -> list[str]:
     return [path for path in paths if path not in missing]
 
 
-def finished_already(script_args, training_args) -> bool:
-    """True (nothing to do, nothing written) when resuming a finished run; a new run there is refused."""
-    previous = read_run(training_args.output_dir)
+def finished_already(script_args, training_args, state) -> bool:
+    """True (nothing to train) when output_dir holds a finished run and this command resumes it or publishes it;
+    a new run there is refused unless --overwrite_output_dir.
+
+    A publish the run asked for and did not complete (run.json's `publish`) is done now when this command has
+    --push_to_hub. A resume that asks for a longer run than the finished one is refused, saying how to get it.
+    """
+    output_dir = training_args.output_dir
+    previous = read_run(output_dir)
     if not previous or previous.get("status") != "finished":
         return False
-    if resume_requested(training_args.resume_from_checkpoint):
-        logger.info(f"{training_args.output_dir} holds a finished run (run.json); nothing to resume, nothing written.")
+    resuming = resume_requested(training_args.resume_from_checkpoint)
+    unpublished = previous.get("publish") if (previous.get("publish") or {}).get("status") != "done" else None
+    if unpublished and (resuming or not script_args.overwrite_output_dir):
+        repo_id = training_args.hub_model_id or unpublished["repo_id"]
+        if training_args.push_to_hub:
+            logger.info(f"{output_dir} holds a finished run whose publish to {unpublished['repo_id']} did not "
+                        "complete; publishing it now (nothing is trained).")
+            if state.is_main_process:
+                publish(output_dir, repo_id, training_args.hub_private_repo, script_args.hub_timeout)
+            return True
+        from cthulhu_sft import hub
+
+        logger.warning(f"{output_dir}: this run's publish to {unpublished['repo_id']} did not complete "
+                       f"({unpublished['status']}); publish it with `{hub.retry_command(output_dir, repo_id)}`, "
+                       "or rerun with --push_to_hub")
+    if resuming:
+        check_same_length(previous.get("config") or {}, training_args)
+        logger.info(f"{output_dir} holds a finished run (run.json); nothing to resume, nothing written.")
         return True
     if script_args.overwrite_output_dir:
         return False
-    fail(f"{training_args.output_dir} already holds a finished run (run.json): choose another --output_dir, or pass "
+    fail(f"{output_dir} already holds a finished run (run.json): choose another --output_dir, or pass "
          "--overwrite_output_dir true to train a new run there")
+
+
+def check_same_length(finished: dict, training_args) -> None:
+    """A resume of a finished run asking for more (or fewer) steps or epochs is refused: the finished run's
+    learning-rate schedule ended with it, so continuing it would not give the run asked for."""
+    for key in ("max_steps", "num_train_epochs"):
+        asked, done = getattr(training_args, key), finished.get(key)
+        if done is not None and asked != done:
+            fail(f"{training_args.output_dir} holds a run that finished with {key} {done}; --resume_from_checkpoint "
+                 f"does not extend a finished run to {key} {asked} (its learning-rate schedule ended with it). Train "
+                 f"a new run with --{key} {asked}: choose another --output_dir, or pass --overwrite_output_dir true "
+                 "(without --resume_from_checkpoint) to replace this one")
 
 
 def check_push(script_args, training_args, model_args, state):
@@ -175,15 +209,18 @@ def check_push(script_args, training_args, model_args, state):
         logger.info(f"will push to {training_args.hub_model_id} as {user} after training")
 
 
-def publish(output_dir, training_args):
+def publish(output_dir, repo_id, private, timeout):
+    """Uploads the finished run (hub.push_run records the outcome in run.json); a failure exits 1 with the retry
+    command."""
     from cthulhu_sft import hub
 
-    logger.info(f"pushing {output_dir} to {training_args.hub_model_id} ...")
+    hub.set_timeout(timeout)
+    logger.info(f"pushing {output_dir} to {repo_id} ...")
     try:
-        url = hub.push_run(output_dir, training_args.hub_model_id, training_args.hub_private_repo)
+        url = hub.push_run(output_dir, repo_id, private)
     except hub.PushError as error:
         print(f"error: {error}\nEverything is still in {output_dir}; retry the upload with "
-              f"`{hub.retry_command(output_dir, training_args.hub_model_id)}`.", file=sys.stderr)
+              f"`{hub.retry_command(output_dir, repo_id)}` (or run the same command again).", file=sys.stderr)
         sys.exit(1)
     logger.info(f"pushed to {url}")
 

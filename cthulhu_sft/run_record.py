@@ -75,12 +75,15 @@ def start(output_dir: str, config: dict, data: dict, resumed_from: str | None, c
 
 def finish(output_dir: str, record: dict, metrics: dict, knowledge: dict, records: list[dict]) -> None:
     """config.yaml, the model card and run.json (status "finished"), written last so that a finished run.json
-    means every other output is in place."""
+    means every other output is in place. A requested publish is recorded as "pending" until hub.push_run records
+    its outcome, so that a run stopped during the upload is published by the same command run again."""
     config = record["config"]
     write_text_atomic(os.path.join(output_dir, "config.yaml"),
                       yaml.safe_dump(recipe(config), allow_unicode=True, sort_keys=False))
     write_text_atomic(os.path.join(output_dir, "README.md"), render_card(config, metrics, knowledge, records))
     record.update(status="finished", end_time=now(), metrics=metrics, knowledge_check=knowledge)
+    if config.get("push_to_hub"):
+        record["publish"] = {"repo_id": config["hub_model_id"], "status": "pending"}
     write_json_atomic(os.path.join(output_dir, "run.json"), record)
 
 

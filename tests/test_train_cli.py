@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 from conftest import REPO, load_script, mistral_common_ids
-from hub_server import VALID_TOKEN, LoopbackHub, SilentHub
+from hub_server import VALID_TOKEN, LoopbackHub, RefusingHub, SilentHub
 
 from cthulhu_sft.config import parse_args
 
@@ -259,6 +259,21 @@ def test_resuming_a_finished_run_changes_nothing_even_with_overwrite(tmp_path, t
     assert output_dir_digest(out) == before
 
 
+def test_resuming_a_finished_run_with_more_steps_is_refused_saying_how(tmp_path, tiny_model_dir, train, said):
+    """The Trainer would 'extend' a finished 4-step run on a schedule that ended at step 4; never silently exit 0."""
+    out = tmp_path / "out"
+    finished_run(out)
+    run = json.loads((out / "run.json").read_text()) | {"config": {"max_steps": 4, "num_train_epochs": 3}}
+    (out / "run.json").write_text(json.dumps(run))
+    before = output_dir_digest(out)
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
+                    "--max_steps", 6, "--resume_from_checkpoint", "true", model=tiny_model_dir) == 2
+    error = said()
+    assert "finished with max_steps 4" in error and "does not extend a finished run to max_steps 6" in error
+    assert "--max_steps 6: choose another --output_dir, or pass --overwrite_output_dir true" in error
+    assert output_dir_digest(out) == before
+
+
 def test_overwrite_clears_the_old_checkpoints_so_no_resume_can_mix_runs(tmp_path):
     from cthulhu_sft.training import check_output_dir
 
@@ -414,3 +429,41 @@ def test_push_check_passes_and_creates_the_repo(tmp_path, train, hub_env, tiny_m
         assert code == 0
         assert ("model", "tester/cthulhu") in hub.files
     assert "will push to tester/cthulhu as tester after training" in said()
+
+
+def unpublished_run(folder, status="pending"):
+    """A finished run stopped during its upload (SIGTERM): run.json says the publish it asked for is pending."""
+    finished_run(folder)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2"}))
+    run = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps(run | {"publish": {"repo_id": "tester/cthulhu", "status": status}}))
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume_from_checkpoint", "true"]])
+def test_the_same_command_publishes_a_run_whose_upload_was_stopped(tmp_path, train, hub_env, tiny_model_dir, resume,
+                                                                  said):
+    unpublished_run(tmp_path / "out")
+    with LoopbackHub() as hub:
+        hub_env(hub.url)
+        assert run_main(*push_args(tmp_path, train), *resume, model=tiny_model_dir) == 0
+        files = hub.files[("model", "tester/cthulhu")]
+    assert files["adapter_model.safetensors"] == b"trained" and "checkpoint-4/trainer_state.json" not in files
+    publish = json.loads((tmp_path / "out" / "run.json").read_text())["publish"]
+    assert publish["status"] == "done" and publish["repo_id"] == "tester/cthulhu" and publish["url"]
+    assert "did not complete; publishing it now" in said()
+
+
+def test_a_failed_publish_is_recorded_and_the_rerun_says_how_to_retry(tmp_path, train, hub_env, tiny_model_dir, said):
+    unpublished_run(tmp_path / "out")
+    with RefusingHub(status=500) as refusing:
+        hub_env(refusing.url)
+        assert run_main(*push_args(tmp_path, train), "--hub_timeout", 5, model=tiny_model_dir) == 1
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["publish"]["status"] == "failed" and "push to the Hub (tester/cthulhu) failed" in run["publish"]["error"]
+    assert VALID_TOKEN not in json.dumps(run)
+    assert f"python -m cthulhu_sft.hub {tmp_path / 'out'} tester/cthulhu" in said()
+    # Resumed without --push_to_hub: nothing to train, and the publish left to do is named with its command
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", tmp_path / "out",
+                    "--resume_from_checkpoint", "true", model=tiny_model_dir) == 0
+    assert f"publish to tester/cthulhu did not complete (failed); publish it with `python -m cthulhu_sft.hub " \
+           f"{tmp_path / 'out'} tester/cthulhu`" in said()

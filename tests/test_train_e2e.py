@@ -89,7 +89,9 @@ def test_failed_push_keeps_a_complete_output_dir(trained):
                  "tokenizer_config.json", "README.md", "run.json", "config.yaml", "samples.jsonl"):
         assert (out / name).is_file(), name
     assert (out / "checkpoint-40").is_dir() and (out / "checkpoint-80").is_dir()
-    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished"
+    assert run["publish"]["status"] == "failed" and run["publish"]["repo_id"] == "tester/cthulhu-test"
 
 
 def test_token_never_appears_in_output_logs_or_files(trained):
