@@ -36,6 +36,7 @@ from cthulhu_sft.training import (
     resume_checkpoint,
     resume_requested,
     setup_logging,
+    stop_if_disk_full,
 )
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -95,7 +96,8 @@ def main(script_args, training_args, model_args):
     config = resolved_config(script_args, training_args, model_args) | {"push_to_hub": push}
     state.wait_for_everyone()  # every process has looked at output_dir before the main one writes to it
     if state.is_main_process:
-        record = run_record.start(output_dir, config, entries, resume_from, REPO_DIR)
+        with stop_if_disk_full(os.path.join(output_dir, "run.json"), output_dir):
+            record = run_record.start(output_dir, config, entries, resume_from, REPO_DIR)
         if model_args.use_peft:
             report_memory_estimate(training_args, model_args, rows["train"])
 
@@ -107,10 +109,14 @@ def main(script_args, training_args, model_args):
         trainer.model.print_trainable_parameters()
 
     # Train, then save the adapter and tokenizer before anything else can fail
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    # (a full disk while saving is one line naming what was being written, and the command to run once there is room)
+    checkpoint = lambda: os.path.join(output_dir, f"checkpoint-{trainer.state.global_step}") + " (a checkpoint)"  # noqa: E731
+    with stop_if_disk_full(checkpoint, output_dir):
+        result = trainer.train(resume_from_checkpoint=resume_from)
     if script_args.base_model_hub_id:  # the published adapter must name a base anyone can download
         trainer.model.peft_config["default"].base_model_name_or_path = script_args.base_model_hub_id
-    trainer.save_model(output_dir)
+    with stop_if_disk_full(f"{output_dir} (the adapter and tokenizer files)", output_dir):
+        trainer.save_model(output_dir)
     metrics = dict(result.metrics) | final_eval_metrics(trainer)
     # The rest needs no other process: all leave the process group together now (a process tearing down its group
     # while another still works can hang at exit), so none waits at a barrier while the main one answers.
@@ -120,9 +126,11 @@ def main(script_args, training_args, model_args):
         return
 
     # Samples, knowledge check, card and run.json, with the trained model still in memory
-    shutil.copy(fmt.model_file, os.path.join(output_dir, "tokenizer.model"))  # generate.py's exact ids
+    with stop_if_disk_full(os.path.join(output_dir, "tokenizer.model"), output_dir):
+        shutil.copy(fmt.model_file, os.path.join(output_dir, "tokenizer.model"))  # generate.py's exact ids
     knowledge = run_record.after_training(trainer.model, fmt, script_args, output_dir)
-    run_record.finish(output_dir, record, metrics, knowledge, records["train"])
+    with stop_if_disk_full(output_dir, output_dir):  # finish names the file it could not write
+        run_record.finish(output_dir, record, metrics, knowledge, records["train"])
     logger.info(f"saved the adapter, tokenizer, model card and run.json to {output_dir}")
 
     # Publish

@@ -97,9 +97,10 @@ def make_parser():
     return TrlParser((ScriptArguments, SFTConfig, ModelConfig), allow_abbrev=False)
 
 
-def fail(message: str):
+def fail(message: str, code: int = 2):
+    """One line on stderr and exit: 2 for bad input or settings (the default), 1 for other failures."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple:

@@ -78,13 +78,22 @@ def finish(output_dir: str, record: dict, metrics: dict, knowledge: dict, record
     means every other output is in place. A requested publish is recorded as "pending" until hub.push_run records
     its outcome, so that a run stopped during the upload is published by the same command run again."""
     config = record["config"]
-    write_text_atomic(os.path.join(output_dir, "config.yaml"),
-                      yaml.safe_dump(recipe(config), allow_unicode=True, sort_keys=False))
-    write_text_atomic(os.path.join(output_dir, "README.md"), render_card(config, metrics, knowledge, records))
+    write_named(write_text_atomic, os.path.join(output_dir, "config.yaml"),
+                yaml.safe_dump(recipe(config), allow_unicode=True, sort_keys=False))
+    write_named(write_text_atomic, os.path.join(output_dir, "README.md"),
+                render_card(config, metrics, knowledge, records))
     record.update(status="finished", end_time=now(), metrics=metrics, knowledge_check=knowledge)
     if config.get("push_to_hub"):
         record["publish"] = {"repo_id": config["hub_model_id"], "status": "pending"}
-    write_json_atomic(os.path.join(output_dir, "run.json"), record)
+    write_named(write_json_atomic, os.path.join(output_dir, "run.json"), record)
+
+
+def write_named(write, path: str, value) -> None:
+    """write(path, value), whose OSError names `path` (a write that fails, e.g. on a full disk, names no file)."""
+    try:
+        write(path, value)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, error.filename or path) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,16 +3,20 @@
 Shared by train_sft.py and benchmarks/bench_train.py, so that the benchmark measures the product's own path.
 """
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
+from contextlib import contextmanager
 
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
+from .config import fail
 from .format import CHAT_TEMPLATE, chat_template_mismatches
 from .logs import SayOnce
 
@@ -145,7 +149,11 @@ def resume_checkpoint(value, output_dir: str) -> str | None:
     if str(value).lower() == "true":
         last = newest_complete_checkpoint(output_dir)
         if last is None:
-            raise OutputDirError(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}")
+            unfinished = sorted(name for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                                if name.startswith("checkpoint-"))
+            note = f" ({', '.join(unfinished)}: saved only in part, no trainer_state.json)" if unfinished else ""
+            raise OutputDirError(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}"
+                                 f"{note}; start the run again: the same command without --resume_from_checkpoint")
         return last
     if not os.path.isdir(value):
         raise OutputDirError(f"--resume_from_checkpoint: {value} is not a folder")
@@ -156,27 +164,69 @@ def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
     """Raises OutputDirError unless output_dir may receive a new run (or, resuming, the continued one).
 
     A finished run is never touched unless --overwrite_output_dir (train_sft.py stops before calling this); a run
-    with checkpoints is continued with --resume_from_checkpoint true; a run that crashed before its first
-    checkpoint is simply started again; any other non-empty folder is the user's and is refused. With
-    --overwrite_output_dir a new run starts there, and an earlier run's checkpoints are removed (by the main
-    process) so that a later resume cannot pick them up.
+    with a complete checkpoint is continued with --resume_from_checkpoint true; a run that stopped before its first
+    complete checkpoint (killed, or the disk full while saving it) is simply started again, its unfinished
+    checkpoint folders removed; any other non-empty folder is the user's and is refused. With
+    --overwrite_output_dir a new run starts there, and an earlier run's checkpoints are removed so that a later
+    resume cannot pick them up. Folders are removed by the main process.
     """
     names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
     if resuming or not names:
         return
     checkpoints = [name for name in names if name.startswith("checkpoint-")]
-    if overwrite:
-        if checkpoints and PartialState().is_main_process:
-            for name in checkpoints:
-                shutil.rmtree(os.path.join(output_dir, name))
-        return
-    if read_run(output_dir) is None:
+    if not overwrite and read_run(output_dir) is None:
         raise OutputDirError(
             f"{output_dir} is not empty and holds no cthulhu-sft run (no run.json); its files (e.g. a README.md) "
             "would be replaced: choose another --output_dir, or pass --overwrite_output_dir true")
-    if checkpoints:
+    if not overwrite and newest_complete_checkpoint(output_dir):
         raise OutputDirError(f"{output_dir} holds an unfinished run with checkpoints: continue it with "
                              "--resume_from_checkpoint true, or choose another --output_dir")
+    if checkpoints and PartialState().is_main_process:
+        if not overwrite:
+            logger.info(f"{output_dir}: starting the unfinished run again; removing {', '.join(sorted(checkpoints))} "
+                        "(saved only in part)")
+        for name in checkpoints:
+            shutil.rmtree(os.path.join(output_dir, name))
+
+
+# A write that failed for want of room: the disk or quota full, or a file size limit
+WRITE_FAILURE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# How torch.save reports a write that failed (its C++ stream writer gives no errno)
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "iostream error", "unexpected pos", "file write failed")
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why `error` (or an error it was raised from) is a write that failed for want of room, or None. Python, the
+    tokenizers and safetensors libraries give an errno ("(os error 28)"), torch's serializer only a message."""
+    while error is not None:
+        code = getattr(error, "errno", None)
+        if code is None and (found := re.search(r"os error (\d+)", str(error))):
+            code = int(found.group(1))
+        if code in WRITE_FAILURE_ERRNOS:
+            return os.strerror(code)
+        if any(marker in str(error) for marker in TORCH_WRITE_FAILURES):
+            return f"the write failed ({str(error).strip().splitlines()[0]}); is the disk full?"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextmanager
+def stop_if_disk_full(what, output_dir: str):
+    """A write inside the block that fails for want of room ends the run with one line (exit status 1): the path
+    (the error's own, else `what`, or `what()` for a path known only then), the reason, and the command to run once
+    there is room. Other errors pass through."""
+    try:
+        yield
+    except Exception as error:
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        where = getattr(error, "filename", None) or (what() if callable(what) else what)
+        then = ("continue the run with --resume_from_checkpoint true" if newest_complete_checkpoint(output_dir) else
+                "run the same command again, without --resume_from_checkpoint (the run starts again)")
+        print(file=sys.stderr)  # off the progress bar's line, which the failure left open
+        fail(f"cannot write {where}: {reason}. Free space on that disk (or choose an --output_dir on another), then "
+             f"{then}", code=1)
 
 
 def load_tokenizer(model_args, training_args, fmt, instructions):

@@ -296,6 +296,7 @@ def test_a_finished_run_is_not_overwritten_and_the_refusal_suggests_nothing_harm
 def test_an_unfinished_run_with_checkpoints_is_continued_not_overwritten(tmp_path, tiny_model_dir, train, said):
     out = tmp_path / "out"
     (out / "checkpoint-3").mkdir(parents=True)
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
     (out / "run.json").write_text(json.dumps({"status": "running"}))
     assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
                     model=tiny_model_dir) == 2
@@ -314,6 +315,50 @@ def test_a_folder_that_is_not_a_run_keeps_its_files(tmp_path, tiny_model_dir, tr
     error = said()
     assert "holds no cthulhu-sft run" in error and "--overwrite_output_dir true" in error
     assert (out / "README.md").read_text() == "my own notes" and sorted(p.name for p in out.iterdir()) == ["README.md"]
+
+
+def test_a_run_stopped_before_its_first_complete_checkpoint_is_started_again_by_the_command_given(
+        tmp_path, tiny_model_dir, train, said):
+    """A full disk during the first checkpoint leaves checkpoint-1 without trainer_state.json: the resume's refusal
+    names the command that works, and that command (no resume) starts the run again without the partial folder."""
+    from cthulhu_sft.training import check_output_dir
+
+    out = tmp_path / "out"
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "checkpoint-1" / "adapter_model.safetensors").write_bytes(b"partial")
+    (out / "run.json").write_text(json.dumps({"status": "running"}))
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
+                    "--resume_from_checkpoint", "true", model=tiny_model_dir) == 2
+    assert "(checkpoint-1: saved only in part, no trainer_state.json); start the run again: the same command without " \
+           "--resume_from_checkpoint" in said()
+    check_output_dir(str(out), resuming=False, overwrite=False)  # what that command does with output_dir
+    assert not (out / "checkpoint-1").exists() and "removing checkpoint-1 (saved only in part)" in said()
+
+
+def test_a_full_disk_while_writing_the_run_record_is_one_line_naming_the_file(tmp_path, capsys):
+    """A file size limit stands in for the full disk: the write fails with EFBIG as it would with ENOSPC."""
+    import resource
+    import signal
+
+    from cthulhu_sft import run_record
+    from cthulhu_sft.config import resolved_config
+    from cthulhu_sft.training import stop_if_disk_full
+
+    config = resolved_config(*parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false"]))
+    record = {"status": "running", "config": config | {"output_dir": str(tmp_path)}}
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(SystemExit) as exit, stop_if_disk_full(str(tmp_path), str(tmp_path)):
+            run_record.finish(str(tmp_path), record, {}, {"status": "skipped", "reason": "test"}, [])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    error = capsys.readouterr().err.strip()
+    assert exit.value.code == 1 and "\n" not in error, error
+    assert error.startswith(f"error: cannot write {tmp_path / 'config.yaml'}: File too large. Free space on that disk")
+    assert "run the same command again" in error and not list(tmp_path.iterdir())  # no partial or temporary file
 
 
 def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path):

@@ -266,6 +266,33 @@ def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tiny_model_
         assert (tensor - got[name]).abs().max().item() <= 1e-6, name
 
 
+def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_the_command_it_gives_trains_the_run(tiny_model_dir,
+                                                                                                 tmp_path):
+    """A file size limit (RLIMIT_FSIZE) stands in for the full disk: the checkpoint's tokenizer.json (3.5 MB) cannot
+    be written, as on a disk without room. The message names the folder and the command; that command works."""
+    import resource
+    import signal
+    import subprocess
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+
+    args = [PYTHON, *train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", "--max_steps", 1, "--eval_strategy",
+                                "no", "--save_strategy", "steps", "--save_steps", 1, "--knowledge_check", "false",
+                                "--sample_prompts", "x", "--sample_max_new_tokens", 2)]
+    full = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900, preexec_fn=small_disk)
+    assert full.returncode == 1
+    errors = [line for line in full.stderr.replace("\r", "\n").splitlines() if "error" in line.lower()]
+    assert errors == [f"error: cannot write {tmp_path / 'out' / 'checkpoint-1'} (a checkpoint): File too large. Free "
+                      "space on that disk (or choose an --output_dir on another), then run the same command again, "
+                      "without --resume_from_checkpoint (the run starts again)"], full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    again = run_script(args)  # the command the message gives, with room on the disk
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "finished"
+
+
 def test_each_eval_set_has_its_loss_and_knowledge_check_false_skips_the_check(tiny_model_dir, tmp_path):
     args = train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", "--max_steps", 2, "--eval_strategy", "steps",
                       "--eval_steps", 1, "--save_strategy", "no", "--sample_prompts", "x", "--sample_max_new_tokens", 2,
