@@ -35,6 +35,7 @@ from cthulhu_sft.training import (
     report_memory_estimate,
     resume_checkpoint,
     resume_requested,
+    run_metrics,
     setup_logging,
     stop_if_disk_full,
 )
@@ -117,7 +118,7 @@ def main(script_args, training_args, model_args):
         trainer.model.peft_config["default"].base_model_name_or_path = script_args.base_model_hub_id
     with stop_if_disk_full(f"{output_dir} (the adapter and tokenizer files)", output_dir):
         trainer.save_model(output_dir)
-    metrics = dict(result.metrics) | final_eval_metrics(trainer)
+    metrics = run_metrics(trainer, dict(result.metrics), resume_from) | final_eval_metrics(trainer)
     # The rest needs no other process: all leave the process group together now (a process tearing down its group
     # while another still works can hang at exit), so none waits at a barrier while the main one answers.
     state.wait_for_everyone()

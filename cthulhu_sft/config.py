@@ -13,9 +13,6 @@ from pathlib import Path
 
 import yaml
 
-from .logs import quiet_library_notices
-
-quiet_library_notices()  # every script imports this module before any library that says them
 SFT_CONFIG = Path(__file__).resolve().parent.parent / "sft_config.yaml"
 # What prepare_data.py writes, where the other scripts look for it by default
 SOURCE_TEXTS = "data/source_texts.jsonl"  # every crawled article's text

@@ -10,11 +10,14 @@ import os
 import re
 import shutil
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from .config import fail
 from .format import CHAT_TEMPLATE, chat_template_mismatches
@@ -85,10 +88,58 @@ def build_trainer(model_args, training_args, train_rows, eval_sets: dict, tokeni
         eval_dataset=datasets or None,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[TrainingClock()],
     )
     if not sharded_with_fsdp():  # FSDP flattens each unit into one tensor of one dtype: LoRA stays in the base's
         keep_adapter_in_float32(trainer.model)
     return trainer
+
+
+class TrainingClock(TrainerCallback, ExportableState):
+    """The seconds a run has trained, across the calls that resumed it: kept in each checkpoint's
+    trainer_state.json (the Trainer saves ExportableState callbacks there) and read back from the resumed one."""
+
+    def __init__(self):
+        self.before, self.started = 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = state.stateful_callbacks.get(type(self).__name__)  # the resumed checkpoint's, if it has one
+        self.before = float(saved["attributes"]["seconds"]) if isinstance(saved, dict) else 0.0
+        self.started = time.monotonic()
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())  # a checkpoint saved before this clock
+
+    def seconds(self) -> float:
+        return self.before + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"seconds": self.seconds()}}
+
+
+def run_metrics(trainer, metrics: dict, resumed_from: str | None) -> dict:
+    """The training metrics of the whole run. The Trainer's describe its last call only: resumed at the last
+    step, train_loss 0 and a runtime of a millisecond. A resumed run's train_loss is the mean over its steps (the
+    resumed checkpoint's logged losses, weighted by the steps each covers, with this call's), its train_runtime the
+    TrainingClock's seconds over all calls up to the checkpoint plus this call's, and the speeds follow from them."""
+    if resumed_from is None:
+        return metrics
+    with open(os.path.join(resumed_from, "trainer_state.json"), encoding="utf-8") as file:
+        start_step = json.load(file)["global_step"]
+    steps_now = trainer.state.global_step - start_step
+    loss_sum, logged_step = 0.0, 0
+    for entry in trainer.state.log_history:
+        if "loss" in entry and logged_step < entry["step"] <= start_step:
+            loss_sum += entry["loss"] * (entry["step"] - logged_step)
+            logged_step = entry["step"]
+    clock = next(callback for callback in trainer.callback_handler.callbacks if isinstance(callback, TrainingClock))
+    runtime = clock.before + metrics["train_runtime"]
+    samples_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
+    steps = trainer.state.global_step
+    return metrics | {
+        "train_loss": (loss_sum + metrics["train_loss"] * steps_now) / max(logged_step + steps_now, 1),
+        "train_runtime": round(runtime, 4),
+        "train_steps_per_second": round(steps / runtime, 3) if runtime else None,
+        "train_samples_per_second": round(steps * samples_per_step / runtime, 3) if runtime else None,
+    }
 
 
 def keep_adapter_in_float32(model) -> None:

@@ -236,9 +236,11 @@ def test_documented_command_echoes_no_token_and_shows_one_error(tiny_model_dir, 
         assert len(errors) == 1, result.stderr[-2000:]
 
 
-def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tiny_model_dir, tmp_path):
+def test_a_resumed_run_ends_with_the_adapter_and_figures_of_an_uninterrupted_one(tiny_model_dir, tmp_path):
     """Fresh and resumed runs train in the same precision (float32 LoRA weights and optimizer state), with LoRA
-    dropout on: stopping after checkpoint-3 and resuming gives the uninterrupted run's adapter."""
+    dropout on: stopping after checkpoint-3, then after checkpoint-6 (the last step, before the adapter is saved),
+    and resuming gives the uninterrupted run's adapter, and run.json reports the run's loss and training time, not
+    those of the last call (which trained no step)."""
     from safetensors.torch import load_file
 
     common = ["--max_steps", 6, "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", 3,
@@ -251,13 +253,23 @@ def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tiny_model_
     args[0] = hooks
     killed = run_script([PYTHON, *args], env={"CTHULHU_TEST_DIE_AFTER": "3"})
     assert killed.returncode == 9 and not (tmp_path / "cut" / "adapter_model.safetensors").exists()
+    killed_at_the_end = run_script([PYTHON, *args, "--resume_from_checkpoint", "true"],
+                                   env={"CTHULHU_TEST_DIE_AFTER": "6"})
+    assert killed_at_the_end.returncode == 9 and not (tmp_path / "cut" / "adapter_model.safetensors").exists()
     resumed = run_script([PYTHON, *args, "--resume_from_checkpoint", "true"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     state = json.loads((tmp_path / "cut" / "checkpoint-6" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5, 6]
     run = json.loads((tmp_path / "cut" / "run.json").read_text())
-    assert run["status"] == "finished" and run["resumed_from"] == str(tmp_path / "cut" / "checkpoint-3")
+    assert run["status"] == "finished" and run["resumed_from"] == str(tmp_path / "cut" / "checkpoint-6")
+    uninterrupted = json.loads((tmp_path / "whole" / "run.json").read_text())["metrics"]
+    assert run["metrics"]["train_loss"] == pytest.approx(uninterrupted["train_loss"], rel=1e-5)
+    clock = state["stateful_callbacks"]["TrainingClock"]["attributes"]["seconds"]  # steps 1-3, then 4-6
+    assert run["metrics"]["train_runtime"] >= clock > uninterrupted["train_runtime"] / 4, (run["metrics"], clock)
+    assert run["metrics"]["train_steps_per_second"] == pytest.approx(6 / run["metrics"]["train_runtime"], rel=1e-2)
+    card = (tmp_path / "cut" / "README.md").read_text()
+    assert f"| train_loss | {uninterrupted['train_loss']:.4f} |" in card
     expected = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     got = load_file(tmp_path / "cut" / "adapter_model.safetensors")
     assert set(got) == set(expected)
