@@ -416,6 +416,9 @@ def test_page_streams_compares_and_marks_unsupported_terms(browser, tiny_adapter
         page.get_by_text("Type a question first").wait_for(timeout=30_000)
     finally:
         server.stop()
+    log = (tmp_path / "app.log").read_text()  # our lines and real warnings only, and our own --share hint
+    assert "start app.py with --share" in log and "share=True" not in log
+    assert "gemm_4bit_forward" not in log and "FutureWarning" not in log, log
 
 
 @pytest.mark.slow

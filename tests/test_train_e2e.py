@@ -221,6 +221,8 @@ def test_the_retry_command_publishes_the_run(trained):
                              "tokenizer_config.json"]  # no checkpoints, logs or pickled arguments
     assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
     assert SECRET not in result.stdout + result.stderr
+    publish = json.loads((out / "run.json").read_text())["publish"]  # the retry is recorded as the publish
+    assert publish["status"] == "done" and publish["repo_id"] == "tester/again" and publish["url"]
 
 
 def test_documented_command_echoes_no_token_and_shows_one_error(tiny_model_dir, tmp_path):
