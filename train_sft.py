@@ -190,15 +190,22 @@ def finished_already(script_args, training_args, state) -> bool:
 
 
 def check_same_length(finished: dict, training_args) -> None:
-    """A resume of a finished run asking for more (or fewer) steps or epochs is refused: the finished run's
-    learning-rate schedule ended with it, so continuing it would not give the run asked for."""
-    for key in ("max_steps", "num_train_epochs"):
-        asked, done = getattr(training_args, key), finished.get(key)
-        if done is not None and asked != done:
-            fail(f"{training_args.output_dir} holds a run that finished with {key} {done}; --resume_from_checkpoint "
-                 f"does not extend a finished run to {key} {asked} (its learning-rate schedule ended with it). Train "
-                 f"a new run with --{key} {asked}: choose another --output_dir, or pass --overwrite_output_dir true "
-                 "(without --resume_from_checkpoint) to replace this one")
+    """A resume of a finished run that asks for another length (more or fewer steps or epochs) is refused: the
+    finished run's learning-rate schedule ended with it, so continuing it would not give the run asked for."""
+    if "max_steps" not in finished:
+        return
+    asked = run_length(training_args.max_steps, training_args.num_train_epochs)
+    done = run_length(finished["max_steps"], finished.get("num_train_epochs"))
+    if asked != done:
+        fail(f"{training_args.output_dir} holds a run that finished with {done[0]} {done[1]}; --resume_from_checkpoint "
+             f"does not extend a finished run to {asked[0]} {asked[1]} (its learning-rate schedule ended with it). "
+             f"Train a new run with --{asked[0]} {asked[1]}: choose another --output_dir, or pass "
+             "--overwrite_output_dir true (without --resume_from_checkpoint) to replace this one")
+
+
+def run_length(max_steps: int, num_train_epochs: float) -> tuple:
+    """What sets a run's length: max_steps when positive (the Trainer then ignores num_train_epochs)."""
+    return ("max_steps", max_steps) if max_steps > 0 else ("num_train_epochs", num_train_epochs)
 
 
 def check_push(script_args, training_args, model_args, state):
