@@ -109,9 +109,11 @@ def main(script_args, training_args, model_args):
     if state.is_main_process and hasattr(trainer.model, "print_trainable_parameters"):
         trainer.model.print_trainable_parameters()
 
-    # Train, then save the adapter and tokenizer before anything else can fail
-    # (a full disk while saving is one line naming what was being written, and the command to run once there is room)
-    checkpoint = lambda: os.path.join(output_dir, f"checkpoint-{trainer.state.global_step}") + " (a checkpoint)"  # noqa: E731
+    # Train, then save the adapter and tokenizer before anything else can fail (a full disk while saving is one line
+    # naming what was being written, and the command to run once there is room)
+    def checkpoint():
+        return os.path.join(output_dir, f"checkpoint-{trainer.state.global_step}") + " (a checkpoint)"
+
     with stop_if_disk_full(checkpoint, output_dir):
         result = trainer.train(resume_from_checkpoint=resume_from)
     if script_args.base_model_hub_id:  # the published adapter must name a base anyone can download
