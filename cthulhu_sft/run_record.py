@@ -75,13 +75,25 @@ def start(output_dir: str, config: dict, data: dict, resumed_from: str | None, c
 
 def finish(output_dir: str, record: dict, metrics: dict, knowledge: dict, records: list[dict]) -> None:
     """config.yaml, the model card and run.json (status "finished"), written last so that a finished run.json
-    means every other output is in place."""
+    means every other output is in place. A requested publish is recorded as "pending" until hub.push_run records
+    its outcome, so that a run stopped during the upload is published by the same command run again."""
     config = record["config"]
-    write_text_atomic(os.path.join(output_dir, "config.yaml"),
-                      yaml.safe_dump(recipe(config), allow_unicode=True, sort_keys=False))
-    write_text_atomic(os.path.join(output_dir, "README.md"), render_card(config, metrics, knowledge, records))
+    write_named(write_text_atomic, os.path.join(output_dir, "config.yaml"),
+                yaml.safe_dump(recipe(config), allow_unicode=True, sort_keys=False))
+    write_named(write_text_atomic, os.path.join(output_dir, "README.md"),
+                render_card(config, metrics, knowledge, records))
     record.update(status="finished", end_time=now(), metrics=metrics, knowledge_check=knowledge)
-    write_json_atomic(os.path.join(output_dir, "run.json"), record)
+    if config.get("push_to_hub"):
+        record["publish"] = {"repo_id": config["hub_model_id"], "status": "pending"}
+    write_named(write_json_atomic, os.path.join(output_dir, "run.json"), record)
+
+
+def write_named(write, path: str, value) -> None:
+    """write(path, value), whose OSError names `path` (a write that fails, e.g. on a full disk, names no file)."""
+    try:
+        write(path, value)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, error.filename or path) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,8 +223,8 @@ def render_card(config: dict, metrics: dict, knowledge: dict, records: list[dict
         repo_or_path=repo_id or config["output_dir"],
         max_new_tokens=config["sample_max_new_tokens"],
         decoding=", ".join(f"{key}={value}" for key, value in decoding.items()),
-        metrics=metric_rows(metrics),
-        hyperparameters=[(key, config[key]) for key in HYPERPARAMETERS if key in config],
+        metrics=metric_rows(metrics, config),
+        hyperparameters=hyperparameter_rows(config),
         knowledge=knowledge_view(knowledge),
         load_flag=" --load_in_8bit" if config.get("load_in_8bit") else " --load_in_4bit" if config.get("load_in_4bit") else "",
         license=config["license"],
@@ -221,8 +233,8 @@ def render_card(config: dict, metrics: dict, knowledge: dict, records: list[dict
     return card.content
 
 
-def metric_rows(metrics: dict) -> list[dict]:
-    """The losses (4 decimals), the training time and the epochs; run.json has every metric."""
+def metric_rows(metrics: dict, config: dict) -> list[dict]:
+    """The losses (4 decimals), the training time and the epochs trained; run.json has every metric."""
     rows = []
     for name in sorted(metrics):
         value = metrics[name]
@@ -231,8 +243,21 @@ def metric_rows(metrics: dict) -> list[dict]:
         elif name == "train_runtime":
             rows.append({"name": "training time (s)", "value": f"{value:.1f}"})
         elif name == "epoch":
-            rows.append({"name": "epochs", "value": f"{value:.2f}"})
+            rows.append({"name": "epochs trained (passes over the training data)" + (
+                f", set by max_steps {config['max_steps']}" if length_set_by_max_steps(config) else ""),
+                "value": f"{value:.2f}"})
     return rows
+
+
+def length_set_by_max_steps(config: dict) -> bool:
+    """The Trainer trains max_steps steps when it is positive, whatever num_train_epochs says."""
+    return (config.get("max_steps") or -1) > 0
+
+
+def hyperparameter_rows(config: dict) -> list[tuple]:
+    """HYPERPARAMETERS as set; of num_train_epochs and max_steps only the one that set the run's length."""
+    unused = "num_train_epochs" if length_set_by_max_steps(config) else "max_steps"
+    return [(key, config[key]) for key in HYPERPARAMETERS if key in config and key != unused]
 
 
 def data_provenance(records: list[dict]) -> dict:
