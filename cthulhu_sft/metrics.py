@@ -94,13 +94,19 @@ KANA_FOLDS = (("ー", ""), ("ヴァ", "バ"), ("ヴィ", "ビ"), ("ヴェ", "ベ
 
 ABSTENTION = re.compile(
     "|".join([
-        r"(わか|分か|判)(りません|らない|りかね)", r"存じ(上げ|あげ)?ません", r"知りません", r"記憶にありません",
-        r"(でき|いたし|致し|し)かねます", r"(情報|資料|記録).{0,6}(ございません|ありません)",
-        r"情報(が|は|を)?(ありません|ない|見つかりません|見当たりません|持って(い|お)りません|持っていません"
-        r"|持ち合わせて(い|お)りません)",
-        r"(お答え|答え|回答)(でき|いたしかね|しかね|られ)ません", r"確認できません",
-        r"i (don't|do not|cannot|can't) (know|answer)", r"i'?m not sure", r"i am not sure",
-        r"(don't|do not) have (any )?(information|knowledge)", r"no information",
+        r"(わか|分か|判)(りません|らない|りかね|っていません|っていない)", r"存じ(上げ|あげ)?(ません|ない)", r"知りません",
+        r"記憶に(ありません|ございません|ない)", r"(お答え|答え|回答|説明|特定)(する|いたす)?こと(が|は)?(でき|いたしかね)ません", r"(でき|いたし|致し|し)かねます", r"(情報|資料|記録|データ|知識|文献).{0,6}(ございません|ありません|ない)",
+        r"(情報|知識|答え|回答|資料|データ)(が|は|を)?(ありません|ない|見つかりません|見当たりません|持って(い|お)りません"
+        r"|持っていません|持ち合わせて(い|お)りません|持ち合わせていません)",
+        r"(お答え|答え|回答|断言|特定|判断|確認|明言|お伝え)(でき|いたしかね|しかね|られ|が出来)ません", r"確認できません",
+        r"(はっきり|確か|正確|明確|定か)(な|に|と|したこと|なこと)?(は|が|を|も)?(言|い)え(ません|ない)",
+        r"知識の範囲(外|を超え)", r"範囲外", r"(不明|未詳|不詳)(です|である|だ|とされ|のまま|。|$)", r"不確か",
+        r"定かで(は)?(ありません|ない)", r"(自信|確信|確証)(が|は)?(ありません|ない|持てません|持てない)",
+        r"思い出せ(ません|ない)", r"見当(が|も)?つき?(ません|ない)", r"申し上げられません", r"(詳しく|明らかになって)(い)?(ありません|ない|ません)",
+        r"(確か|正確)な(答え|情報|こと|回答)を?(持って|持ち合わせて)", r"知る由も", r"把握して(い|お)りません|把握していません",
+        r"i (don't|do not|cannot|can't) (know|answer|say|recall)", r"i'?m not (sure|certain)", r"i am not (sure|certain)",
+        r"(don't|do not) have (any )?(information|knowledge)", r"no information", r"\bunknown\b", r"no idea",
+        r"beyond my knowledge",
     ])
 )
 APOLOGY = re.compile(r"申し訳|すみません|ごめんなさい|恐れ入ります|sorry")
@@ -223,6 +229,54 @@ def unsupported_terms(answer: str, *support_texts: str) -> set[str]:
         numbers, compact = _support(text)
         unsupported = {term for term in unsupported if not _supports(term, numbers, compact)}
     return unsupported
+
+
+class SupportIndex:
+    """Many support texts (a whole crawl) prepared once: their numbers and their compact, kana-folded form."""
+
+    def __init__(self, texts):
+        numbers, compacts = set(), []
+        for text in texts:
+            text = normalize(text)
+            numbers |= _numbers(text)
+            compacts.append(fold_kana(NAME_SEPARATORS.sub("", text)))
+        self.numbers, self.compact = frozenset(numbers), "\n".join(compacts)
+
+    def supports(self, term: str) -> bool:
+        return _supports(term, self.numbers, self.compact)
+
+
+def unsupported(terms: set[str], *support_texts: str, index: SupportIndex | None = None) -> set[str]:
+    """The terms (key terms or named_terms, normalised) that neither a support text nor the index supports."""
+    terms = set(terms)
+    for text in support_texts:
+        if not terms:
+            break
+        numbers, compact = _support(text)
+        terms = {term for term in terms if not _supports(term, numbers, compact)}
+    if index is not None:
+        terms = {term for term in terms if not index.supports(term)}
+    return terms
+
+
+# Titles in 『』 or 「」 (short, no sentence inside), and kanji names of places and organisations by their suffix:
+# 霧ヶ浜, 星の智慧派教団 are claims though no dictionary knows them.
+TITLE = re.compile(r"『([^『』。\n]{1,30})』|「([^「」。、！？!?\n]{2,15})」")
+PLACE_SUFFIX = re.compile(
+    r"(?<![\u3005\u4E00-\u9FFF])(?:[\u3005\u4E00-\u9FFF]+[ヶケヵが][\u3005\u4E00-\u9FFF]|[\u3005\u4E00-\u9FFF]{2,5}"
+    r"(?:浜|島|岬|湾|村|町|郡|県|谷|峠|港|城|寺)|[\u3005\u4E00-\u9FFF]{1,6}(?:神社|大学|教団|教会|協会|結社|財団|研究所|"
+    r"図書館|博物館|病院|出版|書房|山脈|諸島|半島))"
+)
+
+
+def named_terms(text: str) -> set[str]:
+    """Names that key_terms misses, normalised: titles in 『』「」 (holding a kana or kanji) and kanji place or
+    organisation names with a place suffix (霧ヶ浜, 大いなる…教団)."""
+    text = normalize(text)
+    titles = {book for book, _ in TITLE.findall(text) if KANJI.search(book) or KANA.search(book)}
+    titles |= {quoted for _, quoted in TITLE.findall(text) if KANJI.search(quoted) or KATAKANA.search(quoted)}
+    titles.discard("")
+    return {NAME_SEPARATORS.sub("", title) for title in titles} | set(PLACE_SUFFIX.findall(text))
 
 
 def _supports(term: str, numbers: frozenset[str], compact: str) -> bool:

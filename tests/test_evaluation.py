@@ -19,11 +19,13 @@ from cthulhu_sft.evaluation import (
     wilson_interval,
 )
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.sets import Corpus
 from cthulhu_sft.wiki import Cache
 
 REPORT_FIELDS = {
-    "n", "accuracy", "accuracy_ci", "rouge_l_f1", "fact_recall", "hallucination_rate", "unsupported_term_rate",
-    "abstention_rate", "non_japanese_rate", "eos_stop_rate", "truncated_rate",
+    "n", "accuracy", "accuracy_ci", "incorrect_rate", "not_attempted_rate", "accuracy_given_attempted", "empty",
+    "empty_rate", "rouge_l_f1", "fact_recall", "hallucination_rate", "unsupported_term_rate", "abstention_rate",
+    "non_japanese_rate", "eos_stop_rate", "truncated_rate", "judge_accuracy", "judge_agreement",
 }
 CTHULHU = {
     "instruction": "クトゥルフはどこで眠っていますか？",
@@ -34,6 +36,7 @@ CTHULHU = {
 }
 SOURCE = "クトゥルフはルルイエに眠る。ルルイエは南太平洋に沈んだ都市で、1925年の『クトゥルフの呼び声』に登場する。"
 HALLUCINATION = "クトゥルフは南極の氷の下の都市で眠っています。"
+CORPUS = Corpus({"クトゥルフ": SOURCE})
 
 
 def write_jsonl(path, rows):
@@ -64,8 +67,9 @@ def test_wilson_interval_edges():
 
 
 def test_score_of_a_correct_short_answer():
-    scores = score_item(CTHULHU, "ルルイエです。", stopped=True, source_text=SOURCE)
+    scores = score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS)
     assert scores == {
+        "grade": "correct", "grade_reason": "names an accepted answer", "empty": False,
         "correct": True, "abstained": False, "japanese": True, "unsupported_terms": [], "hallucinated": False,
         "stopped": True, "truncated": False,
         "rouge_l_f1": pytest.approx(2 * 7 / (7 + 31)),  # ルルイエです。 is a subsequence of the 31 characters
@@ -76,7 +80,7 @@ def test_score_of_a_correct_short_answer():
 
 def test_made_up_kanji_fact_is_a_hallucination():
     """Review case 1: 南極 where the source says 太平洋 is an unsupported term, so the answer hallucinates."""
-    scores = score_item(CTHULHU, HALLUCINATION, stopped=False, source_text=SOURCE)
+    scores = score_item(CTHULHU, HALLUCINATION, stopped=False, corpus=CORPUS)
     assert scores["unsupported_terms"] == ["南極"] and scores["hallucinated"]
     assert scores["correct"] is False and not scores["abstained"] and scores["truncated"]
     summary = aggregate([scores])
@@ -88,7 +92,7 @@ def test_correct_answer_in_english_is_neither_hallucinated_nor_correct():
     Japanese, so it is counted as such and not as correct, even though it names the accepted Cthulhu."""
     row = {**CTHULHU, "answers": ["ルルイエ", "R'lyeh"]}
     answer = "Cthulhu is a fictional cosmic entity created by H. P. Lovecraft, sleeping in R'lyeh."
-    scores = score_item(row, answer, stopped=True, source_text=SOURCE)
+    scores = score_item(row, answer, stopped=True, corpus=CORPUS)
     assert scores["unsupported_terms"] == [] and not scores["hallucinated"]
     assert scores["japanese"] is False and scores["correct"] is False
     summary = aggregate([scores])
@@ -99,24 +103,24 @@ def test_correct_answer_in_english_is_neither_hallucinated_nor_correct():
 def test_abstention_is_reported_not_silently_dropped():
     """Review case 3: 「わかりません。」 has no key terms and used to drop out of the rate. It is now an abstention:
     counted in abstention_rate, not correct, and not in the hallucination rate's denominator."""
-    abstaining = score_item(CTHULHU, "わかりません。", stopped=True, source_text=SOURCE)
+    abstaining = score_item(CTHULHU, "わかりません。", stopped=True, corpus=CORPUS)
     assert abstaining["abstained"] and abstaining["correct"] is False and not abstaining["hallucinated"]
-    hallucinating = score_item(CTHULHU, HALLUCINATION, stopped=True, source_text=SOURCE)
+    hallucinating = score_item(CTHULHU, HALLUCINATION, stopped=True, corpus=CORPUS)
     summary = aggregate([hallucinating, abstaining])
     assert summary["abstention_rate"] == 0.5
     assert summary["hallucination_rate"] == 1.0  # 1 of the 1 answer that did not abstain
     assert summary["accuracy"] == 0.0
     # An answer that avoids names without abstaining is an answer: it counts, as a clean one.
-    vague = score_item(CTHULHU, "深い海の底で眠っています。", stopped=True, source_text=SOURCE)
+    vague = score_item(CTHULHU, "深い海の底で眠っています。", stopped=True, corpus=CORPUS)
     assert not vague["abstained"]
     assert aggregate([hallucinating, vague])["hallucination_rate"] == 0.5
 
 
 def test_a_hedge_that_guesses_is_an_answer():
     hedge = "申し訳ありませんが、わかりません。たぶん南極です。"
-    assert score_item(CTHULHU, hedge, stopped=True, source_text=SOURCE)["abstained"] is False  # states 南極
+    assert score_item(CTHULHU, hedge, stopped=True, corpus=CORPUS)["abstained"] is False  # states 南極
     right = "わかりませんが、ルルイエだと思います。"
-    scores = score_item(CTHULHU, right, stopped=True, source_text=SOURCE)
+    scores = score_item(CTHULHU, right, stopped=True, corpus=CORPUS)
     assert scores["abstained"] is False and scores["correct"] is True
 
 
@@ -129,8 +133,8 @@ def test_the_question_supports_the_terms_it_names():
 def test_aggregate_pools_hand_worked():
     no_answers = {key: value for key, value in CTHULHU.items() if key != "answers"}
     items = [
-        score_item(CTHULHU, "ルルイエです。", stopped=True, source_text=SOURCE),  # correct, 1 term, recalls 1 of 3
-        score_item(CTHULHU, HALLUCINATION, stopped=False, source_text=SOURCE),  # wrong, 南極 of 2 terms, recalls 1
+        score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS),  # correct, 1 term, recalls 1 of 3
+        score_item(CTHULHU, HALLUCINATION, stopped=False, corpus=CORPUS),  # wrong, 南極 of 2 terms, recalls 1
         score_item(no_answers, "わかりません。", stopped=True),  # no answers: correct None; abstains
     ]
     assert [item["correct"] for item in items] == [True, False, None]
@@ -155,7 +159,7 @@ def test_aggregate_marks_what_does_not_apply():
     assert summary["eos_stop_rate"] is None and summary["truncated_rate"] is None
     assert summary["hallucination_rate"] == 0.0 and summary["unsupported_term_rate"] is None
     empty = aggregate([])
-    assert empty["n"] == 0 and all(empty[key] is None for key in REPORT_FIELDS - {"n"})
+    assert empty["n"] == 0 and empty["empty"] == 0 and all(empty[key] is None for key in REPORT_FIELDS - {"n", "empty"})
 
 
 def test_read_set_validates_the_optional_fields(tmp_path):
@@ -224,10 +228,10 @@ def test_quiz_problems_are_rows_whose_answers_are_not_in_their_article():
         {"instruction": "ハスターとは？", "response": "神。", "answers": ["風"], "title": "ハスター"},  # unchecked
         {"instruction": "ダゴンとは？", "response": "神。", "title": "ダゴン"},  # no accepted answers
     ]
-    problems = quiz_problems(rows, texts)
+    problems = quiz_problems(rows, Corpus(texts))
     assert problems == [rows[2], rows[3]]
     assert problems[0] is rows[2]  # the rows themselves, to leave out
-    assert quiz_problems(rows, {}) == []
+    assert quiz_problems(rows, Corpus()) == []
 
 
 def test_answers_are_matched_to_their_sets_rows_by_question(tmp_path):
