@@ -133,9 +133,11 @@ def score_item(row: dict, answer: str, stopped: bool | None, corpus: Corpus | No
     corpus = corpus or Corpus()
     reference = row["response"]
     japanese = metrics.is_japanese(answer)
-    claims = metrics.claimed_terms(answer) | metrics.named_terms(answer)
+    stated = grading.western_years(metrics.normalize(answer))  # 昭和3年 claims 1928, as the corpus writes it
+    claims = metrics.claimed_terms(stated) | metrics.named_terms(stated)
     index = corpus.support() if corpus.texts else None
-    unsupported = sorted(metrics.unsupported(claims, row["instruction"], reference, corpus.text(row.get("title")), index=index))
+    supports = (grading.western_years(metrics.normalize(text)) for text in (row["instruction"], reference, corpus.text(row.get("title"))))
+    unsupported = sorted(metrics.unsupported(claims, *supports, index=index))
     grade = grading.grade_answer(answer, corpus.accepted(row.get("answers")), row["instruction"], bool(unsupported))
     reference_terms = metrics.key_terms(reference)
     return {

@@ -36,14 +36,11 @@ import re
 from dataclasses import dataclass
 
 from . import metrics
-from .metrics import KANJI, fold_kana, normalize
+from .metrics import KANJI, fold_kana, normalize, western_years
 
 CORRECT, INCORRECT, NOT_ATTEMPTED = "correct", "incorrect", "not_attempted"
 GRADES = (CORRECT, INCORRECT, NOT_ATTEMPTED)
 
-ERAS = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "令和": 2019}
-KANJI_DIGITS = {"〇": 0, "零": 0, "一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
-ERA_YEAR = re.compile(r"(明治|大正|昭和|平成|令和)\s*(元|[0-9]+|[〇零一二三四五六七八九十]+)\s*年")
 # Removed by `fold`, leaving a word boundary: whitespace, name separators, dashes, quotes, brackets, apostrophes
 BOUNDARY = re.compile(r"[\s・=゠\-‐‑‒–—―−'\"“”「」『』〈〉《》【】()\[\]{}]")
 SENTENCE_END = "。！？!?\n"
@@ -80,26 +77,6 @@ class Grade:
     empty: bool
     abstained: bool  # says it does not know and offers nothing (also without accepted answers)
     reason: str
-
-
-def western_years(text: str) -> str:
-    """Japanese era years as Western years: 昭和3年 → 1928年, 平成元年 → 1989年, 大正十五年 → 1926年."""
-    def replace(match):
-        number = 1 if match[2] == "元" else _small_number(match[2])
-        return f"{ERAS[match[1]] + number - 1}年" if number else match[0]
-
-    return ERA_YEAR.sub(replace, text)
-
-
-def _small_number(text: str) -> int | None:
-    """0–99 in digits or kanji (三, 十五, 二十, 六十四)."""
-    if text.isdigit():
-        return int(text)
-    tens, _, ones = text.partition("十")
-    if "十" not in text:
-        return KANJI_DIGITS.get(text) if len(text) == 1 else None
-    value = (KANJI_DIGITS.get(tens, 0) if tens else 1) * 10 + (KANJI_DIGITS.get(ones, 0) if ones else 0)
-    return value if (not tens or tens in KANJI_DIGITS) and (not ones or ones in KANJI_DIGITS) else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -200,6 +177,8 @@ def candidate_spans(folded: Folded, numeric: bool) -> list[tuple[int, int]]:
     spans = []
     for match in re.finditer(r"[\u30A1-\u30FA\u30FC\u31F0-\u31FFa-z\u00DF-\u00F6\u00F8-\u024F]+", text):
         start, end = match.span()
+        if script(text[start]) == "katakana":  # a katakana name with a kanji tail: ムー大陸 (folded ム大陸)
+            end += len(re.match(r"[\u3005\u4E00-\u9FFF]*", text[end:])[0])
         cuts = [start] + sorted(b for b in folded.boundaries if start < b < end) + [end]
         latin = script(text[start]) == "latin"
         pieces = list(zip(cuts, cuts[1:])) if latin else [(start, end)]  # Latin words keep their spaces

@@ -113,6 +113,31 @@ APOLOGY = re.compile(r"申し訳|すみません|ごめんなさい|恐れ入り
 SENTENCE_END = re.compile(r"[。．！？!?\n]+")
 
 
+ERAS = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "令和": 2019}
+KANJI_DIGITS = {"〇": 0, "零": 0, "一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+ERA_YEAR = re.compile(r"(明治|大正|昭和|平成|令和)\s*(元|[0-9]+|[〇零一二三四五六七八九十]+)\s*年")
+
+
+def western_years(text: str) -> str:
+    """Japanese era years as Western years: 昭和3年 → 1928年, 平成元年 → 1989年, 大正十五年 → 1926年."""
+    def replace(match):
+        number = 1 if match[2] == "元" else _small_number(match[2])
+        return f"{ERAS[match[1]] + number - 1}年" if number else match[0]
+
+    return ERA_YEAR.sub(replace, text)
+
+
+def _small_number(text: str) -> int | None:
+    """0–99 in digits or kanji (三, 十五, 二十, 六十四)."""
+    if text.isdigit():
+        return int(text)
+    tens, _, ones = text.partition("十")
+    if "十" not in text:
+        return KANJI_DIGITS.get(text) if len(text) == 1 else None
+    value = (KANJI_DIGITS.get(tens, 0) if tens else 1) * 10 + (KANJI_DIGITS.get(ones, 0) if ones else 0)
+    return value if (not tens or tens in KANJI_DIGITS) and (not ones or ones in KANJI_DIGITS) else None
+
+
 def normalize(text: str) -> str:
     """NFKC, lower case, typographic apostrophes → '."""
     return unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("\u2018", "'")
@@ -237,7 +262,7 @@ class SupportIndex:
     def __init__(self, texts):
         numbers, compacts = set(), []
         for text in texts:
-            text = normalize(text)
+            text = western_years(normalize(text))  # the corpus's 昭和3年 supports an answer's 1928
             numbers |= _numbers(text)
             compacts.append(fold_kana(NAME_SEPARATORS.sub("", text)))
         self.numbers, self.compact = frozenset(numbers), "\n".join(compacts)
@@ -263,7 +288,7 @@ def unsupported(terms: set[str], *support_texts: str, index: SupportIndex | None
 # 霧ヶ浜, 星の智慧派教団 are claims though no dictionary knows them.
 TITLE = re.compile(r"『([^『』。\n]{1,30})』|「([^「」。、！？!?\n]{2,15})」")
 PLACE_SUFFIX = re.compile(
-    r"(?<![\u3005\u4E00-\u9FFF])(?:[\u3005\u4E00-\u9FFF]+[ヶケヵが][\u3005\u4E00-\u9FFF]|[\u3005\u4E00-\u9FFF]{2,5}"
+    r"(?<![\u3005\u4E00-\u9FFF])(?:[\u3005\u4E00-\u9FFF]+[ヶケヵ][\u3005\u4E00-\u9FFF]+|[\u3005\u4E00-\u9FFF]{2,5}"
     r"(?:浜|島|岬|湾|村|町|郡|県|谷|峠|港|城|寺)|[\u3005\u4E00-\u9FFF]{1,6}(?:神社|大学|教団|教会|協会|結社|財団|研究所|"
     r"図書館|博物館|病院|出版|書房|山脈|諸島|半島))"
 )
