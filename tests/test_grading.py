@@ -49,7 +49,7 @@ SOURCE_TEXTS = [
     {"title": "ハワード・フィリップス・ラヴクラフト",
      "text": "ハワード・フィリップス・ラヴクラフト（1890年 - 1937年）はロードアイランド州プロビデンス出身の作家。"},
 ]
-C, I, N = "correct", "incorrect", "not_attempted"
+C, W, N = "correct", "incorrect", "not_attempted"  # W: wrong
 CASES = [
     # Commits to the accepted answer: spellings, initials, given names, width, a single hedged answer.
     (AUTHOR, "ラヴクラフトです。", C),
@@ -68,33 +68,33 @@ CASES = [
     (AUTHOR, "ラヴクラフトです。のちにダーレスが体系化しました。", C),
     (AUTHOR, "ラヴクラフトとされています。", C),
     # Negated.
-    (AUTHOR, "ラヴクラフトではありません。", I),
-    (AUTHOR, "ラヴクラフトの作品ではありません。", I),
-    (AUTHOR, "ラヴクラフトじゃないです。", I),
-    (AUTHOR, "ラヴクラフトは作者ではありません。", I),
-    (AUTHOR, "ラヴクラフト以外の誰かです。", I),
-    (AUTHOR, "ラヴクラフトではなく、ダーレスです。", I),
-    (AUTHOR, "ラヴクラフトというのは誤りです。", I),
-    (AUTHOR, "ラヴクラフトではないでしょう。", I),
+    (AUTHOR, "ラヴクラフトではありません。", W),
+    (AUTHOR, "ラヴクラフトの作品ではありません。", W),
+    (AUTHOR, "ラヴクラフトじゃないです。", W),
+    (AUTHOR, "ラヴクラフトは作者ではありません。", W),
+    (AUTHOR, "ラヴクラフト以外の誰かです。", W),
+    (AUTHOR, "ラヴクラフトではなく、ダーレスです。", W),
+    (AUTHOR, "ラヴクラフトというのは誤りです。", W),
+    (AUTHOR, "ラヴクラフトではないでしょう。", W),
     # One candidate among several of the same kind.
-    (AUTHOR, "ダーレス、クラーク・アシュトン・スミス、ロバート・E・ハワード、ロバート・ブロック、ラヴクラフトのいずれかです。", I),
-    (AUTHOR, "ラヴクラフトかダーレスです。", I),
-    (AUTHOR, "ラヴクラフトまたはダーレスです。", I),
-    (AUTHOR, "ラヴクラフトもしくはスミスでしょう。", I),
-    (AUTHOR, "ラヴクラフト、あるいはダーレスです。", I),
-    (AUTHOR, "ダーレスとラヴクラフトのどちらかです。", I),
-    (AUTHOR, "ラヴクラフトとダーレスです。", I),
-    (AUTHOR, "ラヴクラフト、ダーレス、スミスなどです。", I),
-    (AUTHOR, "候補はラヴクラフト、ダーレス、スミスです。", I),
-    (AUTHOR, "ラヴクラフトだったか、ダーレスだったか、記憶が曖昧です。", I),
-    (AUTHOR, "ラヴクラフトです。ダーレスかもしれません。", I),
-    (AUTHOR, "Lovecraft or Derleth.", I),
+    (AUTHOR, "ダーレス、クラーク・アシュトン・スミス、ロバート・E・ハワード、ロバート・ブロック、ラヴクラフトのいずれかです。", W),
+    (AUTHOR, "ラヴクラフトかダーレスです。", W),
+    (AUTHOR, "ラヴクラフトまたはダーレスです。", W),
+    (AUTHOR, "ラヴクラフトもしくはスミスでしょう。", W),
+    (AUTHOR, "ラヴクラフト、あるいはダーレスです。", W),
+    (AUTHOR, "ダーレスとラヴクラフトのどちらかです。", W),
+    (AUTHOR, "ラヴクラフトとダーレスです。", W),
+    (AUTHOR, "ラヴクラフト、ダーレス、スミスなどです。", W),
+    (AUTHOR, "候補はラヴクラフト、ダーレス、スミスです。", W),
+    (AUTHOR, "ラヴクラフトだったか、ダーレスだったか、記憶が曖昧です。", W),
+    (AUTHOR, "ラヴクラフトです。ダーレスかもしれません。", W),
+    (AUTHOR, "Lovecraft or Derleth.", W),
     # Another answer, a longer word, an English sentence, a guess after an abstention.
-    (AUTHOR, "ダーレスです。", I),
-    (AUTHOR, "ラヴクラフトファンクラブです。", I),
-    (AUTHOR, "Cthulhu was created by H. P. Lovecraft in 1926.", I),
-    (AUTHOR, "わかりません。たぶんダーレスです。", I),
-    (AUTHOR, "クトゥルフ神話の作家です。", I),
+    (AUTHOR, "ダーレスです。", W),
+    (AUTHOR, "ラヴクラフトファンクラブです。", W),
+    (AUTHOR, "Cthulhu was created by H. P. Lovecraft in 1926.", W),
+    (AUTHOR, "わかりません。たぶんダーレスです。", W),
+    (AUTHOR, "クトゥルフ神話の作家です。", W),
     # Abstentions, with or without an apology, and empty answers.
     (AUTHOR, "わかりません。", N),
     (AUTHOR, "はっきりしたことは言えません。", N),
@@ -123,48 +123,48 @@ CASES = [
     (YEAR, "１９２８年", C),
     (YEAR, "1928年（昭和3年）2月号です。", C),
     (YEAR, "1926年に書かれ、1928年に発表されました。", C),
-    (YEAR, "1926年、1927年、1928年、1929年のどれかです。", I),
-    (YEAR, "1927年か1928年です。", I),
-    (YEAR, "1926年から1928年の間です。", I),
-    (YEAR, "1926〜1928年です。", I),
-    (YEAR, "1928年ではなく1927年です。", I),
-    (YEAR, "19280年です。", I),
-    (YEAR, "1927年です。", I),
-    (YEAR, "昭和2年です。", I),
+    (YEAR, "1926年、1927年、1928年、1929年のどれかです。", W),
+    (YEAR, "1927年か1928年です。", W),
+    (YEAR, "1926年から1928年の間です。", W),
+    (YEAR, "1926〜1928年です。", W),
+    (YEAR, "1928年ではなく1927年です。", W),
+    (YEAR, "19280年です。", W),
+    (YEAR, "1927年です。", W),
+    (YEAR, "昭和2年です。", W),
     (YEAR, "正確な年は不明です。", N),
     (BORN, "明治23年です。", C),
-    (BORN, "1890年か1891年です。", I),
+    (BORN, "1890年か1891年です。", W),
     # Places: whole words, lists, negation, hedges.
     (PLACE, "ルルイエです。", C),
     (PLACE, "南太平洋の海底都市ルルイエです。", C),
     (PLACE, "ルルイエかもしれません。", C),
-    (PLACE, "ルルイエか南極のどちらかです。", I),
-    (PLACE, "ルルイエ、あるいはムー大陸です。", I),
-    (PLACE, "ルルイエではありません。", I),
+    (PLACE, "ルルイエか南極のどちらかです。", W),
+    (PLACE, "ルルイエ、あるいはムー大陸です。", W),
+    (PLACE, "ルルイエではありません。", W),
     (KYOTO, "京都です。", C),
     (KYOTO, "京都府です。", C),
-    (KYOTO, "東京都です。", I),
+    (KYOTO, "東京都です。", W),
     (HALI, "ハリ湖です。", C),
-    (HALI, "ハリウッドです。", I),
+    (HALI, "ハリウッドです。", W),
     # Other names of the article (aliases in source_texts.jsonl), long-vowel and ヴ/ブ variants.
     (BEING, "クトゥルーです。", C),
     (BEING, "ク・リトル・リトルです。", C),
-    (BEING, "それはクトゥルフではありません。", I),
-    (BEING, "クトゥルフかハスターです。", I),
+    (BEING, "それはクトゥルフではありません。", W),
+    (BEING, "クトゥルフかハスターです。", W),
     (NYAR, "ナイアラトテップです。", C),
     (NYAR, "ニャルラトテップです。", C),
     (NYAR, "ナイアルラトホテップ", C),
     (POLARIS, "『ポラリス』です。", C),
     (POLARIS, "北極星です。", C),
-    (POLARIS, "ポラリスではない。", I),
+    (POLARIS, "ポラリスではない。", W),
     # A family name alone, initials, a given name alone.
     (PRICE, "E・ホフマン・プライス", C),
     (PRICE, "プライスです。", C),
     (PRICE, "ホフマン・プライスです。", C),
-    (PRICE, "エドガーです。", I),
+    (PRICE, "エドガーです。", W),
     (DERLETH, "A・ダーレス", C),
     (DERLETH, "ダーレスです。", C),
-    (DERLETH, "オーガストです。", I),
+    (DERLETH, "オーガストです。", W),
 ]
 # Questions without accepted answers: only the hallucination measure applies.
 DAGON = {"instruction": "ダゴンとは何ですか？", "response": "深きものどもが崇める神です。", "title": "クトゥルフ神話"}
@@ -223,7 +223,7 @@ def test_rates_are_the_three_grades_and_empty_answers_apart(graded):
     report, generations = graded
     [result] = report["results"]
     graded_rows = [generations[index + 1] for index in range(len(CASES))]
-    for grade, key in ((C, "accuracy"), (I, "incorrect_rate"), (N, "not_attempted_rate")):
+    for grade, key in ((C, "accuracy"), (W, "incorrect_rate"), (N, "not_attempted_rate")):
         assert result[key] == pytest.approx(sum(row["grade"] == grade for row in graded_rows) / len(CASES))
     assert result["accuracy"] + result["incorrect_rate"] + result["not_attempted_rate"] == pytest.approx(1)
     assert result["empty"] == 3 + 3  # three in the table, three among the hallucination rows
@@ -250,7 +250,7 @@ def test_empty_answers_never_lower_the_hallucination_rate(tmp_path):
 
 def test_era_years_are_neither_wrong_nor_invented(graded):
     _, generations = graded
-    for index, (row, answer, _) in enumerate(CASES):
+    for index, (_, answer, _) in enumerate(CASES):
         if "昭和3年" in answer or "明治23年" in answer:
             assert generations[index + 1]["unsupported_terms"] == [], answer
 
@@ -332,7 +332,7 @@ def test_a_model_grader_grades_beside_the_rules_cached_and_without_leaking_its_k
         again, _ = run_evaluate(tmp_path, rows, answers, *extra)
         assert len(server.requests) == 3  # every verdict came from the cache
     [result] = report["results"]
-    assert [generations[line].get("judge_grade") for line in (1, 2, 3, 4)] == [C, I, I, None]
+    assert [generations[line].get("judge_grade") for line in (1, 2, 3, 4)] == [C, W, W, None]
     assert result["accuracy"] == pytest.approx(1 / 3) and result["judge_accuracy"] == pytest.approx(1 / 3)
     assert result["judge_agreement"] == pytest.approx(2 / 3)
     assert again["results"][0]["judge_agreement"] == result["judge_agreement"]
