@@ -204,8 +204,9 @@ def evaluate_model(model, fmt, label: str, sets: list[EvalSet], decoding: Decodi
     from .inference import generate
 
     output = {"results": [], "generations": [], "max_new_tokens": {}, "losses": {}}
-    for evaluated in sets:
+    for number, evaluated in enumerate(sets, 1):
         rows = evaluated.scored
+        where = f"{label} {evaluated.name} (set {number}/{len(sets)})"
         if not rows:  # every row left out: the set is still reported, with n 0
             output["results"] += [{"set": evaluated.name, "model": label, "temperature": temperature, **aggregate([])}
                                   for temperature in decoding.temperatures]
@@ -214,14 +215,14 @@ def evaluate_model(model, fmt, label: str, sets: list[EvalSet], decoding: Decodi
         output["max_new_tokens"][evaluated.name] = max_new_tokens
         reference = [(None, 0)] * len(rows)
         if losses:
-            _describe(progress, f"{label} {evaluated.name}: loss")
+            _describe(progress, f"{where}: loss")
             reference = answer_losses(model, fmt, [(row["instruction"], row["response"]) for row in rows],
                                       batch_size=decoding.batch_size, progress=progress)
             tokens = sum(n for _, n in reference)
             loss = sum(nll for nll, _ in reference) / tokens
             output["losses"][evaluated.name] = {"loss": loss, "perplexity": math.exp(loss), "answer_tokens": tokens}
         for temperature in decoding.temperatures:
-            _describe(progress, f"{label} {evaluated.name}: T={temperature:g}")
+            _describe(progress, f"{where}: T={temperature:g}")
             answers = generate(
                 model, fmt, [[{"role": "user", "content": row["instruction"]}] for row in rows],
                 temperature=temperature, top_p=decoding.top_p, max_new_tokens=max_new_tokens,

@@ -180,8 +180,20 @@ def set_summary(info: dict) -> str:
 
 
 def plot_report(report: dict, path: str | os.PathLike) -> None:
-    """report.png: a panel per set, a group of bars per measure, a bar per model and temperature; the legend
-    beside the bars, "n/a" where a measure does not apply, a value over every bar (0 included)."""
+    """report.png (report_figure), written atomically."""
+    import matplotlib.pyplot as plt
+
+    figure = report_figure(report)
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    figure.savefig(temporary, format="png", dpi=100)
+    os.replace(temporary, path)
+    plt.close(figure)
+
+
+def report_figure(report: dict):
+    """A panel per set, a group of bars per measure, a bar per model and temperature; the legend beside the
+    panel, a value over every bar ("n/a" where a measure does not apply, not 0), a visible stub for a 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,28 +210,26 @@ def plot_report(report: dict, path: str | os.PathLike) -> None:
             temperature = "" if result["temperature"] is None else f" T={result['temperature']:g}"
             bars = axis.bar(xs, [value or 0.0 for value in values], width, label=f"{result['model']}{temperature}",
                             edgecolor="black", linewidth=0.6)
-            for x, value, bar in zip(xs, values, bars):
-                label = "n/a" if value is None else f"{value:.2f}"  # n/a: does not apply, not 0
-                axis.text(x, bar.get_height() + 0.015, label, ha="center", va="bottom", fontsize=6, rotation=90)
-                if value == 0:
-                    axis.plot([x - width / 2, x + width / 2], [0.004, 0.004], color=bar.get_facecolor(), linewidth=3)
+            tops = [value or 0.0 for value in values]
             if result["accuracy_ci"]:
                 low, high = result["accuracy_ci"]
                 axis.errorbar(xs[0], result["accuracy"], yerr=[[result["accuracy"] - low], [high - result["accuracy"]]],
                               color="black", capsize=3, linewidth=1)
+                tops[0] = high
+            for x, value, top, bar in zip(xs, values, tops, bars):
+                axis.text(x, top + 0.015, "n/a" if value is None else f"{value:.2f}", ha="center", va="bottom",
+                          fontsize=6, rotation=90)
+                if value == 0:
+                    axis.plot([x - width / 2, x + width / 2], [0.006, 0.006], color=bar.get_facecolor(), linewidth=3)
         axis.set_xticks(range(len(MEASURES)), [f"{title}{_arrow(up)}" for _, title, up in MEASURES], fontsize=8)
-        axis.set_ylim(0, 1.25)
+        axis.set_ylim(0, 1.3)
         axis.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
         axis.set_title(f"{name}: {report['sets'][name]['scored']} questions", fontsize=10)
         axis.grid(axis="y", alpha=0.3)
         if results:
             axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0)
     figure.tight_layout()
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, format="png", dpi=100)
-    os.replace(temporary, path)
-    plt.close(figure)
+    return figure
 
 
 def write_report(output_dir: str | os.PathLike, report: dict, generations: list[dict]) -> str:

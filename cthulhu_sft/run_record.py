@@ -151,6 +151,8 @@ def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty
     if sets:
         batch_size = device_batch_size(model, longest_sequence(sets, fmt))
         decoding = Decoding(temperatures=[0.0], repetition_penalty=repetition_penalty, batch_size=batch_size)
+        logger.info(f"knowledge check: {', '.join(f'{s.name} ({len(s.scored)} questions)' for s in sets)}, each answered "
+                    f"by the base and the adapter, greedy, in batches of {batch_size}")
         with progress_bar(2 * sum(len(evaluated.scored) for evaluated in sets), "knowledge check") as bar:
             with model.disable_adapter():
                 base = evaluate_model(model, fmt, "base", sets, decoding, corpus, progress=bar, losses=False)

@@ -14,9 +14,9 @@ import torch
 from conftest import PYTHON, STOP_QUESTION, load_script, run_script
 
 from cthulhu_sft.evaluation import aggregate, default_max_new_tokens, score_item
-from cthulhu_sft.sets import Corpus
 from cthulhu_sft.format import IGNORE_INDEX, MistralFormat
 from cthulhu_sft.inference import generate, load_model
+from cthulhu_sft.sets import Corpus
 
 KNOWN = [
     {"instruction": STOP_QUESTION, "response": "ラヴクラフトが1926年に創造した。",
@@ -361,3 +361,21 @@ def test_a_set_without_answers_is_still_reported(tmp_path, capsys):
     assert results["known"]["n"] == 0 and results["known"]["empty"] == 0
     assert all(results["known"][key] is None for key in RESULT_FIELDS - {"set", "model", "n", "empty"})
     assert "| answers | – | 0 |" in capsys.readouterr().out
+
+
+def test_the_default_run_names_the_sets_it_scored_and_those_it_could_not_find(tmp_path, monkeypatch, capsys):
+    """Before a crawl only the shipped quiz exists: the run says so instead of silently scoring the quiz alone."""
+    script = load_script("evaluate")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/quiz").mkdir(parents=True)
+    write_jsonl(tmp_path / "data/quiz/cthulhu_quiz_ja.jsonl", QUIZ)
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"set": "quiz", "instruction": QUIZ[0]["instruction"],
+                                                        "answer": "ラヴクラフトです。"}])
+    script.main(script.parse_args(["--answers", str(answers)]))
+    err = capsys.readouterr().err
+    assert "Scoring: quiz (data/quiz/cthulhu_quiz_ja.jsonl, 3 questions)" in err
+    assert "Not found, so not scored: known (data/eval_known.jsonl), unseen (data/eval.jsonl)" in err
+    markdown = (tmp_path / "output/eval/report.md").read_text(encoding="utf-8")
+    assert "Not found, so not scored: known (`data/eval_known.jsonl`), unseen (`data/eval.jsonl`)" in markdown
+    assert json.loads((tmp_path / "output/eval/report.json").read_text())["missing_sets"] == {
+        "known": "data/eval_known.jsonl", "unseen": "data/eval.jsonl"}

@@ -287,3 +287,27 @@ def test_a_latin_accepted_form_inside_a_japanese_answer_is_correct():
     assert score_item(row, "De Vermis Mysteriisです。", True)["correct"] is True
     assert score_item(row, "De Vermis Mysteriis", True)["correct"] is True
     assert score_item(row, "It is De Vermis Mysteriis, written by Ludvig Prinn.", True)["correct"] is False
+
+
+def test_report_figure_is_readable_on_its_own():
+    """The legend beside the bars, not over them; "n/a" for what does not apply, one label per bar; a 0 drawn."""
+    from cthulhu_sft.report import MEASURES, report_figure
+
+    results = [{"set": "quiz", "model": model, "temperature": 0.0, "n": 2, "empty": 0,
+                **{key: 0.0 for key, _, _ in MEASURES}, "accuracy": 0.5, "accuracy_ci": [0.1, 0.9], "eos_stop_rate": None}
+               for model in ("base", "adapter", "another")]
+    figure = report_figure({"sets": {"quiz": {"scored": 2}}, "results": results})
+    figure.canvas.draw()
+    [axis] = figure.axes
+    renderer = figure.canvas.get_renderer()
+    legend, panel = axis.get_legend().get_window_extent(renderer), axis.get_window_extent(renderer)
+    assert legend.x0 >= panel.x1  # beside the panel
+    texts = [text.get_text() for text in axis.texts]
+    assert len(texts) == 3 * len(MEASURES) and texts.count("n/a") == 3
+    na = [text for text in axis.texts if text.get_text() == "n/a"]
+    assert all(text.get_rotation() == 90 for text in na)  # upright labels do not run into each other
+    zero_bars = 3 * (len(MEASURES) - 2)
+    assert len(axis.lines) >= zero_bars  # a visible stub for each 0 (the error bars add their own lines)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
