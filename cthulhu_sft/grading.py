@@ -6,7 +6,9 @@
                    hedged answer (「たぶんラヴクラフトだと思います」) is correct, as in SimpleQA.
     not attempted  the answer is empty (no letter or digit), or abstains (「わかりません」「はっきりしたことは言えま
                    せん」「その点については私の知識の範囲外です」「正確な作者は不明です」, with or without an apology:
-                   metrics.ABSTENTION) without offering a candidate and without negating an accepted form.
+                   metrics.ABSTENTION) without offering a candidate and without negating an accepted form, or — as
+                   SimpleQA grades — gives no answer at all: no accepted form, no other candidate, no unsupported
+                   term, nothing against the accepted answer (「有名なホラー作家です」).
     incorrect      everything else: another answer, a negated or hedged accepted form, an English sentence.
 
 Accepted forms are compared in a folded form (`fold`): NFKC and lower case (full/half width, Ｈ → h), Japanese
@@ -22,9 +24,10 @@ Each accepted form also accepts its family name and its shorter tails (エドガ
 
 A candidate of the same kind is a number (for a numeric accepted form) or a name — katakana or Latin run, kanji
 proper noun — (otherwise) that is not an accepted form and not in the question. The answer hedges when such a
-candidate is listed next to the accepted form (、 , / と や か または もしくは あるいは から 〜 ...), when a sentence
-with the accepted form holds both a candidate and a marker of choice (いずれか どれか どちらか または もしくは
-あるいは ないし or either 候補), or when another sentence offers a candidate as a possibility (かもしれ 可能性 説).
+candidate is listed next to the accepted form (、 , / と や か または もしくは あるいは から 〜 ? ...), when a
+sentence with the accepted form holds both a candidate and a marker of choice (いずれか どれか どちらか または
+もしくは あるいは ないし or either 候補), when a candidate is offered as a possibility (「ダーレスかもしれません」
+「ダーレスの可能性も」「ダーレスという説も」), or when another sentence asks a candidate (「ラヴクラフト？ダーレス？」).
 
 Known limits: an answer that names two accepted forms and negates one (「クトゥルフではなくクトゥルーです」) is
 incorrect; a candidate written in hiragana or as a common noun is not seen; a negation further than the clause
@@ -47,16 +50,18 @@ SENTENCE_END = "。！？!?\n"
 # What may stand between two listed candidates: a suffix, then list punctuation or a word of choice
 SUFFIX = r"(?:年|年代|氏|さん|様|先生|ら)?"
 LIST_JOIN = re.compile(
-    SUFFIX + r"(?:だった|でした|です|など|なのか|だか)?"
-    r"(?:、|,|/|と|や|か|及び|および|または|もしくは|あるいは|或いは|ないし|から|~|〜|～|ー|or|either)+$"
+    SUFFIX + r"(?:だった|でした|です|など|なの|だ)?"
+    r"(?:、|,|/|と|や|か|及び|および|または|もしくは|あるいは|或いは|ないし|から|~|〜|～|ー|or|either|\?)+$"
 )
-CHOICE = re.compile(r"いずれ|どれか|どちらか|どっちか|どれ(?:で|な)|または|もしくは|あるいは|或いは|ないし|候補|"
+CHOICE = re.compile(r"いずれ|どれか|どちらか|どっちか|どれ(?:で|な)|または|もしくは|あるいは|或いは|ないし|それとも|候補|"
                     r"のうちの?(?:一|ひと)つ|(?:^|\|)(?:or|either)(?:\||$)")
-POSSIBILITY = re.compile(r"かもしれ|かも知れ|可能性|説も|説が|とも言われ|ともいわれ|とする説|とも考えられ")
+# A candidate offered as a possibility, just after its name: 「ダーレスかもしれません」「ダーレスの可能性も」「ダーレスという説も」
+POSSIBILITY = re.compile(r"^(?:年|氏|さん)?(?:だ|です|の|という|とする|とも)?(?:かもしれ|かも知れ|可能性|説|考えられ|言われ|いわれ)")
 # A negation of the name just before it in the same clause: 「ラヴクラフトではありません」「ラヴクラフトの作品ではなく」
 NEGATION = re.compile(
-    r"^[^、,。！？!?\n]{0,12}?(?:(?:では|じゃ|で)(?:は)?(?:ありません|ありませんでした|ございません|ないです|ない|なく"
-    r"|なかった)(?!か|でしょうか|だろうか|のか)|とは(?:違|異な|言え)|以外|(?:という|とする|とした)?のは(?:誤|間違)|は(?:誤り|間違い))"
+    r"^[^、,。！？!?\n]{0,12}?(?:(?:では|じゃ|で)(?:は)?(?:ありません|ございません|ない|なく|なかった)"
+    r"(?!(?:です|でしょう|だろう|のです|んです|ん)?か)|とは(?:違|異な|言え)|以外|(?:という|とする|とした)?のは(?:誤|間違)"
+    r"|は(?:誤り|間違い)|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
 )
 ENGLISH_NEGATION = re.compile(r"(?:^|\|)not\|?$")
 NAME_TAIL_MIN = 3
@@ -215,9 +220,14 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         if not _japanese_apart_from(folded, named):
             return Grade(INCORRECT, False, False, "not in Japanese")
         return Grade(CORRECT, False, False, "names an accepted answer")
-    if abstains and not others and not unsupported:
+    if others or unsupported:
+        return Grade(INCORRECT, False, False, "names another answer")
+    if abstains:
         return Grade(NOT_ATTEMPTED, False, True, "abstains")
-    return Grade(INCORRECT, False, False, "names no accepted answer")
+    if not metrics.is_japanese(answer):
+        return Grade(INCORRECT, False, False, "not in Japanese")
+    # Neither the answer nor another one, nothing against it: as SimpleQA, not attempted (「有名な作家です」)
+    return Grade(NOT_ATTEMPTED, False, False, "gives no answer")
 
 
 def _is_other(folded: Folded, span, named, forms, question_text: str) -> bool:
@@ -226,9 +236,10 @@ def _is_other(folded: Folded, span, named, forms, question_text: str) -> bool:
     term = folded.text[start:end]
     if any(start < other_end and other_start < end for other_start, other_end in named):
         return False
-    if any(term in form or form in term for form in forms):
+    if any(term in form for form in forms):  # a part of an accepted name (エドガー of エドガー・ホフマン・プライス)
         return False
-    return not (question_text and term in question_text)
+    core = re.match(r"[^\u3005\u4E00-\u9FFF]*", term)[0] or term  # クトゥルフ of クトゥルフ神話
+    return not (question_text and (term in question_text or core in question_text))
 
 
 def _negated(folded: Folded, span) -> bool:
@@ -258,9 +269,11 @@ def _hedged(folded: Folded, named, others) -> bool:
         inside = [span for span in others if sentence_start <= span[0] < sentence_end]
         if inside and CHOICE.search(_marked(folded, sentence_start, sentence_end)):
             return True
-    for start, _ in others:
-        sentence = _sentence(text, start)
-        if sentence not in named_sentences and POSSIBILITY.search(text[sentence[0]:sentence[1]]):
+    for start, end in others:
+        if POSSIBILITY.match(text[end:]):
+            return True
+        sentence_start, sentence_end = _sentence(text, start)  # 「ラヴクラフト？ダーレス？」
+        if (sentence_start, sentence_end) not in named_sentences and text[sentence_end:sentence_end + 1] in ("?", "？"):
             return True
     return False
 

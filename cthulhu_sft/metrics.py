@@ -106,7 +106,10 @@ ABSTENTION = re.compile(
         r"(確か|正確)な(答え|情報|こと|回答)を?(持って|持ち合わせて)", r"知る由も", r"把握して(い|お)りません|把握していません",
         r"i (don't|do not|cannot|can't) (know|answer|say|recall)", r"i'?m not (sure|certain)", r"i am not (sure|certain)",
         r"(don't|do not) have (any )?(information|knowledge)", r"no information", r"\bunknown\b", r"no idea",
-        r"beyond my knowledge",
+        r"beyond my knowledge", r"^\W*n/?a\W*$", r"^\W*(なし|無し|該当なし|不明)\W*$", r"(該当|答え|回答)(は)?(なし|無し)",
+        r"(情報|知識|資料|データ)(が|は)?(不足|足りません|足りない)", r"(記録|資料|情報)(が|は)?残って(い|お)?(ません|ない)",
+        r"(お役に立て|お力になれ)(ず|ません)", r"(回答|お答え|答え)(を|は)?(差し)?控え", r"(思い|心)当たり(が)?(ません|ありません|ない)",
+        r"(調べ|確認)(る|が)必要", r"^\W*(申し訳(ありません|ございません)|すみません|ごめんなさい)\W*$",
     ])
 )
 APOLOGY = re.compile(r"申し訳|すみません|ごめんなさい|恐れ入ります|sorry")

@@ -94,7 +94,23 @@ CASES = [
     (AUTHOR, "ラヴクラフトファンクラブです。", W),
     (AUTHOR, "Cthulhu was created by H. P. Lovecraft in 1926.", W),
     (AUTHOR, "わかりません。たぶんダーレスです。", W),
-    (AUTHOR, "クトゥルフ神話の作家です。", W),
+    (AUTHOR, "ダーレスが書きました。", W),
+    (AUTHOR, "ラヴクラフティアンの作家です。", W),
+    (AUTHOR, "ラヴクラフトなのかダーレスなのか、定かではありません。", W),
+    (AUTHOR, "ラヴクラフト？ダーレス？", W),
+    (AUTHOR, "ラヴクラフトかもしれないし、ダーレスかもしれない。", W),
+    (AUTHOR, "ダーレスの可能性もありますが、ラヴクラフトです。", W),
+    (AUTHOR, "ラヴクラフト／ダーレス", W),
+    (AUTHOR, "ラヴクラフトやダーレスなどの作家です。", W),
+    (AUTHOR, "ラヴクラフトではございません。", W),
+    (AUTHOR, "ラヴクラフトとは違います。", W),
+    (AUTHOR, "ラヴクラフトではないと思います。", W),
+    (AUTHOR, "ラヴクラフトが書いたわけではありません。", W),
+    (AUTHOR, "ラヴクラフトは関係ありません。", W),
+    (AUTHOR, "ラヴクラフトではないですか？", C),  # a rhetorical question affirms
+    # No answer at all, nothing against the accepted one: not attempted, as SimpleQA grades.
+    (AUTHOR, "クトゥルフ神話の作家です。", N),
+    (AUTHOR, "有名な作家です。", N),
     # Abstentions, with or without an apology, and empty answers.
     (AUTHOR, "わかりません。", N),
     (AUTHOR, "はっきりしたことは言えません。", N),
@@ -110,6 +126,15 @@ CASES = [
     (AUTHOR, "分かりかねます。", N),
     (AUTHOR, "断言できません。", N),
     (AUTHOR, "I don't know.", N),
+    (AUTHOR, "情報が不足しています。", N),
+    (AUTHOR, "記録が残っていません。", N),
+    (AUTHOR, "回答は差し控えます。", N),
+    (AUTHOR, "お役に立てず申し訳ありません。", N),
+    (AUTHOR, "申し訳ありません。", N),
+    (AUTHOR, "N/A", N),
+    (AUTHOR, "該当なし", N),
+    (AUTHOR, "?", N),
+    (AUTHOR, "……", N),
     (AUTHOR, "", N),
     (AUTHOR, "   ", N),
     (AUTHOR, "。", N),
@@ -132,6 +157,10 @@ CASES = [
     (YEAR, "1927年です。", W),
     (YEAR, "昭和2年です。", W),
     (YEAR, "正確な年は不明です。", N),
+    (YEAR, "1928年か29年です。", W),
+    (YEAR, "1920年代です。", W),
+    (YEAR, "1928年ではないでしょうか。", C),
+    (YEAR, "西暦1928年", C),
     (BORN, "明治23年です。", C),
     (BORN, "1890年か1891年です。", W),
     # Places: whole words, lists, negation, hedges.
@@ -141,9 +170,13 @@ CASES = [
     (PLACE, "ルルイエか南極のどちらかです。", W),
     (PLACE, "ルルイエ、あるいはムー大陸です。", W),
     (PLACE, "ルルイエではありません。", W),
+    (PLACE, "ルルイエ？それとも南極？", W),
+    (PLACE, "ルルイエではなく南極です。", W),
+    (PLACE, "ルルイエ島です。", C),
     (KYOTO, "京都です。", C),
     (KYOTO, "京都府です。", C),
     (KYOTO, "東京都です。", W),
+    (KYOTO, "京都ではなく奈良です。", W),
     (HALI, "ハリ湖です。", C),
     (HALI, "ハリウッドです。", W),
     # Other names of the article (aliases in source_texts.jsonl), long-vowel and ヴ/ブ variants.
@@ -151,6 +184,7 @@ CASES = [
     (BEING, "ク・リトル・リトルです。", C),
     (BEING, "それはクトゥルフではありません。", W),
     (BEING, "クトゥルフかハスターです。", W),
+    (BEING, "クトゥルフ、もしくはクトゥルーです。", C),  # two names of the same being
     (NYAR, "ナイアラトテップです。", C),
     (NYAR, "ニャルラトテップです。", C),
     (NYAR, "ナイアルラトホテップ", C),
@@ -161,10 +195,10 @@ CASES = [
     (PRICE, "E・ホフマン・プライス", C),
     (PRICE, "プライスです。", C),
     (PRICE, "ホフマン・プライスです。", C),
-    (PRICE, "エドガーです。", W),
+    (PRICE, "エドガーです。", N),  # a given name alone: not the answer, not another one
     (DERLETH, "A・ダーレス", C),
     (DERLETH, "ダーレスです。", C),
-    (DERLETH, "オーガストです。", W),
+    (DERLETH, "オーガストです。", N),
 ]
 # Questions without accepted answers: only the hallucination measure applies.
 DAGON = {"instruction": "ダゴンとは何ですか？", "response": "深きものどもが崇める神です。", "title": "クトゥルフ神話"}
@@ -216,7 +250,7 @@ def test_hostile_answers_get_the_careful_graders_verdict(graded, index):
     assert generation["answer"] == answer
     assert generation["grade"] == verdict, generation["grade_reason"]
     assert generation["correct"] is (verdict == C)
-    assert generation["empty"] is (not answer.strip(" 。"))
+    assert generation["empty"] is (not answer.strip(" 。?…"))
 
 
 def test_rates_are_the_three_grades_and_empty_answers_apart(graded):
@@ -226,7 +260,7 @@ def test_rates_are_the_three_grades_and_empty_answers_apart(graded):
     for grade, key in ((C, "accuracy"), (W, "incorrect_rate"), (N, "not_attempted_rate")):
         assert result[key] == pytest.approx(sum(row["grade"] == grade for row in graded_rows) / len(CASES))
     assert result["accuracy"] + result["incorrect_rate"] + result["not_attempted_rate"] == pytest.approx(1)
-    assert result["empty"] == 3 + 3  # three in the table, three among the hallucination rows
+    assert result["empty"] == 5 + 3  # five in the table, three among the hallucination rows
     assert result["n"] == len(CASES) + len(HALLUCINATIONS)
 
 
