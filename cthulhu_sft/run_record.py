@@ -365,7 +365,8 @@ def reproduce_command(knowledge: dict, config: dict) -> str:
     """The evaluate.py command that gives the card's numbers: same model loading, sets, rows, batches, greedy."""
     import shlex
 
-    adapter = config.get("hub_model_id") or config.get("output_dir") or "OUTPUT_DIR"
+    published = config.get("push_to_hub") and config.get("hub_model_id")
+    adapter = published or config.get("output_dir") or "OUTPUT_DIR"
     parts = ["python", "evaluate.py", "--models", "base", f"adapter={adapter}"]
     if config.get("model_name_or_path"):
         parts += ["--base_model", config["model_name_or_path"]]
