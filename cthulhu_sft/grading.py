@@ -46,6 +46,8 @@ GRADES = (CORRECT, INCORRECT, NOT_ATTEMPTED)
 
 # Removed by `fold`, leaving a word boundary: whitespace, name separators, dashes, quotes, brackets, apostrophes
 BOUNDARY = re.compile(r"[\s・=゠\-‐‑‒–—―−'\"“”「」『』〈〉《》【】()\[\]{}]")
+# What `fold` removes: boundary characters, and a full stop that is not a decimal point (H. P. Lovecraft)
+REMOVED = re.compile(BOUNDARY.pattern + r"+|(?<![0-9])\.|\.(?![0-9])")
 SENTENCE_END = "。！？!?\n"
 # What may stand between two listed candidates: a suffix, then list punctuation or a word of choice
 SUFFIX = r"(?:年|年代|氏|さん|様|先生|ら)?"
@@ -91,15 +93,14 @@ def fold(text: str) -> Folded:
     if metrics.KANJI_NUMERAL.search(text):
         text = metrics._with_digits(text)
     text = fold_kana(text).replace("\n", "。")
-    characters, boundaries = [], set()
-    for index, character in enumerate(text):
-        if character == "." and not (0 < index < len(text) - 1 and text[index - 1].isdigit() and text[index + 1].isdigit()):
-            boundaries.add(len(characters))
-        elif BOUNDARY.fullmatch(character):
-            boundaries.add(len(characters))
-        else:
-            characters.append(character)
-    return Folded("".join(characters), frozenset(boundaries))
+    pieces, boundaries, length, last = [], set(), 0, 0
+    for match in REMOVED.finditer(text):
+        pieces.append(text[last:match.start()])
+        length += match.start() - last
+        boundaries.add(length)
+        last = match.end()
+    pieces.append(text[last:])
+    return Folded("".join(pieces), frozenset(boundaries))
 
 
 def script(character: str) -> str:

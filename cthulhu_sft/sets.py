@@ -63,7 +63,7 @@ class Corpus:
         if self._groups is None:
             self._groups = {}
             for title, names in self.names.items():
-                group = list(dict.fromkeys([QUALIFIER.sub("", title), *names]))
+                group = list(dict.fromkeys(QUALIFIER.sub("", name) for name in [title, *names]))
                 for name in group:
                     self._groups.setdefault(grading.fold(name).text, []).extend(group)
         extra = [name for answer in answers for name in self._groups.get(grading.fold(answer).text, [])]

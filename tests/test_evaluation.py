@@ -311,3 +311,26 @@ def test_report_figure_is_readable_on_its_own():
     import matplotlib.pyplot as plt
 
     plt.close(figure)
+
+
+def test_accepted_answers_take_every_name_of_their_article(tmp_path):
+    """An accepted answer that is an article's title (without its qualifier) or alias accepts all its names: the
+    aliases of source_texts.jsonl and of the crawl cache's pages, and the titles that redirect to it."""
+    from cthulhu_sft.sets import article_corpus
+
+    cache = Cache(tmp_path / "cache" / "wiki", "https://ja.wikipedia.org/w/api.php")
+    cache.save("pages", "クトゥルフ", {"title": "クトゥルフ", "text": "クトゥルフは眠る。", "aliases": ["Cthulhu"]})
+    cache.save("pages", "ク・リトル・リトル", {"redirect": "クトゥルフ"})
+    sources = write_jsonl(tmp_path / "sources.jsonl", [
+        {"title": "クトゥルフ", "text": "クトゥルフは眠る。", "aliases": ["クトゥルー"]},
+        {"title": "北極星 (小説)", "text": "『北極星』。", "aliases": ["ポラリス"]},
+    ])
+    corpus = article_corpus(str(sources), str(tmp_path / "cache"))
+    assert set(corpus.accepted(["クトゥルフ"])) == {"クトゥルフ", "Cthulhu", "ク・リトル・リトル", "クトゥルー"}
+    assert set(corpus.accepted(["ポラリス"])) == {"ポラリス", "北極星"}
+    assert corpus.accepted(["ダゴン"]) == ["ダゴン"]
+    row = {"instruction": "ルルイエに眠るのは？", "response": "クトゥルフ。", "answers": ["クトゥルフ"], "title": "クトゥルフ"}
+    assert score_item(row, "ク・リトル・リトルです。", True, corpus)["grade"] == "correct"
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"title": "x", "text": "y", "aliases": "z"}])
+    with pytest.raises(DataError, match=f"{bad}:1: field 'aliases': expected a list of strings"):
+        read_source_texts(bad)
