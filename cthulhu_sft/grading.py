@@ -16,9 +16,13 @@ era years as Western years (昭和3年 → 1928年, 平成元年 → 1989年), k
 ヴ as ブ, no long-vowel marks (ナイアーラトテップ = ナイアラトテップ), no name separators (・ = ゠ spaces dashes)
 nor quotes and brackets; where a separator was, a word boundary is kept. A match must be whole:
     katakana and Latin  not continued by a letter of the same script (「ハリウッド」 does not name ハリ); a
-                        name may be preceded by initials or given names (H・P・ラヴクラフト names ラヴクラフト)
+                        name may be preceded by initials or given names (H・P・ラヴクラフト names ラヴクラフト);
+                        an accepted form as the data writes it may be the first part of a longer name after a
+                        separator (ソニア names ソニア・グリーン, so アーカム names アーカム・ハウス), a name tail
+                        derived from it may not (ハワード of ロバート・E・ハワード is not in ハワード・フィリップス…)
     digits              not continued by a digit (1926 is not 19)
-    kanji               starting and ending at word boundaries (SudachiPy, short units: 京都 is not in 東京都)
+    kanji               starting at a word boundary (SudachiPy, short units: 京都 is not in 東京都); a form as the
+                        data writes it may end inside a word (狂気の山 of 狂気の山脈)
 Each accepted form also accepts its family name and its shorter tails (エドガー・ホフマン・プライス → ホフマン・プライス,
 プライス; at least 3 characters) and, for a year, the year without 年.
 
@@ -115,48 +119,50 @@ def script(character: str) -> str:
     return "other"
 
 
-def accepted_forms(accepted: list[str]) -> list[str]:
-    """The folded forms an answer may name: each accepted form, its name tails, a year without 年."""
-    forms = []
+def accepted_forms(accepted: list[str]) -> list[tuple[str, bool]]:
+    """The folded forms an answer may name, each with whether it must end a name (strict): the accepted forms as
+    written (not strict: the data's forms may be the first part of a name, ソニア of ソニア・グリーン, or of a word,
+    狂気の山 of 狂気の山脈), their name tails (strict: ハワード of ロバート・E・ハワード is not ハワード・フィリップス・
+    ラヴクラフト), a year without 年."""
+    forms = {}
     for answer in accepted:
         parts = [part for part in BOUNDARY.split(western_years(normalize(answer))) if part]
-        tails = ["".join(parts[start:]) for start in range(len(parts))]
-        for tail in tails:
-            form = fold(tail).text
-            if form and (tail is tails[0] or len(form) >= NAME_TAIL_MIN and script(form[0]) in ("katakana", "latin")):
-                forms.append(form)
+        for start in range(len(parts)):
+            form = fold("".join(parts[start:])).text
+            if form and (start == 0 or len(form) >= NAME_TAIL_MIN and script(form[0]) in ("katakana", "latin")):
+                forms[form] = forms.get(form, True) and start > 0
         if re.fullmatch(r"[0-9]+年", fold(answer).text):
-            forms.append(fold(answer).text[:-1])
-    return sorted(set(forms), key=len, reverse=True)
+            forms.setdefault(fold(answer).text[:-1], False)
+    return sorted(forms.items(), key=lambda item: len(item[0]), reverse=True)
 
 
-def occurrences(folded: Folded, forms: list[str]) -> list[tuple[int, int]]:
+def occurrences(folded: Folded, forms: list[tuple[str, bool]]) -> list[tuple[int, int]]:
     """The spans of `folded.text` where a form is named whole (longest forms first, not overlapping)."""
     spans: list[tuple[int, int]] = []
-    for form in forms:
+    for form, strict in forms:
         for match in re.finditer(re.escape(form), folded.text):
             start, end = match.span()
             if any(start < other_end and other_start < end for other_start, other_end in spans):
                 continue
-            if _whole(folded, start, end):
+            if _whole(folded, start, end, strict):
                 spans.append((start, end))
     return sorted(spans)
 
 
-def _whole(folded: Folded, start: int, end: int) -> bool:
+def _whole(folded: Folded, start: int, end: int, strict: bool) -> bool:
     text = folded.text
     first, last = script(text[start]), script(text[end - 1])
     before = text[start - 1] if start > 0 else ""
     after = text[end] if end < len(text) else ""
     if first == "digit" and before.isdigit() or last == "digit" and after.isdigit():
         return False
-    if last in ("katakana", "latin") and after and script(after) == last:
-        return False  # ハリ in ハリウッド; a name continued after a separator (アーカム・ハウス) is another name
+    if last in ("katakana", "latin") and after and script(after) == last and (strict or end not in folded.boundaries):
+        return False  # ハリ in ハリウッド; a name tail continued by another name part
     if first in ("katakana", "latin") and before and script(before) == first and start not in folded.boundaries:
         return False
     if first == "kanji" and before and KANJI.match(before) and start not in _word_starts(text):
-        return False
-    if last == "kanji" and after and KANJI.match(after) and end not in _word_starts(text):
+        return False  # 京都 in 東京都
+    if strict and last == "kanji" and after and KANJI.match(after) and end not in _word_starts(text):
         return False
     return True
 
@@ -208,7 +214,7 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         abstained = abstains and not unsupported
         return Grade(None, False, abstained, "abstains" if abstained else "no accepted answers")
     forms = accepted_forms(accepted)
-    numeric = all(re.fullmatch(r"[0-9]+(?:\.[0-9]+)?年?", form) for form in forms)
+    numeric = all(re.fullmatch(r"[0-9]+(?:\.[0-9]+)?年?", form) for form, _ in forms)
     named = occurrences(folded, forms)
     question_text = fold(question).text
     others = [span for span in candidate_spans(folded, numeric) if _is_other(folded, span, named, forms, question_text)]
@@ -237,7 +243,7 @@ def _is_other(folded: Folded, span, named, forms, question_text: str) -> bool:
     term = folded.text[start:end]
     if any(start < other_end and other_start < end for other_start, other_end in named):
         return False
-    if any(term in form for form in forms):  # a part of an accepted name (エドガー of エドガー・ホフマン・プライス)
+    if any(term in form for form, _ in forms):  # a part of an accepted name (エドガー of エドガー・ホフマン・プライス)
         return False
     core = re.match(r"[^\u3005\u4E00-\u9FFF]*", term)[0] or term  # クトゥルフ of クトゥルフ神話
     return not (question_text and (term in question_text or core in question_text))
