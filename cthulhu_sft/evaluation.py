@@ -99,20 +99,24 @@ def default_max_new_tokens(rows: list[dict], fmt) -> int:
 
 
 def device_batch_size(model, tokens: int) -> int:
-    """Answers per batch for this device: CPU_BATCH_SIZE on the CPU; on a GPU, as many sequences of `tokens`
-    tokens as fit their key/value cache in KV_CACHE_SHARE of the free memory (a multiple of 8, at most 64)."""
+    """Answers per batch for this device: CPU_BATCH_SIZE on the CPU; on a GPU, what its free memory holds
+    (fitting_batch_size)."""
     import torch
 
     device = model.get_input_embeddings().weight.device
     if device.type != "cuda":
         return CPU_BATCH_SIZE
     free, _ = torch.cuda.mem_get_info(device)
-    config = model.config
+    return fitting_batch_size(free, model.config, tokens)
+
+
+def fitting_batch_size(free_bytes: int, config, tokens: int) -> int:
+    """As many sequences of `tokens` tokens as fit their key/value cache (16-bit) and a row of float32 logits in
+    KV_CACHE_SHARE of `free_bytes`: a multiple of 8 when it is 8 or more, at most MAX_BATCH_SIZE, at least 1."""
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    per_token = 2 * config.num_hidden_layers * heads * head_dim * 2  # keys and values in 16 bits
-    per_sequence = tokens * per_token + 4 * config.vocab_size  # and one row of float32 logits
-    fitting = int(KV_CACHE_SHARE * free // per_sequence)
+    per_sequence = tokens * 2 * config.num_hidden_layers * heads * head_dim * 2 + 4 * config.vocab_size
+    fitting = int(KV_CACHE_SHARE * free_bytes // per_sequence)
     return max(1, min(MAX_BATCH_SIZE, fitting // 8 * 8 or fitting))
 
 

@@ -334,3 +334,17 @@ def test_accepted_answers_take_every_name_of_their_article(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"title": "x", "text": "y", "aliases": "z"}])
     with pytest.raises(DataError, match=f"{bad}:1: field 'aliases': expected a list of strings"):
         read_source_texts(bad)
+
+
+def test_batches_are_sized_to_the_free_gpu_memory():
+    """Mistral-7B's shape: 32 layers, 8 key/value heads of 128 dims, 16-bit cache: 128 KiB per token."""
+    from types import SimpleNamespace
+
+    from cthulhu_sft.evaluation import fitting_batch_size
+
+    mistral = SimpleNamespace(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                              hidden_size=4096, vocab_size=32000)
+    per_sequence = 300 * 128 * 1024 + 4 * 32000
+    assert fitting_batch_size(40 * 2**30, mistral, 300) == 64  # an A100 after training: the cap
+    assert fitting_batch_size(2**30, mistral, 300) == int(0.4 * 2**30 // per_sequence) // 8 * 8 == 8
+    assert fitting_batch_size(2**27, mistral, 300) == 1  # never 0

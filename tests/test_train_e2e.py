@@ -174,6 +174,7 @@ def test_the_cards_reproduce_command_gives_the_cards_numbers(trained, tmp_path, 
     console = result.stdout + result.stderr
     assert "knowledge check (temperature 0):" in console and "correct (95 % interval)" in console
     assert re.search(r"quiz +adapter +0 +2 ", console)
+    assert "in batches of 8" in console and "adapter quiz (set 1/1): T=0" in console  # the progress bar
 
 
 def test_saved_config_reproduces_the_run_settings(trained):
