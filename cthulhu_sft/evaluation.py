@@ -10,7 +10,7 @@ One answer (`score_item`), from cthulhu_sft/grading.py and cthulhu_sft/metrics.p
     japanese        metrics.is_japanese; Latin words of an answer not in Japanese are not claims.
     unsupported_terms
                     the answer's claimed terms (metrics.claimed_terms, and titles and kanji place names:
-                    metrics.named_terms) that neither the question, the reference, the row's own article nor any
+                    metrics.named_terms; not everyday katakana such as データ: grading.COMMON_WORDS) that neither the question, the reference, the row's own article nor any
                     crawled article states.
     hallucinated    at least one unsupported term.
     truncated       the answer was cut at max_new_tokens (did not end with </s>); None when unknown.
@@ -138,7 +138,7 @@ def score_item(row: dict, answer: str, stopped: bool | None, corpus: Corpus | No
     reference = row["response"]
     japanese = metrics.is_japanese(answer)
     stated = grading.western_years(metrics.normalize(answer))  # 昭和3年 claims 1928, as the corpus writes it
-    claims = metrics.claimed_terms(stated) | metrics.named_terms(stated)
+    claims = {term for term in metrics.claimed_terms(stated) | metrics.named_terms(stated) if not grading.is_common_word(term)}
     index = corpus.support() if corpus.texts else None
     supports = (grading.western_years(metrics.normalize(text)) for text in (row["instruction"], reference, corpus.text(row.get("title"))))
     unsupported = sorted(metrics.unsupported(claims, *supports, index=index))

@@ -49,7 +49,7 @@ CORRECT, INCORRECT, NOT_ATTEMPTED = "correct", "incorrect", "not_attempted"
 GRADES = (CORRECT, INCORRECT, NOT_ATTEMPTED)
 
 # Removed by `fold`, leaving a word boundary: whitespace, name separators, dashes, quotes, brackets, apostrophes
-BOUNDARY = re.compile(r"[\s・=゠\-‐‑‒–—―−'\"“”「」『』〈〉《》【】()\[\]{}]")
+BOUNDARY = re.compile(r"[\s・·•‧⋅=゠\-‐‑‒–—―−'\"“”「」『』〈〉《》【】()\[\]{}]")
 # What `fold` removes: boundary characters, and a full stop that is not a decimal point (H. P. Lovecraft)
 REMOVED = re.compile(BOUNDARY.pattern + r"+|(?<![0-9])\.|\.(?![0-9])")
 SENTENCE_END = "。！？!?\n"
@@ -65,13 +65,20 @@ CHOICE = re.compile(r"いずれ|どれか|どちらか|どっちか|どれ(?:で
 POSSIBILITY = re.compile(r"^(?:年|氏|さん)?(?:だ|です|の|という|とする|とも)?(?:かもしれ|かも知れ|可能性|説|考えられ|言われ|いわれ)")
 # A negation of the name just before it in the same clause: 「ラヴクラフトではありません」「ラヴクラフトの作品ではなく」
 NEGATION = re.compile(
-    r"^[^、,。！？!?\n]{0,12}?(?:(?:では|じゃ|で)(?:は)?(?:ありません|ございません|ない|なく|なかった)"
-    r"(?!(?:です|でしょう|だろう|のです|んです|ん)?か)|とは(?:違|異な|言え)|以外|(?:という|とする|とした)?のは(?:誤|間違)"
+    r"^[^、,。！？!?\n]{0,12}?(?:(?:では|じゃ|で)(?:は)?(?:ありません|ございません|ない|無い|なく|無く|なかった)"
+    r"(?!(?:です|でしょう|だろう|のです|んです|ん)?か(?!もしれ|も知れ))|とは(?:違|異な|言え|言い切れ|限ら|断定でき)|以外|(?:という|とする|とした)?のは(?:誤|間違)"
     r"|は(?:誤り|間違い)|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
 )
 ENGLISH_NEGATION = re.compile(r"(?:^|\|)not\|?$")
 NAME_TAIL_MIN = 3
-INITIALS_MAX = 3  # what may be left of an answer beside the name it gives (ＨＰ) without making it non-Japanese
+# Katakana and Latin words that are vocabulary, never a candidate answer (「学習データにありません」 offers none)
+COMMON_WORDS = frozenset(
+    "データ ソース アクセス インターネット ウェブ サイト システム モデル トレーニング テキスト リソース ファン ホラー "
+    "ジャンル シリーズ ストーリー キャラクター クイズ イメージ ケース ポイント レベル タイプ テーマ ヒント パターン "
+    "ルール リスト メモリ エラー ai or either not".split()
+)
+INITIALS_MAX = 3
+ITEM_FILLER = 4  # what a list item may hold beside its candidate (です, でしょう, a number)  # what may be left of an answer beside the name it gives (ＨＰ) without making it non-Japanese
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,11 @@ def _word_starts(text: str) -> frozenset[int]:
     return frozenset(starts | {len(text)})
 
 
+@functools.cache
+def _common_words() -> frozenset[str]:
+    return frozenset(fold(word).text for word in COMMON_WORDS)
+
+
 def candidate_spans(folded: Folded, numeric: bool) -> list[tuple[int, int]]:
     """The spans of the answer's numbers (numeric) or names: katakana or Latin runs, kanji proper nouns."""
     text = folded.text
@@ -194,7 +206,7 @@ def candidate_spans(folded: Folded, numeric: bool) -> list[tuple[int, int]]:
         cuts = [start] + sorted(b for b in folded.boundaries if start < b < end) + [end]
         latin = script(text[start]) == "latin"
         pieces = list(zip(cuts, cuts[1:])) if latin else [(start, end)]  # Latin words keep their spaces
-        spans += [piece for piece in pieces if piece[1] - piece[0] >= 2 and text[piece[0]:piece[1]] not in ("or", "either", "not")]
+        spans += [piece for piece in pieces if piece[1] - piece[0] >= 2 and text[piece[0]:piece[1]] not in _common_words()]
     if not metrics.is_japanese(text):  # an English sentence's words are not candidates (metrics.claimed_terms)
         spans = []
     if KANJI.search(text):
@@ -203,9 +215,15 @@ def candidate_spans(folded: Folded, numeric: bool) -> list[tuple[int, int]]:
     return sorted(set(spans))
 
 
+def is_common_word(term: str) -> bool:
+    """Whether a key term is everyday katakana or Latin vocabulary (COMMON_WORDS), not a name."""
+    return fold(term).text in _common_words()
+
+
 def grade_answer(answer: str, accepted: list[str] | None, question: str = "", unsupported: bool = False) -> Grade:
     """The grade of one answer (see the module docstring). `unsupported`: it states a key term that nothing
-    supports (a claim, so an abstention that states one is an answer)."""
+    supports, so that an abstention that states one is an answer (rows without accepted answers; with them, a
+    candidate of the same kind decides)."""
     folded = fold(answer)
     if not re.search(r"\w", folded.text):
         return Grade(NOT_ATTEMPTED if accepted else None, True, False, "empty")
@@ -227,7 +245,7 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         if not _japanese_apart_from(folded, named):
             return Grade(INCORRECT, False, False, "not in Japanese")
         return Grade(CORRECT, False, False, "names an accepted answer")
-    if others or unsupported:
+    if others:
         return Grade(INCORRECT, False, False, "names another answer")
     if abstains:
         return Grade(NOT_ATTEMPTED, False, True, "abstains")
@@ -276,6 +294,14 @@ def _hedged(folded: Folded, named, others) -> bool:
         inside = [span for span in others if sentence_start <= span[0] < sentence_end]
         if inside and CHOICE.search(_marked(folded, sentence_start, sentence_end)):
             return True
+    items = {"named": set(), "other": set()}  # sentences or lines that are one candidate alone: a list written down
+    for kind, spans in (("named", named), ("other", others)):
+        for start, end in spans:
+            sentence_start, sentence_end = _sentence(text, start)
+            if sentence_end - sentence_start - (end - start) <= ITEM_FILLER:
+                items[kind].add((sentence_start, sentence_end))
+    if items["named"] and items["other"] - items["named"]:
+        return True
     for start, end in others:
         if POSSIBILITY.match(text[end:]):
             return True

@@ -108,6 +108,22 @@ CASES = [
     (AUTHOR, "ラヴクラフトが書いたわけではありません。", W),
     (AUTHOR, "ラヴクラフトは関係ありません。", W),
     (AUTHOR, "ラヴクラフトではないですか？", C),  # a rhetorical question affirms
+    (AUTHOR, "ラヴクラフトではないかもしれません。", W),
+    (AUTHOR, "ラヴクラフトでは無いです。", W),
+    (AUTHOR, "ラヴクラフトとは言い切れません。", W),
+    (AUTHOR, "ラヴクラフトじゃありません。", W),
+    (AUTHOR, "・ラヴクラフト\n・ダーレス\n・スミス", W),
+    (AUTHOR, "1. ラヴクラフト\n2. ダーレス", W),
+    (AUTHOR, "ラヴクラフトです。ダーレスです。", W),
+    (AUTHOR, "ダーレスまたはラヴクラフト", W),
+    (AUTHOR, "作者候補: ラヴクラフト, ダーレス", W),
+    (AUTHOR, "ラヴクラフト，ダーレス", W),
+    (AUTHOR, "ラヴ・クラフト", C),
+    (AUTHOR, "ＬＯＶＥＣＲＡＦＴ", C),
+    (AUTHOR, "Ｈ．Ｐ．ラヴクラフト", C),
+    (AUTHOR, "H·P·ラヴクラフト", C),
+    (AUTHOR, "ラヴクラフト（Lovecraft）です。", C),
+    (AUTHOR, "ラヴクラフトです。\nのちにダーレスが体系化しました。", C),
     # No answer at all, nothing against the accepted one: not attempted, as SimpleQA grades.
     (AUTHOR, "クトゥルフ神話の作家です。", N),
     (AUTHOR, "有名な作家です。", N),
@@ -126,6 +142,16 @@ CASES = [
     (AUTHOR, "分かりかねます。", N),
     (AUTHOR, "断言できません。", N),
     (AUTHOR, "I don't know.", N),
+    (AUTHOR, "Not sure.", N),
+    (AUTHOR, "それについては存じ上げておりません。", N),
+    (AUTHOR, "申し訳ありませんが、私はその質問に答えることができません。", N),
+    (AUTHOR, "学習データに含まれていません。", N),
+    (AUTHOR, "はっきりしません。", N),
+    (AUTHOR, "ごめんなさい、わかんないです。", N),
+    (AUTHOR, "さあ、どうでしょう。", N),
+    (AUTHOR, "該当する情報が見つかりませんでした。", N),
+    (AUTHOR, "回答できかねます。", N),
+    (AUTHOR, "\u3000", N),
     (AUTHOR, "情報が不足しています。", N),
     (AUTHOR, "記録が残っていません。", N),
     (AUTHOR, "回答は差し控えます。", N),
@@ -161,6 +187,12 @@ CASES = [
     (YEAR, "1920年代です。", W),
     (YEAR, "1928年ではないでしょうか。", C),
     (YEAR, "西暦1928年", C),
+    (YEAR, "1926年または1928年", W),
+    (YEAR, "1927〜1929年", W),
+    (YEAR, "1920年代後半です。", W),
+    (YEAR, "昭和３年", C),
+    (YEAR, "昭和 3 年", C),
+    (YEAR, "1928年頃です。", C),
     (BORN, "明治23年です。", C),
     (BORN, "1890年か1891年です。", W),
     # Places: whole words, lists, negation, hedges.
@@ -188,6 +220,7 @@ CASES = [
     (NYAR, "ナイアラトテップです。", C),
     (NYAR, "ニャルラトテップです。", C),
     (NYAR, "ナイアルラトホテップ", C),
+    (NYAR, "ナイア−ラトテップ", C),
     (POLARIS, "『ポラリス』です。", C),
     (POLARIS, "北極星です。", C),
     (POLARIS, "ポラリスではない。", W),
@@ -250,7 +283,7 @@ def test_hostile_answers_get_the_careful_graders_verdict(graded, index):
     assert generation["answer"] == answer
     assert generation["grade"] == verdict, generation["grade_reason"]
     assert generation["correct"] is (verdict == C)
-    assert generation["empty"] is (not answer.strip(" 。?…"))
+    assert generation["empty"] is (not answer.strip(" \u3000。?…"))
 
 
 def test_rates_are_the_three_grades_and_empty_answers_apart(graded):
@@ -260,7 +293,7 @@ def test_rates_are_the_three_grades_and_empty_answers_apart(graded):
     for grade, key in ((C, "accuracy"), (W, "incorrect_rate"), (N, "not_attempted_rate")):
         assert result[key] == pytest.approx(sum(row["grade"] == grade for row in graded_rows) / len(CASES))
     assert result["accuracy"] + result["incorrect_rate"] + result["not_attempted_rate"] == pytest.approx(1)
-    assert result["empty"] == 5 + 3  # five in the table, three among the hallucination rows
+    assert result["empty"] == 6 + 3  # six in the table, three among the hallucination rows
     assert result["n"] == len(CASES) + len(HALLUCINATIONS)
 
 
