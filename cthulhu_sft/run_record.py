@@ -101,14 +101,15 @@ def answer_samples(model, fmt, script_args, output_dir: str) -> list[dict]:
     return samples
 
 
-def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty: float) -> dict:
+def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty: float, output_dir: str) -> dict:
     """Answers the first `limit` rows of each set at temperature 0 with the adapter and with it disabled (PEFT's
     disable_adapter: the base, no second copy in memory), through evaluation.evaluate_model: the pipeline of
     evaluate.py, so that the card's reproduce command (`reproduce_command`) gives the same numbers. The articles'
     text comes from data/source_texts.jsonl and the crawl cache, as evaluate.py reads them by default.
 
     A missing or unusable set is reported in its entry, not raised; quiz items whose article names none of their
-    accepted answers are left out and counted, as evaluate.py does.
+    accepted answers are left out and counted, as evaluate.py does. Every answer with its grade and scores goes to
+    `<output_dir>/knowledge_check.jsonl` (evaluate.py's generations.jsonl lines).
     """
     from .evaluation import (
         Decoding,
@@ -163,6 +164,7 @@ def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty
                 entry["results"] = {label: _without_set(by_set[(label, entry["name"])]) for label in ("base", "adapter")}
                 entry["max_new_tokens"] = adapter["max_new_tokens"].get(entry["name"])
         record["batch_size"] = batch_size
+        write_jsonl_atomic(os.path.join(output_dir, "knowledge_check.jsonl"), base["generations"] + adapter["generations"])
         logger.info("knowledge check (temperature 0):\n" + console_table(base["results"] + adapter["results"]))
     record["seconds"] = round(time.monotonic() - started, 1)
     logger.info(f"knowledge check done in {record['seconds']:.0f}s")
@@ -208,7 +210,7 @@ def after_training(model, fmt, script_args, output_dir) -> dict:
         return {"status": "skipped", "reason": "knowledge_check is false"}
     try:
         check = knowledge_check(model, fmt, script_args.knowledge_check_files, script_args.knowledge_check_limit,
-                                script_args.sample_repetition_penalty)
+                                script_args.sample_repetition_penalty, output_dir)
     except Exception as error:
         logger.warning(f"knowledge check failed: {type(error).__name__}: {error}")
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}

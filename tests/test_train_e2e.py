@@ -168,6 +168,12 @@ def test_the_cards_reproduce_command_gives_the_cards_numbers(trained, tmp_path, 
     for label in ("base", "adapter"):
         [reproduced] = [r for r in report["results"] if (r["set"], r["model"], r["temperature"]) == (quiz["name"], label, 0.0)]
         assert {key: reproduced[key] for key in quiz["results"][label]} == quiz["results"][label], label
+    # and answer for answer: the knowledge check's answers beside the card are those evaluate.py gives
+    checked = [json.loads(line) for line in (out / "knowledge_check.jsonl").read_text(encoding="utf-8").splitlines()]
+    again = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    drop = ("reference_loss",)  # evaluate.py also measures the reference answers' loss
+    assert [{k: v for k, v in row.items() if k not in drop} for row in again] == \
+        [{k: v for k, v in row.items() if k not in drop} for row in checked]
     # what qualifies the numbers is on the card, and the table reached the console
     assert "tiny test model" in card and "local folder" in card and "No article text was available" in card
     assert "| not attempted |" in card and "cut at max_new_tokens" in card
