@@ -52,13 +52,20 @@ Other per-answer measures:
                      kanji numerals as digits, without whitespace, name separators (・ = ゠ -), long-vowel
                      marks (ー, so ナイアーラトテップ = ナイアラトテップ), quotes and brackets, and with ヴァ/ヴ → バ/ブ
                      (ラヴクラフト = ラブクラフト). An accepted form that starts or ends with a digit must not
-                     continue a longer number (1926 does not match 19260, 19 does not match 1926).
+                     continue a longer number (1926 does not match 19260, 19 does not match 1926). A loose
+                     test of containment (the quiz check of the data's writers); the evaluation grades answers
+                     with cthulhu_sft/grading.py, which also refuses negated, hedged and partial-word matches.
     is_abstention    the answer says it does not know (ABSTENTION phrases: わかりません, 存じません,
-                     情報がありません, お答えできません, I don't know, ...) in its first sentence, or in its
-                     second when the first is an apology (申し訳ありません。). Known limit: an answer that states
-                     a fact and then says that a detail is unknown (「…にありますが、正確な位置はわかりません。」)
-                     is taken for an abstention; evaluation.score_item keeps it an answer when it is correct
-                     or states an unsupported term.
+                     情報がありません, お答えできません, はっきりしたことは言えません, 知識の範囲外, 不明です,
+                     確かな答えを持っていません, I don't know, ...) in its first sentence, or in its second when the
+                     first is an apology (申し訳ありません。). grading.py looks for ABSTENTION anywhere in the
+                     answer and keeps an answer that offers a candidate an answer.
+    western_years    Japanese era years as Western years (昭和3年 → 1928年, 平成元年 → 1989年), applied to answers
+                     and support texts before their terms are compared, so 昭和3年 is neither wrong nor invented.
+    named_terms      titles in 『』「」 and kanji place or organisation names (霧ヶ浜, …教団): claims that key_terms
+                     misses because no dictionary knows an invented name.
+    SupportIndex     a whole crawl's texts prepared once (numbers, compact form), so that any article may
+                     support a term.
     is_japanese      at least a third of the answer's letters (Unicode letters; digits and punctuation do not
                      count) are kana or kanji — a Latin letter says less than a Japanese character, so a
                      Japanese sentence quoting an English title stays Japanese — and a text of more than 10
