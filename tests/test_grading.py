@@ -420,3 +420,13 @@ def test_a_model_grader_needs_both_options(tmp_path, capsys):
         script.parse_args(["--sets", f"quiz={quiz}", "--answers", str(quiz), "--judge_api_url", "http://127.0.0.1:9/v1"])
     assert exit_info.value.code == 2
     assert "needs both --judge_api_url URL and --judge_model NAME" in capsys.readouterr().err
+
+
+def test_a_judge_that_gives_no_grade_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_API_KEY", "sk-judge-OTHERSECRET")
+    with JudgeServer({}, default="たぶん正しいと思います？") as server, pytest.raises(SystemExit) as exit_info:
+        run_evaluate(tmp_path, [AUTHOR], ["ラヴクラフトです。"], "--judge_api_url", server.url, "--judge_model", "g",
+                     "--judge_cache", str(tmp_path / "judge.jsonl"))
+    message = str(exit_info.value.code)
+    assert f"the judge at {server.url} gave no grade (A, B or C)" in message and "OTHERSECRET" not in message
+    assert not (tmp_path / "judge.jsonl").exists()
