@@ -55,9 +55,9 @@ REMOVED = re.compile(BOUNDARY.pattern + r"+|(?<![0-9])\.|\.(?![0-9])")
 SENTENCE_END = "。！？!?\n"
 # What may stand between two listed candidates: a suffix, then list punctuation or a word of choice
 SUFFIX = r"(?:年|年代|氏|さん|様|先生|ら)?"
-LIST_JOIN = re.compile(
+LIST_JOIN = re.compile(  # | marks where a boundary character (a bracket, a space) was
     SUFFIX + r"(?:だった|でした|です|など|なの|だ)?"
-    r"(?:、|,|/|と|や|か|及び|および|または|もしくは|あるいは|或いは|ないし|から|~|〜|～|ー|or|either|\?)+$"
+    r"\|?(?:(?:、|,|/|と|や|か|及び|および|または|もしくは|あるいは|或いは|ないし|から|~|〜|～|ー|or|either|\?)\|?)+$"
 )
 CHOICE = re.compile(r"いずれ|どれか|どちらか|どっちか|どれ(?:で|な)|または|もしくは|あるいは|或いは|ないし|それとも|候補|"
                     r"のうちの?(?:一|ひと)つ|(?:^|\|)(?:or|either)(?:\||$)")
@@ -193,8 +193,9 @@ def _common_words() -> frozenset[str]:
     return frozenset(fold(word).text for word in COMMON_WORDS)
 
 
-def candidate_spans(folded: Folded, numeric: bool) -> list[tuple[int, int]]:
-    """The spans of the answer's numbers (numeric) or names: katakana or Latin runs, kanji proper nouns."""
+def candidate_spans(folded: Folded, numeric: bool, answer: str = "") -> list[tuple[int, int]]:
+    """The spans of the answer's numbers (numeric) or names: katakana or Latin runs, kanji proper nouns, titles in
+    『』 (of `answer`)."""
     text = folded.text
     if numeric:
         return [match.span() for match in re.finditer(r"[0-9]+(?:\.[0-9]+)?", text)]
@@ -212,6 +213,8 @@ def candidate_spans(folded: Folded, numeric: bool) -> list[tuple[int, int]]:
     if KANJI.search(text):
         for noun in metrics._proper_nouns(text):
             spans += [match.span() for match in re.finditer(re.escape(noun), text)]
+    for title in re.findall(r"『([^『』]+)』", normalize(answer)):
+        spans += [match.span() for match in re.finditer(re.escape(fold(title).text), text) if fold(title).text]
     return sorted(set(spans))
 
 
@@ -235,7 +238,7 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
     numeric = all(re.fullmatch(r"[0-9]+(?:\.[0-9]+)?年?", form) for form, _ in forms)
     named = occurrences(folded, forms)
     question_text = fold(question).text
-    others = [span for span in candidate_spans(folded, numeric) if _is_other(folded, span, named, forms, question_text)]
+    others = [span for span in candidate_spans(folded, numeric, answer) if _is_other(folded, span, named, forms, question_text)]
     negated = [span for span in named if _negated(folded, span)]
     if negated:
         return Grade(INCORRECT, False, False, "negates an accepted answer")

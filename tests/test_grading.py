@@ -33,6 +33,8 @@ POLARIS = {"instruction": "北の空の星が語りかけるラヴクラフト�
            "answers": ["北極星"], "title": "北極星 (小説)", "kind": "work"}
 KYOTO = {"instruction": "日本で最初にラヴクラフトの読書会が開かれた古都は？", "response": "京都です。", "answers": ["京都"],
          "title": "京都", "kind": "place"}
+KING = {"instruction": "ハリ湖の畔のカルコサが登場する、ロバート・W・チェンバースの戯曲の題名は？", "response": "『黄衣の王』です。",
+        "answers": ["黄衣の王"], "title": "黄衣の王", "kind": "work"}
 BORN = {"instruction": "ラヴクラフトが生まれたのは何年ですか？", "response": "1890年です。", "answers": ["1890"],
         "title": "ハワード・フィリップス・ラヴクラフト", "kind": "year"}
 SOURCE_TEXTS = [
@@ -42,7 +44,7 @@ SOURCE_TEXTS = [
     {"title": "クトゥルフ", "text": "クトゥルフはルルイエに眠る。", "aliases": ["クトゥルー", "ク・リトル・リトル"]},
     {"title": "銀の鍵の門を越えて", "text": "ラヴクラフトとE・ホフマン・プライスの合作。"},
     {"title": "クトゥルフ神話", "text": "オーガスト・ダーレスが体系化した。ダゴンは深きものどもの神。"},
-    {"title": "黄衣の王", "text": "ハリ湖の畔にカルコサがある。"},
+    {"title": "黄衣の王", "text": "『黄衣の王』では、ハリ湖の畔にカルコサがある。"},
     {"title": "ナイアーラトテップ", "text": "ナイアーラトテップは這い寄る混沌。", "aliases": ["ニャルラトテップ", "ナイアルラトホテップ"]},
     {"title": "北極星 (小説)", "text": "『北極星』はラヴクラフトの短編。", "aliases": ["ポラリス"]},
     {"title": "京都", "text": "京都で読書会が開かれた。"},
@@ -209,6 +211,13 @@ CASES = [
     (KYOTO, "京都府です。", C),
     (KYOTO, "東京都です。", W),
     (KYOTO, "京都ではなく奈良です。", W),
+    (KYOTO, "京都か奈良です。", W),
+    (KYOTO, "京都、大阪、奈良のいずれかです。", W),
+    (KING, "『黄衣の王』です。", C),
+    (KING, "『黄衣の王』という戯曲です。", C),
+    (KING, "『黄衣の王』か『妖蛆の秘密』です。", W),
+    (KING, "『妖蛆の秘密』です。", W),
+    (KING, "『黄衣の王』ではありません。", W),
     (HALI, "ハリ湖です。", C),
     (HALI, "ハリウッドです。", W),
     # Other names of the article (aliases in source_texts.jsonl), long-vowel and ヴ/ブ variants.
