@@ -213,8 +213,9 @@ def candidate_spans(folded: Folded, numeric: bool, answer: str = "") -> list[tup
     if KANJI.search(text):
         for noun in metrics._proper_nouns(text):
             spans += [match.span() for match in re.finditer(re.escape(noun), text)]
-    for title in re.findall(r"『([^『』]+)』", normalize(answer)):
-        spans += [match.span() for match in re.finditer(re.escape(fold(title).text), text) if fold(title).text]
+    names = set(re.findall(r"『([^『』]+)』", normalize(answer))) | metrics.named_terms(answer)  # 霧ヶ浜 too
+    for name in filter(None, (fold(name).text for name in names)):
+        spans += [match.span() for match in re.finditer(re.escape(name), text)]
     return sorted(set(spans))
 
 
@@ -250,8 +251,8 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         return Grade(CORRECT, False, False, "names an accepted answer")
     if others:
         return Grade(INCORRECT, False, False, "names another answer")
-    if abstains:
-        return Grade(NOT_ATTEMPTED, False, True, "abstains")
+    if abstains:  # an invented term beside it still counts for the hallucination rate
+        return Grade(NOT_ATTEMPTED, False, not unsupported, "abstains")
     if not metrics.is_japanese(answer):
         return Grade(INCORRECT, False, False, "not in Japanese")
     # Neither the answer nor another one, nothing against it: as SimpleQA, not attempted (「有名な作家です」)

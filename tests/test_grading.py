@@ -96,6 +96,7 @@ CASES = [
     (AUTHOR, "ラヴクラフトファンクラブです。", W),
     (AUTHOR, "Cthulhu was created by H. P. Lovecraft in 1926.", W),
     (AUTHOR, "わかりません。たぶんダーレスです。", W),
+    (PLACE, "わかりませんが、霧ヶ浜かもしれません。", W),  # a guess, even of a name no dictionary knows
     (AUTHOR, "ダーレスが書きました。", W),
     (AUTHOR, "ラヴクラフティアンの作家です。", W),
     (AUTHOR, "ラヴクラフトなのかダーレスなのか、定かではありません。", W),
