@@ -10,8 +10,9 @@ One answer (`score_item`), from cthulhu_sft/grading.py and cthulhu_sft/metrics.p
     japanese        metrics.is_japanese; Latin words of an answer not in Japanese are not claims.
     unsupported_terms
                     the answer's claimed terms (metrics.claimed_terms, and titles and kanji place names:
-                    metrics.named_terms; not everyday katakana such as データ: grading.COMMON_WORDS) that neither the question, the reference, the row's own article nor any
-                    crawled article states.
+                    metrics.named_terms; not everyday katakana such as データ: grading.COMMON_WORDS) that
+                    neither the question, the reference, the row's own article nor any crawled article states
+                    (era years compared as Western years).
     hallucinated    at least one unsupported term.
     truncated       the answer was cut at max_new_tokens (did not end with </s>); None when unknown.
     rouge_l_f1, fact_recall, and the term counts that report.aggregate pools.
