@@ -46,7 +46,6 @@ from . import metrics
 from .metrics import KANJI, fold_kana, normalize, western_years
 
 CORRECT, INCORRECT, NOT_ATTEMPTED = "correct", "incorrect", "not_attempted"
-GRADES = (CORRECT, INCORRECT, NOT_ATTEMPTED)
 
 # Removed by `fold`, leaving a word boundary: whitespace, name separators, dashes, quotes, brackets, apostrophes
 BOUNDARY = re.compile(r"[\s・·•‧⋅=゠\-‐‑‒–—―−'\"“”「」『』〈〉《》【】()\[\]{}]")
@@ -66,10 +65,9 @@ POSSIBILITY = re.compile(r"^(?:年|氏|さん)?(?:だ|です|の|という|と�
 # A negation of the name just before it in the same clause: 「ラヴクラフトではありません」「ラヴクラフトの作品ではなく」
 NEGATION = re.compile(
     r"^[^、,。！？!?\n]{0,12}?(?:(?:では|じゃ|で)(?:は)?(?:ありません|ございません|ない|無い|なく|無く|なかった)"
-    r"(?!(?:です|でしょう|だろう|のです|んです|ん)?か(?!もしれ|も知れ))|とは(?:違|異な|言え|言い切れ|限ら|断定でき)|以外|(?:という|とする|とした)?のは(?:誤|間違)"
-    r"|は(?:誤り|間違い)|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
+    r"(?!(?:です|でしょう|だろう|のです|んです|ん)?か(?!もしれ|も知れ))|とは(?:違|異な|言え|言い切れ|限ら|断定でき)|以外"
+    r"|(?:という|とする|とした)?のは(?:誤|間違)|は(?:誤り|間違い)|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
 )
-ENGLISH_NEGATION = re.compile(r"(?:^|\|)not\|?$")
 NAME_TAIL_MIN = 3
 # Katakana and Latin words that are vocabulary, never a candidate answer (「学習データにありません」 offers none)
 COMMON_WORDS = frozenset(
@@ -77,8 +75,8 @@ COMMON_WORDS = frozenset(
     "ジャンル シリーズ ストーリー キャラクター クイズ イメージ ケース ポイント レベル タイプ テーマ ヒント パターン "
     "ルール リスト メモリ エラー ai or either not".split()
 )
-INITIALS_MAX = 3
-ITEM_FILLER = 4  # what a list item may hold beside its candidate (です, でしょう, a number)  # what may be left of an answer beside the name it gives (ＨＰ) without making it non-Japanese
+INITIALS_MAX = 3  # what may be left of an answer beside the name it gives (ＨＰ) without making it non-Japanese
+ITEM_FILLER = 4  # what a list item may hold beside its candidate (です, でしょう, a number)
 
 
 @dataclass(frozen=True)
