@@ -7,8 +7,9 @@
     not attempted  the answer is empty (no letter or digit), or abstains (「わかりません」「はっきりしたことは言えま
                    せん」「その点については私の知識の範囲外です」「正確な作者は不明です」, with or without an apology:
                    metrics.ABSTENTION) without offering a candidate and without negating an accepted form, or — as
-                   SimpleQA grades — gives no answer at all: no accepted form, no other candidate, no unsupported
-                   term, nothing against the accepted answer (「有名なホラー作家です」).
+                   SimpleQA grades — gives no answer at all: no accepted form, no other candidate, nothing against
+                   the accepted answer (「有名な作家です」「ラヴクラフトの友人の作家です」); a name of the question
+                   given as the answer (「ラヴクラフトです」 to a question about his successor) is incorrect.
     incorrect      everything else: another answer, a negated or hedged accepted form, an English sentence.
 
 Accepted forms are compared in a folded form (`fold`): NFKC and lower case (full/half width, Ｈ → h), Japanese
@@ -69,6 +70,8 @@ NEGATION = re.compile(
     r"|(?:という|とする|とした)?のは(?:誤|間違)|は(?:誤り|間違い)|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
 )
 NAME_TAIL_MIN = 3
+# A name given as the answer: 「ラヴクラフトです」「ラヴクラフトが書きました」, not 「ラヴクラフトの友人です」
+ANSWER_SLOT = re.compile(r"^(?:年|氏|さん)?(?:です|でした|だ|でしょう|でございます|が|という|とされ|と考えられ|[。!?]|$)")
 # Katakana and Latin words that are vocabulary, never a candidate answer (「学習データにありません」 offers none)
 COMMON_WORDS = frozenset(
     "データ ソース アクセス インターネット ウェブ サイト システム モデル トレーニング テキスト リソース ファン ホラー "
@@ -237,7 +240,8 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
     numeric = all(re.fullmatch(r"[0-9]+(?:\.[0-9]+)?年?", form) for form, _ in forms)
     named = occurrences(folded, forms)
     question_text = fold(question).text
-    others = [span for span in candidate_spans(folded, numeric, answer) if _is_other(folded, span, named, forms, question_text)]
+    candidates = candidate_spans(folded, numeric, answer)
+    others = [span for span in candidates if _is_other(folded, span, named, forms, question_text)]
     negated = [span for span in named if _negated(folded, span)]
     if negated:
         return Grade(INCORRECT, False, False, "negates an accepted answer")
@@ -253,6 +257,8 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         return Grade(NOT_ATTEMPTED, False, not unsupported, "abstains")
     if not metrics.is_japanese(answer):
         return Grade(INCORRECT, False, False, "not in Japanese")
+    if any(ANSWER_SLOT.match(folded.text[end:]) for start, end in candidates if _is_other(folded, (start, end), named, forms, "")):
+        return Grade(INCORRECT, False, False, "answers with a name of the question")  # 「ラヴクラフトです」 to 「…の死後…」
     # Neither the answer nor another one, nothing against it: as SimpleQA, not attempted (「有名な作家です」)
     return Grade(NOT_ATTEMPTED, False, False, "gives no answer")
 

@@ -242,6 +242,10 @@ CASES = [
     (DERLETH, "A・ダーレス", C),
     (DERLETH, "ダーレスです。", C),
     (DERLETH, "オーガストです。", N),
+    (DERLETH, "ラヴクラフトです。", W),  # the question's own name, given as the answer
+    (DERLETH, "ラヴクラフトが体系化しました。", W),
+    (DERLETH, "ラヴクラフトの友人の作家です。", N),
+    (DERLETH, "ラヴクラフトの死後に体系化した作家については、わかりません。", N),
 ]
 # Questions without accepted answers: only the hallucination measure applies.
 DAGON = {"instruction": "ダゴンとは何ですか？", "response": "深きものどもが崇める神です。", "title": "クトゥルフ神話"}
