@@ -150,6 +150,43 @@ def test_knowledge_check_compares_base_and_adapter_in_run_json_and_card(trained)
     assert "file not found" in card and "python evaluate.py --models base" in card
 
 
+def test_the_cards_reproduce_command_gives_the_cards_numbers(trained, tmp_path, monkeypatch):
+    """The knowledge check and evaluate.py are one pipeline: the card's command, run as printed (the adapter from
+    the output folder, since the upload failed), gives every number of run.json's knowledge check."""
+    import re
+    import shlex
+
+    from conftest import load_script
+
+    result, out, _ = trained
+    card = (out / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"```bash\n(python evaluate\.py [^\n]*)\n```", card)[1]
+    argv = [f"adapter={out}" if part == "adapter=tester/cthulhu-test" else part for part in shlex.split(command)[2:]]
+    assert "--batch_size" in argv and "--load_in_8bit" in argv and argv[argv.index("--temperatures") + 1] == "0"
+    monkeypatch.chdir(REPO)  # where training ran
+    script = load_script("evaluate")
+    script.main(script.parse_args([*argv, "--output_dir", str(tmp_path / "eval")]))
+    report = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
+    check = json.loads((out / "run.json").read_text())["knowledge_check"]
+    [quiz] = [entry for entry in check["sets"] if "results" in entry]
+    for label in ("base", "adapter"):
+        [reproduced] = [r for r in report["results"] if (r["set"], r["model"], r["temperature"]) == (quiz["name"], label, 0.0)]
+        assert {key: reproduced[key] for key in quiz["results"][label]} == quiz["results"][label], label
+    # and answer for answer: the knowledge check's answers beside the card are those evaluate.py gives
+    checked = [json.loads(line) for line in (out / "knowledge_check.jsonl").read_text(encoding="utf-8").splitlines()]
+    again = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    drop = ("reference_loss",)  # evaluate.py also measures the reference answers' loss
+    assert [{k: v for k, v in row.items() if k not in drop} for row in again] == \
+        [{k: v for k, v in row.items() if k not in drop} for row in checked]
+    # what qualifies the numbers is on the card, and the table reached the console
+    assert "tiny test model" in card and "local folder" in card and "No article text was available" in card
+    assert "| not attempted |" in card and "cut at max_new_tokens" in card
+    console = result.stdout + result.stderr
+    assert "knowledge check (temperature 0):" in console and "correct (95 % interval)" in console
+    assert re.search(r"quiz +adapter +0 +2 ", console)
+    assert "in batches of 8" in console and "adapter quiz (set 1/1): T=0" in console  # the progress bar
+
+
 def test_saved_config_reproduces_the_run_settings(trained):
     _, out, _ = trained
     from cthulhu_sft.config import parse_args
