@@ -16,9 +16,10 @@ from huggingface_hub.utils import _http
 
 from .files import is_local_path, write_json_atomic
 
-# What a published adapter repo holds; checkpoints, logs and training_args.bin stay local.
+# What a published adapter repo holds (knowledge_check.jsonl: every answer behind the card's numbers); checkpoints,
+# logs and training_args.bin stay local.
 RUN_PATTERNS = ["adapter_config.json", "adapter_model.safetensors", "tokenizer*", "special_tokens_map.json",
-                "chat_template.jinja", "README.md", "run.json", "config.yaml", "samples.jsonl"]
+                "chat_template.jinja", "README.md", "run.json", "config.yaml", "samples.jsonl", "knowledge_check.jsonl"]
 # What a published dataset repo holds: its card and the splits prepare_data.py writes.
 DATASET_PATTERNS = ["README.md", "train.jsonl", "eval.jsonl", "eval_known.jsonl"]
 LOGIN_HINT = "log in with `hf auth login`, or set HF_TOKEN to a token with write access"

@@ -254,7 +254,8 @@ def test_the_retry_command_publishes_the_run(trained):
         files = hub.files[("model", "tester/again")]
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(files) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
-                             "config.yaml", "run.json", "samples.jsonl", "tokenizer.json", "tokenizer.model",
+                             "config.yaml", "knowledge_check.jsonl", "run.json", "samples.jsonl", "tokenizer.json",
+                             "tokenizer.model",
                              "tokenizer_config.json"]  # no checkpoints, logs or pickled arguments
     assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
     assert SECRET not in result.stdout + result.stderr
