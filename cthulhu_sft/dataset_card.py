@@ -52,7 +52,8 @@ def render_card(args, splits: dict[str, list[dict]], lengths: list[int], pages: 
                 for split, rows in splits.items()},
         kinds=[(kind, [sum(r["kind"] == kind for r in rows) for rows in splits.values()])
                for kind in sorted({r["kind"] for rows in splits.values() for r in rows})],
-        writer=writer_view(args.qa_model, prompt, report) if report is not None else None,
+        writer=writer_view(args.qa_model, prompt, report) if report is not None and report.backend != "none" else None,
+        no_writer=report.note if report is not None and report.backend == "none" else None,
         tokenizer=args.tokenizer,
         max_tokens=args.max_tokens,
         length=length_stats(lengths),

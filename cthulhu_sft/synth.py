@@ -59,6 +59,9 @@ REWRITE_TEMPERATURE = 0.7  # rewrites should differ from each other
 MAX_TOKENS = 2048  # of a facts or rewrite answer
 VERDICT_TOKENS = 32  # {"supported": false} and some slack
 MIN_QUESTIONS = 2
+FACTS = 5  # asked per passage at most; fewer for a short one
+REWRITES = 2  # rewrites of each passage, when a writer exists
+VERIFY = 1  # verdicts per question/answer and per rewrite
 
 STRING = {"type": "string"}
 FACTS_SCHEMA = {
@@ -173,6 +176,10 @@ class Report(Usage):
     @property
     def kept(self) -> int:
         return self.facts_kept
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.requests - self.generated)
 
     @property
     def agreement(self) -> float | None:
@@ -366,8 +373,8 @@ class Candidate:
     questions: list[str]
 
 
-def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerCache, *, judge=None, verify: int = 1,
-               rewrites: int = 2, facts: int = 5, seen: set[str] | None = None, fits=None,
+def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerCache, *, judge=None,
+               verify: int = VERIFY, rewrites: int = REWRITES, facts: int = FACTS, seen: set[str] | None = None, fits=None,
                max_tokens: int = MAX_TOKENS) -> tuple[list[Fact], list[tuple[Passage, str]], Report]:
     """(kept facts, kept rewrites as (passage, text), report), in passage order.
 

@@ -46,6 +46,10 @@ BACKENDS = ("auto", "openai", "vllm", "transformers", "none")
 MAX_ANSWER_BYTES = 256 * 1024  # an answer of 2048 tokens of JSON-escaped Japanese is about 15 KB
 TOO_LARGE = "x-cthulhu-too-large"  # marks the stand-in response the size limit puts in place of a huge answer
 LOCAL_CHUNK = 32  # requests a local backend generates between two saves to the cache
+CONCURRENCY = 4  # requests at a time to an endpoint
+TIMEOUT = 120.0  # seconds for one whole request to an endpoint, answer included
+RETRIES = 5  # of a request that fails (429, 5xx, timeouts)
+BATCH_SIZE = 8  # prompts a transformers writer generates together
 
 
 class WriterError(RuntimeError):
@@ -177,8 +181,8 @@ def resolve_backend(choice: str, url: str | None) -> str:
     return "vllm"
 
 
-def make_writer(backend: str, model: str, url: str | None = None, concurrency: int = 4, timeout: float = 120.0,
-                retries: int = 5, batch_size: int = 8):
+def make_writer(backend: str, model: str, url: str | None = None, concurrency: int = CONCURRENCY,
+                timeout: float = TIMEOUT, retries: int = RETRIES, batch_size: int = BATCH_SIZE):
     """A writer of a concrete backend (not auto, not none)."""
     if backend == "openai":
         return OpenAIWriter(url, model, concurrency=concurrency, timeout=timeout, retries=retries)
@@ -243,7 +247,8 @@ def bounded_transport(seconds: float, max_bytes: int):
 class OpenAIWriter:
     backend = "openai"
 
-    def __init__(self, url: str, model: str, concurrency: int = 4, timeout: float = 120.0, retries: int = 5):
+    def __init__(self, url: str, model: str, concurrency: int = CONCURRENCY, timeout: float = TIMEOUT,
+                 retries: int = RETRIES):
         self.url, self.model, self.concurrency, self.timeout, self.retries = url, model, concurrency, timeout, retries
         self.requests = 0  # HTTP requests sent, retries included
         self.level = 0  # 0: response_format and settings; 1: settings without the schema; 2: the prompt alone
@@ -402,7 +407,7 @@ class TransformersWriter:
 
     backend = "transformers"
 
-    def __init__(self, model: str, batch_size: int = 8):
+    def __init__(self, model: str, batch_size: int = BATCH_SIZE):
         self.model, self.batch_size, self.requests = model, batch_size, 0
         self.loaded = self.fmt = None
 
