@@ -59,6 +59,8 @@ REWRITE_TEMPERATURE = 0.7  # rewrites should differ from each other
 MAX_TOKENS = 2048  # of a facts or rewrite answer
 VERDICT_TOKENS = 32  # {"supported": false} and some slack
 MIN_QUESTIONS = 2
+MAX_EVIDENCE_SENTENCES = 2
+MAX_EVIDENCE_CHARS = 200
 FACTS = 5  # asked per passage at most; fewer for a short one
 REWRITES = 2  # rewrites of each passage, when a writer exists
 VERIFY = 1  # verdicts per question/answer and per rewrite
@@ -85,8 +87,11 @@ REASONS = {
     "too_large": "an answer over the size limit (writers.MAX_ANSWER_BYTES), not read (per answer)",
     "malformed": "an answer that holds no readable {\"facts\": [...]} (per answer)",
     # per fact
-    "malformed_fact": "an item without evidence, short_answer and answer strings and a list of questions (per fact)",
+    "malformed_fact": "an item without evidence, short_answer and answer strings and a list of questions, or one "
+                      "holding the verification prompt's tags (per fact)",
     "evidence_not_in_passage": "the evidence is not a verbatim span of the passage (per fact)",
+    "evidence_too_broad": f"the evidence is longer than {MAX_EVIDENCE_SENTENCES} sentences or {MAX_EVIDENCE_CHARS} "
+                          "characters: it would ground anything the passage names (per fact)",
     "short_answer_not_in_evidence": "the short answer is empty or not in the evidence (per fact)",
     "short_answer_not_in_answer": "the answer sentence does not state the short answer (per fact)",
     "not_japanese": "the answer is empty or not Japanese (per fact)",
@@ -106,7 +111,8 @@ REASONS = {
     "too_long": "the example does not fit the length limit (per question, or per rewrite)",
     "question_unsupported": "verification: the passage does not answer the question so (per question)",
     # per rewrite
-    "rewrite_malformed": "a rewrite answer that holds no readable {\"text\": ...} (per rewrite)",
+    "rewrite_malformed": "a rewrite answer that holds no readable {\"text\": ...}, or holds the verification "
+                         "prompt's tags (per rewrite)",
     "rewrite_not_japanese": "the rewrite is empty or not Japanese (per rewrite)",
     "rewrite_copy": "the rewrite is the passage itself, or a piece of it, or another rewrite (per rewrite)",
     "rewrite_ungrounded": "a key term of the rewrite is not in the passage or the title (per rewrite)",
@@ -133,6 +139,8 @@ EVERYDAY = frozenset(
 # A single character that may end a compound after pieces that are known (「作家名」, 「登場年」)
 SUFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌"
 )
+TAGS = re.compile(r"</?(?:passage|question|answer)\s*>", re.I)  # would let a text rewrite its own verdict prompt
+SENTENCE_END = re.compile(r"[。！？!?]+")
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 POLITE_END = re.compile(r"(?:です|でした|である|だ|とされる|とされています|と呼ばれる|と呼ばれています)?[。．.!！]*$")
 SHORT_ANSWER_CHARS = 20
@@ -299,6 +307,8 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
     """The first check (REASONS) a fact fails, or None."""
     if not evidence.strip() or fold(evidence) not in fold(passage.text):
         return "evidence_not_in_passage"
+    if len(fold(evidence)) > MAX_EVIDENCE_CHARS or len(SENTENCE_END.findall(evidence.rstrip("。！？!? "))) >= MAX_EVIDENCE_SENTENCES:
+        return "evidence_too_broad"
     if not match_form(short) or match_form(short) not in match_form(evidence):
         return "short_answer_not_in_evidence"
     if match_form(short) not in match_form(answer):
@@ -469,8 +479,10 @@ def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Re
 
 
 def well_formed(item) -> bool:
-    return (isinstance(item, dict) and all(isinstance(item.get(key), str) for key in ("evidence", "short_answer", "answer"))
-            and isinstance(item.get("questions"), list) and all(isinstance(q, str) for q in item["questions"]))
+    strings = ("evidence", "short_answer", "answer")
+    return (isinstance(item, dict) and all(isinstance(item.get(key), str) for key in strings)
+            and isinstance(item.get("questions"), list) and all(isinstance(q, str) for q in item["questions"])
+            and not any(TAGS.search(text) for text in [*(item[key] for key in strings), *item["questions"]]))
 
 
 def read_rewrites(answers: list[dict], passages: list[Passage], fits, report: Report) -> list[tuple[Passage, str]]:
@@ -482,7 +494,7 @@ def read_rewrites(answers: list[dict], passages: list[Passage], fits, report: Re
         if answer.get("skipped") == "too_large":
             report.rejected["too_large"] += 1
             continue
-        if not isinstance(text, str):
+        if not isinstance(text, str) or TAGS.search(text):
             report.rejected["rewrite_malformed"] += 1
             continue
         text = text.strip()

@@ -115,9 +115,12 @@ def facts_writer(facts_by_subject: dict[str, list[dict]]):
 
 
 def grounded_verdict(passage: str, question: str, answer: str) -> bool:
-    """True when the answer (without a polite ending) or every sentence of it occurs in the passage."""
+    """True when the answer (without a polite ending) or every sentence of it occurs in the passage, commas aside."""
+    def bare(text: str) -> str:
+        return re.sub(r"[、，,]", "", fold(text))
+
     parts = sentences(answer) or [answer]
-    return all(fold(re.sub(r"(です|でした)?。$", "", part)) in fold(passage) for part in parts)
+    return all(bare(re.sub(r"(です|でした)?。$", "", part)) in bare(passage) for part in parts)
 
 
 def reversed_rewrite(subject: str, passage: str) -> str:

@@ -24,7 +24,8 @@ def rows(count: int, kind: str, titles: int = 1) -> list[dict]:
 
 def test_a_crawl_with_a_writer_has_the_hub_metadata_the_tables_the_prompt_and_the_revisions():
     splits = {"train": rows(6, "recitation", 3) + rows(2, "synthesized"), "eval": [], "eval_known": rows(1, "synthesized")}
-    report = Report(passages=4, kept=3, rejected=Counter({"ungrounded": 5, "duplicate": 1}), served_by={"a-7b", "b-7b"})
+    report = Report(backend="openai", passages=4, facts_kept=3, rejected=Counter({"answer_ungrounded": 5, "duplicate": 1}),
+                    served_by={"a-7b", "b-7b"})
     text = render_card(options(qa_model="a-7b"), splits, [30, 10, 20], PAGES, {"seed": 42, "depth": 2},
                        "文章:\n<passage>\n{passage}\n</passage>\n\n", report)
 
@@ -40,7 +41,8 @@ def test_a_crawl_with_a_writer_has_the_hub_metadata_the_tables_the_prompt_and_th
     assert "| recitation | 6 | 0 | 0 |\n| synthesized | 2 | 0 | 1 |\n\n- `recitation`:" in text
     assert "`a-7b` (the endpoint reported `a-7b`, `b-7b`), from each passage" in text
     assert "Passages asked: 4; pairs kept: 3; rejected: 6." in text
-    assert "| `ungrounded` | a key term of the answer is not in the passage | 5 |" in text and "| `malformed` |" in text
+    assert "| `answer_ungrounded` | a key term of the answer is in neither the evidence nor the title (per fact) | 5 |" in text
+    assert "| `malformed` |" in text
     assert "~~~~text\n文章:\n<passage>\n{passage}\n</passage>\n~~~~" in text
     assert "min 10, median 20, p90 30, max 30, total 60\n\n## Parameters\n\n- `seed`: 42\n- `depth`: 2\n\n## License and" in text
     assert "asked as questions, rewritten as question/answer pairs by a model)." in text

@@ -29,9 +29,13 @@ OUTPUTS = {"train.jsonl", "eval.jsonl", "eval_known.jsonl", "source_texts.jsonl"
 ALL_ARTICLES = {"クトゥルフ", "ルルイエ", "ネクロノミコン", "ニャルラトホテプ", "ダゴン (クトゥルフ神話)", "ハスター",
                 "インスマスを覆う影", "狂気の山脈にて", "ヨグ＝ソトース",
                 "クトゥルフ神話TRPG: 第7版/" + "ルールブックに登場する架空の書物と神格の一覧" * 4}
-# Pairs every answer of the loopback writer adds: one grounded only in ルルイエ, one invented, one pointing at the text.
-EXTRA = [("{subject}はどこに沈んでいますか？", "太平洋の底です。"), ("{subject}を創作した作家は誰ですか？", "ラヴクラフトです。"),
-         ("この節で{subject}は何と呼ばれていますか？", "神格です。")]
+# Facts every answer of the loopback writer adds: one grounded only in ルルイエ, one invented, one pointing at the text.
+EXTRA = [{"evidence": "ルルイエは、太平洋の底に沈んだ", "short_answer": "太平洋の底", "answer": "ルルイエは太平洋の底に沈んだ。",
+          "questions": ["{subject}はどこに沈んでいますか？", "{subject}が沈んでいる場所はどこですか？"]},
+         {"evidence": "怪奇作家が創作した", "short_answer": "ラヴクラフト", "answer": "ラヴクラフトです。",
+          "questions": ["{subject}を創作した作家は誰ですか？", "{subject}の作者は誰ですか？"]},
+         {"evidence": "架空の神格である", "short_answer": "神格", "answer": "クトゥルフは架空の神格である。",
+          "questions": ["この節で{subject}は何と呼ばれていますか？", "{subject}は何ですか？"]}]
 
 
 @pytest.fixture(scope="session")
@@ -114,13 +118,12 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     assert synthesized and all(row["writer"] == "test-writer-7b" for row in synthesized)
     assert {row["kind"] for row in known} == {"synthesized"} and all(row["title"] in {r["title"] for r in train} for row in known)
     assert not any("ラヴクラフト" in row["response"] or "この節" in row["instruction"] for row in synthesized)
-    assert {row["title"] for row in synthesized if row["response"] == "太平洋の底です。"} == {"ルルイエ"}
-    assert any(row.get("answers") == ["太平洋の底"] for row in synthesized)
+    assert {row["title"] for row in synthesized if row["response"] == "ルルイエは太平洋の底に沈んだ。"} == {"ルルイエ"}
     stdout = result.stdout
-    passages = re.search(r"Q&A \(test-writer-7b\): (\d+) passages \(0 cached\), requests: \1 \(0 retries\), "
-                         r"tokens: [1-9]\d* prompt \+ [1-9]\d* completion", stdout).group(1)
-    assert f"{passages} passages ({passages} cached), requests: 0 (0 retries), tokens: 0 prompt" in again.stdout
-    assert "rejected: " in stdout and "ungrounded" in stdout and "points_at_text" in stdout
+    new = re.search(r"Q&A \(openai test-writer-7b\): \d+ passages, answers: (\d+) new \(0 cached\), requests: \1 "
+                    r"\(0 retries\), tokens: [1-9]\d* prompt \+ [1-9]\d* completion", stdout).group(1)
+    assert f"answers: 0 new ({new} cached), requests: 0 (0 retries), tokens: 0 prompt" in again.stdout
+    assert "rejected: " in stdout and "short_answer_not_in_evidence" in stdout and "points_at_text" in stdout
 
     # The card: Hub metadata, counts per kind, the writer and its prompt, rejections, attribution.
     card = first["README.md"].decode()
@@ -128,7 +131,7 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     assert "- split: eval_known\n    path: eval_known.jsonl" in card
     assert "`test-writer-7b`" in card and "| synthesized |" in card and "| recitation |" in card
     assert "<passage>" in card and "文章に書かれていない名前" in card  # the prompt used, verbatim
-    assert re.search(r"\| `ungrounded` \| a key term of the answer is not in the passage \| [1-9]\d* \|", card)
+    assert re.search(r"\| `short_answer_not_in_evidence` \| the short answer is empty or not in the evidence \(per fact\) \| [1-9]\d* \|", card)
     page = cthulhu_wiki().pages
     assert f"oldid={page['ルルイエ'].revid}" in card and "CC BY-SA 4.0" in card
 
@@ -183,7 +186,7 @@ def test_sigterm_during_synthesis_exits_130_leaves_no_partial_output_and_the_rer
         resumed = run_script(command, env={"OPENAI_API_KEY": KEY}, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"\((1) cached\)", resumed.stdout)
-    assert len(writer.requests) - asked == 13  # every passage but the cached one, once
+    assert sum(request["kind"] == "qa_facts" for request in writer.requests[asked:]) == 13  # all passages but the cached one
 
 
 # ---------------------------------------------------------------------------------------------------
