@@ -134,11 +134,10 @@ EVERYDAY = frozenset(
     "作品 小説 短編 長編 中編 作家 作者 著者 人物 登場 名前 名称 存在 場所 地名 時期 年代 神話 神格 種族 生物 都市 物語 "
     "発表 執筆 創作 出版 刊行 掲載 雑誌 作中 設定 関係 正体 特徴 由来 意味 起源 舞台 主人公 何者 信仰 崇拝 初出 原作 翻訳 "
     "日本語 英語 呼称 別名 名義 題名 表題 一作 代表作 作品名 登場人物 神話体系 架空 邪神 旧支配者 外なる神 何年 何月 何日 何歳 何人 何語 誕生 誕生日 生年 没年 出身 出身地 "
-    "国籍 職業 両親 父親 母親 子供 祖父 祖母 兄弟 姉妹 夫婦 最初 最後 初登場 現在 当時 以前 以後 一般 主要 重要 代表".split()
+    "国籍 職業 両親 父親 母親 子供 祖父 祖母 兄弟 姉妹 夫婦 最初 最後 初登場 現在 当時 以前 以後 一般 主要 重要 代表 一覧".split()
 )
-# A single character that may end a compound after pieces that are known (「作家名」, 「登場年」)
-SUFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌"
-)
+# Single characters that join known pieces into a compound (「米国人作家」, 「登場年」, 「作家名」)
+AFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌初各全同元旧新")
 TAGS = re.compile(r"</?(?:passage|question|answer)\s*>", re.I)  # would let a text rewrite its own verdict prompt
 SENTENCE_END = re.compile(r"[。！？!?]+")
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
@@ -284,8 +283,9 @@ def points_back(text: str) -> bool:
 
 
 def invented_compounds(text: str, passage: Passage) -> list[str]:
-    """Kanji compounds of 3+ characters in `text` that cannot be cut into pieces (2+ characters each) found in the
-    passage, the title or EVERYDAY: 深海教団 (深海 nowhere), 霧ヶ浜; not 短編小説 or 南太平洋."""
+    """Kanji compounds of 3+ characters in `text` that cannot be cut into pieces found in the passage, the title or
+    EVERYDAY (2+ characters each) or AFFIXES (one): 深海教団 (深海 nowhere), 霧ヶ浜; not 短編小説, 南太平洋 or
+    米国人作家 where the passage says 米国."""
     support = fold(f"{passage.title}\n{passage.text}")
     invented = []
     for compound in COMPOUND.findall(fold(text)):
@@ -293,12 +293,12 @@ def invented_compounds(text: str, passage: Passage) -> list[str]:
             continue
         reachable = [True] + [False] * len(compound)
         for start in range(len(compound)):
-            if reachable[start]:
-                for end in range(start + 2, len(compound) + 1):
-                    piece = compound[start:end]
-                    if piece in support or piece in EVERYDAY:
-                        reachable[end] = True
-        if not (reachable[-1] or (reachable[-2] and compound[-1] in SUFFIXES)):
+            if not reachable[start]:
+                continue
+            reachable[start + 1] |= compound[start] in AFFIXES
+            for end in range(start + 2, len(compound) + 1):
+                reachable[end] |= compound[start:end] in support or compound[start:end] in EVERYDAY
+        if not reachable[-1]:
             invented.append(compound)
     return invented
 

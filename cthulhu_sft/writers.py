@@ -28,6 +28,7 @@ import asyncio
 import gc
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -174,11 +175,7 @@ def resolve_backend(choice: str, url: str | None) -> str:
 
     if not torch.cuda.is_available():
         return "none"
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return "transformers"
-    return "vllm"
+    return "vllm" if importlib.util.find_spec("vllm") else "transformers"
 
 
 def make_writer(backend: str, model: str, url: str | None = None, concurrency: int = CONCURRENCY,

@@ -2,14 +2,17 @@
 (its output is garbage: rejected as malformed, counted, nothing breaks)."""
 
 import json
+import time
 
 import pytest
 from mediawiki_server import MediaWikiServer, cthulhu_wiki
+from openai_server import OpenAIServer, Reply
 
 import prepare_data
 from cthulhu_sft.examples import Passage
 from cthulhu_sft.synth import load_prompts, synthesize
 from cthulhu_sft.writers import (
+    MAX_ANSWER_BYTES,
     AnswerCache,
     OpenAIWriter,
     Request,
@@ -102,3 +105,33 @@ def test_a_local_writer_defaults_to_the_base_model_of_sft_config():
     args = prepare_data.parse_args(["--qa_backend", "transformers"])
     assert args.qa_model == sft_defaults()["model_name_or_path"] and args.rewrites == 2 and args.qa_verify == 1
     assert prepare_data.parse_args([]).qa_model is None  # auto on a machine without CUDA: no writer
+
+
+def crawl_arguments(wiki, tmp_path, tokenizer_dir, *extra) -> list[str]:
+    return ["--api_url", wiki.url, "--tokenizer", str(tokenizer_dir), "--max_tokens", "256", "--cache_dir",
+            str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out"), "--request_interval", "0", "--titles",
+            "ルルイエ", "--category", "", *extra]
+
+
+def test_prepare_data_cuts_off_a_trickling_endpoint_at_qa_timeout(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
+    with MediaWikiServer(cthulhu_wiki()) as wiki, OpenAIServer() as server:
+        server.always = Reply(content='{"facts": []}' + " " * 300, trickle=0.05)  # the body alone: about 20 s
+        started = time.monotonic()
+        code = prepare_data.main(crawl_arguments(wiki, tmp_path, tokenizer_dir, "--qa_api_url", server.url,
+                                                 "--qa_model", "m", "--qa_timeout", "1", "--qa_retries", "0"))
+        elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1 and "did not answer in full within 1s (after 0 retries)" in err and "Traceback" not in err
+    assert elapsed < 10 and not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_prepare_data_skips_and_counts_an_answer_over_the_size_limit(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
+    with MediaWikiServer(cthulhu_wiki()) as wiki, OpenAIServer() as server:
+        server.replies.append(Reply(content="x" * (MAX_ANSWER_BYTES + 1)))
+        code = prepare_data.main(crawl_arguments(wiki, tmp_path, tokenizer_dir, "--qa_api_url", server.url,
+                                                 "--qa_model", "m", "--qa_concurrency", "1"))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "too_large 1" in out and "facts kept" in out
