@@ -61,6 +61,7 @@ VERDICT_TOKENS = 32  # {"supported": false} and some slack
 MIN_QUESTIONS = 2
 MAX_EVIDENCE_SENTENCES = 2
 MAX_EVIDENCE_CHARS = 200
+MAX_SHORT_ANSWER_CHARS = 40
 FACTS = 5  # asked per passage at most; fewer for a short one
 REWRITES = 2  # rewrites of each passage, when a writer exists
 VERIFY = 1  # verdicts per question/answer and per rewrite
@@ -93,6 +94,8 @@ REASONS = {
     "evidence_too_broad": f"the evidence is longer than {MAX_EVIDENCE_SENTENCES} sentences or {MAX_EVIDENCE_CHARS} "
                           "characters: it would ground anything the passage names (per fact)",
     "short_answer_not_in_evidence": "the short answer is empty or not in the evidence (per fact)",
+    "short_answer_too_long": f"the short answer is longer than {MAX_SHORT_ANSWER_CHARS} characters: not a name, "
+                             "number or phrase (per fact)",
     "short_answer_not_in_answer": "the answer sentence does not state the short answer (per fact)",
     "not_japanese": "the answer is empty or not Japanese (per fact)",
     "abstains": "the answer says it does not know (per fact)",
@@ -311,6 +314,8 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
         return "evidence_too_broad"
     if not match_form(short) or match_form(short) not in match_form(evidence):
         return "short_answer_not_in_evidence"
+    if len(short) > MAX_SHORT_ANSWER_CHARS:
+        return "short_answer_too_long"
     if match_form(short) not in match_form(answer):
         return "short_answer_not_in_answer"
     if not answer or not is_japanese(answer):
@@ -500,7 +505,7 @@ def read_rewrites(answers: list[dict], passages: list[Passage], fits, report: Re
         text = text.strip()
         same = kept.setdefault(id(passage), [])
         reason = rewrite_rejection(text, passage, same)
-        if reason is None and not fits(passage.questions[0] if passage.questions else passage.subject, text):
+        if reason is None and not all(fits(question, text) for question in passage.questions or [passage.subject]):
             reason = "too_long"
         if reason:
             report.rejected[reason] += 1

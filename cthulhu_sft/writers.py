@@ -83,7 +83,6 @@ class Usage:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    too_large: int = 0  # answers over MAX_ANSWER_BYTES, skipped
     served_by: set = field(default_factory=set)  # the model names the backend reported
 
 
@@ -138,7 +137,6 @@ def ask(writer, requests: list[Request], cache: AnswerCache, usage: Usage, desc:
                 cache.save(order[index], answer)
                 answers[order[index]] = answer
                 usage.generated += 1
-                usage.too_large += answer.get("skipped") == "too_large"
                 usage.prompt_tokens += answer["usage"].get("prompt_tokens", 0)
                 usage.completion_tokens += answer["usage"].get("completion_tokens", 0)
                 progress.update(1)

@@ -153,6 +153,7 @@ FACT_CASES = [
     ({"short_answer": "大西洋"}, "short_answer_not_in_evidence"),
     ({"short_answer": ""}, "short_answer_not_in_evidence"),
     ({"short_answer": "架空の都市"}, "short_answer_not_in_answer"),
+    ({"evidence": RULUIE.text, "short_answer": RULUIE.text, "answer": RULUIE.text}, "short_answer_too_long"),
     ({"answer": "南太平洋 is where the sunken city of R'lyeh lies."}, "not_japanese"),
     ({"answer": "南太平洋かどうかはわかりません。"}, "abstains"),
     ({"answer": "ルルイエは南太平洋の海底に沈んだとされ、クトゥルフが眠る都市です。"}, "answer_ungrounded"),
@@ -447,7 +448,7 @@ def test_an_answer_over_the_size_limit_is_skipped_and_counted(tmp_path):
         facts, _, report = run(server, tmp_path, passages=[RULUIE, DAGON], rewrites=0, verify=0, concurrency=1)
         assert len(server.requests) == 2  # not retried
         _, _, rerun = run(server, tmp_path, passages=[RULUIE, DAGON], rewrites=0, verify=0)
-    assert report.rejected == {"too_large": 1} and report.too_large == 1 and not facts
+    assert report.rejected == {"too_large": 1} and not facts
     assert rerun.requests == 0 and rerun.rejected == {"too_large": 1}  # the skip is cached too
 
 
