@@ -246,7 +246,8 @@ class OpenAIWriter:
                  retries: int = RETRIES):
         self.url, self.model, self.concurrency, self.timeout, self.retries = url, model, concurrency, timeout, retries
         self.requests = 0  # HTTP requests sent, retries included
-        self.level = 0  # 0: response_format and settings; 1: settings without the schema; 2: the prompt alone
+        # per schema name, what the server accepts: 0 response_format and settings, 1 settings, 2 the prompt alone
+        self.levels: dict[str, int] = {}
 
     def generate(self, requests: list[Request], done: Callable[[int, dict], None]) -> None:
         asyncio.run(self._generate(requests, done))
@@ -296,7 +297,7 @@ class OpenAIWriter:
         settings = {"temperature": request.temperature, "max_tokens": request.max_tokens}
         schema = {"type": "json_schema", "json_schema": {"name": request.name, "strict": True, "schema": request.schema}}
         while True:
-            level = self.level
+            level = self.levels.get(request.name, 0)
             extra = ({**settings, "response_format": schema}, settings, {})[level]
             try:
                 response = await client.chat.completions.create(model=self.model, messages=messages, **extra)
@@ -306,7 +307,7 @@ class OpenAIWriter:
                 # temperature): from now on less, down to the prompt alone, which asks for the same JSON in words.
                 if level == 2:
                     raise
-                self.level = max(self.level, level + 1)
+                self.levels[request.name] = max(self.levels.get(request.name, 0), level + 1)
             except openai.APIStatusError as error:
                 if error.response.headers.get(TOO_LARGE):
                     return {**answer(""), "skipped": "too_large"}
