@@ -75,6 +75,7 @@ from cthulhu_sft.writers import (
     BACKENDS,
     BATCH_SIZE,
     CONCURRENCY,
+    MAX_ANSWER_BYTES,
     RETRIES,
     TIMEOUT,
     AnswerCache,
@@ -150,7 +151,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     qa.add_argument("--qa_retries", type=int, default=RETRIES,
                     help="retries of a request that fails (429, 5xx, timeouts; Retry-After honoured) (default: %(default)s)")
     qa.add_argument("--qa_max_tokens", type=int, default=MAX_TOKENS,
-                    help="longest facts or rewrite answer, in tokens (default: %(default)s)")
+                    help="longest facts or rewrite answer, in tokens; an endpoint's answer over "
+                         f"{MAX_ANSWER_BYTES // 1024} KiB is not read but skipped and counted (default: %(default)s)")
     qa.add_argument("--qa_batch_size", type=int, default=BATCH_SIZE,
                     help="prompts a transformers writer generates together (default: %(default)s)")
     hub = parser.add_argument_group("publish")

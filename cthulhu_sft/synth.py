@@ -234,7 +234,7 @@ def render(template: str, **values) -> str:
 
 def facts_wanted(passage: Passage, most: int) -> int:
     """About one fact per 80 characters, 2 at least: a short passage holds few facts."""
-    return max(2, min(most, len(passage.text) // 80))
+    return min(most, max(2, len(passage.text) // 80))
 
 
 def section_name(passage: Passage) -> str:
