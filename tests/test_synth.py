@@ -468,3 +468,12 @@ def test_an_answer_of_the_wrong_shape_is_malformed(tmp_path, content):
         server.always = Reply(content=content)
         _, _, report = run(server, tmp_path, passages=[RULUIE], rewrites=0, verify=0)
     assert report.rejected == {"malformed": 1}
+
+
+@pytest.mark.parametrize("body", ["[]", "null", '"text"', '{"choices": "x"}', '{"choices": [{"message": null}]}',
+                                  '{"choices": [{"message": {"content": 5}}], "usage": 7, "model": 3}'])
+def test_a_completion_of_the_wrong_shape_is_read_as_an_empty_answer(tmp_path, body):
+    with OpenAIServer() as server:
+        server.always = Reply(body=body)
+        facts, _, report = run(server, tmp_path, passages=[RULUIE], rewrites=0, verify=0)
+    assert not facts and report.rejected == {"malformed": 1}
