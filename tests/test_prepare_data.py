@@ -54,11 +54,12 @@ def length(fmt, row) -> int:
 def arguments(wiki, tmp_path, tokenizer_dir, *extra, max_tokens=256) -> list[str]:
     return ["--api_url", wiki.url, "--tokenizer", str(tokenizer_dir), "--max_tokens", str(max_tokens),
             "--cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out"), "--request_interval", "0",
-            "--backoff_factor", "0", "--depth", "2", *extra]
+            "--backoff_factor", "0", "--depth", "2", "--qa_backend", "none", *extra]  # no local writer on a GPU machine
 
 
 def writer_arguments(server) -> list[str]:
-    return ["--qa_api_url", server.url, "--qa_model", "test-writer-7b", "--qa_retries", "1", "--qa_timeout", "10"]
+    return ["--qa_backend", "openai", "--qa_api_url", server.url, "--qa_model", "test-writer-7b", "--qa_retries", "1",
+            "--qa_timeout", "10"]
 
 
 def prepare(capsys, *args) -> tuple[int, str, str]:

@@ -27,9 +27,14 @@ DAGON = Passage("ダゴン (クトゥルフ神話)", "ダゴン", "信仰", "ダ
                 ["ダゴンの信仰について教えてください。"])
 
 
-def test_auto_is_the_endpoint_with_a_url_and_none_on_a_machine_without_cuda():
+def test_auto_is_the_endpoint_with_a_url_else_a_local_writer_on_cuda_else_none():
+    import importlib.util
+
+    import torch
+
+    local = "vllm" if importlib.util.find_spec("vllm") else "transformers"
     assert resolve_backend("auto", "http://127.0.0.1:1/v1") == "openai"
-    assert resolve_backend("auto", None) == "none"  # this machine has no GPU
+    assert resolve_backend("auto", None) == (local if torch.cuda.is_available() else "none")
     assert resolve_backend("transformers", None) == "transformers"
     assert isinstance(make_writer("openai", "m", "http://127.0.0.1:1/v1"), OpenAIWriter)
     with pytest.raises(ValueError, match="no writer for backend 'none'"):
@@ -78,7 +83,8 @@ def test_without_a_writer_the_start_the_summary_and_the_card_say_what_the_set_la
     with MediaWikiServer(cthulhu_wiki()) as wiki:
         code = prepare_data.main(["--api_url", wiki.url, "--tokenizer", str(tokenizer_dir), "--max_tokens", "256",
                                   "--cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out"),
-                                  "--request_interval", "0", "--titles", "ルルイエ", "--category", ""])
+                                  "--request_interval", "0", "--titles", "ルルイエ", "--category", "",
+                                  "--qa_backend", "none"])  # what auto is on a machine without CUDA
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "no model-written questions" in err and "no model-written questions" in out
@@ -104,7 +110,7 @@ def test_a_local_writer_defaults_to_the_base_model_of_sft_config():
 
     args = prepare_data.parse_args(["--qa_backend", "transformers"])
     assert args.qa_model == sft_defaults()["model_name_or_path"] and args.rewrites == 2 and args.qa_verify == 1
-    assert prepare_data.parse_args([]).qa_model is None  # auto on a machine without CUDA: no writer
+    assert prepare_data.parse_args(["--qa_backend", "none", "--qa_model", "m"]).qa_model is None
 
 
 def crawl_arguments(wiki, tmp_path, tokenizer_dir, *extra) -> list[str]:
