@@ -7,8 +7,10 @@ import time
 from collections import Counter, defaultdict
 
 import pytest
+from mediawiki_server import MediaWikiServer, Wiki
 from openai_server import OpenAIServer, Reply, facts_writer, passage_of, tagged
 
+import prepare_data
 from cthulhu_sft.data import DataError
 from cthulhu_sft.examples import Passage
 from cthulhu_sft.synth import (
@@ -137,6 +139,28 @@ def test_without_verification_the_text_checks_alone_reject_all_but_real_spans_th
     assert invented == 2 and {reason: report.rejected[reason] for reason in expected} == dict(expected)
     assert {f.answer for f in facts} == {item["answer"] for items in FALSE_FACTS.values() for item, r in items if r is None}
     assert report.verify == 0 and report.verdicts == 0 and report.agreement is None
+
+
+def test_through_prepare_data_no_planted_false_fact_reaches_any_split_and_the_true_ones_do(tmp_path, tokenizer_dir,
+                                                                                            capsys):
+    wiki = Wiki()
+    for passage in (WILBUR, NECRO, RULUIE):
+        wiki.add_page(passage.title, extract=passage.text)
+    planted = {subject: TRUE_FACTS[subject] + [item for item, _ in FALSE_FACTS[subject]] for subject in TRUE_FACTS}
+    with MediaWikiServer(wiki) as server, OpenAIServer(facts_writer(planted), verdict=truthful) as writer:
+        code = prepare_data.main(["--api_url", server.url, "--tokenizer", str(tokenizer_dir), "--cache_dir",
+                                  str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out"), "--request_interval", "0",
+                                  "--category", "", "--titles", WILBUR.title, NECRO.title, RULUIE.title,
+                                  "--eval_ratio", "0", "--qa_api_url", writer.url, "--qa_model", "test-writer-7b"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = [json.loads(line) for split in ("train", "eval_known") for line in
+            (tmp_path / "out" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    false_questions = {q for items in FALSE_FACTS.values() for item, _ in items for q in item["questions"]}
+    assert not [row for row in rows if row["response"] in FALSE_ANSWERS or row["instruction"] in false_questions]
+    true_answers = {item["answer"] for items in TRUE_FACTS.values() for item in items}
+    assert {row["response"] for row in rows if row["kind"] == "synthesized"} == true_answers
+    assert "unsupported 4" in out and "facts kept 4 of 17" in out
 
 
 # ---------------------------------------------------------------------------------------------------
