@@ -144,11 +144,12 @@ def ask(writer, requests: list[Request], cache: AnswerCache, usage: Usage, desc:
             writer.generate([todo[key] for key in order], done)
         usage.requests += writer.requests - sent
     for key in keys:
-        usage.served_by.add(answers[key].get("model") or writer.model)
+        model = answers[key].get("model")
+        usage.served_by.add(model if isinstance(model, str) and model else writer.model)
     return [answers[key] for key in keys]
 
 
-def answer(content, finish_reason=None, model=None, prompt_tokens=0, completion_tokens=0) -> dict:
+def answer_record(content, finish_reason=None, model=None, prompt_tokens=0, completion_tokens=0) -> dict:
     """An answer as cached: every field of the right type, whatever the backend sent."""
     def count(value) -> int:
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
@@ -310,7 +311,7 @@ class OpenAIWriter:
                 self.levels[request.name] = max(self.levels.get(request.name, 0), level + 1)
             except openai.APIStatusError as error:
                 if error.response.headers.get(TOO_LARGE):
-                    return {**answer(""), "skipped": "too_large"}
+                    return {**answer_record(""), "skipped": "too_large"}
                 raise
         try:
             choice = response.choices[0]
@@ -318,7 +319,7 @@ class OpenAIWriter:
         except (AttributeError, IndexError, KeyError, TypeError):
             content, finish = "", None
         usage = getattr(response, "usage", None)  # a server may send anything here, a string included
-        return answer(content, finish, getattr(response, "model", None), getattr(usage, "prompt_tokens", 0),
+        return answer_record(content, finish, getattr(response, "model", None), getattr(usage, "prompt_tokens", 0),
                       getattr(usage, "completion_tokens", 0))
 
     def describe(self, error: Exception, api_key: str) -> str:
@@ -379,7 +380,7 @@ class VLLMWriter:
             self.requests += len(chunk)
             for offset, output in enumerate(outputs):
                 completion = output.outputs[0]
-                done(start + offset, answer(completion.text, completion.finish_reason, self.model,
+                done(start + offset, answer_record(completion.text, completion.finish_reason, self.model,
                                             len(output.prompt_token_ids or []), len(completion.token_ids)))
 
     def close(self) -> None:
@@ -428,7 +429,7 @@ class TransformersWriter:
                 self.requests += len(chunk)
                 for index, result in zip(chunk, results):
                     prompt = len(self.fmt.encode_prompt([{"role": "user", "content": requests[index].prompt}]))
-                    done(index, answer(result.text, "stop" if result.stopped else "length", self.model, prompt,
+                    done(index, answer_record(result.text, "stop" if result.stopped else "length", self.model, prompt,
                                        len(result.token_ids)))
 
     def close(self) -> None:
