@@ -172,9 +172,10 @@ def parse_args(argv=None) -> argparse.Namespace:
          and not (args.qa_api_url and args.qa_model), "--qa_api_url and --qa_model go together"),
         (args.qa_backend in ("vllm", "transformers", "none") and bool(args.qa_api_url),
          f"--qa_api_url is an endpoint's: it needs --qa_backend openai (or auto), not {args.qa_backend}"),
-        (min(args.qa_concurrency, args.qa_facts, args.qa_batch_size, args.qa_max_tokens) < 1 or min(args.qa_retries, args.qa_verify, args.rewrites) < 0
-         or args.qa_timeout <= 0, "--qa_concurrency, --qa_facts, --qa_batch_size and --qa_max_tokens must be >= 1, --qa_retries, "
-         "--qa_verify and --rewrites >= 0, --qa_timeout > 0"),
+        (min(args.qa_concurrency, args.qa_facts, args.qa_batch_size, args.qa_max_tokens) < 1
+         or min(args.qa_retries, args.qa_verify, args.rewrites) < 0 or args.qa_timeout <= 0,
+         "--qa_concurrency, --qa_facts, --qa_batch_size and --qa_max_tokens must be >= 1, "
+         "--qa_retries, --qa_verify and --rewrites >= 0, --qa_timeout > 0"),
         (args.push_to_hub is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.push_to_hub or ""),
          f"--push_to_hub takes USER/NAME, got {args.push_to_hub!r}"),
     ]
@@ -183,7 +184,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(message)
     args.qa_backend = resolve_backend(args.qa_backend, args.qa_api_url)
     if args.qa_backend in ("vllm", "transformers") and args.qa_model is None:
-        args.qa_model = sft_defaults()["model_name_or_path"]  # the base, already on the disk
+        args.qa_model = sft_defaults()["model_name_or_path"]  # the base model, which training loads anyway
     if args.qa_backend == "none":
         args.qa_model = args.qa_judge_model = None
     return args
