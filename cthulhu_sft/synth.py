@@ -28,6 +28,7 @@
 """
 
 import json
+import logging
 import os
 import re
 import unicodedata
@@ -40,6 +41,7 @@ from cthulhu_sft.examples import CONNECTIVE, REFERRING, Fact, Passage, normalize
 from cthulhu_sft.metrics import is_abstention, is_japanese, match_form, unsupported_terms
 from cthulhu_sft.writers import AnswerCache, Request, Usage, WriterError, ask
 
+logger = logging.getLogger(__name__)
 __all__ = ["AnswerCache", "Fact", "Prompts", "Report", "REASONS", "WriterError", "load_prompts", "synthesize"]
 
 PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
@@ -181,6 +183,7 @@ class Report(Usage):
     rewrites: int = 0  # asked per passage
     rewrites_offered: int = 0
     rewrites_kept: int = 0
+    rewrite_error: str = ""  # why no rewrites were written, when the writer failed at them
     note: str = ""  # what a run without a writer lacks, and how to get it
 
     @property
@@ -416,8 +419,13 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
         asked = [Request(render(prompts.rewrite, title=p.title, subject=p.subject, section=section_name(p),
                                 passage=p.text, variant=k + 1), "passage_rewrite", REWRITE_SCHEMA, REWRITE_TEMPERATURE,
                          max_tokens) for p in passages for k in range(rewrites)]
-        answers = ask(writer, asked, cache, report, "rewrites")
-        rewritten = read_rewrites(answers, [p for p in passages for _ in range(rewrites)], fits, report)
+        try:
+            answers = ask(writer, asked, cache, report, "rewrites")
+        except WriterError as error:  # the facts stand without them; what arrived is cached for the next run
+            report.rewrite_error = str(error).splitlines()[0]
+            logger.warning("no rewrites: %s", report.rewrite_error)
+        else:
+            rewritten = read_rewrites(answers, [p for p in passages for _ in range(rewrites)], fits, report)
     if judge is not writer:
         writer.close()
 

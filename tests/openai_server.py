@@ -2,7 +2,8 @@
 
 It serves POST /v1/chat/completions as vLLM, llama.cpp or a hosted API do. Each answer comes from `replies`
 (scripted answers, consumed in order: a status with headers, a raw body, or message content, optionally sent a
-byte at a time), then from `always` (one scripted answer repeated forever, e.g. a 500), then from the model it
+byte at a time), then from `always` (one scripted answer repeated forever, e.g. a 500), then from `by_kind` (one
+scripted answer to every request of a kind), then from the model it
 plays, by the kind of request (the response_format json_schema name, or without one the prompt's tags):
 * qa_facts         `writer(prompt) -> content`; by default `sentence_writer()`, a careful writer.
 * qa_verdict       `verdict(passage, question, answer) -> bool`, answered {"supported": ...}; by default
@@ -145,6 +146,7 @@ class OpenAIServer:
         self.model = model
         self.replies: deque[Reply] = deque()
         self.always: Reply | None = None
+        self.by_kind: dict[str, Reply] = {}  # a scripted answer to every request of that kind
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         server = self
@@ -160,7 +162,7 @@ class OpenAIServer:
                 with server._lock:
                     server.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
                                             "time": time.monotonic(), "kind": kind_of(body)})
-                    reply = server.replies.popleft() if server.replies else server.always
+                    reply = server.replies.popleft() if server.replies else server.always or server.by_kind.get(kind_of(body))
                 if reply is None:
                     reply = Reply(content=server.answer(body))
                 self._send(reply, body)

@@ -316,6 +316,16 @@ def test_rewrites_are_kept_when_grounded_and_verified(tmp_path):
     assert len({body["messages"][0]["content"] for body in prompts}) == 6  # each variant asked apart
 
 
+def test_a_server_that_cannot_rewrite_leaves_the_facts_and_says_why_there_are_no_rewrites(tmp_path, caplog):
+    with OpenAIServer(facts_writer({"ルルイエ": [GOOD]}), verdict=lambda *texts: True) as server:
+        server.by_kind["passage_rewrite"] = Reply(400, body='{"error": {"message": "unknown schema passage_rewrite"}}')
+        with caplog.at_level(logging.WARNING):
+            facts, rewrites, report = run(server, tmp_path, passages=[RULUIE], concurrency=1)
+    assert len(facts) == 1 and not rewrites
+    assert "HTTP 400" in report.rewrite_error and "unknown schema passage_rewrite" in report.rewrite_error
+    assert "no rewrites" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------------
 # Prompts
 
