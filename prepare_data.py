@@ -610,6 +610,8 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
               f"{report.prompt_tokens} prompt + {report.completion_tokens} completion; facts kept {report.facts_kept} "
               f"of {report.facts_offered} ({report.questions_kept} questions); {verified}; rewrites kept "
               f"{report.rewrites_kept} of {report.rewrites_offered}; rejected: {rejected}")
+        if report.rewrite_error:
+            print(f"rewrites: none, the writer failed at them ({report.rewrite_error}); run again to retry")
     length = length_stats(lengths)
     print(f"tokens: min {length['min']}, median {length['median']}, p90 {length['p90']}, max {length['max']} "
           f"(limit {args.max_tokens}), total {length['total']}")
