@@ -94,13 +94,15 @@ class AnswerCache:
     """One JSON file per answer under `root`, named by its request key, written atomically.
 
     An answer file that cannot be read or is not an answer ({"content": str, ...}) is warned about, with its path,
-    and asked again. Temporary files that a killed run left (`.name.*.tmp`) are removed on opening.
+    and asked again. Temporary files that a killed run left (`.name.*.tmp`) are removed on opening; those of a run
+    still writing are left alone.
     """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         for stale in self.root.glob("*/.*.tmp"):
-            stale.unlink(missing_ok=True)
+            if not writing(stale):
+                stale.unlink(missing_ok=True)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -121,6 +123,21 @@ class AnswerCache:
 
     def save(self, key: str, answer: dict) -> None:
         write_json_atomic(self.path(key), answer)
+
+
+def writing(temporary: Path) -> bool:
+    """Whether the process that is writing `temporary` (files.write_temporary names it .NAME.PID-HEX.tmp) still runs:
+    another run's file in flight is not a killed run's leftover."""
+    match = re.search(r"\.(\d+)-[0-9a-f]+\.tmp$", temporary.name)
+    if not match or int(match.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def ask(writer, requests: list[Request], cache: AnswerCache, usage: Usage, desc: str) -> list[dict]:

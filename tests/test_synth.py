@@ -397,6 +397,24 @@ def test_cached_answers_of_the_wrong_shape_are_named_and_asked_again(tmp_path, c
             caplog.clear()
 
 
+def test_opening_the_cache_removes_a_killed_runs_temporary_files_but_not_a_running_ones(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "qa" / "ab"
+    folder.mkdir(parents=True)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        (folder / f".abc.json.{dead.stdout.strip()}-1a2b3c4d.tmp").write_text("{", encoding="utf-8")
+        (folder / f".abd.json.{running.pid}-1a2b3c4d.tmp").write_text("{", encoding="utf-8")
+        AnswerCache(tmp_path / "qa")
+        assert [path.name for path in folder.iterdir()] == [f".abd.json.{running.pid}-1a2b3c4d.tmp"]
+    finally:
+        running.kill()
+        running.wait()
+
+
 def test_an_edited_prompt_or_another_model_asks_again(tmp_path):
     with OpenAIServer() as server:
         run(server, tmp_path, passages=[RULUIE], rewrites=0, verify=0)
