@@ -143,7 +143,8 @@ EVERYDAY = frozenset(
 )
 # Single characters that join known pieces into a compound (「米国人作家」, 「登場年」, 「作家名」)
 AFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌初各全同元旧新")
-TAGS = re.compile(r"</?(?:passage|question|answer)\s*>", re.I)  # would let a text rewrite its own verdict prompt
+# What would let a fact speak to its own verdict prompt: its tags, JSON braces, the verdict's key
+TAGS = re.compile(r"</?(?:passage|question|answer)\s*>|[{}｛｝]|supported", re.I)
 SENTENCE_END = re.compile(r"[。！？!?]+")
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 POLITE_END = re.compile(r"(?:です|でした|である|だ|とされる|とされています|と呼ばれる|と呼ばれています)?[。．.!！]*$")
