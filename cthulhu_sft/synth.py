@@ -102,6 +102,8 @@ REASONS = {
     "not_japanese": "the answer is empty or not Japanese (per fact)",
     "abstains": "the answer says it does not know (per fact)",
     "answer_ungrounded": "a key term of the answer is in neither the evidence nor the title (per fact)",
+    "date_not_in_evidence": "a date of the answer (年月, 月日) is not written so in the evidence: a date recombined "
+                            "from two (per fact)",
     "invented_term": "a kanji compound the passage does not hold (per fact, or per question)",
     "negation": "the answer holds a negation the evidence lacks (per fact)",
     "points_back": "the answer opens with a pointer or a connective (「また、」「彼らが」「この都市の」) (per fact)",
@@ -146,6 +148,7 @@ AFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期�
 # What would let a fact speak to its own verdict prompt: its tags, JSON braces, the verdict's key
 TAGS = re.compile(r"</?(?:passage|question|answer)\s*>|[{}｛｝]|supported", re.I)
 SENTENCE_END = re.compile(r"[。！？!?]+")
+DATE = re.compile(r"\d{1,4}年\d{1,2}月(?:\d{1,2}日)?|\d{1,2}月\d{1,2}日")  # in match_form: kanji numerals as digits
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 POLITE_END = re.compile(r"(?:です|でした|である|だ|とされる|とされています|と呼ばれる|と呼ばれています)?[。．.!！]*$")
 SHORT_ANSWER_CHARS = 20
@@ -328,6 +331,8 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
         return "abstains"
     if unsupported_terms(answer, evidence, passage.title):
         return "answer_ungrounded"
+    if any(date not in match_form(evidence) for date in DATE.findall(match_form(answer))):
+        return "date_not_in_evidence"
     if invented_compounds(answer, passage):
         return "invented_term"
     if negations(answer) > negations(evidence):

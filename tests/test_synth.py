@@ -66,7 +66,7 @@ FALSE_FACTS = {
         (fact("ウィルバーは1913年に生まれ、1928年8月に死亡した", "1913年8月", f"{W}は1913年8月に生まれました。",  # recombined
               f"{W}の誕生日は？", f"{W}が生まれた月は？"), "short_answer_not_in_evidence"),
         (fact("ウィルバーは1913年に生まれ、1928年8月に死亡した", "1913年", f"{W}は1913年8月に生まれました。",
-              f"{W}は何年何月に生まれましたか？", f"{W}の誕生した年月はいつですか？"), None),
+              f"{W}は何年何月に生まれましたか？", f"{W}の誕生した年月はいつですか？"), "date_not_in_evidence"),
         (fact("ウィルバーは「ダンウィッチの怪」に登場する", "ダンウィッチの怪", f"{W}は「ダンウィッチの怪」に登場しません。",
               f"{W}が登場しない作品は？", f"{W}が出てこない小説は？"), "negation"),
         (fact("ウィルバーは1913年に生まれ", "1913年", f"{W}は1913年に霧ヶ浜で生まれました。",
@@ -122,7 +122,7 @@ def test_planted_false_facts_of_every_kind_are_rejected_and_the_true_ones_kept(t
     assert {f.answer for f in facts} == true_answers
     assert all(len(f.questions) == 2 and f.evidence in f.passage.text for f in facts)
     only_verification = sum(reason is None for items in FALSE_FACTS.values() for _, reason in items)
-    assert report.rejected["unsupported"] == only_verification == 4
+    assert report.rejected["unsupported"] == only_verification == 3
     assert report.rejected["question_unsupported"] == 2 * only_verification
     assert report.facts_offered == len(true_answers) + FALSE_COUNT and report.facts_kept == len(true_answers)
     assert report.verdicts == 2 * (len(true_answers) + only_verification) == report.votes
@@ -160,7 +160,7 @@ def test_through_prepare_data_no_planted_false_fact_reaches_any_split_and_the_tr
     assert not [row for row in rows if row["response"] in FALSE_ANSWERS or row["instruction"] in false_questions]
     true_answers = {item["answer"] for items in TRUE_FACTS.values() for item in items}
     assert {row["response"] for row in rows if row["kind"] == "synthesized"} == true_answers
-    assert "unsupported 4" in out and "facts kept 4 of 17" in out
+    assert "unsupported 3" in out and "facts kept 4 of 17" in out
 
 
 # ---------------------------------------------------------------------------------------------------
