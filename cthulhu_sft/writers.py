@@ -25,6 +25,7 @@ A local writer frees the GPU in `close()` (del, gc, torch.cuda.empty_cache) befo
 """
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import importlib
@@ -368,6 +369,18 @@ class OpenAIWriter:
 # Local writers
 
 
+@contextlib.contextmanager
+def loading(model: str):
+    """A model that cannot be loaded (not downloaded and offline, gated, too large) is one plain WriterError."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as error:
+        first = (str(error).splitlines() or [""])[0][:300]
+        raise WriterError(f"cannot load the writer model {model}: {type(error).__name__}: {first}\n"
+                          "Pass --qa_model a model this machine can load (a local folder, or a Hub id with access), "
+                          "--qa_api_url for an endpoint, or --qa_backend none.") from None
+
+
 def free_gpu() -> None:
     import torch
 
@@ -388,7 +401,8 @@ class VLLMWriter:
         from vllm import LLM, SamplingParams
 
         if self.llm is None:
-            self.llm = LLM(model=self.model, dtype="bfloat16", seed=0)
+            with loading(self.model):
+                self.llm = LLM(model=self.model, dtype="bfloat16", seed=0)
         for start in range(0, len(requests), LOCAL_CHUNK):
             chunk = requests[start:start + LOCAL_CHUNK]
             params = [SamplingParams(temperature=r.temperature, max_tokens=r.max_tokens, seed=r.vote,
@@ -431,8 +445,9 @@ class TransformersWriter:
         from cthulhu_sft import inference
 
         if self.loaded is None:
-            self.fmt = inference.load_format(self.model)
-            self.loaded = inference.load_model(self.model, dtype="bfloat16" if torch.cuda.is_available() else "float32")
+            with loading(self.model):
+                self.fmt = inference.load_format(self.model)
+                self.loaded = inference.load_model(self.model, dtype="bfloat16" if torch.cuda.is_available() else "float32")
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):  # one batch shares its decoding settings
             groups.setdefault((request.temperature, request.max_tokens, request.vote), []).append(index)

@@ -141,3 +141,11 @@ def test_prepare_data_skips_and_counts_an_answer_over_the_size_limit(tmp_path, t
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "too_large 1" in out and "facts kept" in out
+
+
+def test_a_writer_model_that_cannot_be_loaded_is_one_plain_error(tmp_path, tokenizer_dir, capsys):
+    with MediaWikiServer(cthulhu_wiki()) as wiki:
+        code = prepare_data.main(crawl_arguments(wiki, tmp_path, tokenizer_dir, "--qa_backend", "transformers",
+                                                 "--qa_model", str(tmp_path / "missing-model")))
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot load the writer model" in err and "--qa_backend none" in err and "Traceback" not in err
