@@ -9,14 +9,16 @@
   answer the name, number or phrase asked for, the answer a short self-contained sentence, two or more
   questions asking that fact in different words.
 * Checks, each a named reason counted in the Report (REASONS): per fact, the evidence occurs verbatim in the
-  passage (after NFKC and whitespace folding); the short answer occurs in the evidence and in the answer;
-  every key term of the answer (cthulhu_sft.metrics, the evaluation's own terms) is in the evidence or the
-  title; no kanji compound of three or more characters is made up (each piece of it is in the passage, the
-  title or a short list of everyday words: 霧ヶ浜, 深海教団); the answer adds no negation the evidence lacks
-  and does not open by pointing back (「また、」「彼らが」「この都市の」). Per question: it names the subject, points
-  at no text the reader cannot see, does not hold its own answer, every key term of it is in the evidence or
-  the title, it invents no compound, is new, and fits the length limit. A fact with fewer than 2 questions left
-  is rejected.
+  passage (after NFKC and whitespace folding) and is at most two sentences (a whole passage would ground
+  anything it names); the short answer occurs in the evidence and in the answer, and is short; every key term
+  of the answer (cthulhu_sft.metrics, the evaluation's own terms) is in the evidence or the title, and every
+  date of it (年月, 月日) is written so in the evidence (not recombined from two); no kanji compound of three or
+  more characters is made up (each piece of it is in the passage, the title or a short list of everyday words:
+  霧ヶ浜, 深海教団); the answer adds no negation the evidence lacks and does not open by pointing back
+  (「また、」「彼らが」「この都市の」); nothing holds the verdict prompt's tags or JSON. Per question: it names the
+  subject, points at no text the reader cannot see (nor quotes a heading), does not hold its own answer, every
+  key term of it is in the evidence or the title, it invents no compound, is new, and fits the length limit.
+  A fact with fewer than 2 questions left is rejected.
 * Verification: these checks are blind to a real span that does not support the answer (a relation swap: the
   evidence names both people). So each surviving question/answer is put, one per request, between
   <passage>, <question> and <answer> tags to the same backend (or a judge model) at temperature 0, json_schema
@@ -25,6 +27,7 @@
 * Rewrites (knowledge augmentation): each passage rewritten `rewrites` times in other words (json_schema
   `passage_rewrite`, `{"text"}`), kept when all its key terms are in the passage, it invents no compound or
   negation, and verification (prompts/qa_rewrite_verdict_ja.md) says it states nothing the passage does not.
+  A writer that fails at rewrites (after its retries) leaves the facts; the Report says why there are none.
 """
 
 import json
