@@ -182,7 +182,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for failed, message in problems:
         if failed:
             parser.error(message)
-    args.qa_backend = resolve_backend(args.qa_backend, args.qa_api_url)
+    chosen, args.qa_backend = args.qa_backend, resolve_backend(args.qa_backend, args.qa_api_url)
+    if chosen == "auto" and args.qa_backend == "none" and args.qa_model:
+        parser.error(f"--qa_model {args.qa_model} without --qa_api_url is a local writer, which needs a CUDA machine "
+                     "(or --qa_backend transformers, to run it on the CPU, slowly)")
     if args.qa_backend in ("vllm", "transformers") and args.qa_model is None:
         args.qa_model = sft_defaults()["model_name_or_path"]  # the base model, which training loads anyway
     if args.qa_backend == "none":

@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import torch
 from mediawiki_server import MediaWikiServer, cthulhu_wiki
 from openai_server import OpenAIServer, Reply
 
@@ -29,8 +30,6 @@ DAGON = Passage("ダゴン (クトゥルフ神話)", "ダゴン", "信仰", "ダ
 
 def test_auto_is_the_endpoint_with_a_url_else_a_local_writer_on_cuda_else_none():
     import importlib.util
-
-    import torch
 
     local = "vllm" if importlib.util.find_spec("vllm") else "transformers"
     assert resolve_backend("auto", "http://127.0.0.1:1/v1") == "openai"
@@ -98,6 +97,8 @@ def test_without_a_writer_the_start_the_summary_and_the_card_say_what_the_set_la
     (["--qa_backend", "transformers", "--qa_api_url", "http://x/v1", "--qa_model", "m"], "needs --qa_backend openai"),
     (["--qa_verify", "-1"], "--qa_verify and --rewrites >= 0"),
     (["--qa_timeout", "0"], "--qa_timeout > 0"),
+    pytest.param(["--qa_model", "m"], "without --qa_api_url is a local writer, which needs a CUDA machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="auto is a local writer on CUDA")),
 ])
 def test_writer_options_that_cannot_work_are_refused_before_anything_runs(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
