@@ -34,18 +34,13 @@ from cthulhu_sft.config import CACHE_DIR, sft_defaults
 from cthulhu_sft.data import DataError, jsonl_text
 from cthulhu_sft.dataset_card import (
     CARD_MARK,
-    NO_WRITER_SUMMARY,
     OLD_CARD_MARK,
-    has_writer,
     length_stats,
-    percent,
     render_card,
-    report_values,
 )
 from cthulhu_sft.examples import (
     MAX_PHRASINGS,
     BuildStats,
-    Fact,
     Passage,
     build_passages,
     example_length,
@@ -56,11 +51,19 @@ from cthulhu_sft.files import Busy, one_run_at_a_time, os_error_message, write_t
 from cthulhu_sft.format import MistralFormat, tokenizer_error
 from cthulhu_sft.legacy import converted_passages, read_legacy
 from cthulhu_sft.splits import SPLITS, alias_groups, known_probes, make_splits, source_texts, split_by_article
-from cthulhu_sft.synth import AnswerCache, SynthError, Writer, load_prompt, short_answer, synthesize
+from cthulhu_sft.synth import (
+    FACTS,
+    FACTS_PROMPT,
+    MAX_TOKENS,
+    REWRITES,
+    VERIFY,
+    Report,
+    load_prompts,
+    synthesize,
+)
 from cthulhu_sft.wiki import (
     CONNECT_TIMEOUT,
     DEFAULT_API_URL,
-    MAX_ANSWER_BYTES,
     MAX_PAGE_CHARS,
     MAX_RETRY_AFTER,
     NS_MAIN,
@@ -71,6 +74,21 @@ from cthulhu_sft.wiki import (
     crawl_category_tree,
     fetch_pages,
     normalize_title,
+)
+from cthulhu_sft.wiki import (
+    MAX_ANSWER_BYTES as MAX_WIKI_ANSWER_BYTES,
+)
+from cthulhu_sft.writers import (
+    BACKENDS,
+    BATCH_SIZE,
+    CONCURRENCY,
+    MAX_ANSWER_BYTES,
+    RETRIES,
+    TIMEOUT,
+    AnswerCache,
+    WriterError,
+    make_writer,
+    resolve_backend,
 )
 
 REPO = Path(__file__).resolve().parent
@@ -105,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="exponential backoff between retries, unless the server sends Retry-After (default: %(default)s)")
     client.add_argument("--timeout", type=float, default=60.0,
                         help="seconds each try of a request may take, from sending it to the answer's last byte "
-                             f"(connecting may take {CONNECT_TIMEOUT:g} s more; answers over {MAX_ANSWER_BYTES // 2**20} MiB "
+                             f"(connecting may take {CONNECT_TIMEOUT:g} s more; answers over {MAX_WIKI_ANSWER_BYTES // 2**20} MiB "
                              "are refused) (default: %(default)s)")
     client.add_argument("--max_retry_after", type=float, default=MAX_RETRY_AFTER,
                         help="longest wait a server may ask for (Retry-After) before a retry; a longer one ends the "
@@ -123,16 +141,36 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="share of the sentences of a trained article without a fact to probe, asked as cloze probes in "
                            "eval_known.jsonl; 0: no eval_known (default: %(default)s)")
     data.add_argument("--seed", type=int, default=42, help="question wording and splits (default: %(default)s)")
-    qa = parser.add_argument_group("factoid Q&A written by a model (optional; key: OPENAI_API_KEY)")
+    qa = parser.add_argument_group("facts and rewrites written by a model, checked against the passage "
+                                   "(an endpoint's key: OPENAI_API_KEY)")
+    qa.add_argument("--qa_backend", choices=BACKENDS, default="auto",
+                    help="openai: an OpenAI-compatible endpoint (--qa_api_url); vllm or transformers: a local model on "
+                         "this machine's GPU; none: no model-written data; auto: openai with --qa_api_url, else a local "
+                         "writer on a CUDA machine (vllm when it imports), else none (default: %(default)s)")
     qa.add_argument("--qa_api_url", default=None, help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    qa.add_argument("--qa_model", default=None, help="the model name the endpoint serves")
-    qa.add_argument("--qa_prompt", default=str(REPO / "prompts" / "qa_synthesis_ja.md"),
-                    help="the prompt file, yours to edit (default: prompts/qa_synthesis_ja.md)")
-    qa.add_argument("--qa_pairs", type=int, default=Writer.pairs, help="pairs asked per passage at most (default: %(default)s)")
-    qa.add_argument("--qa_concurrency", type=int, default=Writer.concurrency, help="requests at a time (default: %(default)s)")
-    qa.add_argument("--qa_timeout", type=float, default=Writer.timeout, help="seconds per request (default: %(default)s)")
-    qa.add_argument("--qa_retries", type=int, default=Writer.retries,
+    qa.add_argument("--qa_model", default=None,
+                    help="the writer: the name the endpoint serves (needed with --qa_api_url), or a local model "
+                         "(default: model_name_or_path in sft_config.yaml)")
+    qa.add_argument("--qa_judge_model", default=None, help="the model that gives the verdicts (default: --qa_model)")
+    qa.add_argument("--qa_verify", type=int, default=VERIFY,
+                    help="verdicts asked per question/answer and per rewrite, kept on a majority of true; "
+                         "0: no verification (default: %(default)s)")
+    qa.add_argument("--rewrites", type=int, default=REWRITES,
+                    help="rewrites of each passage in other words, trained as further recitations (default: %(default)s)")
+    qa.add_argument("--qa_prompt", default=str(FACTS_PROMPT),
+                    help="the facts prompt, yours to edit; the verdict and rewrite prompts are beside the shipped one "
+                         "in prompts/ (default: prompts/qa_synthesis_ja.md)")
+    qa.add_argument("--qa_facts", type=int, default=FACTS, help="facts asked per passage at most (default: %(default)s)")
+    qa.add_argument("--qa_concurrency", type=int, default=CONCURRENCY, help="requests at a time (default: %(default)s)")
+    qa.add_argument("--qa_timeout", type=float, default=TIMEOUT,
+                    help="seconds one whole request may take, its answer included (default: %(default)s)")
+    qa.add_argument("--qa_retries", type=int, default=RETRIES,
                     help="retries of a request that fails (429, 5xx, timeouts; Retry-After honoured) (default: %(default)s)")
+    qa.add_argument("--qa_max_tokens", type=int, default=MAX_TOKENS,
+                    help="longest facts or rewrite answer, in tokens; an endpoint's answer over "
+                         f"{MAX_ANSWER_BYTES // 1024} KiB is not read but skipped and counted (default: %(default)s)")
+    qa.add_argument("--qa_batch_size", type=int, default=BATCH_SIZE,
+                    help="prompts a transformers writer generates together (default: %(default)s)")
     hub = parser.add_argument_group("publish")
     hub.add_argument("--push_to_hub", default=None, metavar="USER/NAME", help="publish the dataset to the Hugging Face Hub")
     hub.add_argument("--private", action="store_true", default=None, help="make a new dataset repo private")
@@ -148,14 +186,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.max_page_chars < 1000, f"--max_page_chars must be at least 1000, got {args.max_page_chars}"),
         (args.max_tokens is not None and args.max_tokens < 16, f"--max_tokens must be at least 16, got {args.max_tokens}"),
         (not 1 <= args.phrasings <= MAX_PHRASINGS, f"--phrasings must be 1 to {MAX_PHRASINGS}, got {args.phrasings}"),
-        (bool(args.qa_api_url) != bool(args.qa_model), "--qa_api_url and --qa_model go together"),
-        (args.qa_concurrency < 1 or args.qa_pairs < 1 or args.qa_retries < 0, "--qa_concurrency and --qa_pairs must be >= 1, --qa_retries >= 0"),
+        ((args.qa_backend == "openai" or args.qa_backend == "auto" and args.qa_api_url)
+         and not (args.qa_api_url and args.qa_model), "--qa_api_url and --qa_model go together"),
+        (args.qa_backend in ("vllm", "transformers", "none") and bool(args.qa_api_url),
+         f"--qa_api_url is an endpoint's: it needs --qa_backend openai (or auto), not {args.qa_backend}"),
+        (min(args.qa_concurrency, args.qa_facts, args.qa_batch_size, args.qa_max_tokens) < 1
+         or min(args.qa_retries, args.qa_verify, args.rewrites) < 0 or args.qa_timeout <= 0,
+         "--qa_concurrency, --qa_facts, --qa_batch_size and --qa_max_tokens must be >= 1, "
+         "--qa_retries, --qa_verify and --rewrites >= 0, --qa_timeout > 0"),
         (args.push_to_hub is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.push_to_hub or ""),
          f"--push_to_hub takes USER/NAME, got {args.push_to_hub!r}"),
     ]
     for failed, message in problems:
         if failed:
             parser.error(message)
+    chosen, args.qa_backend = args.qa_backend, resolve_backend(args.qa_backend, args.qa_api_url)
+    if chosen == "auto" and args.qa_backend == "none" and args.qa_model:
+        parser.error(f"--qa_model {args.qa_model} without --qa_api_url is a local writer, which needs a CUDA machine "
+                     "(or --qa_backend transformers, to run it on the CPU, slowly)")
+    if args.qa_backend in ("vllm", "transformers") and args.qa_model is None:
+        args.qa_model = sft_defaults()["model_name_or_path"]  # the base model, which training loads anyway
+    if args.qa_backend == "none":
+        args.qa_model = args.qa_judge_model = None
     return args
 
 
@@ -340,13 +392,15 @@ def run(args) -> int:
         check_out_dir(out_dir)
         config_defaults(args)
         legacy = read_legacy(args.from_json) if args.from_json else None
-        template = load_prompt(args.qa_prompt) if args.qa_model else None
+        prompts = load_prompts(args.qa_prompt) if args.qa_backend != "none" else None
         fmt = load_tokenizer(str(args.tokenizer))
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.push_to_hub and not hub_ready(args):
         return 1
+    if prompts is None:
+        print(f"note: {Report.without_writer().note}", file=sys.stderr)
 
     # 2. Fetch (cached) and 3. cut each article's text into passages a user can ask about.
     stats, pages, requests = BuildStats(), [], None
@@ -367,23 +421,17 @@ def run(args) -> int:
         print("error: no examples were built (no article had text)", file=sys.stderr)
         return 1
 
-    # 4. Optionally, factoid pairs written from each passage by a model, kept only when grounded in it.
+    # 4. Facts and rewrites written by a model from each passage, kept only when checked and verified.
     def fits(question: str, answer: str) -> bool:
         return example_length(fmt, question, answer) <= args.max_tokens
 
-    facts, rewrites, report = [], [], None
-    if args.qa_model:
-        writer = Writer(args.qa_api_url, args.qa_model, concurrency=args.qa_concurrency, timeout=args.qa_timeout,
-                        retries=args.qa_retries, pairs=args.qa_pairs)
+    facts, rewrites, report = [], [], Report.without_writer()
+    if prompts is not None:
         try:
-            synthesized, report = synthesize(passages, writer, template, AnswerCache(Path(args.cache_dir) / "qa"),
-                                             questions, fits)
-        except SynthError as error:
+            facts, rewrites, report = write_facts(args, passages, prompts, questions, fits)
+        except WriterError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        # TODO(h-writer merge): synthesize returns Facts; until then a pair is a fact asked one way (never a probe)
-        facts = [Fact(p, "", short_answer(pair["answer"]) or pair["answer"], pair["answer"], [pair["question"]])
-                 for p, pair in synthesized]
 
     # 5. Split by article, hold out wordings of trained facts, and 6. write the files and the card as one set.
     titles = list(dict.fromkeys(passage.title for passage in passages))
@@ -408,13 +456,32 @@ def run(args) -> int:
                   "sentences dropped (too long, or pointing back)": stats.dropped_sentences,
                   "parts with no name to ask by": stats.unaskable_parts})
     used = [page for page in pages if page["title"] in set(titles)]
-    texts["README.md"] = render_card(args, splits, lengths, used, build, template, report)
+    texts["README.md"] = render_card(args, splits, lengths, used, build, prompts and prompts.facts, report)
     write_outputs(out_dir, texts)
 
     # 7. What was done, in numbers, and 8. publish.
     summarize(args, splits, passages, stats, lengths, report, requests, len(pages) or len(titles))
     print(f"wrote {', '.join(str(out_dir / name) for name in texts)} in {time.monotonic() - started:.1f}s")
     return push(out_dir, args) if args.push_to_hub else 0
+
+
+def write_facts(args, passages, prompts, seen, fits):
+    """Step 4: the writer (and judge) of --qa_backend, asked through the cache; a local one frees the GPU after."""
+    settings = dict(url=args.qa_api_url, concurrency=args.qa_concurrency, timeout=args.qa_timeout,
+                    retries=args.qa_retries, batch_size=args.qa_batch_size)
+    writer = make_writer(args.qa_backend, args.qa_model, **settings)
+    judge = writer
+    if args.qa_judge_model and args.qa_judge_model != args.qa_model:
+        judge = make_writer(args.qa_backend, args.qa_judge_model, **settings)
+    print(f"writer: {args.qa_backend} {args.qa_model}" + (f", judge {judge.model}" if judge is not writer else ""),
+          file=sys.stderr)
+    try:
+        return synthesize(passages, writer, prompts, AnswerCache(Path(args.cache_dir) / "qa"), judge=judge,
+                          verify=args.qa_verify, rewrites=args.rewrites, facts=args.qa_facts, seen=seen, fits=fits,
+                          max_tokens=args.qa_max_tokens)
+    finally:
+        writer.close()
+        judge.close()
 
 
 def load_tokenizer(name: str) -> MistralFormat:
@@ -476,19 +543,20 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
     print(f"passages: {len(passages)} from {stats.sections or len(passages)} texts ({stats.split_sections} cut between "
           f"sentences, {stats.dropped_sentences} sentences dropped, {stats.unaskable_parts} parts with no name to ask by, "
           f"{stats.duplicates} duplicates removed), {args.phrasings} wording(s) each in train")
-    if has_writer(report):
-        values = report_values(report)
-        rejected = ", ".join(f"{reason} {count}" for reason, count in Counter(values["rejected"] or {}).most_common())
-        rejected = rejected or "none"
-        q = {name: "-" if value is None else value for name, value in values.items()}
-        verification = ("off" if q["verify_votes"] == 0
-                        else f"{q['verify_votes']} vote(s), agreement {percent(values['verify_agreement'])}")
-        print(f"Q&A ({q['backend']}, {values['model'] or args.qa_model}): {q['passages']} passages ({q['cached']} cached), "
-              f"requests: {q['requests']}; tokens: {q['prompt_tokens']} prompt + {q['completion_tokens']} completion; "
-              f"facts offered {q['offered']}, kept {q['kept']}; rejections: {rejected}; "
-              f"verification: {verification}; rewrites offered {q['rewrites_offered']}, kept {q['rewrites_kept']}")
+    if report.backend == "none":
+        print(f"note: {report.note}")
     else:
-        print(f"Q&A: none, so {NO_WRITER_SUMMARY}")
+        rejected = ", ".join(f"{reason} {count}" for reason, count in report.rejected.most_common()) or "none"
+        verified = (f"{report.verdicts} verdicts of {report.verify} vote(s), {report.votes_true}/{report.votes} votes "
+                    f"true, {report.agreement:.0%} unanimous" if report.verdicts else
+                    "no verification (--qa_verify 0)" if not report.verify else "nothing to verify")
+        print(f"Q&A ({report.backend} {args.qa_model}): {report.passages} passages, answers: {report.generated} new "
+              f"({report.cached} cached), requests: {report.requests} ({report.retries} retries), tokens: "
+              f"{report.prompt_tokens} prompt + {report.completion_tokens} completion; facts kept {report.facts_kept} "
+              f"of {report.facts_offered} ({report.questions_kept} questions); {verified}; rewrites kept "
+              f"{report.rewrites_kept} of {report.rewrites_offered}; rejected: {rejected}")
+        if report.rewrite_error:
+            print(f"rewrites: none, the writer failed at them ({report.rewrite_error}); run again to retry")
     length = length_stats(lengths)
     print(f"tokens: min {length['min']}, median {length['median']}, p90 {length['p90']}, max {length['max']} "
           f"(limit {args.max_tokens}), total {length['total']}")

@@ -21,9 +21,6 @@ CARD_MARK = "<!-- written by prepare_data.py; a rerun replaces this folder's dat
 OLD_CARD_MARK = "built by `prepare_data.py`"  # cards of earlier versions
 # License first, as in the cards written so far: a rerun on unchanged data gives the same bytes.
 METADATA_ORDER = ["license", "language", "pretty_name", "task_categories", "size_categories", "configs"]
-NO_WRITER_SUMMARY = ("the set holds no model-written questions (recitations and cloze probes only); for checked facts "
-                     "asked several ways, run on a CUDA machine (--qa_backend auto writes with the base model) or pass "
-                     "--qa_api_url URL --qa_model NAME")
 SIZE_CATEGORIES = ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (float("inf"), "100K<n<1M"))
 
 

@@ -1,318 +1,380 @@
-"""Factoid questions and answers written by a model from each passage, kept only when grounded in it.
+"""Facts a model writes from each passage, kept only when the passage states them; and rewrites of passages.
 
-    passages ──prompt file──> prompts ──endpoint (cached)──> raw answers ──parse──> pairs ──filters──> kept
+    passages ──prompts/──> requests ──writer (cached)──> facts ──checks──> candidates ──verification──> kept
+                                                    └──> rewrites ──checks──> candidates ──verification──> kept
 
-* The model is any OpenAI-compatible chat endpoint (`vllm serve`, llama.cpp, Ollama, a hosted API),
-  called in one place, `ask_all`, through the `openai` client: a timeout, retries with backoff that
-  honour Retry-After on 429 and 5xx (the client's own), and at most `concurrency` requests at a time.
-  The key is OPENAI_API_KEY (or none); it is never printed or written.
-* The answer is asked as JSON `{"pairs": [{"question", "answer"}]}` (response_format json_schema; a
-  server that refuses the schema is asked again without it), and read also from a code fence or text.
-* Each answer is cached under `cache_dir` by the hash of what was asked (model and messages: the prompt
-  file and the passage), as soon as it arrives: a rerun asks nothing, an interrupted run resumes.
-* Filters, in order, each counted by its reason (REASONS): a pair is kept only if its question names
-  the subject and points at no text the user cannot see, its answer is Japanese and every key term of
-  it (cthulhu_sft.metrics, the evaluation's own terms) appears in the passage or the article's title,
-  its question is new after normalisation, and the example fits the length limit.
+* The writer (cthulhu_sft.writers: an endpoint, vLLM offline or transformers) returns, per passage,
+  `{"facts": [{"evidence", "short_answer", "answer", "questions": [...]}]}` (json_schema `qa_facts`), from the
+  prompt in prompts/qa_synthesis_ja.md (yours to edit): the evidence a verbatim span of the passage, the short
+  answer the name, number or phrase asked for, the answer a short self-contained sentence, two or more
+  questions asking that fact in different words.
+* Checks, each a named reason counted in the Report (REASONS): per fact, the evidence occurs verbatim in the
+  passage (after NFKC and whitespace folding) and is at most two sentences (a whole passage would ground
+  anything it names); the short answer occurs in the evidence and in the answer, and is short; every key term
+  of the answer (cthulhu_sft.metrics, the evaluation's own terms) is in the evidence or the title, and every
+  date of it (年月, 月日) is written so in the evidence (not recombined from two); no kanji compound of three or
+  more characters is made up (each piece of it is in the passage, the title or a short list of everyday words:
+  霧ヶ浜, 深海教団); the answer adds no negation the evidence lacks and does not open by pointing back
+  (「また、」「彼らが」「この都市の」); nothing holds the verdict prompt's tags or JSON. Per question: it names the
+  subject, points at no text the reader cannot see (nor quotes a heading), does not hold its own answer, every
+  key term of it is in the evidence or the title, it invents no compound, is new, and fits the length limit.
+  A fact with fewer than 2 questions left is rejected.
+* Verification: these checks are blind to a real span that does not support the answer (a relation swap: the
+  evidence names both people). So each surviving question/answer is put, one per request, between
+  <passage>, <question> and <answer> tags to the same backend (or a judge model) at temperature 0, json_schema
+  `qa_verdict` `{"supported": true|false}`, `verify` times; it stays on a majority of true. Verdicts are cached
+  like answers. verify=0 turns this off, and the Report says so.
+* Rewrites (knowledge augmentation): each passage rewritten `rewrites` times in other words (json_schema
+  `passage_rewrite`, `{"text"}`), kept when all its key terms are in the passage, it invents no compound or
+  negation, and verification (prompts/qa_rewrite_verdict_ja.md) says it states nothing the passage does not.
+  A writer that fails at rewrites (after its retries) leaves the facts; the Report says why there are none.
 """
 
-import asyncio
-import hashlib
 import json
+import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import openai
-from tqdm import tqdm
-
 from cthulhu_sft.data import DataError
-from cthulhu_sft.examples import Passage, normalize_question
-from cthulhu_sft.files import write_json_atomic
-from cthulhu_sft.metrics import is_abstention, is_japanese, key_terms, match_form, unsupported_terms
+from cthulhu_sft.examples import CONNECTIVE, REFERRING, Fact, Passage, normalize_question
+from cthulhu_sft.metrics import is_abstention, is_japanese, match_form, unsupported_terms
+from cthulhu_sft.writers import AnswerCache, Request, Usage, WriterError, ask
 
-PLACEHOLDERS = ("{title}", "{subject}", "{section}", "{passage}", "{count}")
+logger = logging.getLogger(__name__)
+__all__ = ["AnswerCache", "Fact", "Prompts", "Report", "REASONS", "WriterError", "load_prompts", "synthesize"]
+
+PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+FACTS_PROMPT = PROMPTS / "qa_synthesis_ja.md"
+VERDICT_PROMPT = PROMPTS / "qa_verdict_ja.md"
+REWRITE_PROMPT = PROMPTS / "qa_rewrite_ja.md"
+REWRITE_VERDICT_PROMPT = PROMPTS / "qa_rewrite_verdict_ja.md"
+# The placeholders each prompt needs, and those it may use besides
+PLACEHOLDERS = {
+    "facts": (("{passage}",), ("{title}", "{subject}", "{section}", "{count}")),
+    "verdict": (("{passage}", "{question}", "{answer}"), ("{title}", "{subject}")),
+    "rewrite": (("{passage}",), ("{title}", "{subject}", "{section}", "{variant}")),
+    "rewrite_verdict": (("{passage}", "{rewrite}"), ("{title}", "{subject}")),
+}
 TEMPERATURE = 0.2  # factual extraction: little variety needed, the passage decides the content
-SCHEMA = {
+REWRITE_TEMPERATURE = 0.7  # rewrites should differ from each other
+MAX_TOKENS = 2048  # of a facts or rewrite answer
+VERDICT_TOKENS = 32  # {"supported": false} and some slack
+MIN_QUESTIONS = 2
+MAX_EVIDENCE_SENTENCES = 2
+MAX_EVIDENCE_CHARS = 300  # a long sentence of Japanese Wikipedia; a whole passage is longer
+MAX_SHORT_ANSWER_CHARS = 40
+FACTS = 5  # asked per passage at most; fewer for a short one
+REWRITES = 2  # rewrites of each passage, when a writer exists
+VERIFY = 1  # verdicts per question/answer and per rewrite
+
+STRING = {"type": "string"}
+FACTS_SCHEMA = {
     "type": "object",
-    "properties": {
-        "pairs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-                "required": ["question", "answer"],
-                "additionalProperties": False,
-            },
-        }
-    },
-    "required": ["pairs"],
+    "properties": {"facts": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"evidence": STRING, "short_answer": STRING, "answer": STRING,
+                       "questions": {"type": "array", "items": STRING}},
+        "required": ["evidence", "short_answer", "answer", "questions"],
+        "additionalProperties": False,
+    }}},
+    "required": ["facts"],
     "additionalProperties": False,
 }
-RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "qa_pairs", "strict": True, "schema": SCHEMA}}
+VERDICT_SCHEMA = {"type": "object", "properties": {"supported": {"type": "boolean"}}, "required": ["supported"],
+                  "additionalProperties": False}
+REWRITE_SCHEMA = {"type": "object", "properties": {"text": STRING}, "required": ["text"], "additionalProperties": False}
+
 REASONS = {
-    "malformed": "an answer that holds no readable {\"pairs\": [...]} (counted per answer)",
-    "malformed_pair": "an item without a question and an answer string",
-    "points_at_text": "the question points at a text the user cannot see (この節, 本文, 上記, ...)",
-    "no_subject": "the question does not name the subject",
-    "not_japanese": "the answer is empty or not Japanese",
-    "abstains": "the answer says it does not know (training on it would teach abstaining on trained topics)",
-    "ungrounded": "a key term of the answer is not in the passage",
-    "unverifiable": "the answer has no key term to check, and the passage does not state it",
-    "question_ungrounded": "the question names a key term the passage does not (it would be taken as support)",
-    "duplicate": "the same question (normalised) was already asked",
-    "too_long": "the example does not fit the length limit",
+    # per answer
+    "too_large": "an answer over the size limit (writers.MAX_ANSWER_BYTES), not read (per answer)",
+    "malformed": "an answer that holds no readable {\"facts\": [...]} (per answer)",
+    # per fact
+    "malformed_fact": "an item without evidence, short_answer and answer strings and a list of questions, or one "
+                      "holding the verification prompt's tags (per fact)",
+    "evidence_not_in_passage": "the evidence is not a verbatim span of the passage (per fact)",
+    "evidence_too_broad": f"the evidence is longer than {MAX_EVIDENCE_SENTENCES} sentences or {MAX_EVIDENCE_CHARS} "
+                          "characters: it would ground anything the passage names (per fact)",
+    "short_answer_not_in_evidence": "the short answer is empty or not in the evidence (per fact)",
+    "short_answer_too_long": f"the short answer is longer than {MAX_SHORT_ANSWER_CHARS} characters: not a name, "
+                             "number or phrase (per fact)",
+    "short_answer_not_in_answer": "the answer sentence does not state the short answer (per fact)",
+    "not_japanese": "the answer is empty or not Japanese (per fact)",
+    "abstains": "the answer says it does not know (per fact)",
+    "answer_ungrounded": "a key term of the answer is in neither the evidence nor the title (per fact)",
+    "date_not_in_evidence": "a date of the answer (年月, 月日) is not written so in the evidence: a date recombined "
+                            "from two (per fact)",
+    "invented_term": "a kanji compound the passage does not hold (per fact, or per question)",
+    "negation": "the answer holds a negation the evidence lacks (per fact)",
+    "points_back": "the answer opens with a pointer or a connective (「また、」「彼らが」「この都市の」) (per fact)",
+    "too_few_questions": f"fewer than {MIN_QUESTIONS} questions passed their checks (per fact)",
+    "unsupported": f"verification left fewer than {MIN_QUESTIONS} questions the passage answers so (per fact)",
+    # per question
+    "points_at_text": "the question points at a text the reader cannot see (この節, 本文, a quoted heading) (per question)",
+    "no_subject": "the question does not name the subject (per question)",
+    "gives_away": "the question holds its own short answer (per question)",
+    "question_ungrounded": "a key term of the question is in neither the evidence nor the title (per question)",
+    "duplicate": "the same question (normalised) was already asked (per question)",
+    "too_long": "the example does not fit the length limit (per question, or per rewrite)",
+    "question_unsupported": "verification: the passage does not answer the question so (per question)",
+    # per rewrite
+    "rewrite_malformed": "a rewrite answer that holds no readable {\"text\": ...}, or holds the verification "
+                         "prompt's tags (per rewrite)",
+    "rewrite_not_japanese": "the rewrite is empty or not Japanese (per rewrite)",
+    "rewrite_copy": "the rewrite is the passage itself, or a piece of it, or another rewrite (per rewrite)",
+    "rewrite_ungrounded": "a key term of the rewrite is not in the passage or the title (per rewrite)",
+    "rewrite_invented": "a kanji compound the passage does not hold (per rewrite)",
+    "rewrite_negation": "the rewrite holds more negations than the passage (per rewrite)",
+    "rewrite_points_back": "the rewrite opens with a pointer or a connective (per rewrite)",
+    "rewrite_unsupported": "verification: the rewrite states what the passage does not (per rewrite)",
 }
 POINTING = re.compile(
     r"この(?:節|項|章|段落|文章|文|記事|テキスト|資料|一覧|表|パッセージ)|本文|本節|本章|本稿|本記事|上記|上述|前述|"
     r"下記|後述|文章中|文中|記事中|与えられた|提示された|passage|the text|this section|this article",
     re.I,
 )
+NEGATION = re.compile(r"(?<![少危幼切汚程])(?<!間も)(?:ない|なかっ|なく|ません|ずに|無い|無かっ|無く|非ず)")
+COMPOUND = re.compile(r"[\u3005\u30F5\u30F6\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF]{3,}")  # kanji, 々, ヵ, ヶ
+KANJI_NUMBER = re.compile(r"[〇一二三四五六七八九十百千万億兆年月日]+")
+# Everyday words a correct answer or question may use though the passage does not (pieces of a compound)
+EVERYDAY = frozenset(
+    "作品 小説 短編 長編 中編 作家 作者 著者 人物 登場 名前 名称 存在 場所 地名 時期 年代 神話 神格 種族 生物 都市 物語 "
+    "発表 執筆 創作 出版 刊行 掲載 雑誌 作中 設定 関係 正体 特徴 由来 意味 起源 舞台 主人公 何者 信仰 崇拝 初出 原作 翻訳 "
+    "日本語 英語 呼称 別名 名義 題名 表題 一作 代表作 作品名 登場人物 神話体系 架空 邪神 旧支配者 外なる神 何年 何月 何日 何歳 何人 何語 誕生 誕生日 生年 没年 出身 出身地 "
+    "国籍 職業 両親 父親 母親 子供 祖父 祖母 兄弟 姉妹 夫婦 最初 最後 初登場 現在 当時 以前 以後 一般 主要 重要 代表 一覧".split()
+)
+# Single characters that join known pieces into a compound (「米国人作家」, 「登場年」, 「作家名」)
+AFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌初各全同元旧新")
+# What would let a fact speak to its own verdict prompt: its tags, JSON braces, the verdict's key
+TAGS = re.compile(r"</?(?:passage|question|answer)\s*>|[{}｛｝]|supported", re.I)
+SENTENCE_END = re.compile(r"[。！？!?]+")
+DATE = re.compile(r"\d{1,4}年\d{1,2}月(?:\d{1,2}日)?|\d{1,2}月\d{1,2}日")  # in match_form: kanji numerals as digits
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 POLITE_END = re.compile(r"(?:です|でした|である|だ|とされる|とされています|と呼ばれる|と呼ばれています)?[。．.!！]*$")
 SHORT_ANSWER_CHARS = 20
-
-
-class SynthError(RuntimeError):
-    """The endpoint failed (after retries); the message is safe to print (no key)."""
-
-
-@dataclass
-class Writer:
-    """Where and how to ask: an OpenAI-compatible endpoint and the settings of its client."""
-
-    url: str
-    model: str
-    concurrency: int = 4
-    timeout: float = 120.0
-    retries: int = 5
-    pairs: int = 5  # asked per passage at most; fewer for a short one
-    max_tokens: int = 2048
+NO_WRITER = ("no model-written questions: this set holds recitations (and cloze probes) only. To have a model write "
+             "checked facts and rewrites, pass --qa_api_url URL --qa_model NAME (an OpenAI-compatible endpoint), or run "
+             "on a CUDA machine (the base model writes them), or --qa_backend vllm|transformers [--qa_model NAME].")
 
 
 @dataclass
-class Report:
-    """What synthesis cost and what its filters did."""
+class Prompts:
+    facts: str
+    verdict: str
+    rewrite: str
+    rewrite_verdict: str
 
+
+@dataclass
+class Report(Usage):
+    """What synthesis cost and what its checks did; the dataset card and the summary read it."""
+
+    backend: str = "none"
+    model: str = ""
+    judge_model: str = ""
     passages: int = 0
-    cached: int = 0
-    requests: int = 0  # HTTP requests sent, retries included
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    kept: int = 0
-    rejected: Counter = field(default_factory=Counter)
-    served_by: set = field(default_factory=set)  # the model names the endpoint reported
+    facts_offered: int = 0
+    facts_kept: int = 0
+    questions_offered: int = 0
+    questions_kept: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason (REASONS) → count
+    verify: int = 0  # votes per verdict; 0: no verification
+    verdicts: int = 0  # question/answer pairs and rewrites put to verification
+    votes: int = 0
+    votes_true: int = 0
+    unanimous: int = 0  # verdicts whose votes all agreed
+    unreadable_votes: int = 0  # counted as false
+    rewrites: int = 0  # asked per passage
+    rewrites_offered: int = 0
+    rewrites_kept: int = 0
+    rewrite_error: str = ""  # why no rewrites were written, when the writer failed at them
+    note: str = ""  # what a run without a writer lacks, and how to get it
+
+    @property
+    def kept(self) -> int:
+        return self.facts_kept
 
     @property
     def retries(self) -> int:
-        return self.requests - (self.passages - self.cached)
+        return max(0, self.requests - self.generated)
+
+    @property
+    def agreement(self) -> float | None:
+        """The share of verdicts whose votes all agreed (None without verification)."""
+        return self.unanimous / self.verdicts if self.verdicts else None
+
+    @classmethod
+    def without_writer(cls) -> "Report":
+        return cls(backend="none", note=NO_WRITER)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Prompts
 
 
-def load_prompt(path: str | os.PathLike) -> str:
-    """The prompt template; a DataError (bad input) when it is missing or has no {passage}."""
+def load_prompt(path: str | os.PathLike, kind: str = "facts") -> str:
+    """A prompt template; a DataError (bad input) when it is missing or lacks its required placeholder."""
     path = Path(path)
     try:
         template = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot read the Q&A prompt ({error})") from None
-    if "{passage}" not in template:
-        raise DataError(f"{path}: the Q&A prompt has no {{passage}} placeholder (it may use {', '.join(PLACEHOLDERS)})")
+    required, optional = PLACEHOLDERS[kind]
+    missing = [name for name in required if name not in template]
+    if missing:
+        raise DataError(f"{path}: the Q&A prompt has no {', '.join(missing)} placeholder "
+                        f"(it may use {', '.join(required + optional)})")
     return template
 
 
-def render(template: str, passage: Passage, count: int) -> str:
-    """The prompt for one passage: placeholders replaced, other braces (a JSON example) left as they are."""
-    values = {"{title}": passage.title, "{subject}": passage.subject, "{section}": passage.section or "（導入部）",
-              "{passage}": passage.text, "{count}": str(count)}
+def load_prompts(facts: str | os.PathLike = FACTS_PROMPT) -> Prompts:
+    """The facts prompt (--qa_prompt) and the verdict and rewrite prompts beside the shipped one in prompts/."""
+    return Prompts(load_prompt(facts), load_prompt(VERDICT_PROMPT, "verdict"), load_prompt(REWRITE_PROMPT, "rewrite"),
+                   load_prompt(REWRITE_VERDICT_PROMPT, "rewrite_verdict"))
+
+
+def render(template: str, **values) -> str:
+    """The template with its {placeholders} replaced; other braces (a JSON example) left as they are."""
+    values = {f"{{{name}}}": str(value) for name, value in values.items()}
     return re.sub("|".join(map(re.escape, values)), lambda match: values[match.group(0)], template)
 
 
-def pairs_wanted(passage: Passage, most: int) -> int:
-    """About one pair per 80 characters, 2 at least: a short passage holds few facts."""
-    return max(2, min(most, len(passage.text) // 80))
+def facts_wanted(passage: Passage, most: int) -> int:
+    """About one fact per 80 characters, 2 at least: a short passage holds few facts."""
+    return min(most, max(2, len(passage.text) // 80))
 
 
-def request_key(model: str, prompt: str) -> str:
-    """The cache key: a hash of everything that decides the answer."""
-    asked = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": TEMPERATURE}
-    return hashlib.sha256(json.dumps(asked, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------
-# The endpoint
-
-
-class AnswerCache:
-    """One JSON file per answer under `root`, named by its request key, written atomically.
-
-    One run at a time per folder: temporary files that a killed run left (`.name.*.tmp`) are removed on opening.
-    """
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        for stale in self.root.glob("*/.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def load(self, key: str) -> dict | None:
-        try:
-            return json.loads(self.path(key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-
-    def save(self, key: str, answer: dict) -> None:
-        write_json_atomic(self.path(key), answer)
-
-
-def ask_all(writer: Writer, prompts: list[str], cache: AnswerCache, report: Report) -> list[dict]:
-    """The answer to each prompt ({"content", "model", "usage"}), from the cache or the endpoint."""
-    keys = [request_key(writer.model, prompt) for prompt in prompts]
-    answers = {key: answer for key in keys if (answer := cache.load(key)) is not None}
-    todo = {key: prompt for key, prompt in zip(keys, prompts) if key not in answers}
-    report.passages += len(prompts)
-    report.cached += len(prompts) - len(todo)
-    if todo:
-        asyncio.run(_ask(writer, todo, cache, answers, report))
-    for answer in answers.values():
-        report.served_by.add(answer.get("model") or writer.model)
-    return [answers[key] for key in keys]
-
-
-async def _ask(writer: Writer, todo: dict[str, str], cache: AnswerCache, answers: dict, report: Report) -> None:
-    api_key = os.environ.get("OPENAI_API_KEY") or "none"
-
-    async def count_request(request):
-        report.requests += 1
-
-    client = openai.AsyncOpenAI(
-        base_url=writer.url, api_key=api_key, timeout=writer.timeout, max_retries=writer.retries,
-        http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_request]}),
-    )
-    semaphore = asyncio.Semaphore(writer.concurrency)
-    use_schema = [True]
-
-    async def one(key: str, prompt: str) -> tuple[str, dict]:
-        async with semaphore:
-            return key, await _complete(client, writer, prompt, use_schema)
-
-    tasks = [asyncio.ensure_future(one(key, prompt)) for key, prompt in todo.items()]
-    try:
-        with tqdm(total=len(tasks), desc="Q&A", unit="passage", disable=None) as progress:
-            for future in asyncio.as_completed(tasks):
-                key, answer = await future
-                cache.save(key, answer)  # here, between awaits: an interrupt never leaves half a file
-                answers[key] = answer
-                report.prompt_tokens += answer["usage"].get("prompt_tokens") or 0
-                report.completion_tokens += answer["usage"].get("completion_tokens") or 0
-                progress.update(1)
-    except (openai.APIError, ValueError) as error:  # ValueError: a body that is not JSON (a web page, say)
-        done = len(answers) - report.cached
-        raise SynthError(f"{describe(error, writer, api_key)}\n{done} new answer(s) of {len(tasks)} are cached in "
-                         f"{cache.root}; nothing was written to the dataset. Run again to resume.") from None
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
-
-
-async def _complete(client, writer: Writer, prompt: str, use_schema: list[bool]) -> dict:
-    plain = {"model": writer.model, "messages": [{"role": "user", "content": prompt}]}
-    response = None
-    if use_schema[0]:
-        try:
-            response = await client.chat.completions.create(
-                **plain, temperature=TEMPERATURE, max_tokens=writer.max_tokens, response_format=RESPONSE_FORMAT)
-        except (openai.BadRequestError, openai.UnprocessableEntityError):
-            # A server without structured output, or one that refuses these settings (reasoning models refuse
-            # temperature): from now on the prompt alone, which asks for the same JSON in words.
-            use_schema[0] = False
-    if response is None:
-        response = await client.chat.completions.create(**plain)
-    choice = response.choices[0] if response.choices else None
-    usage = response.usage
-    return {
-        "content": (choice.message.content if choice else None) or "",
-        "finish_reason": choice.finish_reason if choice else None,
-        "model": response.model,
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {},
-    }
-
-
-def describe(error: Exception, writer: Writer, api_key: str) -> str:
-    """One plain line about a failed request, with a hint where one helps, and without the key."""
-    where = f"the Q&A endpoint {writer.url}"
-    if isinstance(error, openai.APIStatusError):
-        detail = re.sub(r"\s+", " ", str(error.message))[:300]
-        message = f"{where} answered HTTP {error.status_code}: {detail}"
-        if error.status_code == 429 or error.status_code >= 500:
-            message += f" (after {writer.retries} retries)"
-        elif error.status_code in (401, 403):
-            message += "\nThe endpoint refused the key: set OPENAI_API_KEY to one it accepts."
-        elif error.status_code == 404:
-            message += f"\nIs --qa_api_url the API's base URL (e.g. http://localhost:8000/v1), and --qa_model ({writer.model}) a model it serves?"
-    elif isinstance(error, openai.APITimeoutError):
-        message = f"{where} did not answer within {writer.timeout:g}s (after {writer.retries} retries)"
-    elif isinstance(error, openai.APIError):
-        message = f"cannot reach {where}: {error} (after {writer.retries} retries)"
-    else:
-        message = f"{where} answered something that is not JSON; is --qa_api_url the API's base URL (e.g. http://localhost:8000/v1)?"
-    return message.replace(api_key, "***") if api_key != "none" else message
+def section_name(passage: Passage) -> str:
+    return passage.section or "（導入部）"
 
 
 # ---------------------------------------------------------------------------------------------------
-# Parsing and filtering
+# Reading answers
 
 
-def parse_pairs(content: str) -> list | None:
-    """The items of {"pairs": [...]} in `content` (bare, in a code fence, or inside text); None if there are none."""
+def parse_json(content: str, key: str):
+    """The value of `key` in the first JSON object of `content` (bare, in a code fence, or inside text) that has
+    it; a bare list of objects counts as that value too. None if there is none."""
     decoder = json.JSONDecoder()
     for candidate in (content, *FENCE.findall(content)):
-        starts = [match.start() for match in re.finditer(r"[{\[]", candidate)]
-        for start in starts:
+        for match in re.finditer(r"[{\[]", candidate):
             try:
-                value, _ = decoder.raw_decode(candidate, start)
+                value, _ = decoder.raw_decode(candidate, match.start())
             except ValueError:
                 continue
-            if isinstance(value, dict) and isinstance(value.get("pairs"), list):
-                return value["pairs"]
+            if isinstance(value, dict) and key in value:
+                return value[key]
             if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
                 return value
     return None
 
 
-def rejection(question: str, answer: str, passage: Passage) -> str | None:
-    """The first filter (REASONS) one pair fails on its own, or None."""
-    if POINTING.search(question):
-        return "points_at_text"
-    if normalize_question(passage.subject) not in normalize_question(question):
-        return "no_subject"
-    if not answer or not is_japanese(answer):  # the evaluation's own test
+def verdict_of(content: str) -> bool | None:
+    value = parse_json(content, "supported")
+    return value if isinstance(value, bool) else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks
+
+
+def fold(text: str) -> str:
+    """NFKC without whitespace: how evidence is found in the passage."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
+
+
+def negations(text: str) -> int:
+    return len(NEGATION.findall(text))
+
+
+def points_back(text: str) -> bool:
+    text = text.lstrip("「『 ")
+    return bool(REFERRING.match(text) or CONNECTIVE.match(text))
+
+
+def invented_compounds(text: str, passage: Passage) -> list[str]:
+    """Kanji compounds of 3+ characters in `text` that cannot be cut into pieces found in the passage, the title or
+    EVERYDAY (2+ characters each) or AFFIXES (one): 深海教団 (深海 nowhere), 霧ヶ浜; not 短編小説, 南太平洋 or
+    米国人作家 where the passage says 米国."""
+    support = fold(f"{passage.title}\n{passage.text}")
+    invented = []
+    for compound in COMPOUND.findall(fold(text)):
+        if KANJI_NUMBER.fullmatch(compound) or compound in support:
+            continue
+        reachable = [True] + [False] * len(compound)
+        for start in range(len(compound)):
+            if not reachable[start]:
+                continue
+            reachable[start + 1] |= compound[start] in AFFIXES
+            for end in range(start + 2, len(compound) + 1):
+                reachable[end] |= compound[start:end] in support or compound[start:end] in EVERYDAY
+        if not reachable[-1]:
+            invented.append(compound)
+    return invented
+
+
+def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> str | None:
+    """The first check (REASONS) a fact fails, or None."""
+    if not evidence.strip() or fold(evidence) not in fold(passage.text):
+        return "evidence_not_in_passage"
+    if len(fold(evidence)) > MAX_EVIDENCE_CHARS or len(SENTENCE_END.findall(evidence.rstrip("。！？!? "))) >= MAX_EVIDENCE_SENTENCES:
+        return "evidence_too_broad"
+    if not match_form(short) or match_form(short) not in match_form(evidence):
+        return "short_answer_not_in_evidence"
+    if len(short) > MAX_SHORT_ANSWER_CHARS:
+        return "short_answer_too_long"
+    if match_form(short) not in match_form(answer):
+        return "short_answer_not_in_answer"
+    if not answer or not is_japanese(answer):
         return "not_japanese"
     if is_abstention(answer):
         return "abstains"
-    if unsupported_terms(answer, passage.text, passage.title):
-        return "ungrounded"
-    if not key_terms(answer) and not stated_in(answer, passage):
-        return "unverifiable"
-    if unsupported_terms(question, passage.text, passage.title):
-        return "question_ungrounded"
+    if unsupported_terms(answer, evidence, passage.title):
+        return "answer_ungrounded"
+    if any(date not in match_form(evidence) for date in DATE.findall(match_form(answer))):
+        return "date_not_in_evidence"
+    if invented_compounds(answer, passage):
+        return "invented_term"
+    if negations(answer) > negations(evidence):
+        return "negation"
+    if points_back(answer):
+        return "points_back"
     return None
 
 
-def stated_in(answer: str, passage: Passage) -> bool:
-    """Whether the passage states the answer itself ('邪神と呼ばれています。' → 邪神), compared as the evaluation
-    compares answers: for an answer with no key term, the only check there is."""
-    core = POLITE_END.sub("", answer.strip()).strip().strip("「」『』")
-    return bool(match_form(core)) and match_form(core) in match_form(f"{passage.title}\n{passage.text}")
+def question_rejection(question: str, evidence: str, short: str, passage: Passage) -> str | None:
+    """The first check (REASONS) a question fails on its own, or None."""
+    headings = [heading for heading in re.split("のうち", passage.section) if heading]
+    if POINTING.search(question) or any(f"「{heading.strip('「」')}」" in question for heading in headings):
+        return "points_at_text"
+    if normalize_question(passage.subject) not in normalize_question(question):
+        return "no_subject"
+    if match_form(short) in match_form(question):
+        return "gives_away"
+    if unsupported_terms(question, evidence, passage.title):
+        return "question_ungrounded"
+    if invented_compounds(question, passage):
+        return "invented_term"
+    return None
+
+
+def rewrite_rejection(text: str, passage: Passage, kept: list[str]) -> str | None:
+    if not text.strip() or not is_japanese(text):
+        return "rewrite_not_japanese"
+    if fold(text) in fold(passage.text) or fold(text) in map(fold, kept):
+        return "rewrite_copy"
+    if unsupported_terms(text, passage.text, passage.title):
+        return "rewrite_ungrounded"
+    if invented_compounds(text, passage):
+        return "rewrite_invented"
+    if negations(text) > negations(passage.text):
+        return "rewrite_negation"
+    if points_back(text):
+        return "rewrite_points_back"
+    return None
 
 
 def short_answer(answer: str) -> str | None:
@@ -323,36 +385,169 @@ def short_answer(answer: str) -> str | None:
     return core
 
 
-def synthesize(passages: list[Passage], writer: Writer, template: str, cache: AnswerCache, seen: set[str],
-               fits) -> tuple[list[tuple[Passage, dict]], Report]:
-    """[(passage, {"question", "answer"})] kept, in passage order, and the report.
+# ---------------------------------------------------------------------------------------------------
+# The pipeline
 
-    `seen` holds the normalised questions already in the dataset and gains the kept ones; `fits(question,
-    answer)` says whether an example is within the length limit.
+
+@dataclass
+class Candidate:
+    """A fact that passed its checks, with the questions that passed theirs (verification decides the rest)."""
+
+    passage: Passage
+    evidence: str
+    short_answer: str
+    answer: str
+    questions: list[str]
+
+
+def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerCache, *, judge=None,
+               verify: int = VERIFY, rewrites: int = REWRITES, facts: int = FACTS, seen: set[str] | None = None, fits=None,
+               max_tokens: int = MAX_TOKENS) -> tuple[list[Fact], list[tuple[Passage, str]], Report]:
+    """(kept facts, kept rewrites as (passage, text), report), in passage order.
+
+    `writer` writes facts and rewrites, `judge` (default: the writer) gives the verdicts; when they differ the
+    writer is closed (a local one frees the GPU) before the judge is used. `seen` holds the normalised questions
+    already in the dataset and gains the kept ones; `fits(question, answer)` says whether an example is within the
+    length limit. Raises writers.WriterError when the writer fails (what it answered is cached).
     """
-    report = Report()
-    counts = [pairs_wanted(passage, writer.pairs) for passage in passages]
-    answers = ask_all(writer, [render(template, p, n) for p, n in zip(passages, counts)], cache, report)
-    kept = []
-    for passage, answer in zip(passages, answers):
-        items = parse_pairs(answer["content"])
-        if items is None:
-            report.rejected["malformed"] += 1
+    judge = judge or writer
+    seen = set() if seen is None else seen
+    fits = fits or (lambda question, answer: True)
+    report = Report(backend=writer.backend, model=writer.model, judge_model=judge.model, passages=len(passages),
+                    verify=verify, rewrites=rewrites)
+    counts = [facts_wanted(passage, facts) for passage in passages]
+    asked = [Request(render(prompts.facts, title=p.title, subject=p.subject, section=section_name(p), passage=p.text,
+                            count=n), "qa_facts", FACTS_SCHEMA, TEMPERATURE, max_tokens)
+             for p, n in zip(passages, counts)]
+    answers = ask(writer, asked, cache, report, "facts (passages)")
+    taken = set(seen)  # questions of the dataset and of candidates so far: none is asked twice
+    candidates = [c for passage, answer in zip(passages, answers) for c in read_facts(answer, passage, taken, fits, report)]
+
+    rewritten = []
+    if rewrites:
+        asked = [Request(render(prompts.rewrite, title=p.title, subject=p.subject, section=section_name(p),
+                                passage=p.text, variant=k + 1), "passage_rewrite", REWRITE_SCHEMA, REWRITE_TEMPERATURE,
+                         max_tokens) for p in passages for k in range(rewrites)]
+        try:
+            answers = ask(writer, asked, cache, report, "rewrites")
+        except WriterError as error:  # the facts stand without them; what arrived is cached for the next run
+            report.rewrite_error = str(error).splitlines()[0]
+            logger.warning("no rewrites: %s", report.rewrite_error)
+        else:
+            rewritten = read_rewrites(answers, [p for p in passages for _ in range(rewrites)], fits, report)
+    if judge is not writer:
+        writer.close()
+
+    checks = [(prompts.verdict, c.passage, {"question": q, "answer": c.answer}) for c in candidates for q in c.questions]
+    checks += [(prompts.rewrite_verdict, p, {"rewrite": text}) for p, text in rewritten]
+    verdicts = verified(judge, checks, cache, verify, report)
+    position, kept_facts = 0, []
+    for candidate in candidates:
+        questions = [q for q, ok in zip(candidate.questions, verdicts[position:]) if ok]
+        report.rejected["question_unsupported"] += len(candidate.questions) - len(questions)
+        position += len(candidate.questions)
+        if len(questions) < MIN_QUESTIONS:
+            report.rejected["unsupported"] += 1
             continue
-        for item in items:
-            if not (isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("answer"), str)):
-                report.rejected["malformed_pair"] += 1
-                continue
-            question, text = item["question"].strip(), item["answer"].strip()
-            reason = rejection(question, text, passage)
-            if reason is None and normalize_question(question) in seen:
+        seen.update(map(normalize_question, questions))
+        kept_facts.append(Fact(candidate.passage, candidate.evidence, candidate.short_answer, candidate.answer, questions))
+    kept_rewrites = [pair for pair, ok in zip(rewritten, verdicts[position:]) if ok]
+    report.rejected["rewrite_unsupported"] += len(rewritten) - len(kept_rewrites)
+    report.facts_kept, report.rewrites_kept = len(kept_facts), len(kept_rewrites)
+    report.questions_kept = sum(len(fact.questions) for fact in kept_facts)
+    report.rejected = Counter({reason: count for reason, count in report.rejected.items() if count})
+    return kept_facts, kept_rewrites, report
+
+
+def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Report) -> list[Candidate]:
+    """The facts of one answer that pass every check but verification, their questions added to `taken`; each
+    failure counted."""
+    if answer.get("skipped") == "too_large":
+        report.rejected["too_large"] += 1
+        return []
+    items = parse_json(answer["content"], "facts")
+    if not isinstance(items, list):
+        report.rejected["malformed"] += 1
+        return []
+    candidates = []
+    for item in items:
+        report.facts_offered += 1
+        if not well_formed(item):
+            report.rejected["malformed_fact"] += 1
+            continue
+        evidence, short, text = item["evidence"].strip(), item["short_answer"].strip(), item["answer"].strip()
+        reason = fact_rejection(evidence, short, text, passage)
+        if reason:
+            report.rejected[reason] += 1
+            continue
+        questions = []
+        for question in map(str.strip, item["questions"]):
+            report.questions_offered += 1
+            reason = question_rejection(question, evidence, short, passage)
+            if reason is None and normalize_question(question) in taken | set(map(normalize_question, questions)):
                 reason = "duplicate"
             if reason is None and not fits(question, text):
                 reason = "too_long"
             if reason:
                 report.rejected[reason] += 1
                 continue
-            seen.add(normalize_question(question))
-            kept.append((passage, {"question": question, "answer": text}))
-    report.kept = len(kept)
-    return kept, report
+            questions.append(question)
+        if len(questions) < MIN_QUESTIONS:
+            report.rejected["too_few_questions"] += 1
+            continue
+        taken.update(map(normalize_question, questions))
+        candidates.append(Candidate(passage, evidence, short, text, questions))
+    return candidates
+
+
+def well_formed(item) -> bool:
+    strings = ("evidence", "short_answer", "answer")
+    return (isinstance(item, dict) and all(isinstance(item.get(key), str) for key in strings)
+            and isinstance(item.get("questions"), list) and all(isinstance(q, str) for q in item["questions"])
+            and not any(TAGS.search(text) for text in [*(item[key] for key in strings), *item["questions"]]))
+
+
+def read_rewrites(answers: list[dict], passages: list[Passage], fits, report: Report) -> list[tuple[Passage, str]]:
+    kept: dict[int, list[str]] = {}
+    candidates = []
+    for answer, passage in zip(answers, passages):
+        report.rewrites_offered += 1
+        text = parse_json(answer["content"], "text") if not answer.get("skipped") else None
+        if answer.get("skipped") == "too_large":
+            report.rejected["too_large"] += 1
+            continue
+        if not isinstance(text, str) or TAGS.search(text):
+            report.rejected["rewrite_malformed"] += 1
+            continue
+        text = text.strip()
+        same = kept.setdefault(id(passage), [])
+        reason = rewrite_rejection(text, passage, same)
+        if reason is None and not all(fits(question, text) for question in passage.questions or [passage.subject]):
+            reason = "too_long"
+        if reason:
+            report.rejected[reason] += 1
+            continue
+        same.append(text)
+        candidates.append((passage, text))
+    return candidates
+
+
+def verified(judge, checks: list[tuple[str, Passage, dict]], cache: AnswerCache, votes: int, report: Report) -> list[bool]:
+    """For each (prompt, passage, values): whether a majority of `votes` verdicts says the passage supports it
+    (all True when votes is 0: verification off)."""
+    if votes <= 0 or not checks:
+        return [True] * len(checks)
+    asked = [Request(render(prompt, title=p.title, subject=p.subject, passage=p.text, **values), "qa_verdict",
+                     VERDICT_SCHEMA, 0.0, VERDICT_TOKENS, vote=vote) for prompt, p, values in checks for vote in range(votes)]
+    answers = ask(judge, asked, cache, report, "verification")
+    results = []
+    for start in range(0, len(answers), votes):
+        said = [verdict_of(answer["content"]) for answer in answers[start:start + votes]]
+        report.unreadable_votes += said.count(None)
+        true = said.count(True)
+        report.verdicts += 1
+        report.votes += votes
+        report.votes_true += true
+        report.unanimous += true in (0, votes)
+        results.append(2 * true > votes)
+    return results

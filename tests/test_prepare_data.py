@@ -30,9 +30,13 @@ OUTPUTS = {"train.jsonl", "eval.jsonl", "eval_known.jsonl", "source_texts.jsonl"
 ALL_ARTICLES = {"クトゥルフ", "ルルイエ", "ネクロノミコン", "ニャルラトホテプ", "ダゴン (クトゥルフ神話)", "ハスター",
                 "インスマスを覆う影", "狂気の山脈にて", "ヨグ＝ソトース",
                 "クトゥルフ神話TRPG: 第7版/" + "ルールブックに登場する架空の書物と神格の一覧" * 4}
-# Pairs every answer of the loopback writer adds: one grounded only in ルルイエ, one invented, one pointing at the text.
-EXTRA = [("{subject}はどこに沈んでいますか？", "太平洋の底です。"), ("{subject}を創作した作家は誰ですか？", "ラヴクラフトです。"),
-         ("この節で{subject}は何と呼ばれていますか？", "神格です。")]
+# Facts every answer of the loopback writer adds: one grounded only in ルルイエ, one invented, one pointing at the text.
+EXTRA = [{"evidence": "ルルイエは、太平洋の底に沈んだ", "short_answer": "太平洋の底", "answer": "ルルイエは太平洋の底に沈んだ。",
+          "questions": ["{subject}はどこに沈んでいますか？", "{subject}が沈んでいる場所はどこですか？"]},
+         {"evidence": "怪奇作家が創作した", "short_answer": "ラヴクラフト", "answer": "ラヴクラフトです。",
+          "questions": ["{subject}を創作した作家は誰ですか？", "{subject}の作者は誰ですか？"]},
+         {"evidence": "架空の神格である", "short_answer": "神格", "answer": "クトゥルフは架空の神格である。",
+          "questions": ["この節で{subject}は何と呼ばれていますか？", "{subject}は何ですか？"]}]
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +55,12 @@ def length(fmt, row) -> int:
 def arguments(wiki, tmp_path, tokenizer_dir, *extra, max_tokens=256) -> list[str]:
     return ["--api_url", wiki.url, "--tokenizer", str(tokenizer_dir), "--max_tokens", str(max_tokens),
             "--cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out"), "--request_interval", "0",
-            "--backoff_factor", "0", "--depth", "2", *extra]
+            "--backoff_factor", "0", "--depth", "2", "--qa_backend", "none", *extra]  # no local writer on a GPU machine
 
 
 def writer_arguments(server) -> list[str]:
-    return ["--qa_api_url", server.url, "--qa_model", "test-writer-7b", "--qa_retries", "1", "--qa_timeout", "10"]
+    return ["--qa_backend", "openai", "--qa_api_url", server.url, "--qa_model", "test-writer-7b", "--qa_retries", "1",
+            "--qa_timeout", "10"]
 
 
 def prepare(capsys, *args) -> tuple[int, str, str]:
@@ -116,13 +121,12 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     # Until synth.py writes facts asked 2+ ways (h-writer), a pair is a fact asked one way: trained, never a probe
     assert {row["kind"] for row in known} <= {"synthesized", "cloze"}
     assert not any("ラヴクラフト" in row["response"] or "この節" in row["instruction"] for row in synthesized)
-    assert {row["title"] for row in synthesized if row["response"] == "太平洋の底です。"} == {"ルルイエ"}
-    assert any(row.get("answers") == ["太平洋の底"] for row in synthesized)
+    assert {row["title"] for row in synthesized if row["response"] == "ルルイエは太平洋の底に沈んだ。"} == {"ルルイエ"}
     stdout = result.stdout
-    passages = re.search(r"Q&A \([^,]+, test-writer-7b\): (\d+) passages \(0 cached\), requests: \1; "
-                         r"tokens: [1-9]\d* prompt \+ [1-9]\d* completion; facts offered", stdout).group(1)
-    assert f"{passages} passages ({passages} cached), requests: 0; tokens: 0 prompt" in again.stdout
-    assert "rejections: " in stdout and "ungrounded" in stdout and "points_at_text" in stdout
+    new = re.search(r"Q&A \(openai test-writer-7b\): \d+ passages, answers: (\d+) new \(0 cached\), requests: \1 "
+                    r"\(0 retries\), tokens: [1-9]\d* prompt \+ [1-9]\d* completion", stdout).group(1)
+    assert f"answers: 0 new ({new} cached), requests: 0 (0 retries), tokens: 0 prompt" in again.stdout
+    assert "rejected: " in stdout and "short_answer_not_in_evidence" in stdout and "points_at_text" in stdout
 
     # The card: Hub metadata, counts per kind, the writer and its prompt, rejections, attribution.
     card = first["README.md"].decode()
@@ -130,7 +134,7 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     assert "- split: eval_known\n    path: eval_known.jsonl" in card
     assert "`test-writer-7b`" in card and "| synthesized |" in card and "| recitation |" in card
     assert "<passage>" in card and "文章に書かれていない名前" in card  # the prompt used, verbatim
-    assert re.search(r"\| `ungrounded` \| a key term of the answer is not in the passage \| [1-9]\d* \|", card)
+    assert re.search(r"\| `short_answer_not_in_evidence` \| the short answer is empty or not in the evidence \(per fact\) \| [1-9]\d* \|", card)
     page = cthulhu_wiki().pages
     assert f"oldid={page['ルルイエ'].revid}" in card and "CC BY-SA 4.0" in card
 
@@ -185,7 +189,7 @@ def test_sigterm_during_synthesis_exits_130_leaves_no_partial_output_and_the_rer
         resumed = run_script(command, env={"OPENAI_API_KEY": KEY}, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"\((1) cached\)", resumed.stdout)
-    assert len(writer.requests) - asked == 13  # every passage but the cached one, once
+    assert sum(request["kind"] == "qa_facts" for request in writer.requests[asked:]) == 13  # all passages but the cached one
 
 
 # ---------------------------------------------------------------------------------------------------
