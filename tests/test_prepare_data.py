@@ -101,8 +101,10 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     assert {row["title"] for row in rows} == ALL_ARTICLES
     assert not {row["title"] for row in train} & {row["title"] for row in eval_}  # eval: never-trained articles
     assert {row["title"] for row in known} <= {row["title"] for row in train}  # eval_known: trained articles
-    train_questions = [normalize_question(row["instruction"]) for row in train]
-    assert len(set(train_questions)) == len(train_questions)
+    train_questions = [normalize_question(row["instruction"]) for row in train if row["kind"] != "rewrite"]
+    assert len(set(train_questions)) == len(train_questions)  # a rewrite trains under its passage's questions
+    assert {(row["instruction"], row["response"]) for row in train if row["kind"] == "rewrite"}
+    assert len({(row["instruction"], row["response"]) for row in train}) == len(train)
     assert not {normalize_question(row["instruction"]) for row in known} & set(train_questions)
     assert all(length(fmt, row) <= 256 for row in rows)
 
@@ -118,8 +120,7 @@ def test_crawl_and_grounded_synthesis_end_to_end_and_a_rerun_asks_nothing(tmp_pa
     # Synthesized pairs: grounded, by the named writer, probes held out; what was rejected, counted.
     synthesized = [row for row in rows if row["kind"] == "synthesized"]
     assert synthesized and all(row["writer"] == "test-writer-7b" for row in synthesized)
-    # Until synth.py writes facts asked 2+ ways (h-writer), a pair is a fact asked one way: trained, never a probe
-    assert {row["kind"] for row in known} <= {"synthesized", "cloze"}
+    assert {row["kind"] for row in known} <= {"synthesized", "cloze"} and any(r["kind"] == "synthesized" for r in known)
     assert not any("ラヴクラフト" in row["response"] or "この節" in row["instruction"] for row in synthesized)
     assert {row["title"] for row in synthesized if row["response"] == "ルルイエは太平洋の底に沈んだ。"} == {"ルルイエ"}
     stdout = result.stdout
@@ -225,7 +226,7 @@ def test_without_a_writer_eval_known_holds_cloze_probes_of_trained_sentences(tmp
     assert f"known probes: {len(known)} for {len(probed)} of {len(trained)} trained articles" in stdout
     sources = read_jsonl(tmp_path / "out/source_texts.jsonl")
     assert all(isinstance(source["aliases"], list) for source in sources)  # the crawler's, or none
-    assert "Q&A: none, so the set holds no model-written questions" in stdout and "--qa_api_url URL" in stdout
+    assert "note: no model-written questions" in stdout and "--qa_api_url URL" in stdout
     asked = {row["title"]: row["instruction"] for row in train}  # works as works, headings never quoted
     assert asked["狂気の山脈にて"].startswith("『狂気の山脈にて』") and asked["インスマスを覆う影"].startswith("『")
     assert all(probe["response"] not in probe["title"] for probe in known)

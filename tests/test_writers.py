@@ -88,7 +88,7 @@ def test_without_a_writer_the_start_the_summary_and_the_card_say_what_the_set_la
     assert code == 0, err
     assert "no model-written questions" in err and "no model-written questions" in out
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
-    assert "## Without a writer" in card and "--qa_api_url URL --qa_model NAME" in card
+    assert "## No model-written questions" in card and "--qa_api_url URL --qa_model NAME" in card
 
 
 @pytest.mark.parametrize("argv, message", [
