@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, run_script
+from conftest import PYTHON, REPO, mistral_common_ids, run_script
 from hub_server import VALID_TOKEN, LoopbackHub, RefusingHub, wait_for
 from mediawiki_server import MediaWikiServer, cthulhu_wiki
 from openai_server import OpenAIServer, Reply, passage_writer
@@ -21,8 +21,11 @@ from test_legacy import LEGACY
 
 import prepare_data
 from cthulhu_sft.data import load_records
-from cthulhu_sft.examples import normalize_question
+from cthulhu_sft.examples import normalize_question, split_sentences
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.metrics import match_form
+from cthulhu_sft.retrieval import NOT_FOUND, parse_citations
+from cthulhu_sft.splits import open_book_question
 
 KEY = "sk-loopback-secret-0123456789"
 FIELDS = {"instruction", "response", "title", "source", "revid", "kind", "section"}
@@ -320,6 +323,98 @@ def test_a_category_with_nothing_to_crawl_is_bad_input_not_a_retry(tmp_path, tok
     assert code == 2 and message in stderr
     assert "run again to resume" not in stderr and "no article had text" not in stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Open book (RAFT)
+
+
+def shown_passages(instruction: str) -> list[tuple[str, str]]:
+    """(heading, text) of each numbered passage of an open-book user turn, in order."""
+    body = instruction.removeprefix("資料：\n").rsplit("\n\n上の資料だけ", 1)[0]
+    blocks = re.split(r"(?:^|\n\n)\[(\d+)\] ", body)[1:]
+    assert [int(number) for number in blocks[::2]] == list(range(1, len(blocks) // 2 + 1))
+    return [tuple(block.split("\n", 1)) for block in blocks[1::2]]
+
+
+def test_open_book_ratio_turns_a_share_of_the_trained_facts_into_open_book_examples_citing_their_passage(
+        tmp_path, tokenizer_dir, capsys, monkeypatch, fmt, reference_tokenizer):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    common = ("--eval_ratio", "0.3", "--titles", "ヨグ＝ソトース")
+    with MediaWikiServer(cthulhu_wiki()) as wiki, OpenAIServer() as writer:
+        code, closed_out, _ = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, *common, max_tokens=1024),
+                                      *writer_arguments(writer))
+        assert code == 0
+        asked = len(writer.requests)
+        code, stdout, _ = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, *common, max_tokens=1024),
+                                  "--out_dir", tmp_path / "open", "--open_book_ratio", "0.5", *writer_arguments(writer))
+        assert code == 0 and len(writer.requests) == asked  # the writer's answers come from the cache
+    closed, out = tmp_path / "out", tmp_path / "open"
+    assert "open book: none (--open_book_ratio 0.0)" in closed_out
+    baseline, train = read_jsonl(closed / "train.jsonl"), read_jsonl(out / "train.jsonl")
+    for split in ("eval", "eval_known", "source_texts"):  # only train.jsonl changes
+        assert (out / f"{split}.jsonl").read_bytes() == (closed / f"{split}.jsonl").read_bytes()
+    books = [row for row in train if row["kind"].startswith("open_book")]
+    cited = [row for row in books if row["kind"] == "open_book"]
+    absent = [row for row in books if row["kind"] == "open_book_absent"]
+    assert cited and absent and len(cited) + len(absent) == len(books)
+
+    # The share, said in the summary and the card; each chosen question moved from closed book to open book.
+    facts = re.search(r"open book: (\d+) examples \((\d+) with the fact's passage, (\d+) with distractors only\) for "
+                      r"(\d+)% of (\d+) trained facts \(--open_book_ratio 0.5\)", stdout)
+    assert facts and [int(facts.group(n)) for n in (1, 2, 3)] == [len(books), len(cited), len(absent)]
+    share, trained_facts = int(facts.group(4)), int(facts.group(5))
+    assert share == round(100 * len(books) / trained_facts) and 0.15 <= len(books) / trained_facts <= 0.6
+    synthesized = {normalize_question(row["instruction"]): row for row in baseline if row["kind"] == "synthesized"}
+    questions = [normalize_question(open_book_question(row)) for row in books]
+    assert set(questions) <= set(synthesized) and len(set(questions)) == len(questions)
+    kept = {normalize_question(row["instruction"]) for row in train if row["kind"] == "synthesized"}
+    assert kept == set(synthesized) - set(questions)  # the rest stays closed-book
+    assert [row for row in train if not row["kind"].startswith(("open_book", "synthesized"))] == \
+           [row for row in baseline if row["kind"] != "synthesized"]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert f"| open_book | {len(cited)} | 0 | 0 |" in card and f"| open_book_absent | {len(absent)} | 0 | 0 |" in card
+    assert f"## Open book (RAFT)\n\n{len(books)} rows of train.jsonl ({share}% of its {trained_facts} facts," in card
+    assert "- `open_book_ratio`: 0.5" in card
+
+    # Each answer cites its own passage; one with distractors only says the passages do not state it.
+    sources = {source["title"]: source for source in read_jsonl(out / "source_texts.jsonl")}
+    for row in books:
+        shown = shown_passages(row["instruction"])
+        ids = fmt.encode_example(row["instruction"], row["response"]).input_ids  # what training reads
+        assert ids == mistral_common_ids(reference_tokenizer, [{"role": "user", "content": row["instruction"]},
+                                                               {"role": "assistant", "content": row["response"]}])
+        assert shown and len(ids) <= 1024 and FIELDS <= set(row) and row["source"] == sources[row["title"]]["source"]
+        if row["kind"] == "open_book":
+            [number] = parse_citations(row["response"])
+            heading, text = shown[number - 1]
+            assert heading == "／".join(filter(None, [row["title"], row["section"]]))
+            assert match_form(text) in match_form(sources[row["title"]]["text"])
+            answer = synthesized[normalize_question(open_book_question(row))]["response"]
+            assert row["response"] == answer.removesuffix("。") + f"[{number}]。"
+            assert match_form(answer) in match_form(text)  # the stand-in writer's answers are sentences of the passage
+        else:
+            assert row["response"] == NOT_FOUND
+            assert not any(heading.startswith(row["title"]) for heading, _ in shown)
+
+    # Nothing of an eval article is shown, and no held-out probe is asked open-book.
+    unseen = [source["text"] for source in sources.values() if source["split"] == "eval"]
+    sentences = [s.strip() for text in unseen for s in split_sentences(text) if len(s.strip()) >= 8]
+    trained_text = "\n".join(row["instruction"] + "\n" + row["response"] for row in train)
+    assert sentences and not [sentence for sentence in sentences if sentence in trained_text]
+    probes = {normalize_question(row["instruction"]) for row in read_jsonl(out / "eval_known.jsonl")}
+    assert probes and not probes & set(questions)
+
+
+def test_open_book_ratio_is_checked_before_anything_runs(tmp_path, tokenizer_dir, capsys):
+    for extra, message in [(("--open_book_ratio", "1.5"), "--open_book_ratio must be in [0, 1], got 1.5"),
+                           (("--open_book_ratio", "0.3", "--from_json", "old.json"), "not with --from_json")]:
+        with pytest.raises(SystemExit) as stopped:
+            prepare_data.main(["--tokenizer", str(tokenizer_dir), "--out_dir", str(tmp_path / "out"), *extra])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prepare_data.parse_args(["--help"])
+    assert re.search(r"--open_book_ratio OPEN_BOOK_RATIO\s+share of the trained facts asked open-book", capsys.readouterr().out)
 
 
 # ---------------------------------------------------------------------------------------------------
