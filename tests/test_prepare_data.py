@@ -18,6 +18,7 @@ from hub_server import VALID_TOKEN, LoopbackHub, RefusingHub, wait_for
 from mediawiki_server import MediaWikiServer, cthulhu_wiki
 from openai_server import OpenAIServer, Reply, passage_writer
 from test_legacy import LEGACY
+from test_retrieval import shown_passages
 
 import prepare_data
 from cthulhu_sft.data import load_records
@@ -327,14 +328,6 @@ def test_a_category_with_nothing_to_crawl_is_bad_input_not_a_retry(tmp_path, tok
 
 # ---------------------------------------------------------------------------------------------------
 # Open book (RAFT)
-
-
-def shown_passages(instruction: str) -> list[tuple[str, str]]:
-    """(heading, text) of each numbered passage of an open-book user turn, in order."""
-    body = instruction.removeprefix("資料：\n").rsplit("\n\n上の資料だけ", 1)[0]
-    blocks = re.split(r"(?:^|\n\n)\[(\d+)\] ", body)[1:]
-    assert [int(number) for number in blocks[::2]] == list(range(1, len(blocks) // 2 + 1))
-    return [tuple(block.split("\n", 1)) for block in blocks[1::2]]
 
 
 def test_open_book_ratio_turns_a_share_of_the_trained_facts_into_open_book_examples_citing_their_passage(
