@@ -25,7 +25,7 @@ from cthulhu_sft.data import load_records
 from cthulhu_sft.examples import normalize_question, split_sentences
 from cthulhu_sft.format import MistralFormat
 from cthulhu_sft.metrics import match_form
-from cthulhu_sft.retrieval import NOT_FOUND, parse_citations
+from cthulhu_sft.retrieval import NOT_FOUND, parse_citations, with_citation
 from cthulhu_sft.splits import open_book_question
 
 KEY = "sk-loopback-secret-0123456789"
@@ -384,7 +384,7 @@ def test_open_book_ratio_turns_a_share_of_the_trained_facts_into_open_book_examp
             assert heading == "／".join(filter(None, [row["title"], row["section"]]))
             assert match_form(text) in match_form(sources[row["title"]]["text"])
             answer = synthesized[normalize_question(open_book_question(row))]["response"]
-            assert row["response"] == answer.removesuffix("。") + f"[{number}]。"
+            assert row["response"] == with_citation(answer, number)
             assert match_form(answer) in match_form(text)  # the stand-in writer's answers are sentences of the passage
         else:
             assert row["response"] == NOT_FOUND
