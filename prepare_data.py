@@ -133,10 +133,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="share of the sentences of a trained article without a fact to probe, asked as cloze probes in "
                            "eval_known.jsonl; 0: no eval_known (default: %(default)s)")
     data.add_argument("--open_book_ratio", type=float, default=0.0,
-                      help="share of the trained facts asked open-book instead (RAFT): over their own passage among "
+                      help="share of the trained facts also asked open-book (RAFT): over their own passage among "
                            "passages retrieved from the crawled articles, citing it, or over those alone, answering "
-                           "that they do not say; the rest stay closed-book, so one adapter serves both ways; 0: none "
-                           "(default: %(default)s)")
+                           "that they do not say; every fact still trains closed-book, so one adapter serves both "
+                           "ways; 0: none (default: %(default)s)")
     data.add_argument("--seed", type=int, default=42, help="question wording and splits (default: %(default)s)")
     qa = parser.add_argument_group("factoid Q&A written by a model (optional; key: OPENAI_API_KEY)")
     qa.add_argument("--qa_api_url", default=None, help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
@@ -526,8 +526,8 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
         book = open_book_view(raft)
         print(f"open book: {book['examples']} examples ({book['with_passage']} with the fact's passage, "
               f"{book['distractors_only']} with distractors only) for {book['share']} of {book['facts']} trained facts "
-              f"(--open_book_ratio {args.open_book_ratio}); chosen but left closed-book: {book['held_out']} asked by a "
-              f"probe, {book['too_long']} too long, {book['no_distractor']} without a distractor")
+              f"(--open_book_ratio {args.open_book_ratio}); chosen but not made: {book['too_long']} too long, "
+              f"{book['no_distractor']} without a distractor")
     length = length_stats(lengths)
     print(f"tokens: min {length['min']}, median {length['median']}, p90 {length['p90']}, max {length['max']} "
           f"(limit {args.max_tokens}), total {length['total']}")

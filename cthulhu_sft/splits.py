@@ -12,8 +12,8 @@
   more) are asked by ONE of their questions, held out, while their other questions train; so every known
   probe asks a fact the training set teaches, in words it never saw. A trained article without such a probe
   (every article of a run without a writer) gets cloze probes of its sentences instead (examples.cloze_probes).
-* Open book (`open_book`, optional): about a share of the trained facts are asked instead over their own passage
-  among retrieved distractors, or over distractors only (retrieval.raft_examples); the rest stay closed-book.
+* Open book (`open_book`, optional): about a share of the trained facts are also asked over their own passage
+  among retrieved distractors, or over distractors only (retrieval.raft_examples), by a question no probe holds.
 * Every fact and cloze row carries `answers`: its short answer and, when that names an article (its title,
   its subject or one of its aliases: redirects, English title, readings), every other name of that article that
   its question does not hold.
@@ -21,6 +21,7 @@
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 from cthulhu_sft.examples import Fact, Passage, clean_text, cloze_probes, normalize_question, subject_of
 from cthulhu_sft.metrics import match_form
@@ -171,24 +172,20 @@ def source_texts(pages: list[dict], held_titles: set[str]) -> list[dict]:
 
 def open_book(splits: dict[str, list[dict]], facts: list[Fact], sources: list[dict], ratio: float, seed: int, fmt,
               max_tokens: int) -> tuple[dict[str, list[dict]], RaftStats]:
-    """The splits with about `ratio` of the trained facts turned open-book (RAFT; retrieval.raft_examples).
+    """The splits with about `ratio` of the trained facts also asked open-book (RAFT; retrieval.raft_examples).
 
-    Each chosen fact is asked by its first question over its own passage among distractors that a retriever over
-    `sources` (source_texts() rows) finds for it, answered with a citation of that passage, or over distractors
-    only, answered retrieval.NOT_FOUND; that question no longer trains closed-book, the fact's other questions and
-    every other fact still do. A fact that an eval_known probe asks is never open-book, nor is a fact of an eval
-    article, and no eval article's text is ever shown (its source row's split is "eval").
+    Each chosen fact is asked by its first question that no eval_known probe holds, over its own passage among
+    distractors that a retriever over `sources` (source_texts() rows) finds for it, answered with a citation of
+    that passage, or over distractors only, answered retrieval.NOT_FOUND. Every closed-book row stays: a probe
+    still asks a fact that train.jsonl teaches closed-book, in words it never saw. No fact of an eval article is
+    asked, and no eval article's text is ever shown (its source row's split is "eval").
     """
     articles = [Article(s["title"], s["text"], s["source"], s["revid"], s["aliases"], s["split"]) for s in sources]
     unseen = {article.title for article in articles if article.split == "eval"}
-    trained = [fact for fact in facts if fact.passage.title not in unseen]
     probes = [probe["instruction"] for probe in splits["eval_known"]]
-    rows, stats = raft_examples(trained, Retriever.build(articles), ratio, seed, probes, fmt, max_tokens)
-    asked = {normalize_question(open_book_question(row)) for row in rows}
-    closed = [r for r in splits["train"] if r["kind"] != "synthesized" or normalize_question(r["instruction"]) not in asked]
-    return {**splits, "train": closed + rows}, stats
-
-
-def open_book_question(row: dict) -> str:
-    """The question of an open-book row: the end of its user turn (retrieval.render_open_book)."""
-    return row["instruction"].rpartition("\n\n質問：")[2]
+    held = {normalize_question(question) for question in probes}
+    askable = [replace(fact, questions=[q for q in fact.questions if normalize_question(q) not in held]) for fact in facts
+               if fact.passage.title not in unseen]
+    rows, stats = raft_examples([fact for fact in askable if fact.questions], Retriever.build(articles), ratio, seed,
+                                probes, fmt, max_tokens)
+    return {**splits, "train": splits["train"] + rows}, stats

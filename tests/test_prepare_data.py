@@ -19,6 +19,7 @@ from mediawiki_server import MediaWikiServer, cthulhu_wiki
 from openai_server import OpenAIServer, Reply, passage_writer
 from test_legacy import LEGACY
 from test_retrieval import shown_passages
+from test_splits import open_book_question
 
 import prepare_data
 from cthulhu_sft.data import load_records
@@ -26,7 +27,6 @@ from cthulhu_sft.examples import normalize_question, split_sentences
 from cthulhu_sft.format import MistralFormat
 from cthulhu_sft.metrics import match_form
 from cthulhu_sft.retrieval import NOT_FOUND, parse_citations, with_citation
-from cthulhu_sft.splits import open_book_question
 
 KEY = "sk-loopback-secret-0123456789"
 FIELDS = {"instruction", "response", "title", "source", "revid", "kind", "section"}
@@ -330,7 +330,7 @@ def test_a_category_with_nothing_to_crawl_is_bad_input_not_a_retry(tmp_path, tok
 # Open book (RAFT)
 
 
-def test_open_book_ratio_turns_a_share_of_the_trained_facts_into_open_book_examples_citing_their_passage(
+def test_open_book_ratio_asks_a_share_of_the_trained_facts_open_book_citing_their_passage(
         tmp_path, tokenizer_dir, capsys, monkeypatch, fmt, reference_tokenizer):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     common = ("--eval_ratio", "0.3", "--titles", "ヨグ＝ソトース")
@@ -352,7 +352,7 @@ def test_open_book_ratio_turns_a_share_of_the_trained_facts_into_open_book_examp
     absent = [row for row in books if row["kind"] == "open_book_absent"]
     assert cited and absent and len(cited) + len(absent) == len(books)
 
-    # The share, said in the summary and the card; each chosen question moved from closed book to open book.
+    # The share, said in the summary and the card; every closed-book row stays.
     facts = re.search(r"open book: (\d+) examples \((\d+) with the fact's passage, (\d+) with distractors only\) for "
                       r"(\d+)% of (\d+) trained facts \(--open_book_ratio 0.5\)", stdout)
     assert facts and [int(facts.group(n)) for n in (1, 2, 3)] == [len(books), len(cited), len(absent)]
@@ -361,10 +361,7 @@ def test_open_book_ratio_turns_a_share_of_the_trained_facts_into_open_book_examp
     synthesized = {normalize_question(row["instruction"]): row for row in baseline if row["kind"] == "synthesized"}
     questions = [normalize_question(open_book_question(row)) for row in books]
     assert set(questions) <= set(synthesized) and len(set(questions)) == len(questions)
-    kept = {normalize_question(row["instruction"]) for row in train if row["kind"] == "synthesized"}
-    assert kept == set(synthesized) - set(questions)  # the rest stays closed-book
-    assert [row for row in train if not row["kind"].startswith(("open_book", "synthesized"))] == \
-           [row for row in baseline if row["kind"] != "synthesized"]
+    assert [row for row in train if not row["kind"].startswith("open_book")] == baseline
     card = (out / "README.md").read_text(encoding="utf-8")
     assert f"| open_book | {len(cited)} | 0 | 0 |" in card and f"| open_book_absent | {len(absent)} | 0 | 0 |" in card
     assert f"## Open book (RAFT)\n\n{len(books)} rows of train.jsonl ({share}% of its {trained_facts} facts," in card
@@ -407,7 +404,9 @@ def test_open_book_ratio_is_checked_before_anything_runs(tmp_path, tokenizer_dir
         assert stopped.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         prepare_data.parse_args(["--help"])
-    assert re.search(r"--open_book_ratio OPEN_BOOK_RATIO\s+share of the trained facts asked open-book", capsys.readouterr().out)
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"--open_book_ratio OPEN_BOOK_RATIO share of the trained facts also asked open-book .* every fact "
+                     r"still trains closed-book, so one adapter serves both ways; 0: none \(default: 0.0\)", help_text)
 
 
 # ---------------------------------------------------------------------------------------------------

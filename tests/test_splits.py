@@ -8,7 +8,7 @@ from test_retrieval import ARTICLES, FACTS_OF, shown_passages, url_of
 
 from cthulhu_sft.examples import Fact, Passage, normalize_question, split_sentences
 from cthulhu_sft.format import MistralFormat
-from cthulhu_sft.retrieval import NOT_FOUND, parse_citations
+from cthulhu_sft.retrieval import NOT_FOUND, parse_citations, with_citation
 from cthulhu_sft.splits import (
     KNOWN_PROBES,
     accepted,
@@ -16,7 +16,6 @@ from cthulhu_sft.splits import (
     known_probes,
     make_splits,
     open_book,
-    open_book_question,
     source_texts,
     split_by_article,
 )
@@ -183,7 +182,8 @@ UNSEEN = {"ショゴス", "アーカム"}  # eval articles: FACTS_OF has a fact 
 
 @pytest.fixture(scope="module")
 def corpus(tokenizer_dir):
-    """(passages, facts, source rows, the tokenizer) of test_retrieval's articles; FACTS_OF's facts are asked two ways."""
+    """(passages, facts, source rows, the tokenizer) of test_retrieval's articles; FACTS_OF's facts are asked two ways
+    (so each is probed), ASKED_ONCE's one way."""
     pages = [{"title": title, "text": text, "url": url_of(title), "revid": 7, "aliases": []} for title, text in ARTICLES.items()]
     sources = source_texts(pages, UNSEEN)
     texts = {source["title"]: source["text"] for source in sources}
@@ -207,37 +207,41 @@ def fits_1024(fmt):
     return lambda question, answer: len(fmt.encode_example(question, answer).input_ids) <= 1024
 
 
-def test_open_book_asks_trained_facts_over_their_own_passage_never_a_probed_fact_nor_an_eval_article(corpus):
+def open_book_question(row: dict) -> str:
+    """The question of an open-book row: the end of its user turn (retrieval.render_open_book)."""
+    return row["instruction"].rpartition("\n\n質問：")[2]
+
+
+def test_open_book_asks_each_trained_fact_over_its_own_passage_by_a_question_no_probe_holds(corpus):
     passages, facts, sources, fmt = corpus
     closed, (splits, stats) = raft_splits(corpus, 1.0)
-    books = [row for row in splits["train"] if row["kind"].startswith("open_book")]
-    asked = {open_book_question(row): row for row in books}
-    once = {fact[4]: fact for fact in ASKED_ONCE}
-    # every fact asked one way is asked open-book (ratio 1), instead of closed-book; the probed facts are not
-    assert stats.facts == len(ASKED_ONCE) + len(FACTS_OF) - len(UNSEEN) and stats.held_out == len(FACTS_OF) - len(UNSEEN)
-    assert set(asked) == set(once) and len(books) == len(ASKED_ONCE) - stats.no_distractor - stats.too_long
-    assert stats.no_distractor == stats.too_long == 0
-    probes = {row["instruction"] for row in splits["eval_known"]}
-    assert probes and probes == {row["instruction"] for row in closed["eval_known"]}
-    assert not probes & set(asked) and not any(title in UNSEEN for title in (row["title"] for row in books))
-    closed_book = {row["instruction"] for row in splits["train"] if row["kind"] == "synthesized"}
-    assert closed_book == {row["instruction"] for row in closed["train"] if row["kind"] == "synthesized"} - set(once)
-    taught = [question for title, *_, questions in FACTS_OF if title not in UNSEEN for question in questions]
-    assert {question for question in taught if question not in probes} <= closed_book  # the probed facts still train
-    for question, row in asked.items():
-        title, evidence, short, answer, _ = once[question]
+    books = splits["train"][len(closed["train"]):]
+    assert splits["train"][:len(closed["train"])] == closed["train"]  # every closed-book row stays
+    assert books and all(row["kind"] in ("open_book", "open_book_absent") for row in books)
+    assert (splits["eval"], splits["eval_known"]) == (closed["eval"], closed["eval_known"])
+    probes = {row["instruction"] for row in closed["eval_known"]}
+    trained = [fact for fact in facts if fact.passage.title not in UNSEEN]
+    assert sum(bool(probes & set(fact.questions)) for fact in trained) == len(FACTS_OF) - len(UNSEEN)
+
+    # ratio 1: every trained fact asked once, a probed one by its other question; never a fact of an eval article
+    assert stats.facts == len(trained) and stats.no_distractor == stats.too_long == stats.held_out == 0
+    questions = [next(question for question in fact.questions if question not in probes) for fact in trained]
+    assert [open_book_question(row) for row in books] == questions
+    for fact, row in zip(trained, books):
         shown = shown_passages(row["instruction"])
         if row["kind"] == "open_book":
             [number] = parse_citations(row["response"])
             heading, text = shown[number - 1]
-            assert heading == title and evidence in text and row["response"].startswith(answer[:-1])
+            assert heading == fact.passage.title and fact.evidence in text
+            assert row["response"] == with_citation(fact.answer, number)
         else:
-            assert row["response"] == NOT_FOUND and not any(short in text for _, text in shown)
+            assert row["response"] == NOT_FOUND
+            assert not any(fact.short_answer in text or heading.startswith(fact.passage.title) for heading, text in shown)
     assert {row["kind"] for row in books} == {"open_book", "open_book_absent"}
     unseen = [sentence for source in sources if source["split"] == "eval" for sentence in split_sentences(source["text"])
               if len(sentence.strip()) >= 8]
-    trained = "".join(row["instruction"] + row["response"] for row in splits["train"])
-    assert unseen and not [sentence for sentence in unseen if sentence.strip() in trained]
+    shown_text = "".join(row["instruction"] + row["response"] for row in splits["train"])
+    assert unseen and not [sentence for sentence in unseen if sentence.strip() in shown_text]
 
 
 def test_open_book_takes_its_share_and_none_at_zero(corpus):
