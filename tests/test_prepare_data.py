@@ -330,42 +330,54 @@ def test_a_category_with_nothing_to_crawl_is_bad_input_not_a_retry(tmp_path, tok
 # Open book (RAFT)
 
 
+def open_book_summary(stdout: str, ratio: str) -> dict[str, int]:
+    found = re.search(r"open book: (?P<examples>\d+) examples \((?P<cited>\d+) with the fact's passage, (?P<absent>\d+) "
+                      r"with distractors only\) for (?P<share>\d+)% of (?P<facts>\d+) trained facts \(--open_book_ratio "
+                      rf"{ratio}\); chosen but not made: (?P<too_long>\d+) too long, (?P<no_distractor>\d+) without", stdout)
+    assert found, stdout
+    return {name: int(value) for name, value in found.groupdict().items()}
+
+
 def test_open_book_ratio_asks_a_share_of_the_trained_facts_open_book_citing_their_passage(
         tmp_path, tokenizer_dir, capsys, monkeypatch, fmt, reference_tokenizer):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    common = ("--eval_ratio", "0.3", "--titles", "ヨグ＝ソトース")
+    outputs, asked = {}, []
     with MediaWikiServer(cthulhu_wiki()) as wiki, OpenAIServer() as writer:
-        code, closed_out, _ = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, *common, max_tokens=1024),
-                                      *writer_arguments(writer))
-        assert code == 0
-        asked = len(writer.requests)
-        code, stdout, _ = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, *common, max_tokens=1024),
-                                  "--out_dir", tmp_path / "open", "--open_book_ratio", "0.5", *writer_arguments(writer))
-        assert code == 0 and len(writer.requests) == asked  # the writer's answers come from the cache
-    closed, out = tmp_path / "out", tmp_path / "open"
-    assert "open book: none (--open_book_ratio 0.0)" in closed_out
-    baseline, train = read_jsonl(closed / "train.jsonl"), read_jsonl(out / "train.jsonl")
-    for split in ("eval", "eval_known", "source_texts"):  # only train.jsonl changes
-        assert (out / f"{split}.jsonl").read_bytes() == (closed / f"{split}.jsonl").read_bytes()
+        for ratio in ("0", "0.5", "1"):
+            code, stdout, _ = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, "--eval_ratio", "0.3", "--titles",
+                                                         "ヨグ＝ソトース", "--open_book_ratio", ratio, max_tokens=1024),
+                                      "--out_dir", tmp_path / ratio, *writer_arguments(writer))
+            assert code == 0
+            outputs[ratio] = stdout
+            asked.append(len(writer.requests))
+    assert asked[0] == asked[-1]  # the writer's answers come from the cache
+    closed, half, out = tmp_path / "0", tmp_path / "0.5", tmp_path / "1"
+    assert "open book: none (--open_book_ratio 0.0)" in outputs["0"]
+    baseline = read_jsonl(closed / "train.jsonl")
+    for folder in (half, out):
+        for split in ("eval", "eval_known", "source_texts"):  # only train.jsonl changes, and only by the added rows
+            assert (folder / f"{split}.jsonl").read_bytes() == (closed / f"{split}.jsonl").read_bytes()
+        assert [row for row in read_jsonl(folder / "train.jsonl") if not row["kind"].startswith("open_book")] == baseline
+
+    # The share, said in the summary and the card: every trained fact chosen at 1, about half of them at 0.5.
+    everything, some = open_book_summary(outputs["1"], "1.0"), open_book_summary(outputs["0.5"], "0.5")
+    assert everything["examples"] + everything["too_long"] + everything["no_distractor"] == everything["facts"]
+    assert some["facts"] == everything["facts"] and 0 < some["examples"] < everything["examples"]
+    train = read_jsonl(out / "train.jsonl")
     books = [row for row in train if row["kind"].startswith("open_book")]
     cited = [row for row in books if row["kind"] == "open_book"]
     absent = [row for row in books if row["kind"] == "open_book_absent"]
-    assert cited and absent and len(cited) + len(absent) == len(books)
-
-    # The share, said in the summary and the card; every closed-book row stays.
-    facts = re.search(r"open book: (\d+) examples \((\d+) with the fact's passage, (\d+) with distractors only\) for "
-                      r"(\d+)% of (\d+) trained facts \(--open_book_ratio 0.5\)", stdout)
-    assert facts and [int(facts.group(n)) for n in (1, 2, 3)] == [len(books), len(cited), len(absent)]
-    share, trained_facts = int(facts.group(4)), int(facts.group(5))
-    assert share == round(100 * len(books) / trained_facts) and 0.15 <= len(books) / trained_facts <= 0.6
+    assert cited and absent and [everything[key] for key in ("examples", "cited", "absent")] == \
+        [len(books), len(cited), len(absent)]
+    assert everything["share"] == round(100 * len(books) / everything["facts"])
     synthesized = {normalize_question(row["instruction"]): row for row in baseline if row["kind"] == "synthesized"}
     questions = [normalize_question(open_book_question(row)) for row in books]
-    assert set(questions) <= set(synthesized) and len(set(questions)) == len(questions)
-    assert [row for row in train if not row["kind"].startswith("open_book")] == baseline
+    assert set(questions) <= set(synthesized) and len(set(questions)) == len(questions)  # each by a trained question
     card = (out / "README.md").read_text(encoding="utf-8")
     assert f"| open_book | {len(cited)} | 0 | 0 |" in card and f"| open_book_absent | {len(absent)} | 0 | 0 |" in card
-    assert f"## Open book (RAFT)\n\n{len(books)} rows of train.jsonl ({share}% of its {trained_facts} facts," in card
-    assert "- `open_book_ratio`: 0.5" in card
+    assert (f"## Open book (RAFT)\n\n{len(books)} rows of train.jsonl ({everything['share']}% of its "
+            f"{everything['facts']} facts,") in card
+    assert "- `open_book_ratio`: 1.0" in card
 
     # Each answer cites its own passage; one with distractors only says the passages do not state it.
     sources = {source["title"]: source for source in read_jsonl(out / "source_texts.jsonl")}
