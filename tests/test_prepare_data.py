@@ -408,6 +408,15 @@ def test_open_book_ratio_asks_a_share_of_the_trained_facts_open_book_citing_thei
     assert probes and not probes & set(questions)
 
 
+def test_open_book_ratio_without_a_writer_says_there_is_no_fact_to_ask(tmp_path, tokenizer_dir, capsys):
+    with MediaWikiServer(cthulhu_wiki()) as wiki:
+        code, stdout, stderr = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, "--open_book_ratio", "0.5"))
+    assert code == 0 and "--open_book_ratio 0.5: no facts to ask open-book (they come from the writer)" in stderr
+    assert "open book: none (--open_book_ratio 0.5)" in stdout
+    assert not [row for row in read_jsonl(tmp_path / "out/train.jsonl") if row["kind"].startswith("open_book")]
+    assert "## Open book" not in (tmp_path / "out/README.md").read_text(encoding="utf-8")
+
+
 def test_open_book_ratio_is_checked_before_anything_runs(tmp_path, tokenizer_dir, capsys):
     for extra, message in [(("--open_book_ratio", "1.5"), "--open_book_ratio must be in [0, 1], got 1.5"),
                            (("--open_book_ratio", "0.3", "--from_json", "old.json"), "not with --from_json")]:
