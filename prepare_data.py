@@ -36,6 +36,7 @@ from cthulhu_sft.dataset_card import (
     CARD_MARK,
     OLD_CARD_MARK,
     length_stats,
+    open_book_view,
     render_card,
 )
 from cthulhu_sft.examples import (
@@ -50,7 +51,16 @@ from cthulhu_sft.examples import (
 from cthulhu_sft.files import Busy, one_run_at_a_time, os_error_message, write_temporary
 from cthulhu_sft.format import MistralFormat, tokenizer_error
 from cthulhu_sft.legacy import converted_passages, read_legacy
-from cthulhu_sft.splits import SPLITS, alias_groups, known_probes, make_splits, source_texts, split_by_article
+from cthulhu_sft.retrieval import RaftStats
+from cthulhu_sft.splits import (
+    SPLITS,
+    alias_groups,
+    known_probes,
+    make_splits,
+    open_book,
+    source_texts,
+    split_by_article,
+)
 from cthulhu_sft.synth import (
     FACTS,
     FACTS_PROMPT,
@@ -140,6 +150,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--probe_ratio", type=float, default=0.2,
                       help="share of the sentences of a trained article without a fact to probe, asked as cloze probes in "
                            "eval_known.jsonl; 0: no eval_known (default: %(default)s)")
+    data.add_argument("--open_book_ratio", type=float, default=0.0,
+                      help="share of the trained facts also asked open-book (RAFT): over their own passage among "
+                           "passages retrieved from the crawled articles, citing it, or over those alone, answering "
+                           "that they do not say; every fact still trains closed-book, so one adapter serves both "
+                           "ways; 0: none (default: %(default)s)")
     data.add_argument("--seed", type=int, default=42, help="question wording and splits (default: %(default)s)")
     qa = parser.add_argument_group("facts and rewrites written by a model, checked against the passage "
                                    "(an endpoint's key: OPENAI_API_KEY)")
@@ -181,6 +196,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     problems = [
         (not 0 <= args.eval_ratio < 1, f"--eval_ratio must be in [0, 1), got {args.eval_ratio}"),
         (not 0 <= args.probe_ratio < 1, f"--probe_ratio must be in [0, 1), got {args.probe_ratio}"),
+        (not 0 <= args.open_book_ratio <= 1, f"--open_book_ratio must be in [0, 1], got {args.open_book_ratio}"),
+        (args.open_book_ratio > 0 and args.from_json is not None,
+         "--open_book_ratio retrieves from crawled articles: not with --from_json"),
         (args.depth < 0, f"--depth must be >= 0, got {args.depth}"),
         (args.timeout <= 0 or args.max_retry_after < 0, "--timeout must be > 0 and --max_retry_after >= 0"),
         (args.max_page_chars < 1000, f"--max_page_chars must be at least 1000, got {args.max_page_chars}"),
@@ -438,6 +456,8 @@ def run(args) -> int:
     held_titles = split_by_article(titles, args.eval_ratio, args.seed)
     splits = make_splits(passages, facts, rewrites, held_titles, fits, probe_ratio=args.probe_ratio, seed=args.seed,
                          writer=getattr(report, "model", None) or args.qa_model, names=alias_groups(pages))
+    sources = source_texts(pages, held_titles)
+    splits, raft = with_open_book(splits, facts, sources, fmt, args)
     lengths = [example_length(fmt, r["instruction"], r["response"]) for rows in splits.values() for r in rows]
     assert max(lengths) <= args.max_tokens, "an example exceeds --max_tokens"
     if not splits["eval"]:
@@ -448,19 +468,19 @@ def run(args) -> int:
               "fact); train with --eval_file data/eval.jsonl, and the knowledge check has no known set",
               file=sys.stderr)
     texts = {f"{split}.jsonl": jsonl_text(rows) for split, rows in splits.items() if rows}  # no empty files
-    sources = source_texts(pages, held_titles)
     if sources:
         texts[SOURCE_TEXTS] = jsonl_text(sources)
     build.update({"seed": args.seed, "phrasings": args.phrasings, "eval_ratio": args.eval_ratio,
-                  "probe_ratio": args.probe_ratio, "max_tokens": args.max_tokens, "duplicates removed": stats.duplicates,
+                  "probe_ratio": args.probe_ratio, "open_book_ratio": args.open_book_ratio, "max_tokens": args.max_tokens,
+                  "duplicates removed": stats.duplicates,
                   "sentences dropped (too long, or pointing back)": stats.dropped_sentences,
                   "parts with no name to ask by": stats.unaskable_parts})
     used = [page for page in pages if page["title"] in set(titles)]
-    texts["README.md"] = render_card(args, splits, lengths, used, build, prompts and prompts.facts, report)
+    texts["README.md"] = render_card(args, splits, lengths, used, build, prompts and prompts.facts, report, raft)
     write_outputs(out_dir, texts)
 
     # 7. What was done, in numbers, and 8. publish.
-    summarize(args, splits, passages, stats, lengths, report, requests, len(pages) or len(titles))
+    summarize(args, splits, passages, stats, lengths, report, requests, len(pages) or len(titles), raft)
     print(f"wrote {', '.join(str(out_dir / name) for name in texts)} in {time.monotonic() - started:.1f}s")
     return push(out_dir, args) if args.push_to_hub else 0
 
@@ -482,6 +502,17 @@ def write_facts(args, passages, prompts, seen, fits):
     finally:
         writer.close()
         judge.close()
+
+
+def with_open_book(splits, facts, sources, fmt, args) -> tuple[dict, RaftStats | None]:
+    """Step 5's open book: --open_book_ratio of the trained facts asked over retrieved passages (splits.open_book)."""
+    if args.open_book_ratio <= 0:
+        return splits, None
+    if not facts:
+        print(f"warning: --open_book_ratio {args.open_book_ratio}: no facts to ask open-book (they come from the "
+              "writer), so no open-book examples", file=sys.stderr)
+        return splits, None
+    return open_book(splits, facts, sources, args.open_book_ratio, args.seed, fmt, args.max_tokens)
 
 
 def load_tokenizer(name: str) -> MistralFormat:
@@ -530,7 +561,7 @@ def hub_ready(args) -> bool:
     return True
 
 
-def summarize(args, splits, passages, stats, lengths, report, requests, articles: int) -> None:
+def summarize(args, splits, passages, stats, lengths, report, requests, articles: int, raft: RaftStats | None) -> None:
     counts = {split: Counter(r["kind"] for r in rows) for split, rows in splits.items()}
     titles = {split: len({r["title"] for r in rows}) for split, rows in splits.items()}
     print(f"articles: {articles} (train {titles['train']}, eval {titles['eval']})")
@@ -557,6 +588,14 @@ def summarize(args, splits, passages, stats, lengths, report, requests, articles
               f"{report.rewrites_kept} of {report.rewrites_offered}; rejected: {rejected}")
         if report.rewrite_error:
             print(f"rewrites: none, the writer failed at them ({report.rewrite_error}); run again to retry")
+    if raft is None:
+        print(f"open book: none (--open_book_ratio {args.open_book_ratio})")
+    else:
+        book = open_book_view(raft)
+        print(f"open book: {book['examples']} examples ({book['with_passage']} with the fact's passage, "
+              f"{book['distractors_only']} with distractors only) for {book['share']} of {book['facts']} trained facts "
+              f"(--open_book_ratio {args.open_book_ratio}); chosen but not made: {book['too_long']} too long, "
+              f"{book['no_distractor']} without a distractor")
     length = length_stats(lengths)
     print(f"tokens: min {length['min']}, median {length['median']}, p90 {length['p90']}, max {length['max']} "
           f"(limit {args.max_tokens}), total {length['total']}")

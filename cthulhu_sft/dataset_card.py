@@ -8,11 +8,13 @@ the set holds no model-written questions and what to pass to get them.
 
 import re
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import quote
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from .retrieval import NOT_FOUND, RaftStats
 from .splits import known_probes
 from .synth import REASONS
 
@@ -25,13 +27,14 @@ SIZE_CATEGORIES = ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (float
 
 
 def render_card(args, splits: dict[str, list[dict]], lengths: list[int], pages: list[dict], build: dict,
-                prompt: str | None, report) -> str:
+                prompt: str | None, report, open_book: RaftStats | None = None) -> str:
     """The card's text.
 
     args: prepare_data's options (from_json, phrasings, qa_model, tokenizer, max_tokens, api_url); splits: {split:
     rows}, in file order, an empty split has no file; lengths: every example's tokens; pages: the articles used
     (title, url, revid); build: the parameters listed; prompt and report: the writer's prompt and report (read
-    through REPORT_FIELDS), or None (or a report whose backend is "none") without a writer.
+    through REPORT_FIELDS), or None (or a report whose backend is "none") without a writer; open_book: what
+    --open_book_ratio (args.open_book_ratio) made, or None for no open-book examples.
     """
     card_data = DatasetCardData(
         license="cc-by-sa-4.0",
@@ -62,6 +65,7 @@ def render_card(args, splits: dict[str, list[dict]], lengths: list[int], pages: 
         parameters=build,
         pages=attribution_rows(args.api_url, pages),
         adapted_by_model=has_writer(report),
+        open_book=open_book and {**open_book_view(open_book), "ratio": args.open_book_ratio},
     )
     return card.content
 
@@ -112,6 +116,13 @@ def report_values(report) -> dict:
     if values["offered"] is None and values["kept"] is not None and values["rejected"] is not None:
         values["offered"] = values["kept"] + sum(values["rejected"].values())
     return values
+
+
+def open_book_view(stats: RaftStats) -> dict:
+    """What the card and the summary say of the open-book examples (retrieval.raft_examples' counts)."""
+    examples = stats.with_passage + stats.distractors_only
+    return {**asdict(stats), "examples": examples, "share": percent(examples / stats.facts if stats.facts else 0.0),
+            "not_found": NOT_FOUND}
 
 
 def percent(share) -> str:

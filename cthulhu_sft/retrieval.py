@@ -557,7 +557,7 @@ def raft_examples(facts: list[Fact], retriever: Retriever, ratio: float, seed: i
     compared as examples.normalize_question does) is skipped, and so is a fact of an article of the retriever's
     "eval" split (never trained); no distractor comes from such an article either. Every row fits `max_tokens`
     (the whole example); the rows are {"instruction", "response", "title", "source", "revid",
-    "kind": "open_book" | "open_book_absent"}.
+    "kind": "open_book" | "open_book_absent", "section"}.
     """
     held = {normalize_question(question) for question in held_out_questions}
     unseen = {article.title for article in retriever.articles if article.split == "eval"}
@@ -593,7 +593,7 @@ def raft_examples(facts: list[Fact], retriever: Retriever, ratio: float, seed: i
         stats.with_passage += not absent
         source = fact.passage
         rows.append({**row, "title": source.title, "source": source.source, "revid": source.revid,
-                     "kind": "open_book_absent" if absent else "open_book"})
+                     "kind": "open_book_absent" if absent else "open_book", "section": source.section})
     return rows, stats
 
 

@@ -12,6 +12,8 @@
   more) are asked by ONE of their questions, held out, while their other questions train; so every known
   probe asks a fact the training set teaches, in words it never saw. A trained article without such a probe
   (every article of a run without a writer) gets cloze probes of its sentences instead (examples.cloze_probes).
+* Open book (`open_book`, optional): about a share of the trained facts are also asked over their own passage
+  among retrieved distractors, or over distractors only (retrieval.raft_examples), by a question no probe holds.
 * Every fact and cloze row carries `answers`: its short answer and, when that names an article (its title,
   its subject or one of its aliases: redirects, English title, readings), every other name of that article that
   its question does not hold.
@@ -19,9 +21,11 @@
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 from cthulhu_sft.examples import Fact, Passage, clean_text, cloze_probes, normalize_question, subject_of
 from cthulhu_sft.metrics import match_form
+from cthulhu_sft.retrieval import Article, RaftStats, Retriever, raft_examples
 
 SPLITS = ("train", "eval", "eval_known")
 KNOWN_PROBES = 5  # facts of one trained article asked in eval_known at most
@@ -164,3 +168,24 @@ def source_texts(pages: list[dict], held_titles: set[str]) -> list[dict]:
     return [{"title": p["title"], "text": clean_text(p["text"] or ""), "source": p["url"], "revid": p["revid"],
              "split": "eval" if p["title"] in held_titles else "train", "aliases": p.get("aliases") or []}
             for p in pages if (p["text"] or "").strip()]
+
+
+def open_book(splits: dict[str, list[dict]], facts: list[Fact], sources: list[dict], ratio: float, seed: int, fmt,
+              max_tokens: int) -> tuple[dict[str, list[dict]], RaftStats]:
+    """The splits with about `ratio` of the trained facts also asked open-book (RAFT; retrieval.raft_examples).
+
+    Each chosen fact is asked by its first question that no eval_known probe holds, over its own passage among
+    distractors that a retriever over `sources` (source_texts() rows) finds for it, answered with a citation of
+    that passage, or over distractors only, answered retrieval.NOT_FOUND. Every closed-book row stays: a probe
+    still asks a fact that train.jsonl teaches closed-book, in words it never saw. No fact of an eval article is
+    asked, and no eval article's text is ever shown (its source row's split is "eval").
+    """
+    articles = [Article(s["title"], s["text"], s["source"], s["revid"], s["aliases"], s["split"]) for s in sources]
+    unseen = {article.title for article in articles if article.split == "eval"}
+    probes = [probe["instruction"] for probe in splits["eval_known"]]
+    held = {normalize_question(question) for question in probes}
+    askable = [replace(fact, questions=[q for q in fact.questions if normalize_question(q) not in held]) for fact in facts
+               if fact.passage.title not in unseen]
+    rows, stats = raft_examples([fact for fact in askable if fact.questions], Retriever.build(articles), ratio, seed,
+                                probes, fmt, max_tokens)
+    return {**splits, "train": splits["train"] + rows}, stats

@@ -8,6 +8,7 @@ import pytest
 from huggingface_hub import DatasetCard
 
 from cthulhu_sft.dataset_card import CARD_MARK, length_stats, render_card
+from cthulhu_sft.retrieval import NOT_FOUND, RaftStats
 from cthulhu_sft.synth import REASONS
 
 API_URL = "https://ja.wikipedia.org/w/api.php"
@@ -111,3 +112,18 @@ def test_size_category_and_length_statistics():
     assert DatasetCard(text).data.size_categories == ["10K<n<100K"]
     assert "min 0, median 0, p90 0, max 0, total 0" in text and "rewritten as question" not in text
     assert length_stats(list(range(1, 11))) == {"min": 1, "median": 5, "p90": 10, "max": 10, "total": 55}
+
+
+def test_open_book_examples_are_counted_with_the_distractor_only_ones_and_said_nowhere_without_them():
+    splits = {"train": rows(6, "recitation", 3) + rows(5, "synthesized") + rows(3, "open_book") + rows(1, "open_book_absent"),
+              "eval": [], "eval_known": rows(2, "synthesized")}
+    stats = RaftStats(facts=10, chosen=6, with_passage=3, distractors_only=1, held_out=0, too_long=1, no_distractor=2)
+    text = render_card(options(open_book_ratio=0.5), splits, [5], PAGES, {}, "p", writer_report(), stats)
+    assert "| open_book | 3 | 0 | 0 |\n| open_book_absent | 1 | 0 | 0 |" in text
+    flat = " ".join(text.split())  # the paragraph's words, whatever its line breaks
+    assert "## Open book (RAFT) 4 rows of train.jsonl (40% of its 10 facts, `--open_book_ratio 0.5`) also ask a fact" in flat
+    assert "question. 3 show the fact's own passage among those retrieved" in flat
+    assert f"; 1 show retrieved passages only (none of the fact's article, none holding the answer), answered 「{NOT_FOUND}」" in flat
+    assert "Every fact still trains closed-book" in flat
+    assert "Chosen but not made: 1 (too long for 256 tokens), 2 (no other passage found)." in flat
+    assert "## Open book" not in render_card(options(open_book_ratio=0.0), splits, [5], PAGES, {}, "p", writer_report())

@@ -13,16 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, run_script
+from conftest import PYTHON, REPO, mistral_common_ids, run_script
 from hub_server import VALID_TOKEN, LoopbackHub, RefusingHub, wait_for
 from mediawiki_server import MediaWikiServer, cthulhu_wiki
 from openai_server import OpenAIServer, Reply, passage_writer
 from test_legacy import LEGACY
+from test_retrieval import shown_passages
+from test_splits import open_book_question
 
 import prepare_data
 from cthulhu_sft.data import load_records
-from cthulhu_sft.examples import normalize_question
+from cthulhu_sft.examples import normalize_question, split_sentences
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.metrics import match_form
+from cthulhu_sft.retrieval import NOT_FOUND, parse_citations, with_citation
 
 KEY = "sk-loopback-secret-0123456789"
 FIELDS = {"instruction", "response", "title", "source", "revid", "kind", "section"}
@@ -325,6 +329,110 @@ def test_a_category_with_nothing_to_crawl_is_bad_input_not_a_retry(tmp_path, tok
     assert code == 2 and message in stderr
     assert "run again to resume" not in stderr and "no article had text" not in stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Open book (RAFT)
+
+
+def open_book_summary(stdout: str, ratio: str) -> dict[str, int]:
+    found = re.search(r"open book: (?P<examples>\d+) examples \((?P<cited>\d+) with the fact's passage, (?P<absent>\d+) "
+                      r"with distractors only\) for (?P<share>\d+)% of (?P<facts>\d+) trained facts \(--open_book_ratio "
+                      rf"{ratio}\); chosen but not made: (?P<too_long>\d+) too long, (?P<no_distractor>\d+) without", stdout)
+    assert found, stdout
+    return {name: int(value) for name, value in found.groupdict().items()}
+
+
+def test_open_book_ratio_asks_a_share_of_the_trained_facts_open_book_citing_their_passage(
+        tmp_path, tokenizer_dir, capsys, monkeypatch, fmt, reference_tokenizer):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    outputs, asked = {}, []
+    with MediaWikiServer(cthulhu_wiki()) as wiki, OpenAIServer() as writer:
+        for ratio in ("0", "0.5", "1"):
+            code, stdout, _ = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, "--eval_ratio", "0.3", "--titles",
+                                                         "ヨグ＝ソトース", "--open_book_ratio", ratio, max_tokens=1024),
+                                      "--out_dir", tmp_path / ratio, *writer_arguments(writer))
+            assert code == 0
+            outputs[ratio] = stdout
+            asked.append(len(writer.requests))
+    assert asked[0] == asked[-1]  # the writer's answers come from the cache
+    closed, half, out = tmp_path / "0", tmp_path / "0.5", tmp_path / "1"
+    assert "open book: none (--open_book_ratio 0.0)" in outputs["0"]
+    baseline = read_jsonl(closed / "train.jsonl")
+    for folder in (half, out):
+        for split in ("eval", "eval_known", "source_texts"):  # only train.jsonl changes, and only by the added rows
+            assert (folder / f"{split}.jsonl").read_bytes() == (closed / f"{split}.jsonl").read_bytes()
+        assert [row for row in read_jsonl(folder / "train.jsonl") if not row["kind"].startswith("open_book")] == baseline
+
+    # The share, said in the summary and the card: every trained fact chosen at 1, about half of them at 0.5.
+    everything, some = open_book_summary(outputs["1"], "1.0"), open_book_summary(outputs["0.5"], "0.5")
+    assert everything["examples"] + everything["too_long"] + everything["no_distractor"] == everything["facts"]
+    assert some["facts"] == everything["facts"] and 0 < some["examples"] < everything["examples"]
+    train = read_jsonl(out / "train.jsonl")
+    books = [row for row in train if row["kind"].startswith("open_book")]
+    cited = [row for row in books if row["kind"] == "open_book"]
+    absent = [row for row in books if row["kind"] == "open_book_absent"]
+    assert cited and absent and [everything[key] for key in ("examples", "cited", "absent")] == \
+        [len(books), len(cited), len(absent)]
+    assert everything["share"] == round(100 * len(books) / everything["facts"])
+    synthesized = {normalize_question(row["instruction"]): row for row in baseline if row["kind"] == "synthesized"}
+    questions = [normalize_question(open_book_question(row)) for row in books]
+    assert set(questions) <= set(synthesized) and len(set(questions)) == len(questions)  # each by a trained question
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert f"| open_book | {len(cited)} | 0 | 0 |" in card and f"| open_book_absent | {len(absent)} | 0 | 0 |" in card
+    assert (f"## Open book (RAFT)\n\n{len(books)} rows of train.jsonl ({everything['share']}% of its "
+            f"{everything['facts']} facts,") in card
+    assert "- `open_book_ratio`: 1.0" in card
+
+    # Each answer cites its own passage; one with distractors only says the passages do not state it.
+    sources = {source["title"]: source for source in read_jsonl(out / "source_texts.jsonl")}
+    for row in books:
+        shown = shown_passages(row["instruction"])
+        ids = fmt.encode_example(row["instruction"], row["response"]).input_ids  # what training reads
+        assert ids == mistral_common_ids(reference_tokenizer, [{"role": "user", "content": row["instruction"]},
+                                                               {"role": "assistant", "content": row["response"]}])
+        assert shown and len(ids) <= 1024 and FIELDS <= set(row) and row["source"] == sources[row["title"]]["source"]
+        if row["kind"] == "open_book":
+            [number] = parse_citations(row["response"])
+            heading, text = shown[number - 1]
+            assert heading == "／".join(filter(None, [row["title"], row["section"]]))
+            assert match_form(text) in match_form(sources[row["title"]]["text"])
+            answer = synthesized[normalize_question(open_book_question(row))]["response"]
+            assert row["response"] == with_citation(answer, number)
+            assert match_form(answer) in match_form(text)  # the stand-in writer's answers are sentences of the passage
+        else:
+            assert row["response"] == NOT_FOUND
+            assert not any(heading.startswith(row["title"]) for heading, _ in shown)
+
+    # Nothing of an eval article is shown, and no held-out probe is asked open-book.
+    unseen = [source["text"] for source in sources.values() if source["split"] == "eval"]
+    sentences = [s.strip() for text in unseen for s in split_sentences(text) if len(s.strip()) >= 8]
+    trained_text = "\n".join(row["instruction"] + "\n" + row["response"] for row in train)
+    assert sentences and not [sentence for sentence in sentences if sentence in trained_text]
+    probes = {normalize_question(row["instruction"]) for row in read_jsonl(out / "eval_known.jsonl")}
+    assert probes and not probes & set(questions)
+
+
+def test_open_book_ratio_without_a_writer_says_there_is_no_fact_to_ask(tmp_path, tokenizer_dir, capsys):
+    with MediaWikiServer(cthulhu_wiki()) as wiki:
+        code, stdout, stderr = prepare(capsys, *arguments(wiki, tmp_path, tokenizer_dir, "--open_book_ratio", "0.5"))
+    assert code == 0 and "--open_book_ratio 0.5: no facts to ask open-book (they come from the writer)" in stderr
+    assert "open book: none (--open_book_ratio 0.5)" in stdout
+    assert not [row for row in read_jsonl(tmp_path / "out/train.jsonl") if row["kind"].startswith("open_book")]
+    assert "## Open book" not in (tmp_path / "out/README.md").read_text(encoding="utf-8")
+
+
+def test_open_book_ratio_is_checked_before_anything_runs(tmp_path, tokenizer_dir, capsys):
+    for extra, message in [(("--open_book_ratio", "1.5"), "--open_book_ratio must be in [0, 1], got 1.5"),
+                           (("--open_book_ratio", "0.3", "--from_json", "old.json"), "not with --from_json")]:
+        with pytest.raises(SystemExit) as stopped:
+            prepare_data.main(["--tokenizer", str(tokenizer_dir), "--out_dir", str(tmp_path / "out"), *extra])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prepare_data.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"--open_book_ratio OPEN_BOOK_RATIO share of the trained facts also asked open-book .* every fact "
+                     r"still trains closed-book, so one adapter serves both ways; 0: none \(default: 0.0\)", help_text)
 
 
 # ---------------------------------------------------------------------------------------------------

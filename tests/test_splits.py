@@ -3,13 +3,19 @@
 Runs of the whole script are in test_prepare_data; these build the splits from hand-made passages and facts.
 """
 
-from cthulhu_sft.examples import Fact, Passage, normalize_question
+import pytest
+from test_retrieval import ARTICLES, FACTS_OF, shown_passages, url_of
+
+from cthulhu_sft.examples import Fact, Passage, normalize_question, split_sentences
+from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.retrieval import NOT_FOUND, parse_citations, with_citation
 from cthulhu_sft.splits import (
     KNOWN_PROBES,
     accepted,
     alias_groups,
     known_probes,
     make_splits,
+    open_book,
     source_texts,
     split_by_article,
 )
@@ -146,3 +152,102 @@ def test_source_texts_carry_each_articles_split_and_aliases_and_a_page_without_t
     assert source_texts(pages, {"ハスター"}) == [
         {"title": "クトゥルフ", "text": "クトゥルフは神格である。", "source": "u1", "revid": 1, "split": "train", "aliases": ["Cthulhu"]},
         {"title": "ハスター", "text": "ハスターは神格である。", "source": "u2", "revid": 2, "split": "eval", "aliases": []}]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Open book (RAFT), over the written corpus of test_retrieval
+
+ASKED_ONCE = [  # (title, evidence, short answer, answer, question): facts asked one way, never probed
+    ("クトゥルフ", "1928年に雑誌『ウィアード・テイルズ』に掲載された", "1928年", "1928年に掲載されました。",
+     "「クトゥルフの呼び声」が雑誌に載ったのは何年ですか？"),
+    ("ルルイエ", "都市は緑色の巨石で築かれ", "緑色の巨石", "緑色の巨石で築かれています。", "ルルイエの都市は何で築かれていますか？"),
+    ("ネクロノミコン", "950年にテオドラス・フィレタスがギリシャ語に翻訳し", "テオドラス・フィレタス",
+     "テオドラス・フィレタスです。", "ネクロノミコンをギリシャ語に訳した人物は？"),
+    ("アブドゥル・アルハザード", "イエメンのサヌアの出身", "サヌア", "イエメンのサヌアの出身です。", "アブドゥル・アルハザードの出身地は？"),
+    ("ニャルラトホテプ", "「這い寄る混沌」の異名", "這い寄る混沌", "「這い寄る混沌」です。", "ニャルラトホテプの異名は何ですか？"),
+    ("ヨグ＝ソトース", "虹色に輝く球体の集まり", "虹色に輝く球体", "虹色に輝く球体の集まりとして描かれます。",
+     "ヨグ＝ソトースの姿はどう描かれますか？"),
+    ("ダゴン (クトゥルフ神話)", "配偶者のハイドラ", "ハイドラ", "ハイドラです。", "ダゴンの配偶者の名前は？"),
+    ("インスマスを覆う影", "1936年に単行本として出版された", "1936年", "1936年です。", "『インスマスを覆う影』が単行本になったのは何年ですか？"),
+    ("ミスカトニック大学", "マサチューセッツ州アーカムに所在する", "マサチューセッツ州アーカム", "マサチューセッツ州アーカムにあります。",
+     "ミスカトニック大学はどこにありますか？"),
+    ("狂気の山脈にて", "ミスカトニック大学の地質学者ダイアー", "ダイアー", "ダイアーです。", "『狂気の山脈にて』の探検隊を率いた地質学者は？"),
+    ("ハワード・フィリップス・ラヴクラフト", "1890年にロードアイランド州プロビデンスで生まれ", "プロビデンス", "プロビデンスで生まれました。",
+     "ラヴクラフトが生まれた町は？"),
+    ("クトゥルフ神話", "体系化したのはオーガスト・ダーレス", "オーガスト・ダーレス", "オーガスト・ダーレスです。",
+     "クトゥルフ神話を体系化した作家は？"),
+]
+UNSEEN = {"ショゴス", "アーカム"}  # eval articles: FACTS_OF has a fact of each
+
+
+@pytest.fixture(scope="module")
+def corpus(tokenizer_dir):
+    """(passages, facts, source rows, the tokenizer) of test_retrieval's articles; FACTS_OF's facts are asked two ways
+    (so each is probed), ASKED_ONCE's one way."""
+    pages = [{"title": title, "text": text, "url": url_of(title), "revid": 7, "aliases": []} for title, text in ARTICLES.items()]
+    sources = source_texts(pages, UNSEEN)
+    texts = {source["title"]: source["text"] for source in sources}
+    passages, facts = {}, []
+    for title, evidence, short, answer, questions in FACTS_OF + [(*fact[:4], [fact[4]]) for fact in ASKED_ONCE]:
+        section = next(part for part in texts[title].split("\n\n") if evidence in part)
+        key = (title, section.split("\n")[-1])
+        passages.setdefault(key, Passage(title, title, "", key[1], [f"{title}について、この文を教えてください{len(passages)}。"],
+                                         url_of(title), 7))
+        facts.append(Fact(passages[key], evidence, short, answer, questions))
+    return list(passages.values()), facts, sources, MistralFormat.from_pretrained(str(tokenizer_dir))
+
+
+def raft_splits(corpus, ratio):
+    passages, facts, sources, fmt = corpus
+    splits = make_splits(passages, facts, [], UNSEEN, fits_1024(fmt), probe_ratio=0.2, seed=0, writer="w-7b")
+    return splits, open_book(splits, facts, sources, ratio, 0, fmt, 1024)
+
+
+def fits_1024(fmt):
+    return lambda question, answer: len(fmt.encode_example(question, answer).input_ids) <= 1024
+
+
+def open_book_question(row: dict) -> str:
+    """The question of an open-book row: the end of its user turn (retrieval.render_open_book)."""
+    return row["instruction"].rpartition("\n\n質問：")[2]
+
+
+def test_open_book_asks_each_trained_fact_over_its_own_passage_by_a_question_no_probe_holds(corpus):
+    passages, facts, sources, fmt = corpus
+    closed, (splits, stats) = raft_splits(corpus, 1.0)
+    books = splits["train"][len(closed["train"]):]
+    assert splits["train"][:len(closed["train"])] == closed["train"]  # every closed-book row stays
+    assert books and all(row["kind"] in ("open_book", "open_book_absent") for row in books)
+    assert (splits["eval"], splits["eval_known"]) == (closed["eval"], closed["eval_known"])
+    probes = {row["instruction"] for row in closed["eval_known"]}
+    trained = [fact for fact in facts if fact.passage.title not in UNSEEN]
+    assert sum(bool(probes & set(fact.questions)) for fact in trained) == len(FACTS_OF) - len(UNSEEN)
+
+    # ratio 1: every trained fact asked once, a probed one by its other question; never a fact of an eval article
+    assert stats.facts == len(trained) and stats.no_distractor == stats.too_long == stats.held_out == 0
+    questions = [next(question for question in fact.questions if question not in probes) for fact in trained]
+    assert [open_book_question(row) for row in books] == questions
+    for fact, row in zip(trained, books):
+        shown = shown_passages(row["instruction"])
+        if row["kind"] == "open_book":
+            [number] = parse_citations(row["response"])
+            heading, text = shown[number - 1]
+            assert heading == fact.passage.title and fact.evidence in text
+            assert row["response"] == with_citation(fact.answer, number)
+        else:
+            assert row["response"] == NOT_FOUND
+            assert not any(fact.short_answer in text or heading.startswith(fact.passage.title) for heading, text in shown)
+    assert {row["kind"] for row in books} == {"open_book", "open_book_absent"}
+    unseen = [sentence for source in sources if source["split"] == "eval" for sentence in split_sentences(source["text"])
+              if len(sentence.strip()) >= 8]
+    shown_text = "".join(row["instruction"] + row["response"] for row in splits["train"])
+    assert unseen and not [sentence for sentence in unseen if sentence.strip() in shown_text]
+
+
+def test_open_book_takes_its_share_and_none_at_zero(corpus):
+    closed, (splits, stats) = raft_splits(corpus, 0.0)
+    assert splits == closed and stats.chosen == 0
+    _, (splits, stats) = raft_splits(corpus, 0.5)
+    books = [row for row in splits["train"] if row["kind"].startswith("open_book")]
+    assert 3 <= len(books) <= 9 and len(books) == stats.with_passage + stats.distractors_only
+    assert raft_splits(corpus, 0.5)[1][0] == splits  # the same rows on every run
