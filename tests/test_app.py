@@ -291,7 +291,7 @@ def test_open_book_answer_is_generated_from_the_passages_and_lists_them(app, tun
                                                                         serving_reference_tokenizer):
     retriever = open_retriever(open_book_texts(tmp_path))
     chat, chats = app.ChatApp(tuned, fmt, app.Support(), "title", DecodingArguments(), retriever=retriever), app.empty_chats()
-    *_, last = chat.respond(OPEN_BOOK_QUESTION, chats, False, 0, 0.9, 12, True)
+    list(chat.respond(OPEN_BOOK_QUESTION, chats, False, 0, 0.9, 12, True))
     turn, shown = open_book_prompt(OPEN_BOOK_QUESTION, retriever.search(OPEN_BOOK_QUESTION), fmt)
     history = chats["adapter"]["history"]
     assert history[0] == user(turn) and shown[0].title == "ネクロノミコン"
@@ -303,9 +303,24 @@ def test_open_book_answer_is_generated_from_the_passages_and_lists_them(app, tun
     assert answer_shown["content"].endswith(app.sources_html(shown, expected.text))
     assert f'href="{html.escape(NECRONOMICON_REVISION)}"' in answer_shown["content"]
     # Closed book again: the plain question, no sources.
-    *_, last = chat.respond(OPEN_BOOK_QUESTION, chats, False, 0, 0.9, 12, False)
+    list(chat.respond(OPEN_BOOK_QUESTION, chats, False, 0, 0.9, 12, False))
     assert chats["adapter"]["history"][2] == user(OPEN_BOOK_QUESTION)
     assert 'class="sources"' not in chats["adapter"]["shown"][-1]["content"]
+
+
+def test_open_book_compare_gives_both_columns_the_same_passages(app, tuned, fmt, tmp_path):
+    retriever = open_retriever(open_book_texts(tmp_path))
+    chat, chats = app.ChatApp(tuned, fmt, app.Support(), "title", DecodingArguments(), retriever=retriever), app.empty_chats()
+    list(chat.respond(OPEN_BOOK_QUESTION, chats, True, 0, 0.9, 4, True))
+    turn, shown = open_book_prompt(OPEN_BOOK_QUESTION, retriever.search(OPEN_BOOK_QUESTION), fmt)
+    assert chats["adapter"]["history"][0] == chats["base"]["history"][0] == user(turn)
+    assert all('class="sources"' in chats[side]["shown"][-1]["content"] for side in ("adapter", "base"))
+
+
+def test_open_book_without_a_retriever_is_a_message(app, tuned, fmt):
+    chats = app.empty_chats()
+    *_, (*_, status, box) = chat_app(app, tuned, fmt).respond(QUESTION, chats, False, 0, 0.9, 4, True)
+    assert "open book needs the source texts" in status and box == QUESTION and chats == app.empty_chats()
 
 
 def test_sources_are_escaped_linked_to_their_revision_and_attributed(app):
