@@ -2,6 +2,8 @@
 
     # on your machine: open http://127.0.0.1:7860
     python app.py --adapter output/cthulhu-mistral-7b-lora --load_in_8bit
+    # open book ticked from the start: answers from passages retrieved from data/source_texts.jsonl, with sources
+    python app.py --adapter output/cthulhu-mistral-7b-lora --load_in_8bit --open_book
     # on Colab: --share prints a public gradio.live link (Colab's own localhost is not reachable)
     python app.py --adapter output/cthulhu-mistral-7b-lora --load_in_8bit --share
     # as a Hugging Face Space, which runs `python app.py` with no arguments
@@ -12,6 +14,13 @@ prompt: the conversation so far, encoded as mistral-common does. Each column kee
 
 Compare: with the box ticked, the same question is also answered by the base model, i.e. the same loaded
 model with the adapter disabled (PEFT's disable_adapter), so memory holds one copy of the base.
+
+Open book: with the box ticked, each question's top --top_k passages of the source texts (cthulhu_sft/retrieval.py,
+BM25; the index is built once and cached beside the file) go into its user turn, numbered, and the model is asked
+to answer from them citing [1], [2]. Under the answer the page lists the passages it was shown, the cited ones
+marked, each linked to the Wikipedia revision that was crawled, with its CC BY-SA 4.0 attribution. The history
+keeps each turn as the model saw it. The box is off (and greyed) when there are no source texts; --open_book
+ticks it at start and stops the start when they are missing.
 
 Support marking: key terms (cthulhu_sft/metrics.py, as evaluate.py counts them) of an answer that appear
 nowhere in the support texts are marked. The support texts are the crawled articles (--source_texts) and the
@@ -42,6 +51,7 @@ from cthulhu_sft.config import (  # noqa: E402
     AdapterArguments,
     DecodingArguments,
     LoadArguments,
+    OpenBookArguments,
     parse_script_args,
     sft_defaults,
 )
@@ -55,13 +65,16 @@ from cthulhu_sft.inference import (  # noqa: E402
     stream_answer,
 )
 from cthulhu_sft.metrics import KANJI, is_japanese, key_terms, normalize, unsupported_terms  # noqa: E402
+from cthulhu_sft.retrieval import open_book_prompt, open_retriever, parse_citations, revision_url  # noqa: E402
 
 ADAPTER_VARIABLE = "CTHULHU_ADAPTER"  # the adapter's Hub id on a Space, where no arguments can be given
 ARGS_VARIABLE = "CTHULHU_APP_ARGS"  # further arguments on a Space, e.g. "--load_in_8bit"
 MAX_SLIDER_TOKENS = 4096
 CHATBOT = dict(height=420, group_consecutive_messages=False, buttons=["copy", "copy_all"])  # no "share" to the Hub
 UPLOAD_ROUTE = "/gradio_api/upload"  # Gradio's file upload endpoint, which this page refuses (NoUploads)
-CSS = "mark.unsupported { background: #ffd5cc; color: inherit; border-bottom: 2px solid #d9381e; padding: 0 1px; }"
+CSS = ("mark.unsupported { background: #ffd5cc; color: inherit; border-bottom: 2px solid #d9381e; padding: 0 1px; }\n"
+       ".sources li.cited { font-weight: bold; }")
+LICENSE_URL = "https://creativecommons.org/licenses/by-sa/4.0/deed.ja"  # the crawled articles' licence (CC BY-SA 4.0)
 
 
 @dataclass
@@ -81,22 +94,40 @@ def parse_args(argv: list[str] | None = None):
     decoding flags (--temperature, --top_p, --max_new_tokens, --repetition_penalty, --seed) set the page's
     starting values."""
     argv = shlex.split(os.environ.get(ARGS_VARIABLE, "")) + (sys.argv[1:] if argv is None else argv)
-    parser, args = parse_script_args((AdapterArguments, LoadArguments, DecodingArguments, AppArguments), argv,
-                                     __doc__)
+    parser, args = parse_script_args(
+        (AdapterArguments, LoadArguments, DecodingArguments, OpenBookArguments, AppArguments), argv, __doc__)
     args.adapter = args.adapter or os.environ.get(ADAPTER_VARIABLE)
 
     # Everything that can be checked without a model is checked here, before minutes of loading.
     if not args.adapter:
         parser.error(f"give --adapter (a folder or Hub id) or set ${ADAPTER_VARIABLE}")
-    if problem := DecodingArguments.problem(args):
+    if problem := DecodingArguments.problem(args) or OpenBookArguments.problem(args):
         parser.error(problem)
     if args.port is not None and not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: not a port number")
     try:
-        args.support = read_support(*support_files(args))
+        source_texts, train_file = support_files(args)
+        args.support = read_support(source_texts, train_file)
+        args.retriever = open_book_retriever(source_texts, args.open_book)
     except DataError as error:
         parser.error(str(error))
     return args
+
+
+def open_book_retriever(source_texts: str | None, required: bool):
+    """The retriever of the source texts (built once, then cached beside them), or None without them; with
+    `required` (--open_book), their absence is an error saying how to make them."""
+    if source_texts is None:
+        if required:
+            raise DataError(f"--open_book: {SOURCE_TEXTS} not found; it retrieves from the crawled articles, which "
+                            "`python prepare_data.py` writes (or give --source_texts FILE)")
+        print("note: the open-book box is off: it needs the crawled articles (`python prepare_data.py`)",
+              file=sys.stderr)
+        return None
+    retriever = open_retriever(source_texts)
+    print(f"Open book: {len(retriever.passages)} passages of {len(retriever.articles)} articles in {source_texts}",
+          file=sys.stderr, flush=True)
+    return retriever
 
 
 def support_files(args) -> tuple[str | None, str | None]:
@@ -201,6 +232,30 @@ def shown_answer(answer, support: Support) -> str:
     return shown
 
 
+def sources_html(shown: list, answer_text: str) -> str:
+    """The passages an open-book answer was given, numbered as in its prompt, the cited ones marked (class "cited"),
+    each linked to its Wikipedia revision, with the CC BY-SA 4.0 attribution. One HTML block (no blank line), so
+    that the chat's Markdown leaves it alone; every title and section is escaped."""
+    if not shown:
+        return "<small>資料 / sources: なし（質問と語を共有する資料がありません / no passage shares a word with the question）</small>"
+    cited = set(parse_citations(answer_text))
+    items = []
+    for number, hit in enumerate(shown, start=1):
+        heading = html.escape(f"{hit.title}／{hit.section}" if hit.section else hit.title)
+        url = revision_url(hit.url, hit.revid)
+        link = f'<a href="{html.escape(url)}" target="_blank">{heading}</a>' if url.startswith(("https://", "http://")) \
+            else heading
+        mark = "引用 / cited " if number in cited else ""
+        version = f"(版 {hit.revid})" if hit.revid is not None else ""
+        items.append(
+            f'<li class="source{" cited" if number in cited else ""}">[{number}] {mark}{link}<br>'
+            f"<small>出典: Wikipedia日本語版『{html.escape(hit.title)}』{version}、"
+            f'<a href="{LICENSE_URL}" target="_blank">CC BY-SA 4.0</a></small></li>'
+        )
+    return ('<div class="sources"><small>回答に渡した資料 / sources shown to the model（太字は回答が引用したもの / '
+            f'bold: cited）</small><ul>{"".join(items)}</ul></div>')
+
+
 def empty_chats() -> dict:
     """Per column: `history`, the conversation as the model sees it, and `shown`, the Chatbot's messages."""
     return {side: {"history": [], "shown": []} for side in ("adapter", "base")}
@@ -210,19 +265,27 @@ class ChatApp:
     """The page's state and handlers; `problem` is set when the model could not be loaded."""
 
     def __init__(self, model, fmt, support: Support, title: str, decoding: DecodingArguments,
-                 problem: str | None = None):
+                 problem: str | None = None, retriever=None, book: OpenBookArguments | None = None):
         self.model, self.fmt, self.support, self.title = model, fmt, support, title
         self.decoding, self.problem = decoding, problem
+        self.retriever, self.book = retriever, book or OpenBookArguments()
         self.lock = threading.Lock()  # one model: one answer at a time, whatever gradio's queue does
 
     def respond(self, question: str, chats: dict, compare: bool, temperature: float, top_p: float,
-                max_new_tokens: float):
-        """Streams the answers to `question`: the adapter's, then (compare) the base's. Yields the outputs
-        (adapter chat, base chat, chats, status, question box)."""
+                max_new_tokens: float, open_book: bool = False):
+        """Streams the answers to `question`: the adapter's, then (compare) the base's; open book, both from the
+        same retrieved passages. Yields the outputs (adapter chat, base chat, chats, status, question box)."""
         question = (question or "").strip()
-        if self.problem or not question:
-            yield self._outputs(chats, self.problem or "質問を入力してください。 / Type a question first.", question)
+        problem = self.problem or ("" if question else "質問を入力してください。 / Type a question first.")
+        if open_book and self.retriever is None:
+            problem = problem or "資料（記事本文）がないのでオープンブックは使えません / open book needs the source texts"
+        if problem:
+            yield self._outputs(chats, problem, question)
             return
+        turn, shown = question, []
+        if open_book:
+            turn, shown = open_book_prompt(question, self.retriever.search(question, top_k=self.book.top_k), self.fmt,
+                                           top_k=self.book.top_k)
         options = dict(
             temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens),
             repetition_penalty=self.decoding.repetition_penalty, seed=None,
@@ -230,7 +293,7 @@ class ChatApp:
         with self.lock:
             for side in ("adapter", "base") if compare else ("adapter",):
                 chat = chats[side]
-                conversation = chat["history"] + [{"role": "user", "content": question}]
+                conversation = chat["history"] + [{"role": "user", "content": turn}]
                 chat["shown"] += [{"role": "user", "content": html.escape(question)},
                                   {"role": "assistant", "content": ""}]
                 stream = stream_answer(self.model, self.fmt, conversation, side == "adapter", **options)
@@ -238,8 +301,13 @@ class ChatApp:
                     # closing(): when gradio cancels this handler (clear, stop), generation stops too
                     with closing(stream):
                         for text, answer in stream:
-                            shown = html.escape(text) if answer is None else shown_answer(answer, self.support)
-                            chat["shown"][-1]["content"] = shown
+                            if answer is None:
+                                content = html.escape(text)
+                            else:
+                                content = shown_answer(answer, self.support)
+                                if open_book:
+                                    content += "\n\n" + sources_html(shown, answer.text)
+                            chat["shown"][-1]["content"] = content
                             yield self._outputs(chats, "", "")
                 except Exception as error:  # shown in the page (e.g. out of memory); the details go to the log
                     traceback.print_exc()
@@ -276,6 +344,15 @@ class ChatApp:
                 clear = gr.Button("クリア / clear", elem_id="clear")
             compare = gr.Checkbox(label="比較: ベースモデル（アダプタ無効）の答えも並べる / compare with the base model",
                                   elem_id="compare")
+            open_book = gr.Checkbox(
+                label="オープンブック: 記事から探した資料を読んで答え、出典を示す / open book: answer from retrieved passages",
+                value=self.book.open_book and self.retriever is not None, interactive=self.retriever is not None,
+                elem_id="open-book",
+                info=f"質問ごとに上位 {self.book.top_k} 件の資料を渡します / the top {self.book.top_k} passages per question"
+                if self.retriever is not None else
+                f"記事本文（{SOURCE_TEXTS}）がないので使えません。`python prepare_data.py` で作れます / "
+                "needs the crawled articles",
+            )
             with gr.Accordion("生成の設定 / generation", open=True):
                 with gr.Row():
                     temperature = gr.Slider(0, 2, value=self.decoding.temperature, step=0.05, elem_id="temperature",
@@ -289,7 +366,8 @@ class ChatApp:
             outputs = [adapter_chat, base_chat, chats, status, question]
             answering = gr.on(
                 [question.submit, send.click], self.respond,
-                [question, chats, compare, temperature, top_p, max_new_tokens], outputs, show_progress="minimal",
+                [question, chats, compare, temperature, top_p, max_new_tokens, open_book], outputs,
+                show_progress="minimal",
             )
             # The chatbots' own clear icons too: the histories must never differ from what the page shows.
             gr.on([clear.click, compare.change, adapter_chat.clear, base_chat.clear], self.restart, compare, outputs,
@@ -355,7 +433,8 @@ def main(args) -> None:
     set_seed(args.seed)
     title = f"アダプタ / adapter: `{args.adapter}`" + (f" · ベース / base: `{args.base_model}`" if args.base_model else "")
     decoding = DecodingArguments(args.temperature, args.top_p, args.repetition_penalty, args.max_new_tokens, args.seed)
-    app = ChatApp(model, fmt, args.support, title, decoding, problem)
+    app = ChatApp(model, fmt, args.support, title, decoding, problem, retriever=args.retriever,
+                  book=OpenBookArguments(args.open_book, args.top_k))
     serve(app.page(), args.port, args.share)
 
 

@@ -14,8 +14,16 @@ model sees the ids it learned from. The base model comes from the adapter's adap
     python generate.py --adapter output/cthulhu-mistral --merge_to output/cthulhu-mistral-merged
     # the merged model then loads on its own
     python generate.py --base_model output/cthulhu-mistral-merged --prompt "ルルイエとは？"
+    # open book: each question's top passages of data/source_texts.jsonl go into its prompt; the answer cites them
+    python generate.py --adapter output/cthulhu-mistral --load_in_8bit --open_book --prompt "ルルイエはどこにある？"
 
 --temperature 0 is greedy decoding; the defaults (sft_config.yaml's sample_* settings) favour accuracy.
+
+Open book (--open_book): for every question (--prompt, each line of --prompts_file, each chat turn) the retriever
+(cthulhu_sft/retrieval.py, BM25 over --source_texts) finds the top --top_k passages; the user turn holds them,
+numbered, and asks for an answer from them citing [1], [2] (or 資料からは分かりません。). The answer is printed, then
+the passages shown, the cited ones starred, with their revision URLs; --output rows add "sources" and "cited". In
+the chat each turn keeps its passages in the history, as the model saw it.
 """
 
 import json
@@ -25,7 +33,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cthulhu_sft.config import AdapterArguments, DecodingArguments, LoadArguments, parse_script_args
+from cthulhu_sft.config import (
+    SOURCE_TEXTS,
+    AdapterArguments,
+    DecodingArguments,
+    LoadArguments,
+    OpenBookArguments,
+    parse_script_args,
+)
 from cthulhu_sft.data import DataError, read_prompts, write_jsonl_atomic
 from cthulhu_sft.inference import model_location_problem
 
@@ -36,17 +51,22 @@ class GenerateArguments:
 
     prompt: str | None = field(default=None, metadata={"help": "answer this one question and exit"})
     prompts_file: str | None = field(default=None, metadata={"help": "JSONL with an 'instruction' per line; needs --output"})
-    output: str | None = field(default=None, metadata={"help": "JSONL to write: each input line plus 'answer', 'stopped', 'new_tokens'"})
+    output: str | None = field(default=None, metadata={
+        "help": "JSONL to write: each input line plus 'answer', 'stopped', 'new_tokens' (and, open book, 'sources', "
+                "'cited')"})
     batch_size: int = field(default=8, metadata={"help": "prompts per batch for --prompts_file"})
     merge_to: str | None = field(default=None, metadata={"help": "merge the adapter into the base, save to this new folder, exit"})
     merge_dtype: str = field(default="bfloat16", metadata={"choices": ["bfloat16", "float16", "float32"],
                                                            "help": "dtype of the merged model"})
     show_prompt_ids: bool = field(default=False, metadata={"help": "print each prompt's token ids (JSON) to stderr"})
+    source_texts: str = field(default=SOURCE_TEXTS, metadata={
+        "help": "with --open_book: the crawled articles to retrieve from (prepare_data.py writes them; default: "
+                "%(default)s)"})
 
 
 def parse_args(argv=None):
-    parser, args = parse_script_args((AdapterArguments, LoadArguments, DecodingArguments, GenerateArguments), argv,
-                                     __doc__)
+    parser, args = parse_script_args(
+        (AdapterArguments, LoadArguments, DecodingArguments, OpenBookArguments, GenerateArguments), argv, __doc__)
     # Everything that can be checked without a model is checked here, before minutes of loading.
     if args.prompt is not None and args.prompts_file:
         parser.error("give --prompt or --prompts_file, not both")
@@ -56,7 +76,7 @@ def parse_args(argv=None):
         parser.error("--output goes with --prompts_file")
     if args.prompt is not None and not args.prompt.strip():
         parser.error("--prompt is empty")
-    problem = DecodingArguments.problem(args)
+    problem = DecodingArguments.problem(args) or OpenBookArguments.problem(args)
     if problem or args.batch_size < 1:
         parser.error(problem or "--batch_size must be >= 1")
     for value, what, adapter in ((args.adapter, "--adapter", True), (args.base_model, "--base_model", False)):
@@ -68,7 +88,7 @@ def parse_args(argv=None):
             parser.error("--merge_to needs --adapter")
         if args.load_in_8bit or args.load_in_4bit:
             parser.error("--merge_to merges into an unquantized copy of the base; drop --load_in_8bit/--load_in_4bit")
-        if args.prompt is not None or args.prompts_file:
+        if args.prompt is not None or args.prompts_file or args.open_book:
             parser.error("--merge_to only merges; run generate.py on the merged folder afterwards")
         if os.path.isdir(args.merge_to) and os.listdir(args.merge_to):
             parser.error(f"--merge_to {args.merge_to}: exists and is not empty")
@@ -78,7 +98,37 @@ def parse_args(argv=None):
             args.records = read_prompts(args.prompts_file)
         except DataError as error:
             parser.error(str(error))
+    args.retriever = open_book_retriever(parser, args.source_texts) if args.open_book else None
     return args
+
+
+def open_book_retriever(parser, source_texts: str):
+    """The retriever of `source_texts` (its index built once and cached beside it), before any model loads."""
+    from cthulhu_sft.retrieval import open_retriever
+
+    if not os.path.isfile(source_texts):
+        parser.error(f"--source_texts {source_texts}: file not found; --open_book retrieves from the crawled articles, "
+                     f"which `python prepare_data.py` writes to {SOURCE_TEXTS}")
+    try:
+        retriever = open_retriever(source_texts)
+    except DataError as error:
+        parser.error(str(error))
+    log(f"Open book: {len(retriever.passages)} passages of {len(retriever.articles)} articles in {source_texts}")
+    return retriever
+
+
+def print_sources(shown: list, answer_text: str) -> None:
+    """The passages the model was shown, numbered as in its prompt, the ones its answer cites starred."""
+    from cthulhu_sft.retrieval import parse_citations, revision_url
+
+    if not shown:
+        print("資料 / sources: なし（質問と語を共有する資料がありません / no passage shares a word with the question）")
+        return
+    cited = set(parse_citations(answer_text))
+    print("資料 / sources (* = 引用 / cited):")
+    for number, hit in enumerate(shown, start=1):
+        heading = f"{hit.title}／{hit.section}" if hit.section else hit.title
+        print(f"{'*' if number in cited else ' '} [{number}] {heading}  {revision_url(hit.url, hit.revid) or '-'}")
 
 
 def log(message: str) -> None:
@@ -118,16 +168,29 @@ def main(args) -> None:
         if args.show_prompt_ids:
             log("prompt ids: " + json.dumps(fmt.encode_prompt(conversation)))
 
+    def user_turn(question: str) -> tuple[str, list]:
+        """The user turn for a question, and the passages it shows (none when closed book)."""
+        if args.retriever is None:
+            return question, []
+        from cthulhu_sft.retrieval import open_book_prompt
+
+        hits = args.retriever.search(question, top_k=args.top_k)
+        return open_book_prompt(question, hits, fmt, top_k=args.top_k)
+
     # 3a. One prompt, streamed to stdout.
     if args.prompt is not None:
-        conversation = [{"role": "user", "content": args.prompt.strip()}]
+        content, shown = user_turn(args.prompt.strip())
+        conversation = [{"role": "user", "content": content}]
         show_prompt(conversation)
-        generate(model, fmt, [conversation], **sampling, seed=None, streamer=AnswerPrinter(fmt))
+        [answer] = generate(model, fmt, [conversation], **sampling, seed=None, streamer=AnswerPrinter(fmt))
+        if args.open_book:
+            print_sources(shown, answer.text)
         return
 
     # 3b. A file of prompts, in batches.
     if args.records is not None:
-        conversations = [[{"role": "user", "content": record["instruction"]}] for record in args.records]
+        turns = [user_turn(record["instruction"]) for record in args.records]
+        conversations = [[{"role": "user", "content": content}] for content, _ in turns]
         for conversation in conversations:
             show_prompt(conversation)
         with tqdm(total=len(conversations), desc="answers", unit="answer", file=sys.stderr) as bar:
@@ -136,8 +199,8 @@ def main(args) -> None:
             )
         rows = [
             {**{k: v for k, v in record.items() if k != "line"}, "answer": answer.text, "stopped": answer.stopped,
-             "new_tokens": len(answer.token_ids)}
-            for record, answer in zip(args.records, answers)
+             "new_tokens": len(answer.token_ids)} | (open_book_fields(shown, answer.text) if args.open_book else {})
+            for record, answer, (_, shown) in zip(args.records, answers, turns)
         ]
         write_jsonl_atomic(args.output, rows)
         stopped = sum(answer.stopped for answer in answers)
@@ -162,13 +225,23 @@ def main(args) -> None:
             history = []
             log("(history cleared)")
             continue
-        conversation = history + [{"role": "user", "content": line}]
+        content, shown = user_turn(line)
+        conversation = history + [{"role": "user", "content": content}]
         show_prompt(conversation)
         print("assistant> ", end="", flush=True)
         [answer] = generate(model, fmt, [conversation], **sampling, seed=None, streamer=printer)
         if not answer.stopped:
             log(f"(the answer was cut at --max_new_tokens {args.max_new_tokens})")
+        if args.open_book:
+            print_sources(shown, answer.text)
         history = conversation + [{"role": "assistant", "content": answer.text}]
+
+
+def open_book_fields(shown: list, answer_text: str) -> dict:
+    """An --output row's open-book fields: the passages shown (numbered from 1 in this order) and those cited."""
+    from cthulhu_sft.retrieval import parse_citations
+
+    return {"sources": [hit.as_json() for hit in shown], "cited": parse_citations(answer_text)}
 
 
 def merge_adapter(base: str | None, adapter: str, output_dir: str | os.PathLike, dtype: str = "bfloat16",

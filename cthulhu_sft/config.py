@@ -239,6 +239,25 @@ class DecodingArguments:
         return None
 
 
+def default_top_k() -> int:
+    from cthulhu_sft.retrieval import DEFAULT_TOP_K  # imported late: retrieval imports this module
+
+    return DEFAULT_TOP_K
+
+
+@dataclass
+class OpenBookArguments:
+    """Open-book answers: the passages retrieved for each question go into its user turn (cthulhu_sft/retrieval.py)."""
+
+    open_book: bool = field(default=False, metadata={
+        "help": "answer from the passages retrieved for each question from --source_texts, citing them as [1], [2]"})
+    top_k: int = field(default_factory=default_top_k, metadata={
+        "help": "passages shown to the model per question, within the prompt's token budget (default: %(default)s)"})
+
+    def problem(self) -> str | None:
+        return f"--top_k must be at least 1, got {self.top_k}" if self.top_k < 1 else None
+
+
 def parse_script_args(dataclass_types: tuple, argv: list[str] | None, description: str):
     """The parser of generate.py, evaluate.py or app.py, and its arguments as one flat namespace (abbreviations
     are errors, as in training; `--load_in_8bit` alone means true)."""

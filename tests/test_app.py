@@ -1,8 +1,8 @@
 """app.py, the chat page: support marking and the page's handlers in-process, then the real CLI in Chromium.
 
 The browser tests start `python app.py` on the tiny random Mistral with a tiny adapter and drive the page with
-Playwright in Debian's chromium (nothing is downloaded). They save a screenshot of the page to
-output/test-artifacts/chat_page.png. The model is random: its answers are noise, full of Latin words that no
+Playwright in Debian's chromium (nothing is downloaded). They save screenshots of the page to
+output/test-artifacts/chat_page.png and open_book_page.png. The model is random: its answers are noise, full of Latin words that no
 support text contains, which is what the marking tests need.
 """
 
@@ -22,6 +22,7 @@ from cthulhu_sft.config import DecodingArguments
 from cthulhu_sft.format import MistralFormat
 from cthulhu_sft.inference import Generation, generate, load_model, stream_answer
 from cthulhu_sft.metrics import key_terms, normalize, unsupported_terms
+from cthulhu_sft.retrieval import Hit, open_book_prompt, open_retriever
 
 ARTIFACTS = REPO / "output" / "test-artifacts"
 QUESTION = "クトゥルフとは？"
@@ -269,6 +270,95 @@ def test_the_page_takes_no_uploads_and_gives_our_share_hint(app, capsys):
     assert "Running on local URL" in out and "start app.py with --share" in out and "share=True" not in out
 
 
+# --- open book ---------------------------------------------------------------------------------------------
+
+OPEN_BOOK_ARTICLES = {  # source_texts.jsonl rows as prepare_data.py writes them
+    "ネクロノミコン": (5001, "ネクロノミコンは架空の魔道書である。\n\n== 来歴 ==\n730年頃にダマスカスでアブドゥル・アルハザードが著した。"),
+    "ルルイエ": (5002, "ルルイエは、南太平洋の海底に沈んだ架空の都市である。都市は緑色の巨石で築かれている。"),
+    "ショゴス": (5003, "ショゴスは、古のものが造り出した不定形の生物である。「テケリ・リ」と鳴くという。"),
+}
+OPEN_BOOK_QUESTION = "ネクロノミコンを著したのは誰ですか？"
+NECRONOMICON_REVISION = "https://ja.wikipedia.org/w/index.php?title=%E3%83%8D%E3%82%AF%E3%83%AD%E3%83%8E%E3%83%9F%E3%82%B3%E3%83%B3&oldid=5001"
+
+
+def open_book_texts(tmp_path):
+    return write_jsonl(tmp_path / "source_texts.jsonl", [
+        {"title": title, "text": text, "source": f"https://ja.wikipedia.org/wiki/{title}", "revid": revid, "split": "train"}
+        for title, (revid, text) in OPEN_BOOK_ARTICLES.items()])
+
+
+def test_open_book_answer_is_generated_from_the_passages_and_lists_them(app, tuned, fmt, tmp_path,
+                                                                        serving_reference_tokenizer):
+    retriever = open_retriever(open_book_texts(tmp_path))
+    chat, chats = app.ChatApp(tuned, fmt, app.Support(), "title", DecodingArguments(), retriever=retriever), app.empty_chats()
+    list(chat.respond(OPEN_BOOK_QUESTION, chats, False, 0, 0.9, 12, True))
+    turn, shown = open_book_prompt(OPEN_BOOK_QUESTION, retriever.search(OPEN_BOOK_QUESTION), fmt)
+    history = chats["adapter"]["history"]
+    assert history[0] == user(turn) and shown[0].title == "ネクロノミコン"
+    assert fmt.encode_prompt(history[:1]) == mistral_common_ids(serving_reference_tokenizer, history[:1])
+    [expected] = generate(tuned, fmt, [[user(turn)]], temperature=0, max_new_tokens=12)
+    assert history[1]["content"] == expected.text
+    question_shown, answer_shown = chats["adapter"]["shown"]
+    assert question_shown["content"] == html.escape(OPEN_BOOK_QUESTION)  # the page shows the question, not the prompt
+    assert answer_shown["content"].endswith(app.sources_html(shown, expected.text))
+    assert f'href="{html.escape(NECRONOMICON_REVISION)}"' in answer_shown["content"]
+    # Closed book again: the plain question, no sources.
+    list(chat.respond(OPEN_BOOK_QUESTION, chats, False, 0, 0.9, 12, False))
+    assert chats["adapter"]["history"][2] == user(OPEN_BOOK_QUESTION)
+    assert 'class="sources"' not in chats["adapter"]["shown"][-1]["content"]
+
+
+def test_open_book_compare_gives_both_columns_the_same_passages(app, tuned, fmt, tmp_path):
+    retriever = open_retriever(open_book_texts(tmp_path))
+    chat, chats = app.ChatApp(tuned, fmt, app.Support(), "title", DecodingArguments(), retriever=retriever), app.empty_chats()
+    list(chat.respond(OPEN_BOOK_QUESTION, chats, True, 0, 0.9, 4, True))
+    turn, shown = open_book_prompt(OPEN_BOOK_QUESTION, retriever.search(OPEN_BOOK_QUESTION), fmt)
+    assert chats["adapter"]["history"][0] == chats["base"]["history"][0] == user(turn)
+    assert all('class="sources"' in chats[side]["shown"][-1]["content"] for side in ("adapter", "base"))
+
+
+def test_open_book_without_a_retriever_is_a_message(app, tuned, fmt):
+    chats = app.empty_chats()
+    *_, (*_, status, box) = chat_app(app, tuned, fmt).respond(QUESTION, chats, False, 0, 0.9, 4, True)
+    assert "open book needs the source texts" in status and box == QUESTION and chats == app.empty_chats()
+
+
+def test_sources_are_escaped_linked_to_their_revision_and_attributed(app):
+    shown = [Hit("<b>ルルイエ</b>", "特徴 & <i>外見</i>", "…", 7, "https://ja.wikipedia.org/wiki/ルルイエ"),
+             Hit("ショゴス", "", "…", None, "javascript:alert(1)")]
+    sources = app.sources_html(shown, "緑色の巨石です[1]。")
+    assert "<b>ルルイエ" not in sources and "<i>" not in sources and "&lt;b&gt;ルルイエ&lt;/b&gt;／特徴 &amp; &lt;i&gt;" in sources
+    assert '<li class="source cited">[1] 引用 / cited <a href="https://ja.wikipedia.org/w/index.php?title=' in sources
+    assert "&amp;oldid=7" in sources and "javascript:" not in sources  # only web links are links
+    assert ("出典: Wikipedia日本語版『&lt;b&gt;ルルイエ&lt;/b&gt;』(版 7)、"
+            '<a href="https://creativecommons.org/licenses/by-sa/4.0/deed.ja" target="_blank">CC BY-SA 4.0</a>') in sources
+    assert '<li class="source">[2] ショゴス<br><small>出典: Wikipedia日本語版『ショゴス』、' in sources
+    assert "\n\n" not in sources  # one HTML block, which the chat's Markdown leaves alone
+    assert "cited <a" not in app.sources_html(shown, "[3] と 資料からは分かりません。")  # [3] was not shown
+    assert "なし" in app.sources_html([], "資料からは分かりません。")
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_open_book_without_source_texts_stops_the_start_saying_how_to_build_them(app, given, tiny_adapter_dir, tmp_path,
+                                                                                  monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    missing = ["--source_texts", str(tmp_path / "none.jsonl")] if given else []
+    with pytest.raises(SystemExit) as exit_info:
+        app.parse_args(["--adapter", str(tiny_adapter_dir), "--open_book", *missing])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert (f"{tmp_path / 'none.jsonl'}: file not found" if given else "`python prepare_data.py`") in error
+
+
+def test_without_source_texts_the_open_book_box_is_off_and_says_why(app, tiny_adapter_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = app.parse_args(["--adapter", str(tiny_adapter_dir)])
+    assert args.retriever is None and "open-book box is off" in capsys.readouterr().err
+    with_texts = app.parse_args(["--adapter", str(tiny_adapter_dir), "--source_texts", str(open_book_texts(tmp_path)),
+                                 "--open_book", "--top_k", "2"])
+    assert len(with_texts.retriever.articles) == 3 and (with_texts.open_book, with_texts.top_k) == (True, 2)
+
+
 # --- the real CLI in a real browser -----------------------------------------------------------------------
 
 
@@ -419,6 +509,49 @@ def test_page_streams_compares_and_marks_unsupported_terms(browser, tiny_adapter
     log = (tmp_path / "app.log").read_text()  # our lines and real warnings only, and our own --share hint
     assert "start app.py with --share" in log and "share=True" not in log
     assert "gemm_4bit_forward" not in log and "FutureWarning" not in log, log
+
+
+@pytest.mark.slow
+def test_page_open_book_lists_the_sources_with_revision_links_and_attribution(browser, tiny_adapter_dir, tiny_model_dir,
+                                                                            tmp_path, fmt):
+    source_texts = open_book_texts(tmp_path)
+    _, shown = open_book_prompt(OPEN_BOOK_QUESTION, open_retriever(source_texts).search(OPEN_BOOK_QUESTION), fmt)
+    server = Page(["--adapter", str(tiny_adapter_dir), "--base_model", str(tiny_model_dir), "--open_book",
+                   "--source_texts", str(source_texts),
+                   "--train_file", str(write_jsonl(tmp_path / "train.jsonl", [{"instruction": "q", "response": "無"}]))],
+                  tmp_path / "app.log")
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(server.url)
+        set_number(page, "temperature", 0)
+        set_number(page, "max-new-tokens", 8)
+        assert page.locator("#open-book input").is_checked()  # --open_book ticks it
+        ask(page, OPEN_BOOK_QUESTION)
+        answer = wait_for_answer(page, "adapter-chat")
+        sources = answer.locator(".sources li")
+        sources.first.wait_for(timeout=30_000)
+        headings = [f"{hit.title}／{hit.section}" if hit.section else hit.title for hit in shown]
+        assert [source.locator("a").first.inner_text() for source in sources.all()] == headings
+        first = sources.first
+        link = first.locator("a").first
+        assert link.inner_text() == "ネクロノミコン／来歴" and link.get_attribute("href") == NECRONOMICON_REVISION
+        assert "出典: Wikipedia日本語版『ネクロノミコン』(版 5001)、CC BY-SA 4.0" in first.inner_text()
+        licence = first.locator("a", has_text="CC BY-SA 4.0")
+        assert licence.get_attribute("href") == "https://creativecommons.org/licenses/by-sa/4.0/deed.ja"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "open_book_page.png"), full_page=True)
+
+        # Closed book: the next answer lists no sources.
+        page.locator("#open-book input").uncheck()
+        ask(page, OPEN_BOOK_QUESTION)
+        second = page.locator("#adapter-chat .message.bot").nth(1)
+        second.locator("small").first.wait_for(timeout=60_000)
+        assert second.locator(".sources").count() == 0
+        assert page.locator("#adapter-chat .message.bot").first.locator(".sources li").count() == len(shown)
+    finally:
+        server.stop()
+    assert re.search(r"Open book: \d+ passages of 3 articles", (tmp_path / "app.log").read_text())
 
 
 @pytest.mark.slow

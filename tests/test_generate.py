@@ -4,8 +4,10 @@ The model is random, so these tests check mechanics (exact prompt ids, batching,
 not the quality of answers.
 """
 
+import contextlib
 import io
 import json
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -240,6 +242,7 @@ def test_cli_bad_prompts_file_fails_before_loading(tiny_adapter_dir, tmp_path, c
         (["--adapter", "ADAPTER", "--merge_to", "new", "--load_in_8bit"], "drop --load_in_8bit"),
         (["--merge_to", "new"], "--merge_to needs --adapter"),
         (["--temperature", "-1"], "--temperature >= 0"),
+        (["--open_book", "--top_k", "0"], "--top_k must be at least 1, got 0"),
     ],
 )
 def test_bad_arguments_are_refused(arguments, message, tiny_adapter_dir, tokenizer_dir, tiny_model_dir, tmp_path,
@@ -256,6 +259,134 @@ def test_bad_arguments_are_refused(arguments, message, tiny_adapter_dir, tokeniz
     assert exit_info.value.code == 2
     assert message.replace("MISSING", str(tmp_path / "missing.jsonl")).replace("MODEL", str(tiny_model_dir)) \
         in capsys.readouterr().err
+
+
+# --- generate.py --open_book ---------------------------------------------------------------------------------
+
+OPEN_BOOK_ARTICLES = {  # a small corpus in source_texts.jsonl's shape (prepare_data.py's rows)
+    "ルルイエ": "ルルイエは、南太平洋の海底に沈んだ架空の都市である。\n\n== 特徴 ==\n都市は緑色の巨石で築かれ、その幾何学は非ユークリッド的である。",
+    "ネクロノミコン": "ネクロノミコンは架空の魔道書である。\n\n== 来歴 ==\n730年頃にダマスカスでアブドゥル・アルハザードが著した。",
+    "ショゴス": "ショゴスは、古のものが奉仕のために造り出した不定形の生物である。「テケリ・リ」と鳴くという。",
+}
+OPEN_BOOK_QUESTION = "ネクロノミコンを著したのは誰ですか？"
+
+
+def wiki_url(title: str) -> str:
+    return f"https://ja.wikipedia.org/wiki/{title}"
+
+
+@pytest.fixture
+def source_texts(tmp_path):
+    path = tmp_path / "data" / "source_texts.jsonl"
+    path.parent.mkdir()
+    rows = [{"title": title, "text": text, "source": wiki_url(title), "revid": 5000 + number, "split": "train"}
+            for number, (title, text) in enumerate(OPEN_BOOK_ARTICLES.items())]
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def open_book_turn(source_texts, fmt, question):
+    """What generate.py --open_book should send for `question`, built here from the retrieval API."""
+    from cthulhu_sft.retrieval import open_book_prompt, open_retriever
+
+    return open_book_prompt(question, open_retriever(source_texts).search(question), fmt)
+
+
+def test_cli_open_book_prompt_is_mistral_commons_and_the_sources_follow_the_answer(
+    tiny_adapter_dir, tuned, fmt, source_texts, serving_reference_tokenizer, capsys
+):
+    result = run_generate(capsys, "--adapter", tiny_adapter_dir, "--open_book", "--source_texts", source_texts,
+                          "--prompt", OPEN_BOOK_QUESTION, "--temperature", 0, "--max_new_tokens", 6, "--show_prompt_ids")
+    content, shown = open_book_turn(source_texts, fmt, OPEN_BOOK_QUESTION)
+    assert content.startswith("資料：\n[1] ネクロノミコン") and content.endswith(f"質問：{OPEN_BOOK_QUESTION}")
+    [ids] = prompt_ids_lines(result.err)
+    assert ids == mistral_common_ids(serving_reference_tokenizer, [user(content)])
+    assert ids != fmt.encode_prompt([user(OPEN_BOOK_QUESTION)])
+    [expected] = generate(tuned, fmt, [[user(content)]], temperature=0, max_new_tokens=6)
+    answer, sources = result.out.split("\n", 1)
+    assert answer == expected.text
+    lines = sources.splitlines()
+    assert lines[0].startswith("資料 / sources") and len(lines) == 1 + len(shown) >= 3
+    assert lines[1] == f"  [1] ネクロノミコン／来歴  https://ja.wikipedia.org/w/index.php?title={quote('ネクロノミコン')}&oldid=5001"
+    assert [line[6:].split("  ")[0].split("／")[0] for line in lines[1:]] == [hit.title for hit in shown]  # prompt order
+    assert "Open book: " in result.err
+
+
+def test_cli_open_book_stars_the_cited_sources():
+    from cthulhu_sft.retrieval import Hit
+
+    script = load_script("generate")
+    shown = [Hit("ルルイエ", "特徴", "…", 7, wiki_url("ルルイエ")), Hit("ショゴス", "", "…", None, "")]
+    stream = io.StringIO()
+    with contextlib.redirect_stdout(stream):
+        script.print_sources(shown, "緑色の巨石です[1]。")
+        script.print_sources(shown, "不定形の生物です［2］。")
+        script.print_sources([], "資料からは分かりません。")
+    lines = stream.getvalue().splitlines()
+    assert lines[1].startswith("* [1] ルルイエ／特徴  https://ja.wikipedia.org/w/index.php?title=") and lines[1].endswith("&oldid=7")
+    assert lines[2] == "  [2] ショゴス  -"
+    assert lines[4].startswith("  [1] ") and lines[5] == "* [2] ショゴス  -"
+    assert lines[6].startswith("資料 / sources: なし")
+
+
+def test_cli_open_book_prompts_file_writes_sources_and_citations(tiny_adapter_dir, tuned, fmt, source_texts, tmp_path,
+                                                                capsys):
+    questions = [OPEN_BOOK_QUESTION, "「テケリ・リ」と鳴く生き物は？"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": q}, ensure_ascii=False) + "\n" for q in questions),
+                       encoding="utf-8")
+    output = tmp_path / "answers.jsonl"
+    run_generate(capsys, "--adapter", tiny_adapter_dir, "--open_book", "--source_texts", source_texts, "--top_k", 2,
+                 "--prompts_file", prompts, "--output", output, "--temperature", 0, "--max_new_tokens", 5)
+    written = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    from cthulhu_sft.retrieval import open_book_prompt, open_retriever, parse_citations
+
+    retriever = open_retriever(source_texts)
+    turns = [open_book_prompt(q, retriever.search(q, top_k=2), fmt, top_k=2) for q in questions]
+    expected = generate(tuned, fmt, [[user(content)] for content, _ in turns], temperature=0, max_new_tokens=5)
+    assert [row["answer"] for row in written] == [answer.text for answer in expected]
+    assert [row["sources"] for row in written] == [[hit.as_json() for hit in shown] for _, shown in turns]
+    assert [[source["title"] for source in row["sources"]][0] for row in written] == ["ネクロノミコン", "ショゴス"]
+    assert [len(row["sources"]) for row in written][0] == 2 and all(len(row["sources"]) <= 2 for row in written)
+    assert written[1]["sources"][0]["revision_url"].endswith("&oldid=5002")
+    assert [row["cited"] for row in written] == [parse_citations(answer.text) for answer in expected]
+
+
+def test_cli_open_book_chat_keeps_each_turns_passages(tiny_adapter_dir, tuned, fmt, source_texts,
+                                                     serving_reference_tokenizer, capsys, monkeypatch):
+    turns = [OPEN_BOOK_QUESTION, "ルルイエはどこに沈んでいますか？"]
+    result = run_generate(capsys, "--adapter", tiny_adapter_dir, "--open_book", "--source_texts", source_texts,
+                          "--temperature", 0, "--max_new_tokens", 5, "--show_prompt_ids",
+                          stdin="\n".join(turns) + "\n", monkeypatch=monkeypatch)
+    first, _ = open_book_turn(source_texts, fmt, turns[0])
+    second, shown = open_book_turn(source_texts, fmt, turns[1])
+    [first_answer] = generate(tuned, fmt, [[user(first)]], temperature=0, max_new_tokens=5)
+    conversation = [user(first), assistant(first_answer.text), user(second)]
+    assert prompt_ids_lines(result.err)[1] == mistral_common_ids(serving_reference_tokenizer, conversation)
+    assert shown[0].title == "ルルイエ"
+    assert result.out.count("資料 / sources") == 2 and "[1] ルルイエ" in result.out
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_open_book_without_source_texts_says_how_to_build_them_before_loading(given, tiny_adapter_dir, tmp_path,
+                                                                              capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here: the default data/source_texts.jsonl is missing too
+    missing = ["--source_texts", str(tmp_path / "none.jsonl")] if given else []
+    script = load_script("generate")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--adapter", str(tiny_adapter_dir), "--open_book", *missing, "--prompt", "q"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"--source_texts {missing[1] if given else 'data/source_texts.jsonl'}: file not found" in error
+    assert "`python prepare_data.py`" in error and "Loading" not in error
+
+
+def test_open_book_bad_source_texts_row_is_named_before_loading(tiny_adapter_dir, tmp_path, capsys):
+    bad = tmp_path / "source_texts.jsonl"
+    bad.write_text('{"title": "a", "text": "本文"}\n{"text": "no title"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("generate").parse_args(["--adapter", str(tiny_adapter_dir), "--open_book", "--source_texts", str(bad)])
+    assert exit_info.value.code == 2 and f"{bad}:2: field 'title'" in capsys.readouterr().err
 
 
 def test_without_adapter_or_base_the_base_is_the_one_sft_config_trains():
