@@ -175,6 +175,32 @@ def test_per_layer_activations_match_what_autograd_saves(checkpointing):
     assert per_layer == expected
 
 
+def test_per_layer_activations_in_bf16_count_the_norms_float32_copies():
+    """The shipped dtype: a bf16 residual stream (r = p = c = 2; the CPU's dropout mask is bf16 too, m = 2, and the
+    LoRA weights are left in bf16 so that nothing else is cast). Mistral's RMSNorm upcasts its input to float32
+    and autograd keeps that copy, 4 bytes per element whatever r is: a formula counting r*h undercounts each norm
+    by 2*h bytes per token."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import MistralForCausalLM
+
+    tokens, rank = 96, 8
+    measured = {}
+    for layers in (2, 4):
+        torch.manual_seed(0)
+        config = small_mistral_config(layers=layers)
+        config._attn_implementation = "sdpa"
+        model = get_peft_model(MistralForCausalLM(config).to(torch.bfloat16),
+                               LoraConfig(r=rank, target_modules="all-linear", lora_dropout=0.1),
+                               autocast_adapter_dtype=False)
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        model.train()
+        measured[layers] = saved_activation_bytes(model, torch.randint(3, 1000, (1, tokens)))
+    per_layer = (measured[4] - measured[2]) / 2 / tokens
+    bf16 = Precision(residual=2, projection=2, compute=2, mask=2, linear_keeps_input=False)
+    assert per_layer == layer_activation_bytes_per_token(
+        ModelShape.from_config(config), bf16, rank, ALL_LINEAR, lora_dropout=True, row_length=tokens, masked=False)
+
+
 def test_estimate_grows_with_the_batch_the_length_and_the_rank(shipped_estimate):
     base = shipped_estimate()
     for changes in ({"per_device_train_batch_size": 16}, {"max_length": 2048}, {"lora_r": 64},
