@@ -58,3 +58,24 @@ def test_padding_free_is_exact_and_the_leak_control_shows(smoke):
     decode = [r for r in records if r["check"] == "decode"]
     assert sorted(r["base"] for r in decode) == sorted(BASES)
     assert all(r["tokens_per_s"] > 0 and 0 < r["new_tokens"] <= r["batch_size"] * 4 for r in decode)
+
+
+def test_peak_is_compared_with_the_estimate_of_the_largest_batch_trained(smoke):
+    """The worst-case estimate (estimate_gib: every row max_length long) overstates a step of shorter rows; the
+    GPU's peak is compared with the estimate for the largest micro-batch actually trained (a padding-free row of
+    its tokens, or the padded batch's rows), which memory.py gives for those settings."""
+    from transformers import AutoConfig
+
+    from cthulhu_sft.memory import GiB, ModelShape, estimate_memory
+
+    work, result = smoke
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(work / "cache" / "tiny"))
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    for record in (r for r in records if r["check"] == "training"):
+        batch = record["largest_batch"]
+        rows = 1 if record["variant"] == "padding_free" else batch["rows"]
+        assert batch["slots"] % rows == 0 and batch["slots"] >= record["tokens_per_micro_batch_max"]
+        assert 0 < record["estimate_largest_batch_gib"] <= record["estimate_gib"]
+        settings = record["estimate_settings"] | {"per_device_train_batch_size": rows,
+                                                  "max_length": batch["slots"] // rows}
+        assert record["estimate_largest_batch_gib"] == estimate_memory(shape, **settings).peak_allocated / GiB
