@@ -321,6 +321,16 @@ def environment() -> dict:
     return fields
 
 
+def tf32_setting() -> str:
+    """cuBLAS's float32 matmul precision ("tf32" once load_base_model has enabled it on a GPU). Read through
+    torch's fp32_precision where it exists: transformers' enable_tf32 sets that API, and torch (2.9 and later) then
+    raises on any read of the legacy allow_tf32 flag."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    return matmul.fp32_precision if hasattr(matmul, "fp32_precision") else str(matmul.allow_tf32)
+
+
 def check_base(args, report: Report, budget: Budget, base: str, fmt, rows, shape_7b):
     """Both variants of one base with one loaded model, then exactness and decoding on it."""
     import torch
@@ -336,8 +346,7 @@ def check_base(args, report: Report, budget: Budget, base: str, fmt, rows, shape
         report("memory_estimate", base=base, variant=variant, **fields)
     training_args, model_args = parsed["padding_free"]
     trainer = build_trainer(model_args, training_args, rows, {}, AutoTokenizer.from_pretrained(args.model_dir))
-    report("load", base=base, seconds_since_start=args.budget_s - budget.left(),
-           tf32=str(getattr(torch.backends.cuda.matmul, "fp32_precision", torch.backends.cuda.matmul.allow_tf32)))
+    report("load", base=base, seconds_since_start=args.budget_s - budget.left(), tf32=tf32_setting())
     for variant in VARIANTS:
         if budget.left() < 0:
             report("skipped", base=base, variant=variant, reason="time budget")
