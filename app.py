@@ -60,6 +60,7 @@ ADAPTER_VARIABLE = "CTHULHU_ADAPTER"  # the adapter's Hub id on a Space, where n
 ARGS_VARIABLE = "CTHULHU_APP_ARGS"  # further arguments on a Space, e.g. "--load_in_8bit"
 MAX_SLIDER_TOKENS = 4096
 CHATBOT = dict(height=420, group_consecutive_messages=False, buttons=["copy", "copy_all"])  # no "share" to the Hub
+UPLOAD_ROUTE = "/gradio_api/upload"  # Gradio's file upload endpoint, which this page refuses (NoUploads)
 CSS = "mark.unsupported { background: #ffd5cc; color: inherit; border-bottom: 2px solid #d9381e; padding: 0 1px; }"
 
 
@@ -301,7 +302,8 @@ def status_markdown(message: str) -> str:
 
 
 def legend(support: Support) -> str:
-    sources = "、".join(support.sources) or (
+    """The Markdown under the chats; the file names in it are escaped (a name is the user's, not page markup)."""
+    sources = "、".join(markdown_text(source) for source in support.sources) or (
         "（なし: 記事本文も学習データも見つからないので、すべてのキーワードに印が付きます。"
         "`--source_texts` と `--train_file` で指定してください）"
     )
@@ -314,6 +316,12 @@ def legend(support: Support) -> str:
         "*Marked terms appear nowhere in the material the adapter learned from: a hint of invention, not proof; "
         "an unmarked term is not thereby true.*"
     )
+
+
+def markdown_text(text: str) -> str:
+    """`text` shown as its own characters in Gradio's Markdown: Markdown's punctuation backslash-escaped (a name with
+    two underscores would turn italic), then HTML escaped (a name is the user's, never the page's markup)."""
+    return html.escape(re.sub(r"([\\`*_\[\]#!|~])", r"\\\1", text))
 
 
 def load(args):
@@ -348,7 +356,41 @@ def main(args) -> None:
     title = f"アダプタ / adapter: `{args.adapter}`" + (f" · ベース / base: `{args.base_model}`" if args.base_model else "")
     decoding = DecodingArguments(args.temperature, args.top_p, args.repetition_penalty, args.max_new_tokens, args.seed)
     app = ChatApp(model, fmt, args.support, title, decoding, problem)
-    app.page().queue().launch(server_port=args.port, share=args.share, footer_links=[], css=CSS)
+    serve(app.page(), args.port, args.share)
+
+
+class NoUploads:
+    """ASGI middleware that refuses Gradio's file upload endpoint: the page has no file input, and with --share
+    anyone holding the link could otherwise store files in Gradio's upload folder on this machine."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith(UPLOAD_ROUTE):
+            from starlette.responses import PlainTextResponse
+
+            await PlainTextResponse("this page takes no uploads", status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def serve(page, port: int | None, share: bool, block: bool = True):
+    """Starts the page (without Gradio's upload endpoint) and prints where it is, with this script's --share hint
+    in place of Gradio's advice to edit launch(); returns once stopped (or at once, with block False)."""
+    from starlette.middleware import Middleware
+
+    page.queue().launch(server_port=port, share=share, footer_links=[], css=CSS, quiet=True, prevent_thread_lock=True,
+                        app_kwargs={"middleware": [Middleware(NoUploads)]})
+    print(f"* Running on local URL:  {page.local_url}", flush=True)
+    if page.share_url:
+        print(f"* Running on public URL: {page.share_url} (anyone with this link can use the page until it stops)",
+              flush=True)
+    elif not share:
+        print("* For a public link (e.g. on Colab), start app.py with --share", flush=True)
+    if block:
+        page.block_thread()
+    return page
 
 
 if __name__ == "__main__":

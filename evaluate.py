@@ -1,19 +1,22 @@
-"""Measure what models know: short-answer accuracy, made-up facts and abstention, per question set, model and temperature.
+"""Measure what models know: correct / incorrect / not attempted, made-up facts, per question set, model and temperature.
 
-Sets are named data files (--sets NAME=PATH ...; default: those of these that exist):
+Sets are named data files (--sets NAME=PATH ...; default: those of these that exist, and it says which it skipped):
     known   data/eval_known.jsonl             held-out questions about facts of trained articles: did it learn them?
     unseen  data/eval.jsonl                   never-trained articles: what does it make up about what it was not taught?
     quiz    data/quiz/cthulhu_quiz_ja.jsonl   curated short-answer questions on well-known facts of the mythos
 For each model (the base alone, base + adapter, several adapters, a merged model) and each set:
   1. loss and perplexity of the reference answers (answer tokens and the closing </s>, as in training);
   2. answers at each --temperatures value (max_new_tokens from the set's longest reference answer unless given),
-     scored per answer and per set: accuracy with its 95 % interval, hallucination rate, unsupported-term rate,
-     abstention and non-Japanese rates, ROUGE-L, fact recall, EOS-stop and truncated rates. The definitions are
-     in cthulhu_sft/evaluation.py and cthulhu_sft/metrics.py.
+     graded as SimpleQA grades (correct, incorrect, not attempted; empty answers apart) with the 95 % interval of
+     accuracy, and scored for made-up facts (hallucination rate against the question, the reference and every
+     crawled article), ROUGE-L, fact recall, EOS-stop and truncated rates. Definitions: cthulhu_sft/grading.py,
+     cthulhu_sft/evaluation.py, cthulhu_sft/report.py.
 Answers made elsewhere (another model, an API, a person) are scored the same way with --answers, no model loaded:
 a JSONL of {"set", "instruction", "answer"}, matched to the set's rows by question, named in the report by --label.
-Rows with accepted answers whose titled article's text (--source_texts, --cache_dir) does not contain any of them
-are left out of the score and listed in the report; --check_quiz lists them and exits (1 if there are any).
+With --judge_api_url and --judge_model, a model grader (any OpenAI-compatible endpoint; its key in the environment
+variable --judge_api_key_env) also grades every answer (prompts/grade_ja.md), beside the rules.
+Rows with accepted answers whose titled article's text (--source_texts, --cache_dir) names none of them are left
+out of the score and listed in the report; --check_quiz lists them and exits (1 if there are any).
 
     # base alone vs base + adapter on every set, the default sweep 0 / 0.3 / 0.7 / 1.0
     python evaluate.py --models base tuned=output/cthulhu-mistral-7b-lora --load_in_8bit
@@ -23,20 +26,22 @@ are left out of the score and listed in the report; --check_quiz lists them and 
     python evaluate.py --check_quiz
 
 Writes to --output_dir: report.json (configuration, sets, `results`), report.md (a table per set), report.png (a
-panel per set) and generations.jsonl (every answer with its scores).
+panel per set) and generations.jsonl (every answer with its grade and scores).
 """
 
 import gc
-import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cthulhu_sft import evaluation
-from cthulhu_sft.config import CACHE_DIR, SOURCE_TEXTS, LoadArguments, from_sft_config, parse_script_args
+from cthulhu_sft import evaluation, report
+from cthulhu_sft.config import CACHE_DIR, SOURCE_TEXTS, LoadArguments, from_sft_config
 from cthulhu_sft.data import DataError
+from cthulhu_sft.evaluation import Decoding, EvalSet
 from cthulhu_sft.inference import model_location_problem
+from cthulhu_sft.judge import JudgeError, JudgeSettings
+from cthulhu_sft.sets import Corpus
 
 
 @dataclass
@@ -55,11 +60,11 @@ class EvaluateArguments:
         "metavar": "NAME=PATH", "help": "question sets (default: " + ", ".join(
             f"{name}={path}" for name, path in evaluation.DEFAULT_SETS.items()) + ", those that exist)"})
     source_texts: str | None = field(default=None, metadata={
-        "help": f"JSONL of {{'title', 'text'}}: the articles' text, for the hallucination measures and the quiz "
-                f"check (default: {SOURCE_TEXTS} if present)"})
+        "help": f"JSONL of {{'title', 'text', 'aliases'}}: the articles' text, for the hallucination measures, the "
+                f"accepted answers' other names and the quiz check (default: {SOURCE_TEXTS} if present; '' for none)"})
     cache_dir: str | None = field(default=None, metadata={
         "help": f"prepare_data.py's --cache_dir, whose pages are read for articles --source_texts lacks (default: "
-                f"{CACHE_DIR} if present)"})
+                f"{CACHE_DIR} if present; '' for none)"})
     limit: int | None = field(default=None, metadata={"aliases": ["--num_samples"],
                                                       "help": "evaluate the first N rows of each set"})
     temperatures: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.7, 1.0], metadata={"help": "0 means greedy"})
@@ -68,16 +73,60 @@ class EvaluateArguments:
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "default: per set, its longest reference answer in tokens plus a quarter and 16"})
     seed: int = field(default=0, metadata={"help": "each model, set and temperature starts from it"})
-    batch_size: int = 8
+    batch_size: int | None = field(default=None, metadata={
+        "help": f"answers per batch (default: sized to the GPU's free memory; {evaluation.CPU_BATCH_SIZE} on the CPU)"})
+    judge_api_url: str | None = field(default=None, metadata={
+        "help": "an OpenAI-compatible endpoint (…/v1) whose model also grades every answer (needs --judge_model)"})
+    judge_model: str | None = field(default=None, metadata={"help": "the grading model's name at --judge_api_url"})
+    judge_api_key_env: str = field(default="JUDGE_API_KEY", metadata={
+        "help": "the environment variable that holds the judge's API key (never written or printed)"})
+    judge_cache: str = field(default=os.path.join(CACHE_DIR, "judge.jsonl"), metadata={
+        "help": "JSONL of the judge's verdicts, by the hash of what it was asked"})
     output_dir: str = "output/eval"
 
 
-def parse_model_spec(spec: str) -> dict:
-    """'base', 'PATH_OR_HUB_ID' or 'LABEL=PATH_OR_HUB_ID' -> {'label', 'path'} (path None for the base alone)."""
+@dataclass
+class ModelSpec:
+    label: str
+    path: str | None  # None: the base model alone
+    base: str | None = None
+    adapter: str | None = None
+    revision: str | None = None
+
+
+@dataclass
+class AnswersInput:
+    """Answers made elsewhere, matched to the sets' rows."""
+
+    path: str
+    label: str
+    matched: dict[str, dict[int, str]]
+    ignored: dict[str, int]
+    unmatched: list[str]
+
+
+@dataclass
+class Plan:
+    """Everything evaluate.py does, checked before any model loads."""
+
+    options: EvaluateArguments
+    load: LoadArguments
+    sets: list[EvalSet]
+    missing_sets: dict[str, str]
+    corpus: Corpus
+    source_texts: str | None
+    cache_dir: str | None
+    specs: list[ModelSpec]
+    answers: AnswersInput | None
+    judge: JudgeSettings | None
+
+
+def parse_model_spec(spec: str) -> ModelSpec:
+    """'base', 'PATH_OR_HUB_ID' or 'LABEL=PATH_OR_HUB_ID' -> a ModelSpec (path None for the base alone)."""
     label, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
     if path == "base":
-        return {"label": label or "base", "path": None}
-    return {"label": label or path.rstrip("/").split("/")[-1], "path": path}
+        return ModelSpec(label or "base", None)
+    return ModelSpec(label or path.rstrip("/").split("/")[-1], path)
 
 
 def parse_set_spec(spec: str) -> tuple[str, str]:
@@ -86,55 +135,90 @@ def parse_set_spec(spec: str) -> tuple[str, str]:
     return name.strip(), path
 
 
-def parse_args(argv=None):
-    parser, args = parse_script_args((EvaluateArguments, LoadArguments), argv, __doc__)
+def parse_args(argv=None) -> Plan:
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((EvaluateArguments, LoadArguments), description=__doc__, allow_abbrev=False,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    options, load = parser.parse_args_into_dataclasses(args=argv)
 
     # Everything that can be checked without a model is checked here, before minutes of loading.
-    if not (args.models or args.answers or args.check_quiz):
+    if load.load_in_8bit and load.load_in_4bit:
+        parser.error("give --load_in_8bit or --load_in_4bit, not both")
+    if not (options.models or options.answers or options.check_quiz):
         parser.error("nothing to evaluate: give --models, --answers FILE or --check_quiz")
-    if args.label is not None and not args.answers:
+    if options.label is not None and not options.answers:
         parser.error("--label names the system of --answers; give --answers FILE")
-    if any(t < 0 for t in args.temperatures) or len(set(args.temperatures)) != len(args.temperatures):
+    if any(t < 0 for t in options.temperatures) or len(set(options.temperatures)) != len(options.temperatures):
         parser.error("--temperatures must be distinct and >= 0")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+    if options.max_new_tokens is not None and options.max_new_tokens < 1:
         parser.error("--max_new_tokens must be >= 1")
-    if not 0 < args.top_p <= 1 or min(args.batch_size, 1 if args.limit is None else args.limit) < 1:
+    if not 0 < options.top_p <= 1 or min(options.batch_size or 1, 1 if options.limit is None else options.limit) < 1:
         parser.error("need 0 < --top_p <= 1, --batch_size >= 1, --limit >= 1")
-    args.specs = [parse_model_spec(spec) for spec in args.models]
-    args.label = args.label or (Path(args.answers).stem if args.answers else None)
-    labels = [spec["label"] for spec in args.specs] + ([args.label] if args.answers else [])
+    if bool(options.judge_api_url) != bool(options.judge_model):
+        parser.error("a model grader needs both --judge_api_url URL and --judge_model NAME")
+    specs = [parse_model_spec(spec) for spec in options.models]
+    label = options.label or (Path(options.answers).stem if options.answers else None)
+    labels = [spec.label for spec in specs] + ([label] if options.answers else [])
     if len(set(labels)) != len(labels):
         parser.error(f"--models / --label: names must be distinct, got {labels}; name them: label=path")
-    for spec in args.specs:
-        problem = spec["path"] and model_location_problem(spec["path"], f"--models {spec['label']}")
+    for spec in specs:
+        problem = spec.path and model_location_problem(spec.path, f"--models {spec.label}")
         if problem:
             parser.error(problem)
-    if args.base_model and (problem := model_location_problem(args.base_model, "--base_model")):
+    if load.base_model and (problem := model_location_problem(load.base_model, "--base_model")):
         parser.error(problem)
-    args.set_paths = resolve_sets(parser, args.sets)
-    args.source_texts = args.source_texts or (SOURCE_TEXTS if os.path.isfile(SOURCE_TEXTS) else None)
-    args.cache_dir = args.cache_dir or (CACHE_DIR if os.path.isdir(CACHE_DIR) else None)
-    if args.cache_dir and not os.path.isdir(args.cache_dir):
-        parser.error(f"--cache_dir {args.cache_dir}: no such folder")
+    set_paths, missing = resolve_sets(parser, options.sets)
+    source_texts = _default(options.source_texts, SOURCE_TEXTS, os.path.isfile)
+    cache_dir = _default(options.cache_dir, CACHE_DIR, os.path.isdir)
+    if cache_dir and not os.path.isdir(cache_dir):
+        parser.error(f"--cache_dir {cache_dir}: no such folder")
     try:
-        args.texts = evaluation.article_texts(args.source_texts, args.cache_dir)
-        full = {name: evaluation.read_set(path) for name, path in args.set_paths.items()}
-        args.sets = {name: prepare_set(path, full[name][: args.limit], args.texts) for name, path in args.set_paths.items()}
-        if args.answers:
-            args.matched, args.ignored_sets, args.unmatched = evaluation.match_answers(
-                args.answers, evaluation.read_answers(args.answers), full)
+        corpus = evaluation.article_corpus(source_texts, cache_dir)
+        full = {name: evaluation.read_set(path) for name, path in set_paths.items()}
+        sets = [evaluation.prepare_set(name, path, full[name][: options.limit], corpus) for name, path in set_paths.items()]
+        answers = None
+        if options.answers:
+            matched, ignored, unmatched = evaluation.match_answers(options.answers, evaluation.read_answers(options.answers),
+                                                                   {evaluated.name: evaluated.rows for evaluated in sets})
+            answers = AnswersInput(options.answers, label, matched, ignored, unmatched)
     except DataError as error:
         parser.error(str(error))
-    return args
+    if options.check_quiz and not corpus.texts:
+        parser.error("--check_quiz needs the crawled articles' text to check against: run prepare_data.py (it writes "
+                     f"{SOURCE_TEXTS} and its page cache under {CACHE_DIR}/), or give --source_texts FILE or "
+                     "--cache_dir DIR")
+    judge = None
+    if options.judge_api_url:
+        judge = JudgeSettings(options.judge_api_url, options.judge_model, options.judge_api_key_env,
+                              cache_file=options.judge_cache)
+        try:
+            from cthulhu_sft.judge import load_prompt
+
+            load_prompt(judge.prompt_file)
+        except DataError as error:
+            parser.error(str(error))
+    return Plan(options, load, sets, missing, corpus, source_texts, cache_dir, specs, answers, judge)
 
 
-def resolve_sets(parser, specs: list[str] | None) -> dict[str, str]:
-    """{name: path} of --sets, or of the default sets that exist."""
+def _default(given: str | None, default: str, exists) -> str | None:
+    """A path option: as given ('' for none), else the default where it exists."""
+    if given is not None:
+        return given or None
+    return default if exists(default) else None
+
+
+def resolve_sets(parser, specs: list[str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """({name: path} of --sets, or of the default sets that exist; {name: path} of the default sets missing)."""
     if specs is None:
         sets = {name: path for name, path in evaluation.DEFAULT_SETS.items() if os.path.isfile(path)}
+        missing = {name: path for name, path in evaluation.DEFAULT_SETS.items() if name not in sets}
         if not sets:
-            parser.error(f"none of the default sets exists ({', '.join(evaluation.DEFAULT_SETS.values())}); give --sets NAME=PATH")
-        return sets
+            parser.error(f"none of the default sets exists ({', '.join(evaluation.DEFAULT_SETS.values())}): run "
+                         "prepare_data.py to build them, or give --sets NAME=PATH")
+        return sets, missing
     sets = {}
     for spec in specs:
         name, path = parse_set_spec(spec)
@@ -143,24 +227,17 @@ def resolve_sets(parser, specs: list[str] | None) -> dict[str, str]:
         if name in sets:
             parser.error(f"--sets: the name '{name}' is given twice")
         sets[name] = path
-    return sets
+    return sets, {}
 
 
-def prepare_set(path: str, rows: list[dict], texts: dict[str, str]) -> dict:
-    """A set's rows, the indices of those to score, and those left out because their accepted answers are not in
-    their article's text."""
-    problems = evaluation.quiz_problems(rows, texts)
-    excluded = {id(row) for row in problems}
-    with_answers = [row for row in rows if row.get("answers")]
-    return {
-        "path": path,
-        "rows": rows,
-        "scored": [index for index, row in enumerate(rows) if id(row) not in excluded],
-        "excluded": [{key: row.get(key) for key in ("line", "instruction", "answers", "title")} for row in problems],
-        "with_answers": len(with_answers),
-        "with_text": sum(bool(texts.get(row.get("title") or "")) for row in rows),
-        "unchecked": sum(not evaluation.has_source_text(row, texts) for row in with_answers),
-    }
+def announce_sets(plan: Plan) -> None:
+    """Which sets are scored, and which default sets were not found (so none is skipped silently)."""
+    scored = ", ".join(f"{evaluated.name} ({evaluated.path}, {len(evaluated.scored)} questions)" for evaluated in plan.sets)
+    print(f"Scoring: {scored}", file=sys.stderr)
+    if plan.missing_sets:
+        missing = ", ".join(f"{name} ({path})" for name, path in plan.missing_sets.items())
+        print(f"Not found, so not scored: {missing}; prepare_data.py builds them, or give --sets NAME=PATH",
+              file=sys.stderr)
 
 
 def is_adapter(path: str) -> bool:
@@ -177,160 +254,146 @@ def is_adapter(path: str) -> bool:
         return False
 
 
-def check_quiz(args) -> int:
+def check_quiz(plan: Plan) -> int:
     """Prints each set's rows whose accepted answers are not in their article's text; 1 if there are any."""
-    if not args.texts:
-        print("No article text to check against: run prepare_data.py (it writes data/source_texts.jsonl), or give "
-              "--source_texts or --cache_dir.")
     problems = 0
-    for name, info in args.sets.items():
-        checked = info["with_answers"] - info["unchecked"]
-        print(f"{name} ({info['path']}): {info['with_answers']} rows with accepted answers, {checked} checked against "
-              f"their article's text, {len(info['excluded'])} not found there, {info['unchecked']} unchecked (no text)")
-        for row in info["excluded"]:
-            print(f"  {info['path']}:{row['line']}: {row['instruction']} — none of {row['answers']} is in the "
+    for evaluated in plan.sets:
+        info = evaluated.summary()
+        checks = evaluated.checks
+        checked = len(checks["checked"]) + len(checks["wrong"])
+        print(f"{evaluated.name} ({evaluated.path}): {info['with_answers']} rows with accepted answers, {checked} checked "
+              f"against their article's text, {len(checks['wrong'])} not found there, {info['unchecked']} unchecked "
+              f"(no text: {len(checks['elsewhere'])} named by another crawled article, {len(checks['not_taught'])} "
+              "not taught by this data)")
+        for row in checks["wrong"]:
+            print(f"  {evaluated.path}:{row['line']}: {row['instruction']} — none of {row['answers']} is in the "
                   f"article '{row['title']}'")
-        problems += len(info["excluded"])
+        for row in checks["not_taught"]:
+            print(f"  {evaluated.path}:{row['line']}: not taught by this data: no crawled article names any of "
+                  f"{row['answers']} (article '{row.get('title')}' not crawled)")
+        problems += len(checks["wrong"])
     return 1 if problems else 0
 
 
-def item_row(name: str, label: str, temperature, row: dict, answer: str, scores: dict) -> dict:
-    """One line of generations.jsonl."""
-    return {
-        "set": name, "model": label, "temperature": temperature, "line": row["line"], "title": row.get("title"),
-        "kind": row.get("kind"), "instruction": row["instruction"], "reference": row["response"],
-        "accepted": row.get("answers"), "answer": answer, **scores,
-    }
-
-
-def score_answers(args, report: dict, generations: list) -> None:
-    """Scores the answers of --answers on every set, as one more system of the report."""
-    entry = {"label": args.label, "answers_file": args.answers, "unanswered": {}, "unmatched": len(args.unmatched)}
-    for line in args.unmatched[:20]:
-        print(f"{line}; left out", file=sys.stderr)
-    if len(args.unmatched) > 20:
-        print(f"... and {len(args.unmatched) - 20} more answers that match no question; left out", file=sys.stderr)
-    for name, info in args.sets.items():
-        answered = [index for index in info["scored"] if index in args.matched[name]]
-        entry["unanswered"][name] = len(info["scored"]) - len(answered)
-        if entry["unanswered"][name]:
-            print(f"{args.answers}: {entry['unanswered'][name]} of {len(info['scored'])} questions of set '{name}' "
-                  "have no answer; they are not scored", file=sys.stderr)
-        items = []
-        for index in answered:
-            row, answer = info["rows"][index], args.matched[name][index]
-            scores = evaluation.score_item(row, answer, None, args.texts.get(row.get("title") or "", ""))
-            items.append(scores)
-            generations.append(item_row(name, args.label, None, row, answer, scores))
-        report["results"].append({"set": name, "model": args.label, "temperature": None, **evaluation.aggregate(items)})
-    for name, count in args.ignored_sets.items():
-        print(f"{args.answers}: {count} answers to set '{name}', which is not evaluated, are ignored", file=sys.stderr)
-    report["models"].append(entry)
-
-
-def resolve_models(args) -> None:
+def resolve_models(plan: Plan) -> None:
     """Fills each model spec's base and adapter: the base alone, base + adapter, or a full (merged) model."""
     from cthulhu_sft.inference import resolve_base
 
-    first_adapter = next((spec["path"] for spec in args.specs if spec["path"] and is_adapter(spec["path"])), None)
-    base_model = resolve_base(args.base_model, first_adapter)
-    for spec in args.specs:
-        if spec["path"] is None:
-            spec["base"], spec["adapter"] = base_model, None
-        elif is_adapter(spec["path"]):
-            spec["base"], spec["adapter"] = resolve_base(args.base_model, spec["path"]), spec["path"]
+    load = plan.load
+    first_adapter = next((spec.path for spec in plan.specs if spec.path and is_adapter(spec.path)), None)
+    base_model = resolve_base(load.base_model, first_adapter)
+    for spec in plan.specs:
+        if spec.path is None:
+            spec.base, spec.adapter = base_model, None
+        elif is_adapter(spec.path):
+            spec.base, spec.adapter = resolve_base(load.base_model, spec.path), spec.path
         else:
-            spec["base"], spec["adapter"] = spec["path"], None
-        spec["revision"] = args.revision if args.base_model and spec["base"] == args.base_model else None
+            spec.base, spec.adapter = spec.path, None
+        spec.revision = load.revision if load.base_model and spec.base == load.base_model else None
 
 
-def evaluate_models(args, report: dict, generations: list) -> None:
-    """Per model: load once; per set, the reference answers' loss, then answers at each temperature."""
+def decoding(plan: Plan, batch_size: int) -> Decoding:
+    options = plan.options
+    return Decoding(temperatures=options.temperatures, top_p=options.top_p, repetition_penalty=options.repetition_penalty,
+                    max_new_tokens=options.max_new_tokens, seed=options.seed, batch_size=batch_size)
+
+
+def evaluate_models(plan: Plan, results: dict, generations: list, judge) -> None:
+    """Per model: load once, then evaluation.evaluate_model on every set."""
     import torch
-    from tqdm.auto import tqdm
 
-    from cthulhu_sft.evaluation import answer_losses, default_max_new_tokens
-    from cthulhu_sft.inference import generate, load_format, load_model
+    from cthulhu_sft.inference import load_format, load_model
 
-    resolve_models(args)
-    total = len(args.specs) * sum(len(info["scored"]) for info in args.sets.values()) * (1 + len(args.temperatures))
-    with tqdm(total=total, desc="evaluating", unit="example", file=sys.stderr) as bar:
-        for spec in args.specs:
-            bar.set_description(f"{spec['label']}: loading")
-            fmt = load_format(spec["base"], spec["adapter"], spec["revision"])
-            model = load_model(
-                spec["base"], spec["adapter"], load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit,
-                dtype=args.dtype, trust_remote_code=args.trust_remote_code, revision=spec["revision"],
-            )
-            entry = {"label": spec["label"], "base_model": spec["base"], "adapter": spec["adapter"],
-                     "max_new_tokens": {}, "losses": {}}
-            for name, info in args.sets.items():
-                rows = [info["rows"][index] for index in info["scored"]]
-                if not rows:  # every row left out: the set is still reported, with n 0
-                    report["results"] += [{"set": name, "model": spec["label"], "temperature": temperature,
-                                           **evaluation.aggregate([])} for temperature in args.temperatures]
-                    continue
-                sources = [args.texts.get(row.get("title") or "", "") for row in rows]
-                max_new_tokens = args.max_new_tokens or default_max_new_tokens(rows, fmt)
-                entry["max_new_tokens"][name] = max_new_tokens
-                bar.set_description(f"{spec['label']} {name}: loss")
-                losses = answer_losses(model, fmt, [(row["instruction"], row["response"]) for row in rows],
-                                       batch_size=args.batch_size, progress=bar)
-                answer_tokens = sum(n for _, n in losses)
-                loss = sum(nll for nll, _ in losses) / answer_tokens
-                entry["losses"][name] = {"loss": loss, "perplexity": math.exp(loss), "answer_tokens": answer_tokens}
-                for temperature in args.temperatures:
-                    bar.set_description(f"{spec['label']} {name}: T={temperature:g}")
-                    answers = generate(
-                        model, fmt, [[{"role": "user", "content": row["instruction"]}] for row in rows],
-                        temperature=temperature, top_p=args.top_p, max_new_tokens=max_new_tokens,
-                        repetition_penalty=args.repetition_penalty, seed=args.seed, batch_size=args.batch_size,
-                        progress=bar,
-                    )
-                    items = [evaluation.score_item(row, a.text, a.stopped, source) for row, a, source in zip(rows, answers, sources)]
-                    report["results"].append({"set": name, "model": spec["label"], "temperature": temperature,
-                                              **evaluation.aggregate(items)})
-                    for row, answer, scores, (nll, n) in zip(rows, answers, items, losses):
-                        generations.append({
-                            **item_row(name, spec["label"], temperature, row, answer.text, scores),
-                            "new_tokens": len(answer.token_ids), "reference_loss": nll / n,
-                        })
-            report["models"].append(entry)
+    resolve_models(plan)
+    per_model = sum(len(evaluated.scored) for evaluated in plan.sets) * (1 + len(plan.options.temperatures))
+    load = plan.load
+    with evaluation.progress_bar(len(plan.specs) * per_model, "evaluating") as bar:
+        for spec in plan.specs:
+            bar.set_description(f"{spec.label}: loading")
+            fmt = load_format(spec.base, spec.adapter, spec.revision)
+            model = load_model(spec.base, spec.adapter, load_in_8bit=load.load_in_8bit, load_in_4bit=load.load_in_4bit,
+                               dtype=load.dtype, trust_remote_code=load.trust_remote_code, revision=spec.revision)
+            batch_size = plan.options.batch_size or evaluation.device_batch_size(
+                model, evaluation.longest_sequence(plan.sets, fmt, plan.options.max_new_tokens))
+            output = evaluation.evaluate_model(model, fmt, spec.label, plan.sets, decoding(plan, batch_size), plan.corpus,
+                                               progress=bar, judge=judge)
+            results["models"].append({"label": spec.label, "base_model": spec.base, "adapter": spec.adapter,
+                                      "batch_size": batch_size, "max_new_tokens": output["max_new_tokens"],
+                                      "losses": output["losses"]})
+            results["results"] += output["results"]
+            generations += output["generations"]
             # Written after every model, so that a failure in a later one keeps what was measured so far
-            evaluation.write_report(args.output_dir, report, generations)
+            report.write_report(plan.options.output_dir, results, generations)
             del model
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
 
-def main(args) -> None:
-    if args.check_quiz:
-        sys.exit(check_quiz(args))
-    report = {
+def score_answers(plan: Plan, results: dict, generations: list, judge) -> None:
+    """Scores the answers of --answers on every set, as one more system of the report."""
+    answers = plan.answers
+    entry = {"label": answers.label, "answers_file": answers.path, "unanswered": {}, "unmatched": len(answers.unmatched)}
+    for line in answers.unmatched[:20]:
+        print(f"{line}; left out", file=sys.stderr)
+    if len(answers.unmatched) > 20:
+        print(f"... and {len(answers.unmatched) - 20} more answers that match no question; left out", file=sys.stderr)
+    for evaluated in plan.sets:
+        scored = {id(row) for row in evaluated.scored}
+        answered = sum(id(evaluated.rows[index]) in scored for index in answers.matched[evaluated.name])
+        entry["unanswered"][evaluated.name] = len(scored) - answered
+        if entry["unanswered"][evaluated.name]:
+            print(f"{answers.path}: {entry['unanswered'][evaluated.name]} of {len(scored)} questions of set "
+                  f"'{evaluated.name}' have no answer; they are not scored", file=sys.stderr)
+    set_results, set_generations = evaluation.score_answers(answers.label, answers.matched, plan.sets, plan.corpus, judge)
+    results["results"] += set_results
+    generations += set_generations
+    for name, count in answers.ignored.items():
+        print(f"{answers.path}: {count} answers to set '{name}', which is not evaluated, are ignored", file=sys.stderr)
+    results["models"].append(entry)
+
+
+def main(plan: Plan) -> None:
+    if plan.options.check_quiz:
+        sys.exit(check_quiz(plan))
+    announce_sets(plan)
+    options = plan.options
+    results = {
         "config": {
-            "sets": args.set_paths, "source_texts": args.source_texts, "cache_dir": args.cache_dir,
-            "articles_with_text": len(args.texts), "limit": args.limit, "temperatures": args.temperatures,
-            "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
-            "seed": args.seed, "load_in_8bit": args.load_in_8bit, "load_in_4bit": args.load_in_4bit,
-            "dtype": args.dtype, "batch_size": args.batch_size, "answers": args.answers,
+            "sets": {evaluated.name: evaluated.path for evaluated in plan.sets}, "source_texts": plan.source_texts,
+            "cache_dir": plan.cache_dir, "articles_with_text": len(plan.corpus.texts), "limit": options.limit,
+            "temperatures": options.temperatures, "top_p": options.top_p, "max_new_tokens": options.max_new_tokens,
+            "repetition_penalty": options.repetition_penalty, "seed": options.seed, "load_in_8bit": plan.load.load_in_8bit,
+            "load_in_4bit": plan.load.load_in_4bit, "dtype": plan.load.dtype, "batch_size": options.batch_size,
+            "answers": options.answers,
+            "judge": {"api_url": plan.judge.api_url, "model": plan.judge.model} if plan.judge else None,
         },
-        "sets": {
-            name: {key: value for key, value in info.items() if key not in ("rows", "scored")}
-            | {"rows": len(info["rows"]), "scored": len(info["scored"])}
-            for name, info in args.sets.items()
-        },
+        "sets": {evaluated.name: evaluated.summary() for evaluated in plan.sets},
+        "missing_sets": plan.missing_sets,
         "models": [],
         "results": [],
     }
     generations = []
-    if args.answers:
-        score_answers(args, report, generations)
-    if args.specs:
-        evaluate_models(args, report, generations)
-    markdown = evaluation.write_report(args.output_dir, report, generations)
+    try:
+        judge = _judge(plan)
+        if plan.answers:
+            score_answers(plan, results, generations, judge)
+        if plan.specs:
+            evaluate_models(plan, results, generations, judge)
+    except JudgeError as error:
+        sys.exit(f"evaluate.py: {error}")
+    markdown = report.write_report(options.output_dir, results, generations)
     print(markdown)
-    print(f"Wrote report.json, report.md, report.png and generations.jsonl to {args.output_dir}", file=sys.stderr)
+    print(report.console_table(results["results"]), file=sys.stderr)
+    print(f"Wrote report.json, report.md, report.png and generations.jsonl to {options.output_dir}", file=sys.stderr)
+
+
+def _judge(plan: Plan):
+    if plan.judge is None:
+        return None
+    from cthulhu_sft.judge import Judge
+
+    return Judge(plan.judge)
 
 
 if __name__ == "__main__":

@@ -94,9 +94,10 @@ def make_parser():
     return TrlParser((ScriptArguments, SFTConfig, ModelConfig), allow_abbrev=False)
 
 
-def fail(message: str):
+def fail(message: str, code: int = 2):
+    """One line on stderr and exit: 2 for bad input or settings (the default), 1 for other failures."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple:
@@ -117,8 +118,8 @@ def parse_args(argv: list[str] | None = None) -> tuple:
         return parser.parse_args_and_config(args=argv)
     except ValueError as error:  # values the dataclasses reject
         message = str(error)
-        if "bf16/gpu" in message:
-            message += "\nOn a machine without a GPU, pass --bf16 false (and --dtype float32)."
+        if "bf16/gpu" in message:  # the Trainer's advice (assign use_cpu) is not how this recipe runs on a CPU
+            message = "bf16 is true (sft_config.yaml) but this machine has no GPU: pass --bf16 false (and --dtype float32)"
         fail(message)
 
 

@@ -9,15 +9,17 @@ import argparse
 import json
 import os
 import sys
+from datetime import datetime, timezone
 
 from huggingface_hub import HfApi, get_token, set_client_factory
 from huggingface_hub.utils import _http
 
-from .files import is_local_path
+from .files import is_local_path, write_json_atomic
 
-# What a published adapter repo holds; checkpoints, logs and training_args.bin stay local.
+# What a published adapter repo holds (knowledge_check.jsonl: every answer behind the card's numbers); checkpoints,
+# logs and training_args.bin stay local.
 RUN_PATTERNS = ["adapter_config.json", "adapter_model.safetensors", "tokenizer*", "special_tokens_map.json",
-                "chat_template.jinja", "README.md", "run.json", "config.yaml", "samples.jsonl"]
+                "chat_template.jinja", "README.md", "run.json", "config.yaml", "samples.jsonl", "knowledge_check.jsonl"]
 # What a published dataset repo holds: its card and the splits prepare_data.py writes.
 DATASET_PATTERNS = ["README.md", "train.jsonl", "eval.jsonl", "eval_known.jsonl"]
 LOGIN_HINT = "log in with `hf auth login`, or set HF_TOKEN to a token with write access"
@@ -83,16 +85,36 @@ def push_folder(folder: str, repo_id: str, repo_type: str, patterns: list[str], 
 
 
 def push_run(output_dir: str, repo_id: str, private: bool | None = None) -> str:
-    """Publishes a finished run. Its adapter_config.json must name the base by a Hub id (train_sft.py writes
+    """Publishes a finished run and records the outcome in its run.json (`publish`: done with the commit URL, or
+    failed with the reason). Its adapter_config.json must name the base by a Hub id (train_sft.py writes
     `base_model_hub_id` there): a local path means nothing to anyone who downloads the adapter."""
-    with open(os.path.join(output_dir, "adapter_config.json"), encoding="utf-8") as file:
-        base = json.load(file).get("base_model_name_or_path") or ""
-    if is_local_path(base):
-        raise PushError(f"the adapter's base is the local folder {base}, which no one else can load: train with "
-                        "--base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2), or set "
-                        "base_model_name_or_path in adapter_config.json to the base's Hub id")
-    return push_folder(output_dir, repo_id, "model", RUN_PATTERNS, private,
-                       "Upload LoRA adapter trained with cthulhu-sft")
+    try:
+        with open(os.path.join(output_dir, "adapter_config.json"), encoding="utf-8") as file:
+            base = json.load(file).get("base_model_name_or_path") or ""
+        if is_local_path(base):
+            raise PushError(f"the adapter's base is the local folder {base}, which no one else can load: train with "
+                            "--base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2), or set "
+                            "base_model_name_or_path in adapter_config.json to the base's Hub id")
+        url = push_folder(output_dir, repo_id, "model", RUN_PATTERNS, private,
+                          "Upload LoRA adapter trained with cthulhu-sft")
+    except PushError as error:
+        record_publish(output_dir, {"repo_id": repo_id, "status": "failed", "error": str(error)})
+        raise
+    record_publish(output_dir, {"repo_id": repo_id, "status": "done", "url": url})
+    return url
+
+
+def record_publish(output_dir: str, outcome: dict) -> None:
+    """Sets run.json's `publish` (with the time); a folder without a readable run.json is left as it is. The copy
+    of run.json uploaded with the run still says what it said before the upload ("pending")."""
+    path = os.path.join(output_dir, "run.json")
+    try:
+        with open(path, encoding="utf-8") as file:
+            run = json.load(file)
+    except (OSError, ValueError):
+        return
+    run["publish"] = outcome | {"time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_json_atomic(path, run)
 
 
 def push_dataset(folder: str, repo_id: str, private: bool | None = None) -> str:

@@ -44,6 +44,9 @@ def model_location_problem(name_or_path: str, what: str = "model", adapter: bool
     """
     if os.path.isdir(name_or_path):
         if adapter and not os.path.isfile(os.path.join(name_or_path, "adapter_config.json")):
+            if os.path.isfile(os.path.join(name_or_path, "config.json")):  # a base or merged model
+                return (f"{what} {name_or_path}: no adapter_config.json in this folder; it holds a model (config.json): "
+                        f"load it with --base_model {name_or_path}")
             return f"{what} {name_or_path}: no adapter_config.json in this folder (a merged model is a base model)"
         return None
     first = Path(name_or_path).parts[0] if Path(name_or_path).parts else ""

@@ -52,13 +52,20 @@ Other per-answer measures:
                      kanji numerals as digits, without whitespace, name separators (・ = ゠ -), long-vowel
                      marks (ー, so ナイアーラトテップ = ナイアラトテップ), quotes and brackets, and with ヴァ/ヴ → バ/ブ
                      (ラヴクラフト = ラブクラフト). An accepted form that starts or ends with a digit must not
-                     continue a longer number (1926 does not match 19260, 19 does not match 1926).
+                     continue a longer number (1926 does not match 19260, 19 does not match 1926). A loose
+                     test of containment (the quiz check of the data's writers); the evaluation grades answers
+                     with cthulhu_sft/grading.py, which also refuses negated, hedged and partial-word matches.
     is_abstention    the answer says it does not know (ABSTENTION phrases: わかりません, 存じません,
-                     情報がありません, お答えできません, I don't know, ...) in its first sentence, or in its
-                     second when the first is an apology (申し訳ありません。). Known limit: an answer that states
-                     a fact and then says that a detail is unknown (「…にありますが、正確な位置はわかりません。」)
-                     is taken for an abstention; evaluation.score_item keeps it an answer when it is correct
-                     or states an unsupported term.
+                     情報がありません, お答えできません, はっきりしたことは言えません, 知識の範囲外, 不明です,
+                     確かな答えを持っていません, I don't know, ...) in its first sentence, or in its second when the
+                     first is an apology (申し訳ありません。). grading.py looks for ABSTENTION anywhere in the
+                     answer and keeps an answer that offers a candidate an answer.
+    western_years    Japanese era years as Western years (昭和3年 → 1928年, 平成元年 → 1989年), applied to answers
+                     and support texts before their terms are compared, so 昭和3年 is neither wrong nor invented.
+    named_terms      titles in 『』「」 and kanji place or organisation names (霧ヶ浜, …教団): claims that key_terms
+                     misses because no dictionary knows an invented name.
+    SupportIndex     a whole crawl's texts prepared once (numbers, compact form), so that any article may
+                     support a term.
     is_japanese      at least a third of the answer's letters (Unicode letters; digits and punctuation do not
                      count) are kana or kanji — a Latin letter says less than a Japanese character, so a
                      Japanese sentence quoting an English title stays Japanese — and a text of more than 10
@@ -94,17 +101,52 @@ KANA_FOLDS = (("ー", ""), ("ヴァ", "バ"), ("ヴィ", "ビ"), ("ヴェ", "ベ
 
 ABSTENTION = re.compile(
     "|".join([
-        r"(わか|分か|判)(りません|らない|りかね)", r"存じ(上げ|あげ)?ません", r"知りません", r"記憶にありません",
-        r"(でき|いたし|致し|し)かねます", r"(情報|資料|記録).{0,6}(ございません|ありません)",
-        r"情報(が|は|を)?(ありません|ない|見つかりません|見当たりません|持って(い|お)りません|持っていません"
-        r"|持ち合わせて(い|お)りません)",
-        r"(お答え|答え|回答)(でき|いたしかね|しかね|られ)ません", r"確認できません",
-        r"i (don't|do not|cannot|can't) (know|answer)", r"i'?m not sure", r"i am not sure",
-        r"(don't|do not) have (any )?(information|knowledge)", r"no information",
+        r"(わか|分か|判)(りません|らない|りかね|っていません|っていない)", r"存じ(上げ|あげ)?(ません|ない|て(い|お)りません)", r"知りません",
+        r"記憶に(ありません|ございません|ない)", r"(お答え|答え|回答|説明|特定)(する|いたす|る)?こと(が|は)?(でき|いたしかね)ません", r"(でき|いたし|致し|し)かねます", r"(情報|資料|記録|データ|知識|文献).{0,6}(ございません|ありません|ない)",
+        r"(情報|知識|答え|回答|資料|データ)(が|は|を)?(ありません|ない|見つかりません|見当たりません|持って(い|お)りません"
+        r"|持っていません|持ち合わせて(い|お)りません|持ち合わせていません)",
+        r"(お答え|答え|回答|断言|特定|判断|確認|明言|お伝え)(でき|いたしかね|しかね|られ|が出来)ません", r"確認できません",
+        r"(はっきり|確か|正確|明確|定か)(な|に|と|したこと|なこと)?(は|が|を|も)?(言|い)え(ません|ない)",
+        r"知識の範囲(外|を超え)", r"範囲外", r"(不明|未詳|不詳)(です|である|だ|とされ|のまま|。|$)", r"不確か",
+        r"定かで(は)?(ありません|ない)", r"(自信|確信|確証)(が|は)?(ありません|ない|持てません|持てない)",
+        r"思い出せ(ません|ない)", r"見当(が|も)?つき?(ません|ない)", r"申し上げられません", r"(詳しく|明らかになって)(い)?(ありません|ない|ません)",
+        r"(確か|正確)な(答え|情報|こと|回答)を?(持って|持ち合わせて)", r"知る由も", r"把握して(い|お)りません|把握していません",
+        r"i (don't|do not|cannot|can't) (know|answer|say|recall)", r"i'?m not (sure|certain)", r"i am not (sure|certain)",
+        r"(don't|do not) have (any )?(information|knowledge)", r"no information", r"\bunknown\b", r"no idea",
+        r"beyond my knowledge", r"^\W*n/?a\W*$", r"^\W*(なし|無し|該当なし|不明)\W*$", r"(該当|答え|回答)(は)?(なし|無し)",
+        r"(情報|知識|資料|データ)(が|は)?(不足|足りません|足りない)", r"(記録|資料|情報)(が|は)?残って(い|お)?(ません|ない)",
+        r"(お役に立て|お力になれ)(ず|ません)", r"(回答|お答え|答え)(を|は)?(差し)?控え", r"(思い|心)当たり(が)?(ません|ありません|ない)",
+        r"(調べ|確認)(る|が)必要", r"アクセスでき(ません|ない)", r"(データ|情報|知識)に(は)?含まれて(い|お)?(ません|ない)",
+        r"はっきり(しません|しない)", r"わかんない", r"^\W*さあ\W", r"\bnot (sure|certain)\b", r"\bno answer\b", r"^\W*(申し訳(ありません|ございません)|すみません|ごめんなさい)\W*$",
     ])
 )
 APOLOGY = re.compile(r"申し訳|すみません|ごめんなさい|恐れ入ります|sorry")
 SENTENCE_END = re.compile(r"[。．！？!?\n]+")
+
+
+ERAS = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "令和": 2019}
+KANJI_DIGITS = {"〇": 0, "零": 0, "一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+ERA_YEAR = re.compile(r"(明治|大正|昭和|平成|令和)\s*(元|[0-9]+|[〇零一二三四五六七八九十]+)\s*年")
+
+
+def western_years(text: str) -> str:
+    """Japanese era years as Western years: 昭和3年 → 1928年, 平成元年 → 1989年, 大正十五年 → 1926年."""
+    def replace(match):
+        number = 1 if match[2] == "元" else _small_number(match[2])
+        return f"{ERAS[match[1]] + number - 1}年" if number else match[0]
+
+    return ERA_YEAR.sub(replace, text)
+
+
+def _small_number(text: str) -> int | None:
+    """0–99 in digits or kanji (三, 十五, 二十, 六十四)."""
+    if text.isdigit():
+        return int(text)
+    tens, _, ones = text.partition("十")
+    if "十" not in text:
+        return KANJI_DIGITS.get(text) if len(text) == 1 else None
+    value = (KANJI_DIGITS.get(tens, 0) if tens else 1) * 10 + (KANJI_DIGITS.get(ones, 0) if ones else 0)
+    return value if (not tens or tens in KANJI_DIGITS) and (not ones or ones in KANJI_DIGITS) else None
 
 
 def normalize(text: str) -> str:
@@ -223,6 +265,54 @@ def unsupported_terms(answer: str, *support_texts: str) -> set[str]:
         numbers, compact = _support(text)
         unsupported = {term for term in unsupported if not _supports(term, numbers, compact)}
     return unsupported
+
+
+class SupportIndex:
+    """Many support texts (a whole crawl) prepared once: their numbers and their compact, kana-folded form."""
+
+    def __init__(self, texts):
+        numbers, compacts = set(), []
+        for text in texts:
+            text = western_years(normalize(text))  # the corpus's 昭和3年 supports an answer's 1928
+            numbers |= _numbers(text)
+            compacts.append(fold_kana(NAME_SEPARATORS.sub("", text)))
+        self.numbers, self.compact = frozenset(numbers), "\n".join(compacts)
+
+    def supports(self, term: str) -> bool:
+        return _supports(term, self.numbers, self.compact)
+
+
+def unsupported(terms: set[str], *support_texts: str, index: SupportIndex | None = None) -> set[str]:
+    """The terms (key terms or named_terms, normalised) that neither a support text nor the index supports."""
+    terms = set(terms)
+    for text in support_texts:
+        if not terms:
+            break
+        numbers, compact = _support(text)
+        terms = {term for term in terms if not _supports(term, numbers, compact)}
+    if index is not None:
+        terms = {term for term in terms if not index.supports(term)}
+    return terms
+
+
+# Titles in 『』 or 「」 (short, no sentence inside), and kanji names of places and organisations by their suffix:
+# 霧ヶ浜, 星の智慧派教団 are claims though no dictionary knows them.
+TITLE = re.compile(r"『([^『』。\n]{1,30})』|「([^「」。、！？!?\n]{2,15})」")
+PLACE_SUFFIX = re.compile(
+    r"(?<![\u3005\u4E00-\u9FFF])(?:[\u3005\u4E00-\u9FFF]+[ヶケヵ][\u3005\u4E00-\u9FFF]+|[\u3005\u4E00-\u9FFF]{2,5}"
+    r"(?:浜|島|岬|湾|村|町|郡|県|谷|峠|港|城|寺)|[\u3005\u4E00-\u9FFF]{1,6}(?:神社|大学|教団|教会|協会|結社|財団|研究所|"
+    r"図書館|博物館|病院|出版|書房|山脈|諸島|半島))"
+)
+
+
+def named_terms(text: str) -> set[str]:
+    """Names that key_terms misses, normalised: titles in 『』「」 (holding a kana or kanji) and kanji place or
+    organisation names with a place suffix (霧ヶ浜, 大いなる…教団)."""
+    text = normalize(text)
+    titles = {book for book, _ in TITLE.findall(text) if KANJI.search(book) or KANA.search(book)}
+    titles |= {quoted for _, quoted in TITLE.findall(text) if KANJI.search(quoted) or KATAKANA.search(quoted)}
+    titles.discard("")
+    return {NAME_SEPARATORS.sub("", title) for title in titles} | set(PLACE_SUFFIX.findall(text))
 
 
 def _supports(term: str, numbers: frozenset[str], compact: str) -> bool:

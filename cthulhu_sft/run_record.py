@@ -75,13 +75,25 @@ def start(output_dir: str, config: dict, data: dict, resumed_from: str | None, c
 
 def finish(output_dir: str, record: dict, metrics: dict, knowledge: dict, records: list[dict]) -> None:
     """config.yaml, the model card and run.json (status "finished"), written last so that a finished run.json
-    means every other output is in place."""
+    means every other output is in place. A requested publish is recorded as "pending" until hub.push_run records
+    its outcome, so that a run stopped during the upload is published by the same command run again."""
     config = record["config"]
-    write_text_atomic(os.path.join(output_dir, "config.yaml"),
-                      yaml.safe_dump(recipe(config), allow_unicode=True, sort_keys=False))
-    write_text_atomic(os.path.join(output_dir, "README.md"), render_card(config, metrics, knowledge, records))
+    write_named(write_text_atomic, os.path.join(output_dir, "config.yaml"),
+                yaml.safe_dump(recipe(config), allow_unicode=True, sort_keys=False))
+    write_named(write_text_atomic, os.path.join(output_dir, "README.md"),
+                render_card(config, metrics, knowledge, records))
     record.update(status="finished", end_time=now(), metrics=metrics, knowledge_check=knowledge)
-    write_json_atomic(os.path.join(output_dir, "run.json"), record)
+    if config.get("push_to_hub"):
+        record["publish"] = {"repo_id": config["hub_model_id"], "status": "pending"}
+    write_named(write_json_atomic, os.path.join(output_dir, "run.json"), record)
+
+
+def write_named(write, path: str, value) -> None:
+    """write(path, value), whose OSError names `path` (a write that fails, e.g. on a full disk, names no file)."""
+    try:
+        write(path, value)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, error.filename or path) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,24 +113,36 @@ def answer_samples(model, fmt, script_args, output_dir: str) -> list[dict]:
     return samples
 
 
-def knowledge_check(model, fmt, files: list[str], limit: int) -> dict:
-    """Answers each set's short-answer questions at temperature 0 with the adapter and with it disabled (PEFT's
-    disable_adapter: the base, no second copy in memory); scores them with the evaluation's own measures, as
-    `evaluate.py --limit LIMIT --temperatures 0` does: the first `limit` rows of a set, the articles' text from
-    data/source_texts.jsonl and the crawl cache.
+def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty: float, output_dir: str) -> dict:
+    """Answers the first `limit` rows of each set at temperature 0 with the adapter and with it disabled (PEFT's
+    disable_adapter: the base, no second copy in memory), through evaluation.evaluate_model: the pipeline of
+    evaluate.py, so that the card's reproduce command (`reproduce_command`) gives the same numbers. The articles'
+    text comes from data/source_texts.jsonl and the crawl cache, as evaluate.py reads them by default.
 
-    A missing or unusable set is reported in its entry, not raised; quiz items that the quiz self-check flags
-    (their answer is not in the crawled article) are left out and counted.
+    A missing or unusable set is reported in its entry, not raised; quiz items whose article names none of their
+    accepted answers are left out and counted, as evaluate.py does. Every answer with its grade and scores goes to
+    `<output_dir>/knowledge_check.jsonl` (evaluate.py's generations.jsonl lines).
     """
-    from .evaluation import aggregate, article_texts, default_max_new_tokens, quiz_problems, read_set, score_item
-    from .inference import generate
+    from .evaluation import (
+        Decoding,
+        article_corpus,
+        device_batch_size,
+        evaluate_model,
+        longest_sequence,
+        prepare_set,
+        progress_bar,
+        read_set,
+    )
+    from .report import console_table
 
     started = time.monotonic()
-    texts = article_texts(SOURCE_TEXTS if os.path.isfile(SOURCE_TEXTS) else None, CACHE_DIR)
-    sets = []
+    source_texts = SOURCE_TEXTS if os.path.isfile(SOURCE_TEXTS) else None
+    cache_dir = CACHE_DIR if os.path.isdir(CACHE_DIR) else None
+    corpus = article_corpus(source_texts, cache_dir)
+    entries, sets = [], []
     for path in files:
         entry = {"name": set_name(path), "path": path}
-        sets.append(entry)
+        entries.append(entry)
         try:
             rows = read_set(path) if os.path.isfile(path) else None
         except ValueError as error:
@@ -127,29 +151,49 @@ def knowledge_check(model, fmt, files: list[str], limit: int) -> dict:
         if rows is None:
             entry["error"] = "file not found"
             continue
-        rows = rows[:limit]
-        flagged = {id(row) for row in quiz_problems(rows, texts)}
-        rows = [row for row in rows if row.get("answers") and id(row) not in flagged]
-        entry["excluded_by_quiz_check"] = len(flagged)
-        if not rows:
+        evaluated = prepare_set(entry["name"], path, rows[:limit], corpus)
+        entry["excluded_by_quiz_check"] = len(evaluated.checks["wrong"])
+        entry["not_taught"] = len(evaluated.checks["not_taught"])
+        if not any(row.get("answers") for row in evaluated.scored):
             entry["error"] = "no question with accepted short answers (`answers`)"
             continue
-        max_new_tokens = default_max_new_tokens(rows, fmt)
-        conversations = [[{"role": "user", "content": row["instruction"]}] for row in rows]
-        entry["results"] = {}
-        for label in ("base", "adapter"):
-            logger.info(f"knowledge check: {entry['name']}, {label}: {len(rows)} questions")
-            if label == "base":
-                with model.disable_adapter():
-                    answers = generate(model, fmt, conversations, temperature=0, max_new_tokens=max_new_tokens)
-            else:
-                answers = generate(model, fmt, conversations, temperature=0, max_new_tokens=max_new_tokens)
-            items = [score_item(row, answer.text, answer.stopped, texts.get(row.get("title"), ""))
-                     for row, answer in zip(rows, answers)]
-            entry["results"][label] = aggregate(items)
-    seconds = time.monotonic() - started
-    logger.info(f"knowledge check done in {seconds:.0f}s")
-    return {"status": "done", "seconds": round(seconds, 1), "temperature": 0, "sets": sets}
+        sets.append(evaluated)
+    record = {"status": "done", "temperature": 0, "repetition_penalty": repetition_penalty, "source_texts": source_texts,
+              "cache_dir": cache_dir, "articles_with_text": len(corpus.texts), "base_parameters": base_parameters(model),
+              "sets": entries}
+    if sets:
+        batch_size = device_batch_size(model, longest_sequence(sets, fmt))
+        decoding = Decoding(temperatures=[0.0], repetition_penalty=repetition_penalty, batch_size=batch_size)
+        logger.info(f"knowledge check: {', '.join(f'{s.name} ({len(s.scored)} questions)' for s in sets)}, each answered "
+                    f"by the base and the adapter, greedy, in batches of {batch_size}")
+        with progress_bar(2 * sum(len(evaluated.scored) for evaluated in sets), "knowledge check") as bar:
+            with model.disable_adapter():
+                base = evaluate_model(model, fmt, "base", sets, decoding, corpus, progress=bar, losses=False)
+            adapter = evaluate_model(model, fmt, "adapter", sets, decoding, corpus, progress=bar, losses=False)
+        by_set = {(result["model"], result["set"]): result for result in base["results"] + adapter["results"]}
+        for entry in entries:
+            if "error" not in entry:
+                entry["results"] = {label: _without_set(by_set[(label, entry["name"])]) for label in ("base", "adapter")}
+                entry["max_new_tokens"] = adapter["max_new_tokens"].get(entry["name"])
+        record["batch_size"] = batch_size
+        write_jsonl_atomic(os.path.join(output_dir, "knowledge_check.jsonl"), base["generations"] + adapter["generations"])
+        logger.info("knowledge check (temperature 0):\n" + console_table(base["results"] + adapter["results"]))
+    record["seconds"] = round(time.monotonic() - started, 1)
+    logger.info(f"knowledge check done in {record['seconds']:.0f}s")
+    return record
+
+
+def _without_set(result: dict) -> dict:
+    return {key: value for key, value in result.items() if key not in ("set", "model", "temperature")}
+
+
+def base_parameters(model) -> int | None:
+    """The base model's parameter count (a tiny test model is named as such in the card)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return int(base.num_parameters())
+    except (AttributeError, TypeError):
+        return None
 
 
 def set_name(path: str) -> str:
@@ -177,7 +221,8 @@ def after_training(model, fmt, script_args, output_dir) -> dict:
     if not script_args.knowledge_check:
         return {"status": "skipped", "reason": "knowledge_check is false"}
     try:
-        check = knowledge_check(model, fmt, script_args.knowledge_check_files, script_args.knowledge_check_limit)
+        check = knowledge_check(model, fmt, script_args.knowledge_check_files, script_args.knowledge_check_limit,
+                                script_args.sample_repetition_penalty, output_dir)
     except Exception as error:
         logger.warning(f"knowledge check failed: {type(error).__name__}: {error}")
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
@@ -211,9 +256,9 @@ def render_card(config: dict, metrics: dict, knowledge: dict, records: list[dict
         repo_or_path=repo_id or config["output_dir"],
         max_new_tokens=config["sample_max_new_tokens"],
         decoding=", ".join(f"{key}={value}" for key, value in decoding.items()),
-        metrics=metric_rows(metrics),
-        hyperparameters=[(key, config[key]) for key in HYPERPARAMETERS if key in config],
-        knowledge=knowledge_view(knowledge),
+        metrics=metric_rows(metrics, config),
+        hyperparameters=hyperparameter_rows(config),
+        knowledge=knowledge_view(knowledge, config),
         load_flag=" --load_in_8bit" if config.get("load_in_8bit") else " --load_in_4bit" if config.get("load_in_4bit") else "",
         license=config["license"],
         **provenance,
@@ -221,8 +266,8 @@ def render_card(config: dict, metrics: dict, knowledge: dict, records: list[dict
     return card.content
 
 
-def metric_rows(metrics: dict) -> list[dict]:
-    """The losses (4 decimals), the training time and the epochs; run.json has every metric."""
+def metric_rows(metrics: dict, config: dict) -> list[dict]:
+    """The losses (4 decimals), the training time and the epochs trained; run.json has every metric."""
     rows = []
     for name in sorted(metrics):
         value = metrics[name]
@@ -231,8 +276,21 @@ def metric_rows(metrics: dict) -> list[dict]:
         elif name == "train_runtime":
             rows.append({"name": "training time (s)", "value": f"{value:.1f}"})
         elif name == "epoch":
-            rows.append({"name": "epochs", "value": f"{value:.2f}"})
+            rows.append({"name": "epochs trained (passes over the training data)" + (
+                f", set by max_steps {config['max_steps']}" if length_set_by_max_steps(config) else ""),
+                "value": f"{value:.2f}"})
     return rows
+
+
+def length_set_by_max_steps(config: dict) -> bool:
+    """The Trainer trains max_steps steps when it is positive, whatever num_train_epochs says."""
+    return (config.get("max_steps") or -1) > 0
+
+
+def hyperparameter_rows(config: dict) -> list[tuple]:
+    """HYPERPARAMETERS as set; of num_train_epochs and max_steps only the one that set the run's length."""
+    unused = "num_train_epochs" if length_set_by_max_steps(config) else "max_steps"
+    return [(key, config[key]) for key in HYPERPARAMETERS if key in config and key != unused]
 
 
 def data_provenance(records: list[dict]) -> dict:
@@ -265,31 +323,95 @@ def data_provenance(records: list[dict]) -> dict:
             "other_sources": sorted(others), "data_origin_ja": origin_ja, "data_origin_en": origin_en}
 
 
-def knowledge_view(knowledge: dict) -> dict:
-    """The knowledge check as the card's tables show it."""
+TINY_MODEL_PARAMETERS = 100_000_000  # below this a base is a test model: its numbers say nothing about knowledge
+QUALIFIERS = (("not_attempted_rate", "not attempted"), ("empty_rate", "empty"), ("non_japanese_rate", "not in Japanese"),
+              ("truncated_rate", "cut at max_new_tokens"))
+
+
+def knowledge_view(knowledge: dict, config: dict | None = None) -> dict:
+    """The knowledge check as the card's tables show it: per set and model the grades with the interval, the
+    hallucination rate and what qualifies them (not attempted, empty, non-Japanese, truncated); notes on the base
+    (a local folder, a tiny test model) and on the support texts; the reproduce command."""
     if knowledge.get("status") != "done":
         return knowledge
-    view = {"status": "done", "sets": [], "limit": knowledge.get("limit"), "sets_argument": " ".join(
-        f"{entry['name']}={entry['path']}" for entry in knowledge["sets"] if "results" in entry)}
+    config = config or {}
+    view = {"status": "done", "sets": [], "notes": base_notes(knowledge, config)}
     for entry in knowledge["sets"]:
-        card_set = {"name": entry["name"], "path": entry["path"], "error": entry.get("error"), "rows": []}
+        card_set = {"name": entry["name"], "path": entry["path"], "error": entry.get("error"), "rows": [], "notes": []}
         for label, result in entry.get("results", {}).items():
             low, high = result["accuracy_ci"] or (None, None)
             card_set["rows"].append({
                 "model": label, "n": result["n"], "accuracy": percent(result["accuracy"]),
                 "interval": f"{percent(low)}–{percent(high)}" if low is not None else "–",
+                "incorrect_rate": percent(result["incorrect_rate"]),
+                "not_attempted_rate": percent(result["not_attempted_rate"]),
                 "hallucination_rate": percent(result["hallucination_rate"]),
-                "abstention_rate": percent(result["abstention_rate"]),
+                "empty": result["empty"], "non_japanese_rate": percent(result["non_japanese_rate"]),
+                "truncated_rate": percent(result["truncated_rate"]),
             })
+            qualifiers = [f"{percent(result[key])} {what}" for key, what in QUALIFIERS if result.get(key)]
+            if qualifiers:
+                card_set["notes"].append(f"{label}: {', '.join(qualifiers)} of its answers"
+                                         + (" — its accuracy and hallucination rate describe few real answers."
+                                            if (result.get("non_japanese_rate") or 0) >= 0.5
+                                            or (result.get("truncated_rate") or 0) >= 0.5 else "."))
         if entry.get("excluded_by_quiz_check"):
-            card_set["note"] = (f"{entry['excluded_by_quiz_check']} question(s) left out: the quiz self-check found "
-                                "their accepted answers nowhere in the crawled text of their article.")
+            card_set["notes"].append(f"{entry['excluded_by_quiz_check']} question(s) left out: the crawled text of their "
+                                     "article names none of their accepted answers.")
+        if entry.get("not_taught"):
+            card_set["notes"].append(f"{entry['not_taught']} question(s) not taught by this data: no crawled article "
+                                     "names their answer.")
         view["sets"].append(card_set)
     if not any(card_set["rows"] for card_set in view["sets"]):
         return {"status": "skipped", "reason": "none of the knowledge_check_files could be used (" + "; ".join(
             f"{s['path']}: {s['error']}" for s in view["sets"]) + ")" if view["sets"] else
             "no knowledge_check_files were given"}
+    view["reproduce"] = reproduce_command(knowledge, config)
     return view
+
+
+def base_notes(knowledge: dict, config: dict) -> list[str]:
+    """What the reader must know about the base and the support texts to read the numbers."""
+    notes = []
+    base = config.get("model_name_or_path")
+    parameters = knowledge.get("base_parameters")
+    if parameters is not None and parameters < TINY_MODEL_PARAMETERS:
+        notes.append(f"The base is a tiny test model ({parameters:,} parameters), not a language model that knows "
+                     "anything: these numbers only show that the pipeline ran.")
+    if base and is_local_path(base):
+        hub_id = config.get("base_model_hub_id")
+        notes.append(f"The base was loaded from the local folder `{base}`" + (
+            f" (named {hub_id} in the metadata)." if hub_id else ", not from the Hub."))
+    if not knowledge.get("articles_with_text"):
+        notes.append(f"No article text was available ({SOURCE_TEXTS}, {CACHE_DIR}/): hallucination was checked against "
+                     "the question and the reference answer only, and the quiz's answers were not checked.")
+    return notes
+
+
+def reproduce_command(knowledge: dict, config: dict) -> str:
+    """The evaluate.py command that gives the card's numbers: same model loading, sets, rows, batches, greedy."""
+    import shlex
+
+    published = config.get("push_to_hub") and config.get("hub_model_id")
+    adapter = published or config.get("output_dir") or "OUTPUT_DIR"
+    parts = ["python", "evaluate.py", "--models", "base", f"adapter={adapter}"]
+    if config.get("model_name_or_path"):
+        parts += ["--base_model", config["model_name_or_path"]]
+    if config.get("model_revision") not in (None, "main"):
+        parts += ["--revision", config["model_revision"]]
+    if config.get("load_in_8bit"):
+        parts.append("--load_in_8bit")
+    elif config.get("load_in_4bit"):
+        parts.append("--load_in_4bit")
+    if config.get("dtype") not in (None, "auto"):
+        parts += ["--dtype", str(config["dtype"])]
+    parts += ["--temperatures", "0", "--repetition_penalty", str(knowledge["repetition_penalty"]),
+              "--batch_size", str(knowledge["batch_size"])]
+    if knowledge.get("limit"):
+        parts += ["--limit", str(knowledge["limit"])]
+    parts += ["--source_texts", knowledge.get("source_texts") or "", "--cache_dir", knowledge.get("cache_dir") or ""]
+    parts += ["--sets", *(f"{entry['name']}={entry['path']}" for entry in knowledge["sets"] if "results" in entry)]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 def percent(value) -> str:

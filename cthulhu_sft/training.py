@@ -3,16 +3,23 @@
 Shared by train_sft.py and benchmarks/bench_train.py, so that the benchmark measures the product's own path.
 """
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+import time
 import warnings
+from contextlib import contextmanager
 
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
+from .config import fail
 from .format import CHAT_TEMPLATE, chat_template_mismatches
 from .logs import SayOnce
 
@@ -100,6 +107,7 @@ def build_trainer(model_args, training_args, train_rows, eval_sets: dict, tokeni
         eval_dataset=datasets or None,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[TrainingClock()],
     )
     if not sharded_with_fsdp():  # FSDP flattens each unit into one tensor of one dtype: LoRA stays in the base's
         keep_adapter_in_float32(trainer.model)
@@ -129,6 +137,53 @@ def check_adapter_written(output_dir: str) -> None:
     if not os.path.isfile(os.path.join(output_dir, ADAPTER_FILE)):
         raise SystemExit(f"error: training ended but no {ADAPTER_FILE} was written to {output_dir}; the run is not "
                          "recorded as finished (under FSDP, check fsdp_state_dict_type in the accelerate config)")
+
+
+class TrainingClock(TrainerCallback, ExportableState):
+    """The seconds a run has trained, across the calls that resumed it: kept in each checkpoint's
+    trainer_state.json (the Trainer saves ExportableState callbacks there) and read back from the resumed one."""
+
+    def __init__(self):
+        self.before, self.started = 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = state.stateful_callbacks.get(type(self).__name__)  # the resumed checkpoint's, if it has one
+        self.before = float(saved["attributes"]["seconds"]) if isinstance(saved, dict) else 0.0
+        self.started = time.monotonic()
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())  # a checkpoint saved before this clock
+
+    def seconds(self) -> float:
+        return self.before + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"seconds": self.seconds()}}
+
+
+def run_metrics(trainer, metrics: dict, resumed_from: str | None) -> dict:
+    """The training metrics of the whole run. The Trainer's describe its last call only: resumed at the last
+    step, train_loss 0 and a runtime of a millisecond. A resumed run's train_loss is the mean over its steps (the
+    resumed checkpoint's logged losses, weighted by the steps each covers, with this call's), its train_runtime the
+    TrainingClock's seconds over all calls up to the checkpoint plus this call's, and the speeds follow from them."""
+    if resumed_from is None:
+        return metrics
+    with open(os.path.join(resumed_from, "trainer_state.json"), encoding="utf-8") as file:
+        start_step = json.load(file)["global_step"]
+    steps_now = trainer.state.global_step - start_step
+    loss_sum, logged_step = 0.0, 0
+    for entry in trainer.state.log_history:
+        if "loss" in entry and logged_step < entry["step"] <= start_step:
+            loss_sum += entry["loss"] * (entry["step"] - logged_step)
+            logged_step = entry["step"]
+    clock = next(callback for callback in trainer.callback_handler.callbacks if isinstance(callback, TrainingClock))
+    runtime = clock.before + metrics["train_runtime"]
+    samples_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
+    steps = trainer.state.global_step
+    return metrics | {
+        "train_loss": (loss_sum + metrics["train_loss"] * steps_now) / max(logged_step + steps_now, 1),
+        "train_runtime": round(runtime, 4),
+        "train_steps_per_second": round(steps / runtime, 3) if runtime else None,
+        "train_samples_per_second": round(steps * samples_per_step / runtime, 3) if runtime else None,
+    }
 
 
 def keep_adapter_in_float32(model) -> None:
@@ -189,7 +244,11 @@ def resume_checkpoint(value, output_dir: str) -> str | None:
     if str(value).lower() == "true":
         last = newest_complete_checkpoint(output_dir)
         if last is None:
-            raise OutputDirError(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}")
+            unfinished = sorted(name for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                                if name.startswith("checkpoint-"))
+            note = f" ({', '.join(unfinished)}: saved only in part, no trainer_state.json)" if unfinished else ""
+            raise OutputDirError(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}"
+                                 f"{note}; start the run again: the same command without --resume_from_checkpoint")
         return last
     if not os.path.isdir(value):
         raise OutputDirError(f"--resume_from_checkpoint: {value} is not a folder")
@@ -200,27 +259,69 @@ def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
     """Raises OutputDirError unless output_dir may receive a new run (or, resuming, the continued one).
 
     A finished run is never touched unless --overwrite_output_dir (train_sft.py stops before calling this); a run
-    with checkpoints is continued with --resume_from_checkpoint true; a run that crashed before its first
-    checkpoint is simply started again; any other non-empty folder is the user's and is refused. With
-    --overwrite_output_dir a new run starts there, and an earlier run's checkpoints are removed (by the main
-    process) so that a later resume cannot pick them up.
+    with a complete checkpoint is continued with --resume_from_checkpoint true; a run that stopped before its first
+    complete checkpoint (killed, or the disk full while saving it) is simply started again, its unfinished
+    checkpoint folders removed; any other non-empty folder is the user's and is refused. With
+    --overwrite_output_dir a new run starts there, and an earlier run's checkpoints are removed so that a later
+    resume cannot pick them up. Folders are removed by the main process.
     """
     names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
     if resuming or not names:
         return
     checkpoints = [name for name in names if name.startswith("checkpoint-")]
-    if overwrite:
-        if checkpoints and PartialState().is_main_process:
-            for name in checkpoints:
-                shutil.rmtree(os.path.join(output_dir, name))
-        return
-    if read_run(output_dir) is None:
+    if not overwrite and read_run(output_dir) is None:
         raise OutputDirError(
             f"{output_dir} is not empty and holds no cthulhu-sft run (no run.json); its files (e.g. a README.md) "
             "would be replaced: choose another --output_dir, or pass --overwrite_output_dir true")
-    if checkpoints:
+    if not overwrite and newest_complete_checkpoint(output_dir):
         raise OutputDirError(f"{output_dir} holds an unfinished run with checkpoints: continue it with "
                              "--resume_from_checkpoint true, or choose another --output_dir")
+    if checkpoints and PartialState().is_main_process:
+        if not overwrite:
+            logger.info(f"{output_dir}: starting the unfinished run again; removing {', '.join(sorted(checkpoints))} "
+                        "(saved only in part)")
+        for name in checkpoints:
+            shutil.rmtree(os.path.join(output_dir, name))
+
+
+# A write that failed for want of room: the disk or quota full, or a file size limit
+WRITE_FAILURE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# How torch.save reports a write that failed (its C++ stream writer gives no errno)
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "iostream error", "unexpected pos", "file write failed")
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why `error` (or an error it was raised from) is a write that failed for want of room, or None. Python, the
+    tokenizers and safetensors libraries give an errno ("(os error 28)"), torch's serializer only a message."""
+    while error is not None:
+        code = getattr(error, "errno", None)
+        if code is None and (found := re.search(r"os error (\d+)", str(error))):
+            code = int(found.group(1))
+        if code in WRITE_FAILURE_ERRNOS:
+            return os.strerror(code)
+        if any(marker in str(error) for marker in TORCH_WRITE_FAILURES):
+            return f"the write failed ({str(error).strip().splitlines()[0]}); is the disk full?"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextmanager
+def stop_if_disk_full(what, output_dir: str):
+    """A write inside the block that fails for want of room ends the run with one line (exit status 1): the path
+    (the error's own, else `what`, or `what()` for a path known only then), the reason, and the command to run once
+    there is room. Other errors pass through."""
+    try:
+        yield
+    except Exception as error:
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        where = getattr(error, "filename", None) or (what() if callable(what) else what)
+        then = ("continue the run with --resume_from_checkpoint true" if newest_complete_checkpoint(output_dir) else
+                "run the same command again, without --resume_from_checkpoint (the run starts again)")
+        print(file=sys.stderr)  # off the progress bar's line, which the failure left open
+        fail(f"cannot write {where}: {reason}. Free space on that disk (or choose an --output_dir on another), then "
+             f"{then}", code=1)
 
 
 def load_tokenizer(model_args, training_args, fmt, instructions):
@@ -239,16 +340,18 @@ def load_tokenizer(model_args, training_args, fmt, instructions):
 
 
 def report_memory_estimate(training_args, model_args, rows):
-    """Prints the estimated peak GPU memory; warns, naming the settings to change, when it exceeds this GPU."""
+    """Prints the estimated peak GPU memory; warns, naming the settings to change, when it exceeds this GPU. On the
+    CPU one line says so: the estimate's parts (CUDA context, GPU activations) describe a GPU."""
     import torch
 
-    from .memory import check_fits, estimate_for_args, format_estimate
+    from .memory import check_fits, estimate_for_args, format_estimate, gib
 
     longest = max(len(row["input_ids"]) for row in rows)
     shards = PartialState().num_processes if sharded_with_fsdp() else 1
     estimate = estimate_for_args(training_args, model_args, longest_example=longest, fsdp_processes=shards)
     if not torch.cuda.is_available():
-        logger.info(format_estimate(estimate))
+        logger.info(f"Training on the CPU (no GPU found): no GPU memory check; on a GPU these settings would need "
+                    f"about {gib(estimate.total)} per process (estimate, cthulhu_sft/memory.py).")
         return
     device = torch.cuda.get_device_properties(PartialState().device)
     logger.info(format_estimate(estimate, device.total_memory, device.name))
@@ -259,15 +362,25 @@ def report_memory_estimate(training_args, model_args, rows):
 
 def final_eval_metrics(trainer) -> dict:
     """Eval metrics at the last step, of every eval set: those the last evaluation logged (one log entry per set),
-    else a new evaluation (all processes)."""
+    else a new evaluation (all processes). TRL adds its own metrics (entropy, token accuracy) to each set's entry
+    without the set's name; they get it here (eval_known_entropy), so that one set's value does not replace another's."""
     if trainer.eval_dataset is None:
         return {}
     sets = len(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else 1
-    logged = [entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.global_step
-              and any(key.startswith("eval_") and key.endswith("loss") for key in entry)]
-    if len(logged) >= sets:
-        return {key: value for entry in logged[-sets:] for key, value in entry.items() if key.startswith("eval_")}
-    return trainer.evaluate()
+
+    def logged():
+        return [entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.global_step
+                and any(key.startswith("eval_") and key.endswith("loss") for key in entry)]
+
+    if len(logged()) < sets:
+        trainer.evaluate()
+    metrics = {}
+    for entry in logged()[-sets:]:
+        loss = min((key for key in entry if key.startswith("eval_") and key.endswith("loss")), key=len)
+        prefix = loss.removesuffix("loss")  # "eval_known_", or "eval_" for a single set
+        metrics |= {key if key.startswith(prefix) else prefix + key.removeprefix("eval_"): value
+                    for key, value in entry.items() if key.startswith("eval_")}
+    return metrics
 
 
 def setup_logging():

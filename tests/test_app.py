@@ -245,6 +245,30 @@ def test_stream_answer_grows_to_generates_answer_and_stops_when_closed(tuned, fm
     assert generate(tuned, fmt, [conversation], temperature=0, max_new_tokens=20)[0] == expected
 
 
+def test_the_legend_shows_file_names_as_text(app):
+    support = app.Support(texts=("x",), sources=('<img src=x onerror="alert(1)">（記事 1 件の本文）', "my_own_file.jsonl"))
+    legend = app.legend(support)
+    assert "<img" not in legend and "&lt;img src=x onerror=" in legend
+    assert r"my\_own\_file.jsonl" in legend  # not "my<em>own</em>file" in Markdown
+
+
+def test_the_page_takes_no_uploads_and_gives_our_share_hint(app, capsys):
+    import httpx
+
+    chat = chat_app(app, None, None, app.Support(sources=("<b>names</b>",)), problem="no model in this test")
+    page = app.serve(chat.page(), free_port(), share=False, block=False)
+    try:
+        upload = httpx.post(f"{page.local_url}gradio_api/upload", files={"files": ("x.txt", b"data")}, timeout=30)
+        config = httpx.get(f"{page.local_url}config", timeout=30).json()
+    finally:
+        page.close()
+    assert upload.status_code == 403
+    [legend] = [c["props"]["value"] for c in config["components"] if c.get("props", {}).get("elem_id") == "legend"]
+    assert "<b>" not in legend and "&lt;b&gt;names" in legend
+    out = capsys.readouterr().out
+    assert "Running on local URL" in out and "start app.py with --share" in out and "share=True" not in out
+
+
 # --- the real CLI in a real browser -----------------------------------------------------------------------
 
 
@@ -277,6 +301,15 @@ class Page:
         self.process.terminate()
         self.process.wait(timeout=30)
         self.log.close()
+
+
+def test_the_documented_test_command_and_ci_show_why_a_test_was_skipped():
+    """The browser tests skip without chromium; `-rs` prints that reason instead of a bare "2 skipped"."""
+    readme_command = next(line for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+                          if "python -m pytest" in line and "requirements-test.txt" in line)
+    ci_command = next(line for line in (REPO / ".ci" / "run").read_text().splitlines() if "python -m pytest" in line)
+    for command in (readme_command, ci_command):
+        assert " -rs" in command, command
 
 
 @pytest.fixture(scope="module")
@@ -383,6 +416,9 @@ def test_page_streams_compares_and_marks_unsupported_terms(browser, tiny_adapter
         page.get_by_text("Type a question first").wait_for(timeout=30_000)
     finally:
         server.stop()
+    log = (tmp_path / "app.log").read_text()  # our lines and real warnings only, and our own --share hint
+    assert "start app.py with --share" in log and "share=True" not in log
+    assert "gemm_4bit_forward" not in log and "FutureWarning" not in log, log
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from conftest import PYTHON, STOP_QUESTION, load_script, run_script
 from cthulhu_sft.evaluation import aggregate, default_max_new_tokens, score_item
 from cthulhu_sft.format import IGNORE_INDEX, MistralFormat
 from cthulhu_sft.inference import generate, load_model
+from cthulhu_sft.sets import Corpus
 
 KNOWN = [
     {"instruction": STOP_QUESTION, "response": "ラヴクラフトが1926年に創造した。",
@@ -47,11 +48,14 @@ TEMPERATURES = [0.0, 0.7]
 MODELS = ["base", "tuned", "stopper"]
 SETS = {"known": KNOWN, "unseen": UNSEEN, "quiz": QUIZ}
 RESULT_FIELDS = {
-    "set", "model", "temperature", "n", "accuracy", "accuracy_ci", "rouge_l_f1", "fact_recall", "hallucination_rate",
+    "set", "model", "temperature", "n", "accuracy", "accuracy_ci", "incorrect_rate", "not_attempted_rate",
+    "accuracy_given_attempted", "empty", "empty_rate", "rouge_l_f1", "fact_recall", "hallucination_rate",
     "unsupported_term_rate", "abstention_rate", "non_japanese_rate", "eos_stop_rate", "truncated_rate",
+    "judge_accuracy", "judge_agreement",
 }
-GENERATION_FIELDS = {"set", "model", "temperature", "instruction", "answer", "correct", "abstained", "japanese",
-                     "unsupported_terms", "truncated"}
+GENERATION_FIELDS = {"set", "model", "temperature", "instruction", "answer", "grade", "correct", "empty", "abstained",
+                     "japanese", "unsupported_terms", "hallucinated", "truncated"}
+CORPUS = Corpus({source["title"]: source["text"] for source in SOURCE_TEXTS})
 
 
 def write_jsonl(path, rows):
@@ -105,7 +109,7 @@ def test_results_cover_every_set_model_and_temperature(evaluation, tiny_model_di
         assert set(result) == RESULT_FIELDS
         assert result["n"] == {"known": 2, "unseen": 2, "quiz": 2}[result["set"]]
         assert (result["accuracy"] is None) == (result["set"] == "unseen")  # no accepted answers there
-        for key in RESULT_FIELDS - {"set", "model", "temperature", "n", "accuracy_ci"}:
+        for key in RESULT_FIELDS - {"set", "model", "temperature", "n", "accuracy_ci", "empty"}:
             assert result[key] is None or 0.0 <= result[key] <= 1.0, (key, result)
 
 
@@ -113,11 +117,10 @@ def test_results_cover_every_set_model_and_temperature(evaluation, tiny_model_di
 def test_every_result_is_aggregated_from_the_answers_beside_it(evaluation):
     rows, report = evaluation["rows"], evaluation["report"]
     assert len(rows) == len(MODELS) * len(TEMPERATURES) * (2 + 2 + 2)
-    sources = {source["title"]: source["text"] for source in SOURCE_TEXTS}
     for row in rows:
         assert GENERATION_FIELDS <= set(row)
         set_row = next(r for r in SETS[row["set"]] if r["instruction"] == row["instruction"])
-        expected = score_item(set_row, row["answer"], row["stopped"], sources.get(row["title"], ""))
+        expected = score_item(set_row, row["answer"], row["stopped"], CORPUS)
         assert {key: row[key] for key in expected} == expected
     for result in report["results"]:
         own = own_rows(rows, result["set"], result["model"], result["temperature"])
@@ -243,7 +246,7 @@ def test_check_quiz_lists_rows_whose_answers_are_not_in_their_article(tmp_path, 
     out = capsys.readouterr().out
     quiz = tmp_path / "quiz.jsonl"
     assert (f"quiz ({quiz}): 3 rows with accepted answers, 2 checked against their article's text, 1 not found "
-            "there, 1 unchecked (no text)") in out
+            "there, 1 unchecked (no text: 0 named by another crawled article, 1 not taught by this data)") in out
     assert f"  {quiz}:2: {QUIZ[1]['instruction']} — none of ['大西洋'] is in the article 'ルルイエ'" in out
     good = write_jsonl(tmp_path / "good.jsonl", [QUIZ[0], QUIZ[2]])
     with pytest.raises(SystemExit) as exit_info:
@@ -319,25 +322,28 @@ def test_default_sets_are_those_that_exist(tmp_path, monkeypatch, capsys):
     write_jsonl(tmp_path / "data/eval.jsonl", UNSEEN)
     write_jsonl(tmp_path / "data/quiz/cthulhu_quiz_ja.jsonl", QUIZ)
     write_jsonl(tmp_path / "data/source_texts.jsonl", SOURCE_TEXTS)
-    args = script.parse_args(["--models", "base"])
-    assert args.set_paths == {"unseen": "data/eval.jsonl", "quiz": "data/quiz/cthulhu_quiz_ja.jsonl"}
-    assert args.source_texts == "data/source_texts.jsonl" and args.cache_dir is None
-    assert args.sets["quiz"]["scored"] == [0, 2]  # its second row's answer is not in data/source_texts.jsonl
+    plan = script.parse_args(["--models", "base"])
+    assert {evaluated.name: evaluated.path for evaluated in plan.sets} == {
+        "unseen": "data/eval.jsonl", "quiz": "data/quiz/cthulhu_quiz_ja.jsonl"}
+    assert plan.missing_sets == {"known": "data/eval_known.jsonl"}
+    assert plan.source_texts == "data/source_texts.jsonl" and plan.cache_dir is None
+    quiz = next(evaluated for evaluated in plan.sets if evaluated.name == "quiz")
+    assert [row["line"] for row in quiz.scored] == [1, 3]  # its second row's answer is not in data/source_texts.jsonl
 
 
 def test_limit_takes_the_first_rows_of_each_set(tmp_path):
     script = load_script("evaluate")
-    args = script.parse_args(["--models", "base", *write_inputs(tmp_path), "--limit", "1"])
-    assert {name: len(info["rows"]) for name, info in args.sets.items()} == {"known": 1, "unseen": 1, "quiz": 1}
-    assert args.sets["known"]["rows"][0]["instruction"] == STOP_QUESTION
+    plan = script.parse_args(["--models", "base", *write_inputs(tmp_path), "--limit", "1"])
+    assert {evaluated.name: len(evaluated.rows) for evaluated in plan.sets} == {"known": 1, "unseen": 1, "quiz": 1}
+    assert plan.sets[0].rows[0]["instruction"] == STOP_QUESTION
 
 
 def test_model_and_set_specs():
     script = load_script("evaluate")
-    assert script.parse_model_spec("base") == {"label": "base", "path": None}
-    assert script.parse_model_spec("before=base") == {"label": "before", "path": None}
-    assert script.parse_model_spec("output/run-1/") == {"label": "run-1", "path": "output/run-1/"}
-    assert script.parse_model_spec("r16=user/cthulhu-lora") == {"label": "r16", "path": "user/cthulhu-lora"}
+    assert script.parse_model_spec("base") == script.ModelSpec("base", None)
+    assert script.parse_model_spec("before=base") == script.ModelSpec("before", None)
+    assert script.parse_model_spec("output/run-1/") == script.ModelSpec("run-1", "output/run-1/")
+    assert script.parse_model_spec("r16=user/cthulhu-lora") == script.ModelSpec("r16", "user/cthulhu-lora")
     assert script.parse_set_spec("quiz=data/quiz/cthulhu_quiz_ja.jsonl") == ("quiz", "data/quiz/cthulhu_quiz_ja.jsonl")
     assert script.parse_set_spec("data/eval_known.jsonl") == ("eval_known", "data/eval_known.jsonl")
 
@@ -352,5 +358,24 @@ def test_a_set_without_answers_is_still_reported(tmp_path, capsys):
     results = {r["set"]: r for r in report["results"]}
     assert list(results) == list(SETS) and {r["model"] for r in results.values()} == {"answers"}  # the file's name
     assert results["quiz"]["n"] == 1 and results["quiz"]["accuracy"] == 1.0
-    assert results["known"]["n"] == 0 and all(results["known"][key] is None for key in RESULT_FIELDS - {"set", "model", "n"})
+    assert results["known"]["n"] == 0 and results["known"]["empty"] == 0
+    assert all(results["known"][key] is None for key in RESULT_FIELDS - {"set", "model", "n", "empty"})
     assert "| answers | – | 0 |" in capsys.readouterr().out
+
+
+def test_the_default_run_names_the_sets_it_scored_and_those_it_could_not_find(tmp_path, monkeypatch, capsys):
+    """Before a crawl only the shipped quiz exists: the run says so instead of silently scoring the quiz alone."""
+    script = load_script("evaluate")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/quiz").mkdir(parents=True)
+    write_jsonl(tmp_path / "data/quiz/cthulhu_quiz_ja.jsonl", QUIZ)
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"set": "quiz", "instruction": QUIZ[0]["instruction"],
+                                                        "answer": "ラヴクラフトです。"}])
+    script.main(script.parse_args(["--answers", str(answers)]))
+    err = capsys.readouterr().err
+    assert "Scoring: quiz (data/quiz/cthulhu_quiz_ja.jsonl, 3 questions)" in err
+    assert "Not found, so not scored: known (data/eval_known.jsonl), unseen (data/eval.jsonl)" in err
+    markdown = (tmp_path / "output/eval/report.md").read_text(encoding="utf-8")
+    assert "Not found, so not scored: known (`data/eval_known.jsonl`), unseen (`data/eval.jsonl`)" in markdown
+    assert json.loads((tmp_path / "output/eval/report.json").read_text())["missing_sets"] == {
+        "known": "data/eval_known.jsonl", "unseen": "data/eval.jsonl"}

@@ -19,11 +19,13 @@ from cthulhu_sft.evaluation import (
     wilson_interval,
 )
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.sets import Corpus
 from cthulhu_sft.wiki import Cache
 
 REPORT_FIELDS = {
-    "n", "accuracy", "accuracy_ci", "rouge_l_f1", "fact_recall", "hallucination_rate", "unsupported_term_rate",
-    "abstention_rate", "non_japanese_rate", "eos_stop_rate", "truncated_rate",
+    "n", "accuracy", "accuracy_ci", "incorrect_rate", "not_attempted_rate", "accuracy_given_attempted", "empty",
+    "empty_rate", "rouge_l_f1", "fact_recall", "hallucination_rate", "unsupported_term_rate", "abstention_rate",
+    "non_japanese_rate", "eos_stop_rate", "truncated_rate", "judge_accuracy", "judge_agreement",
 }
 CTHULHU = {
     "instruction": "クトゥルフはどこで眠っていますか？",
@@ -34,6 +36,7 @@ CTHULHU = {
 }
 SOURCE = "クトゥルフはルルイエに眠る。ルルイエは南太平洋に沈んだ都市で、1925年の『クトゥルフの呼び声』に登場する。"
 HALLUCINATION = "クトゥルフは南極の氷の下の都市で眠っています。"
+CORPUS = Corpus({"クトゥルフ": SOURCE})
 
 
 def write_jsonl(path, rows):
@@ -64,8 +67,9 @@ def test_wilson_interval_edges():
 
 
 def test_score_of_a_correct_short_answer():
-    scores = score_item(CTHULHU, "ルルイエです。", stopped=True, source_text=SOURCE)
+    scores = score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS)
     assert scores == {
+        "grade": "correct", "grade_reason": "names an accepted answer", "empty": False,
         "correct": True, "abstained": False, "japanese": True, "unsupported_terms": [], "hallucinated": False,
         "stopped": True, "truncated": False,
         "rouge_l_f1": pytest.approx(2 * 7 / (7 + 31)),  # ルルイエです。 is a subsequence of the 31 characters
@@ -76,7 +80,7 @@ def test_score_of_a_correct_short_answer():
 
 def test_made_up_kanji_fact_is_a_hallucination():
     """Review case 1: 南極 where the source says 太平洋 is an unsupported term, so the answer hallucinates."""
-    scores = score_item(CTHULHU, HALLUCINATION, stopped=False, source_text=SOURCE)
+    scores = score_item(CTHULHU, HALLUCINATION, stopped=False, corpus=CORPUS)
     assert scores["unsupported_terms"] == ["南極"] and scores["hallucinated"]
     assert scores["correct"] is False and not scores["abstained"] and scores["truncated"]
     summary = aggregate([scores])
@@ -88,7 +92,7 @@ def test_correct_answer_in_english_is_neither_hallucinated_nor_correct():
     Japanese, so it is counted as such and not as correct, even though it names the accepted Cthulhu."""
     row = {**CTHULHU, "answers": ["ルルイエ", "R'lyeh"]}
     answer = "Cthulhu is a fictional cosmic entity created by H. P. Lovecraft, sleeping in R'lyeh."
-    scores = score_item(row, answer, stopped=True, source_text=SOURCE)
+    scores = score_item(row, answer, stopped=True, corpus=CORPUS)
     assert scores["unsupported_terms"] == [] and not scores["hallucinated"]
     assert scores["japanese"] is False and scores["correct"] is False
     summary = aggregate([scores])
@@ -99,24 +103,24 @@ def test_correct_answer_in_english_is_neither_hallucinated_nor_correct():
 def test_abstention_is_reported_not_silently_dropped():
     """Review case 3: 「わかりません。」 has no key terms and used to drop out of the rate. It is now an abstention:
     counted in abstention_rate, not correct, and not in the hallucination rate's denominator."""
-    abstaining = score_item(CTHULHU, "わかりません。", stopped=True, source_text=SOURCE)
+    abstaining = score_item(CTHULHU, "わかりません。", stopped=True, corpus=CORPUS)
     assert abstaining["abstained"] and abstaining["correct"] is False and not abstaining["hallucinated"]
-    hallucinating = score_item(CTHULHU, HALLUCINATION, stopped=True, source_text=SOURCE)
+    hallucinating = score_item(CTHULHU, HALLUCINATION, stopped=True, corpus=CORPUS)
     summary = aggregate([hallucinating, abstaining])
     assert summary["abstention_rate"] == 0.5
     assert summary["hallucination_rate"] == 1.0  # 1 of the 1 answer that did not abstain
     assert summary["accuracy"] == 0.0
     # An answer that avoids names without abstaining is an answer: it counts, as a clean one.
-    vague = score_item(CTHULHU, "深い海の底で眠っています。", stopped=True, source_text=SOURCE)
+    vague = score_item(CTHULHU, "深い海の底で眠っています。", stopped=True, corpus=CORPUS)
     assert not vague["abstained"]
     assert aggregate([hallucinating, vague])["hallucination_rate"] == 0.5
 
 
 def test_a_hedge_that_guesses_is_an_answer():
     hedge = "申し訳ありませんが、わかりません。たぶん南極です。"
-    assert score_item(CTHULHU, hedge, stopped=True, source_text=SOURCE)["abstained"] is False  # states 南極
+    assert score_item(CTHULHU, hedge, stopped=True, corpus=CORPUS)["abstained"] is False  # states 南極
     right = "わかりませんが、ルルイエだと思います。"
-    scores = score_item(CTHULHU, right, stopped=True, source_text=SOURCE)
+    scores = score_item(CTHULHU, right, stopped=True, corpus=CORPUS)
     assert scores["abstained"] is False and scores["correct"] is True
 
 
@@ -129,8 +133,8 @@ def test_the_question_supports_the_terms_it_names():
 def test_aggregate_pools_hand_worked():
     no_answers = {key: value for key, value in CTHULHU.items() if key != "answers"}
     items = [
-        score_item(CTHULHU, "ルルイエです。", stopped=True, source_text=SOURCE),  # correct, 1 term, recalls 1 of 3
-        score_item(CTHULHU, HALLUCINATION, stopped=False, source_text=SOURCE),  # wrong, 南極 of 2 terms, recalls 1
+        score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS),  # correct, 1 term, recalls 1 of 3
+        score_item(CTHULHU, HALLUCINATION, stopped=False, corpus=CORPUS),  # wrong, 南極 of 2 terms, recalls 1
         score_item(no_answers, "わかりません。", stopped=True),  # no answers: correct None; abstains
     ]
     assert [item["correct"] for item in items] == [True, False, None]
@@ -155,7 +159,7 @@ def test_aggregate_marks_what_does_not_apply():
     assert summary["eos_stop_rate"] is None and summary["truncated_rate"] is None
     assert summary["hallucination_rate"] == 0.0 and summary["unsupported_term_rate"] is None
     empty = aggregate([])
-    assert empty["n"] == 0 and all(empty[key] is None for key in REPORT_FIELDS - {"n"})
+    assert empty["n"] == 0 and empty["empty"] == 0 and all(empty[key] is None for key in REPORT_FIELDS - {"n", "empty"})
 
 
 def test_read_set_validates_the_optional_fields(tmp_path):
@@ -224,10 +228,10 @@ def test_quiz_problems_are_rows_whose_answers_are_not_in_their_article():
         {"instruction": "ハスターとは？", "response": "神。", "answers": ["風"], "title": "ハスター"},  # unchecked
         {"instruction": "ダゴンとは？", "response": "神。", "title": "ダゴン"},  # no accepted answers
     ]
-    problems = quiz_problems(rows, texts)
+    problems = quiz_problems(rows, Corpus(texts))
     assert problems == [rows[2], rows[3]]
     assert problems[0] is rows[2]  # the rows themselves, to leave out
-    assert quiz_problems(rows, {}) == []
+    assert quiz_problems(rows, Corpus()) == []
 
 
 def test_answers_are_matched_to_their_sets_rows_by_question(tmp_path):
@@ -283,3 +287,64 @@ def test_a_latin_accepted_form_inside_a_japanese_answer_is_correct():
     assert score_item(row, "De Vermis Mysteriisです。", True)["correct"] is True
     assert score_item(row, "De Vermis Mysteriis", True)["correct"] is True
     assert score_item(row, "It is De Vermis Mysteriis, written by Ludvig Prinn.", True)["correct"] is False
+
+
+def test_report_figure_is_readable_on_its_own():
+    """The legend beside the bars, not over them; "n/a" for what does not apply, one label per bar; a 0 drawn."""
+    from cthulhu_sft.report import MEASURES, report_figure
+
+    results = [{"set": "quiz", "model": model, "temperature": 0.0, "n": 2, "empty": 0,
+                **{key: 0.0 for key, _, _ in MEASURES}, "accuracy": 0.5, "accuracy_ci": [0.1, 0.9], "eos_stop_rate": None}
+               for model in ("base", "adapter", "another")]
+    figure = report_figure({"sets": {"quiz": {"scored": 2}}, "results": results})
+    figure.canvas.draw()
+    [axis] = figure.axes
+    renderer = figure.canvas.get_renderer()
+    legend, panel = axis.get_legend().get_window_extent(renderer), axis.get_window_extent(renderer)
+    assert legend.x0 >= panel.x1  # beside the panel
+    texts = [text.get_text() for text in axis.texts]
+    assert len(texts) == 3 * len(MEASURES) and texts.count("n/a") == 3
+    na = [text for text in axis.texts if text.get_text() == "n/a"]
+    assert all(text.get_rotation() == 90 for text in na)  # upright labels do not run into each other
+    zero_bars = 3 * (len(MEASURES) - 2)
+    assert len(axis.lines) >= zero_bars  # a visible stub for each 0 (the error bars add their own lines)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+def test_accepted_answers_take_every_name_of_their_article(tmp_path):
+    """An accepted answer that is an article's title (without its qualifier) or alias accepts all its names: the
+    aliases of source_texts.jsonl and of the crawl cache's pages, and the titles that redirect to it."""
+    from cthulhu_sft.sets import article_corpus
+
+    cache = Cache(tmp_path / "cache" / "wiki", "https://ja.wikipedia.org/w/api.php")
+    cache.save("pages", "クトゥルフ", {"title": "クトゥルフ", "text": "クトゥルフは眠る。", "aliases": ["Cthulhu"]})
+    cache.save("pages", "ク・リトル・リトル", {"redirect": "クトゥルフ"})
+    sources = write_jsonl(tmp_path / "sources.jsonl", [
+        {"title": "クトゥルフ", "text": "クトゥルフは眠る。", "aliases": ["クトゥルー"]},
+        {"title": "北極星 (小説)", "text": "『北極星』。", "aliases": ["ポラリス"]},
+    ])
+    corpus = article_corpus(str(sources), str(tmp_path / "cache"))
+    assert set(corpus.accepted(["クトゥルフ"])) == {"クトゥルフ", "Cthulhu", "ク・リトル・リトル", "クトゥルー"}
+    assert set(corpus.accepted(["ポラリス"])) == {"ポラリス", "北極星"}
+    assert corpus.accepted(["ダゴン"]) == ["ダゴン"]
+    row = {"instruction": "ルルイエに眠るのは？", "response": "クトゥルフ。", "answers": ["クトゥルフ"], "title": "クトゥルフ"}
+    assert score_item(row, "ク・リトル・リトルです。", True, corpus)["grade"] == "correct"
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"title": "x", "text": "y", "aliases": "z"}])
+    with pytest.raises(DataError, match=f"{bad}:1: field 'aliases': expected a list of strings"):
+        read_source_texts(bad)
+
+
+def test_batches_are_sized_to_the_free_gpu_memory():
+    """Mistral-7B's shape: 32 layers, 8 key/value heads of 128 dims, 16-bit cache: 128 KiB per token."""
+    from types import SimpleNamespace
+
+    from cthulhu_sft.evaluation import fitting_batch_size
+
+    mistral = SimpleNamespace(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                              hidden_size=4096, vocab_size=32000)
+    per_sequence = 300 * 128 * 1024 + 4 * 32000
+    assert fitting_batch_size(40 * 2**30, mistral, 300) == 64  # an A100 after training: the cap
+    assert fitting_batch_size(2**30, mistral, 300) == int(0.4 * 2**30 // per_sequence) // 8 * 8 == 8
+    assert fitting_batch_size(2**27, mistral, 300) == 1  # never 0

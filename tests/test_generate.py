@@ -154,6 +154,8 @@ def test_cli_prompt_uses_mistral_common_ids(tiny_adapter_dir, tuned, fmt, servin
     assert ids == mistral_common_ids(serving_reference_tokenizer, [user(question)])
     [expected] = generate(tuned, fmt, [[user(question)]], temperature=0, max_new_tokens=6)
     assert result.stdout == expected.text + "\n"
+    # our lines only: no notice about bitsandbytes' optional CPU kernel, no deprecation warning from PEFT's internals
+    assert "gemm_4bit_forward" not in result.stderr and "FutureWarning" not in result.stderr, result.stderr
 
 
 def test_cli_prompts_file_answers_in_batches(tiny_adapter_dir, tuned, fmt, tmp_path, capsys):
@@ -233,23 +235,27 @@ def test_cli_bad_prompts_file_fails_before_loading(tiny_adapter_dir, tmp_path, c
         (["--prompts_file", "MISSING", "--output", "o.jsonl"], "MISSING: file not found"),
         (["--adapter", "./no-such-adapter"], "--adapter ./no-such-adapter: no such folder"),
         (["--adapter", "TOKENIZER"], "no adapter_config.json"),
+        (["--adapter", "MODEL"], "it holds a model (config.json): load it with --base_model MODEL"),
         (["--adapter", "ADAPTER", "--merge_to", "NONEMPTY"], "exists and is not empty"),
         (["--adapter", "ADAPTER", "--merge_to", "new", "--load_in_8bit"], "drop --load_in_8bit"),
         (["--merge_to", "new"], "--merge_to needs --adapter"),
         (["--temperature", "-1"], "--temperature >= 0"),
     ],
 )
-def test_bad_arguments_are_refused(arguments, message, tiny_adapter_dir, tokenizer_dir, tmp_path, capsys):
+def test_bad_arguments_are_refused(arguments, message, tiny_adapter_dir, tokenizer_dir, tiny_model_dir, tmp_path,
+                                   capsys):
     (tmp_path / "prompts.jsonl").write_text('{"instruction": "q"}\n')
     (tmp_path / "nonempty").mkdir()
     (tmp_path / "nonempty" / "file").write_text("x")
     replacements = {"PROMPTS": str(tmp_path / "prompts.jsonl"), "MISSING": str(tmp_path / "missing.jsonl"),
-                    "ADAPTER": str(tiny_adapter_dir), "TOKENIZER": str(tokenizer_dir), "NONEMPTY": str(tmp_path / "nonempty")}
+                    "ADAPTER": str(tiny_adapter_dir), "TOKENIZER": str(tokenizer_dir), "NONEMPTY": str(tmp_path / "nonempty"),
+                    "MODEL": str(tiny_model_dir)}
     script = load_script("generate")
     with pytest.raises(SystemExit) as exit_info:
         script.parse_args([replacements.get(argument, argument) for argument in arguments])
     assert exit_info.value.code == 2
-    assert message.replace("MISSING", str(tmp_path / "missing.jsonl")) in capsys.readouterr().err
+    assert message.replace("MISSING", str(tmp_path / "missing.jsonl")).replace("MODEL", str(tiny_model_dir)) \
+        in capsys.readouterr().err
 
 
 def test_without_adapter_or_base_the_base_is_the_one_sft_config_trains():

@@ -255,3 +255,29 @@ def test_thousands_of_answers_against_a_large_support_text_in_seconds():
         unsupported_terms(answer, support)
     assert time.perf_counter() - start < 60  # a few seconds on a shared CPU; tokenizing the corpus per call is hours
     assert unsupported_terms("南極と火星", support) == {"火星"}
+
+
+@pytest.mark.parametrize(
+    "text,terms",
+    [
+        ("霧ヶ浜に眠る神です。", {"霧ヶ浜"}),  # a made-up place that no dictionary knows
+        ("『深淵の王』に記されている。", {"深淵の王"}),
+        ("「ネクロノミコン写本」と呼ばれる。", {"ネクロノミコン写本"}),
+        ("「わかりません」と言った。", set()),  # a quoted phrase in hiragana is no title
+        ("星の智慧派教団の本部。", {"智慧派教団"}),
+        ("沢山の人が確信が持てないと言った。", set()),  # everyday words with a place-like kanji are not names
+    ],
+)
+def test_named_terms_catch_titles_and_kanji_place_names(text, terms):
+    from cthulhu_sft.metrics import named_terms
+
+    assert named_terms(text) == terms
+
+
+def test_a_support_index_supports_what_any_of_its_texts_states():
+    from cthulhu_sft.metrics import SupportIndex, unsupported
+
+    index = SupportIndex(["ラヴクラフトは1890年に生まれた。", "『クトゥルフの呼び声』は昭和3年に発表された。"])
+    assert index.supports("ラブクラフト") and index.supports("1890") and index.supports("1928")  # 昭和3年 = 1928
+    assert not index.supports("1927") and not index.supports("霧ヶ浜")
+    assert unsupported({"1890", "霧ヶ浜", "ダゴン"}, "ダゴンは神。", index=index) == {"霧ヶ浜"}

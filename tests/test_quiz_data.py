@@ -128,3 +128,13 @@ def test_loose_normalisation_is_what_the_checks_assume():
     assert loose("Ｌｏｖｅｃｒａｆｔ") == loose("lovecraft")
     assert loose("クトゥルー") == loose("クトゥル")
     assert loose("1928") in loose("1928年2月号")
+
+
+def test_every_reference_response_is_graded_correct(rows):
+    """The grader agrees with the quiz's own answer sentences: each reference is correct for its row (a grader
+    that refused them would refuse the same answer from a model)."""
+    from cthulhu_sft.grading import grade_answer
+
+    wrong = [(describe(row), grade.reason) for row in rows
+             if (grade := grade_answer(row["response"], row["answers"], row["instruction"])).grade != "correct"]
+    assert not wrong, wrong

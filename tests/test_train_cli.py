@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 from conftest import REPO, load_script, mistral_common_ids
-from hub_server import VALID_TOKEN, LoopbackHub, SilentHub
+from hub_server import VALID_TOKEN, LoopbackHub, RefusingHub, SilentHub
 
 from cthulhu_sft.config import parse_args
 
@@ -185,12 +185,34 @@ def test_command_line_overrides_the_yaml():
 def test_bf16_without_gpu_explains_the_fix(capsys):
     with pytest.raises(SystemExit) as exit:
         parse_args(["--config", str(REPO / "sft_config.yaml")])
-    assert exit.value.code == 2 and "--bf16 false" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert exit.value.code == 2 and error.startswith("error: bf16 is true (sft_config.yaml) but this machine has no GPU: "
+                                                     "pass --bf16 false")
+    assert "use_cpu" not in error  # the Trainer's advice does not apply to this recipe
 
 
 def test_evaluation_without_eval_file_is_refused_before_training(tmp_path, tiny_model_dir, train, said):
     assert run_main("--train_file", train, "--eval_file", "", "--output_dir", tmp_path / "out", model=tiny_model_dir) == 2
     assert "eval_strategy is 'epoch' but there is no eval_file" in said()
+
+
+def test_without_evaluation_the_default_eval_files_are_not_demanded(tmp_path, tiny_model_dir, train, monkeypatch,
+                                                                    said):
+    """A fresh checkout has no data/eval*.jsonl (sft_config.yaml's eval_file): --eval_strategy no needs none."""
+    monkeypatch.chdir(tmp_path)
+    dump = tmp_path / "d.jsonl"
+    assert run_main("--train_file", train, "--eval_strategy", "no", "--dump_tokenized", dump, model=tiny_model_dir) == 0
+    assert dump.is_file()
+    assert "eval_file data/eval_known.jsonl, data/eval.jsonl not found: not evaluated (eval_strategy is 'no')" in said()
+
+
+def test_with_evaluation_a_missing_eval_file_says_how_to_get_it(tmp_path, tiny_model_dir, train, monkeypatch, said):
+    monkeypatch.chdir(tmp_path)
+    assert run_main("--train_file", train, "--output_dir", tmp_path / "out", model=tiny_model_dir) == 2
+    error = said()
+    assert "data/eval_known.jsonl: file not found (eval_file, evaluated every epoch)" in error
+    assert "python prepare_data.py" in error and "--eval_file data/sample/eval_known.jsonl" in error
+    assert "--eval_strategy no" in error and not (tmp_path / "out").exists()
 
 
 def test_eval_sets_that_are_not_held_out_are_warned_about(tmp_path, tiny_model_dir, said):
@@ -237,6 +259,21 @@ def test_resuming_a_finished_run_changes_nothing_even_with_overwrite(tmp_path, t
     assert output_dir_digest(out) == before
 
 
+def test_resuming_a_finished_run_with_more_steps_is_refused_saying_how(tmp_path, tiny_model_dir, train, said):
+    """The Trainer would 'extend' a finished 4-step run on a schedule that ended at step 4; never silently exit 0."""
+    out = tmp_path / "out"
+    finished_run(out)
+    run = json.loads((out / "run.json").read_text()) | {"config": {"max_steps": 4, "num_train_epochs": 3}}
+    (out / "run.json").write_text(json.dumps(run))
+    before = output_dir_digest(out)
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
+                    "--max_steps", 6, "--resume_from_checkpoint", "true", model=tiny_model_dir) == 2
+    error = said()
+    assert "finished with max_steps 4" in error and "does not extend a finished run to max_steps 6" in error
+    assert "--max_steps 6: choose another --output_dir, or pass --overwrite_output_dir true" in error
+    assert output_dir_digest(out) == before
+
+
 def test_overwrite_clears_the_old_checkpoints_so_no_resume_can_mix_runs(tmp_path):
     from cthulhu_sft.training import check_output_dir
 
@@ -259,6 +296,7 @@ def test_a_finished_run_is_not_overwritten_and_the_refusal_suggests_nothing_harm
 def test_an_unfinished_run_with_checkpoints_is_continued_not_overwritten(tmp_path, tiny_model_dir, train, said):
     out = tmp_path / "out"
     (out / "checkpoint-3").mkdir(parents=True)
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
     (out / "run.json").write_text(json.dumps({"status": "running"}))
     assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
                     model=tiny_model_dir) == 2
@@ -277,6 +315,50 @@ def test_a_folder_that_is_not_a_run_keeps_its_files(tmp_path, tiny_model_dir, tr
     error = said()
     assert "holds no cthulhu-sft run" in error and "--overwrite_output_dir true" in error
     assert (out / "README.md").read_text() == "my own notes" and sorted(p.name for p in out.iterdir()) == ["README.md"]
+
+
+def test_a_run_stopped_before_its_first_complete_checkpoint_is_started_again_by_the_command_given(
+        tmp_path, tiny_model_dir, train, said):
+    """A full disk during the first checkpoint leaves checkpoint-1 without trainer_state.json: the resume's refusal
+    names the command that works, and that command (no resume) starts the run again without the partial folder."""
+    from cthulhu_sft.training import check_output_dir
+
+    out = tmp_path / "out"
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "checkpoint-1" / "adapter_model.safetensors").write_bytes(b"partial")
+    (out / "run.json").write_text(json.dumps({"status": "running"}))
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", out,
+                    "--resume_from_checkpoint", "true", model=tiny_model_dir) == 2
+    assert "(checkpoint-1: saved only in part, no trainer_state.json); start the run again: the same command without " \
+           "--resume_from_checkpoint" in said()
+    check_output_dir(str(out), resuming=False, overwrite=False)  # what that command does with output_dir
+    assert not (out / "checkpoint-1").exists() and "removing checkpoint-1 (saved only in part)" in said()
+
+
+def test_a_full_disk_while_writing_the_run_record_is_one_line_naming_the_file(tmp_path, capsys):
+    """A file size limit stands in for the full disk: the write fails with EFBIG as it would with ENOSPC."""
+    import resource
+    import signal
+
+    from cthulhu_sft import run_record
+    from cthulhu_sft.config import resolved_config
+    from cthulhu_sft.training import stop_if_disk_full
+
+    config = resolved_config(*parse_args(["--config", str(REPO / "sft_config.yaml"), "--bf16", "false"]))
+    record = {"status": "running", "config": config | {"output_dir": str(tmp_path)}}
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(SystemExit) as exit, stop_if_disk_full(str(tmp_path), str(tmp_path)):
+            run_record.finish(str(tmp_path), record, {}, {"status": "skipped", "reason": "test"}, [])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    error = capsys.readouterr().err.strip()
+    assert exit.value.code == 1 and "\n" not in error, error
+    assert error.startswith(f"error: cannot write {tmp_path / 'config.yaml'}: File too large. Free space on that disk")
+    assert "run the same command again" in error and not list(tmp_path.iterdir())  # no partial or temporary file
 
 
 def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path):
@@ -392,3 +474,41 @@ def test_push_check_passes_and_creates_the_repo(tmp_path, train, hub_env, tiny_m
         assert code == 0
         assert ("model", "tester/cthulhu") in hub.files
     assert "will push to tester/cthulhu as tester after training" in said()
+
+
+def unpublished_run(folder, status="pending"):
+    """A finished run stopped during its upload (SIGTERM): run.json says the publish it asked for is pending."""
+    finished_run(folder)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2"}))
+    run = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps(run | {"publish": {"repo_id": "tester/cthulhu", "status": status}}))
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume_from_checkpoint", "true"]])
+def test_the_same_command_publishes_a_run_whose_upload_was_stopped(tmp_path, train, hub_env, tiny_model_dir, resume,
+                                                                  said):
+    unpublished_run(tmp_path / "out")
+    with LoopbackHub() as hub:
+        hub_env(hub.url)
+        assert run_main(*push_args(tmp_path, train), *resume, model=tiny_model_dir) == 0
+        files = hub.files[("model", "tester/cthulhu")]
+    assert files["adapter_model.safetensors"] == b"trained" and "checkpoint-4/trainer_state.json" not in files
+    publish = json.loads((tmp_path / "out" / "run.json").read_text())["publish"]
+    assert publish["status"] == "done" and publish["repo_id"] == "tester/cthulhu" and publish["url"]
+    assert "did not complete; publishing it now" in said()
+
+
+def test_a_failed_publish_is_recorded_and_the_rerun_says_how_to_retry(tmp_path, train, hub_env, tiny_model_dir, said):
+    unpublished_run(tmp_path / "out")
+    with RefusingHub(status=500) as refusing:
+        hub_env(refusing.url)
+        assert run_main(*push_args(tmp_path, train), "--hub_timeout", 5, model=tiny_model_dir) == 1
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["publish"]["status"] == "failed" and "push to the Hub (tester/cthulhu) failed" in run["publish"]["error"]
+    assert VALID_TOKEN not in json.dumps(run)
+    assert f"python -m cthulhu_sft.hub {tmp_path / 'out'} tester/cthulhu" in said()
+    # Resumed without --push_to_hub: nothing to train, and the publish left to do is named with its command
+    assert run_main("--train_file", train, "--eval_file", "", "--eval_strategy", "no", "--output_dir", tmp_path / "out",
+                    "--resume_from_checkpoint", "true", model=tiny_model_dir) == 0
+    assert f"publish to tester/cthulhu did not complete (failed); publish it with `python -m cthulhu_sft.hub " \
+           f"{tmp_path / 'out'} tester/cthulhu`" in said()

@@ -89,7 +89,9 @@ def test_failed_push_keeps_a_complete_output_dir(trained):
                  "tokenizer_config.json", "README.md", "run.json", "config.yaml", "samples.jsonl"):
         assert (out / name).is_file(), name
     assert (out / "checkpoint-40").is_dir() and (out / "checkpoint-80").is_dir()
-    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished"
+    assert run["publish"]["status"] == "failed" and run["publish"]["repo_id"] == "tester/cthulhu-test"
 
 
 def test_token_never_appears_in_output_logs_or_files(trained):
@@ -104,7 +106,9 @@ def test_output_is_the_run_not_library_noise(trained):
     result, _, _ = trained
     lines = (result.stdout + result.stderr).replace("\r", "\n").splitlines()
     assert sum("MatMul8bitLt" in line for line in lines) <= 1
-    assert any("Estimated peak GPU memory" in line for line in lines)
+    assert not any("gemm_4bit_forward" in line or "FutureWarning" in line for line in lines)
+    assert any("Training on the CPU (no GPU found): no GPU memory check" in line for line in lines)
+    assert not any("Estimated peak GPU memory" in line or "CUDA context" in line for line in lines)  # not a GPU run
     assert any("saved the adapter, tokenizer, model card and run.json" in line for line in lines)
 
 
@@ -146,6 +150,43 @@ def test_knowledge_check_compares_base_and_adapter_in_run_json_and_card(trained)
     assert "file not found" in card and "python evaluate.py --models base" in card
 
 
+def test_the_cards_reproduce_command_gives_the_cards_numbers(trained, tmp_path, monkeypatch):
+    """The knowledge check and evaluate.py are one pipeline: the card's command, run as printed (the adapter from
+    the output folder, since the upload failed), gives every number of run.json's knowledge check."""
+    import re
+    import shlex
+
+    from conftest import load_script
+
+    result, out, _ = trained
+    card = (out / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"```bash\n(python evaluate\.py [^\n]*)\n```", card)[1]
+    argv = [f"adapter={out}" if part == "adapter=tester/cthulhu-test" else part for part in shlex.split(command)[2:]]
+    assert "--batch_size" in argv and "--load_in_8bit" in argv and argv[argv.index("--temperatures") + 1] == "0"
+    monkeypatch.chdir(REPO)  # where training ran
+    script = load_script("evaluate")
+    script.main(script.parse_args([*argv, "--output_dir", str(tmp_path / "eval")]))
+    report = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
+    check = json.loads((out / "run.json").read_text())["knowledge_check"]
+    [quiz] = [entry for entry in check["sets"] if "results" in entry]
+    for label in ("base", "adapter"):
+        [reproduced] = [r for r in report["results"] if (r["set"], r["model"], r["temperature"]) == (quiz["name"], label, 0.0)]
+        assert {key: reproduced[key] for key in quiz["results"][label]} == quiz["results"][label], label
+    # and answer for answer: the knowledge check's answers beside the card are those evaluate.py gives
+    checked = [json.loads(line) for line in (out / "knowledge_check.jsonl").read_text(encoding="utf-8").splitlines()]
+    again = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    drop = ("reference_loss",)  # evaluate.py also measures the reference answers' loss
+    assert [{k: v for k, v in row.items() if k not in drop} for row in again] == \
+        [{k: v for k, v in row.items() if k not in drop} for row in checked]
+    # what qualifies the numbers is on the card, and the table reached the console
+    assert "tiny test model" in card and "local folder" in card and "No article text was available" in card
+    assert "| not attempted |" in card and "cut at max_new_tokens" in card
+    console = result.stdout + result.stderr
+    assert "knowledge check (temperature 0):" in console and "correct (95 % interval)" in console
+    assert re.search(r"quiz +adapter +0 +2 ", console)
+    assert "in batches of 8" in console and "adapter quiz (set 1/1): T=0" in console  # the progress bar
+
+
 def test_saved_config_reproduces_the_run_settings(trained):
     _, out, _ = trained
     from cthulhu_sft.config import parse_args
@@ -171,6 +212,10 @@ def test_model_card_describes_the_data_it_was_trained_on(trained):
     assert "| recitation | 3 |" in card.text
     run = json.loads((out / "run.json").read_text())
     assert f"| train_loss | {run['metrics']['train_loss']:.4f} |" in card.text
+    # max_steps 80 set the length: the card shows it beside the epochs trained, not the unused num_train_epochs 3
+    assert f"| epochs trained (passes over the training data), set by max_steps 80 | {run['metrics']['epoch']:.2f} |" \
+        in card.text
+    assert "| `max_steps` | `80` |" in card.text and "num_train_epochs" not in card.text
 
 
 def test_it_learns_and_stops_at_eos(trained):
@@ -209,10 +254,13 @@ def test_the_retry_command_publishes_the_run(trained):
         files = hub.files[("model", "tester/again")]
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(files) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
-                             "config.yaml", "run.json", "samples.jsonl", "tokenizer.json", "tokenizer.model",
+                             "config.yaml", "knowledge_check.jsonl", "run.json", "samples.jsonl", "tokenizer.json",
+                             "tokenizer.model",
                              "tokenizer_config.json"]  # no checkpoints, logs or pickled arguments
     assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
     assert SECRET not in result.stdout + result.stderr
+    publish = json.loads((out / "run.json").read_text())["publish"]  # the retry is recorded as the publish
+    assert publish["status"] == "done" and publish["repo_id"] == "tester/again" and publish["url"]
 
 
 def test_documented_command_echoes_no_token_and_shows_one_error(tiny_model_dir, tmp_path):
@@ -228,9 +276,11 @@ def test_documented_command_echoes_no_token_and_shows_one_error(tiny_model_dir, 
         assert len(errors) == 1, result.stderr[-2000:]
 
 
-def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tiny_model_dir, tmp_path):
+def test_a_resumed_run_ends_with_the_adapter_and_figures_of_an_uninterrupted_one(tiny_model_dir, tmp_path):
     """Fresh and resumed runs train in the same precision (float32 LoRA weights and optimizer state), with LoRA
-    dropout on: stopping after checkpoint-3 and resuming gives the uninterrupted run's adapter."""
+    dropout on: stopping after checkpoint-3, then after checkpoint-6 (the last step, before the adapter is saved),
+    and resuming gives the uninterrupted run's adapter, and run.json reports the run's loss and training time, not
+    those of the last call (which trained no step)."""
     from safetensors.torch import load_file
 
     common = ["--max_steps", 6, "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", 3,
@@ -243,19 +293,56 @@ def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tiny_model_
     args[0] = hooks
     killed = run_script([PYTHON, *args], env={"CTHULHU_TEST_DIE_AFTER": "3"})
     assert killed.returncode == 9 and not (tmp_path / "cut" / "adapter_model.safetensors").exists()
+    killed_at_the_end = run_script([PYTHON, *args, "--resume_from_checkpoint", "true"],
+                                   env={"CTHULHU_TEST_DIE_AFTER": "6"})
+    assert killed_at_the_end.returncode == 9 and not (tmp_path / "cut" / "adapter_model.safetensors").exists()
     resumed = run_script([PYTHON, *args, "--resume_from_checkpoint", "true"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     state = json.loads((tmp_path / "cut" / "checkpoint-6" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5, 6]
     run = json.loads((tmp_path / "cut" / "run.json").read_text())
-    assert run["status"] == "finished" and run["resumed_from"] == str(tmp_path / "cut" / "checkpoint-3")
+    assert run["status"] == "finished" and run["resumed_from"] == str(tmp_path / "cut" / "checkpoint-6")
+    uninterrupted = json.loads((tmp_path / "whole" / "run.json").read_text())["metrics"]
+    assert run["metrics"]["train_loss"] == pytest.approx(uninterrupted["train_loss"], rel=1e-5)
+    clock = state["stateful_callbacks"]["TrainingClock"]["attributes"]["seconds"]  # steps 1-3, then 4-6
+    assert run["metrics"]["train_runtime"] >= clock > uninterrupted["train_runtime"] / 4, (run["metrics"], clock)
+    assert run["metrics"]["train_steps_per_second"] == pytest.approx(6 / run["metrics"]["train_runtime"], rel=1e-2)
+    card = (tmp_path / "cut" / "README.md").read_text()
+    assert f"| train_loss | {uninterrupted['train_loss']:.4f} |" in card
     expected = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     got = load_file(tmp_path / "cut" / "adapter_model.safetensors")
     assert set(got) == set(expected)
     for name, tensor in expected.items():
         assert tensor.dtype == got[name].dtype == __import__("torch").float32, name
         assert (tensor - got[name]).abs().max().item() <= 1e-6, name
+
+
+def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_the_command_it_gives_trains_the_run(tiny_model_dir,
+                                                                                                 tmp_path):
+    """A file size limit (RLIMIT_FSIZE) stands in for the full disk: the checkpoint's tokenizer.json (3.5 MB) cannot
+    be written, as on a disk without room. The message names the folder and the command; that command works."""
+    import resource
+    import signal
+    import subprocess
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+
+    args = [PYTHON, *train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", "--max_steps", 1, "--eval_strategy",
+                                "no", "--save_strategy", "steps", "--save_steps", 1, "--knowledge_check", "false",
+                                "--sample_prompts", "x", "--sample_max_new_tokens", 2)]
+    full = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900, preexec_fn=small_disk)
+    assert full.returncode == 1
+    errors = [line for line in full.stderr.replace("\r", "\n").splitlines() if "error" in line.lower()]
+    assert errors == [f"error: cannot write {tmp_path / 'out' / 'checkpoint-1'} (a checkpoint): File too large. Free "
+                      "space on that disk (or choose an --output_dir on another), then run the same command again, "
+                      "without --resume_from_checkpoint (the run starts again)"], full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    again = run_script(args)  # the command the message gives, with room on the disk
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "finished"
 
 
 def test_each_eval_set_has_its_loss_and_knowledge_check_false_skips_the_check(tiny_model_dir, tmp_path):
@@ -269,6 +356,9 @@ def test_each_eval_set_has_its_loss_and_knowledge_check_false_skips_the_check(ti
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert {"eval_known_loss", "eval_unseen_loss"} <= set(run["metrics"])
+    # TRL's own eval metrics are per set too: one unprefixed eval_entropy would be whichever set came last
+    assert {"eval_known_entropy", "eval_unseen_entropy"} <= set(run["metrics"])
+    assert not {"eval_entropy", "eval_mean_token_accuracy"} & set(run["metrics"]), run["metrics"]
     assert run["knowledge_check"] == {"status": "skipped", "reason": "knowledge_check is false"}
     assert "No knowledge check was run: knowledge_check is false" in (tmp_path / "out" / "README.md").read_text()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
