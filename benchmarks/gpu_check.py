@@ -10,6 +10,7 @@ JSON lines on stdout and in --out, each with a `check` field:
     memory_estimate   cthulhu_sft.memory's estimate for Mistral-7B's shape, per base and variant
     training          base, variant, layer0_linears (input and output dtype of each projection of layer 0's base
                       linears, the quantized ones on a k-bit base), tokens/s, MFU, peak memory against the estimate
+                      for the largest micro-batch trained (peak_over_estimate)
     padding_free_exactness   loss per answer token of a padding-free row against each example alone, and a
                       control that lets the examples attend to each other (it must differ more)
     decode            the knowledge check's decoding (cthulhu_sft.inference.generate, greedy) in tokens/s per batch
@@ -181,9 +182,13 @@ def estimate_fields(training_args, model_args, rows, shape_7b) -> dict:
 
 
 def train_variant(trainer, args, budget: Budget, estimate, base: str, variant: str) -> dict:
-    """Trains warm-up + timed steps with the trainer's collator; the training record's measurements."""
+    """Trains warm-up + timed steps with the trainer's collator; the training record's measurements. The peak is
+    compared with the estimate for the largest micro-batch trained (`estimate_largest_batch_gib`), not with the
+    worst case of rows of max_length (`estimate_gib`), which a batch of shorter examples stays well below."""
     import torch
     from transformers import TrainerCallback
+
+    from cthulhu_sft.memory import with_settings
 
     cuda = torch.cuda.is_available()
 
@@ -210,7 +215,8 @@ def train_variant(trainer, args, budget: Budget, estimate, base: str, variant: s
     trainer.remove_callback(steps)
     trainer.data_collator = collator
     dtypes.remove()
-    timed = batches[args.warmup:len(steps.ends)]
+    trained = batches[:len(steps.ends)]  # accelerate's loader collates one batch ahead that is never trained
+    timed = trained[args.warmup:]
     seconds = steps.ends[-1] - steps.ends[args.warmup - 1] if len(steps.ends) > args.warmup else None
     tokens = sum(batch["tokens"] for batch in timed)
     record = {
@@ -221,12 +227,17 @@ def train_variant(trainer, args, budget: Budget, estimate, base: str, variant: s
         "padding_share": 1 - tokens / sum(b["slots"] for b in timed) if timed else None,
         "tokens_per_micro_batch_max": max((b["slots"] for b in timed), default=None),
     }
+    largest = max(trained, key=lambda b: b["slots"])  # the peak is that of the longest step, warm-up included
+    rows = 1 if variant == "padding_free" else len(largest["lengths"])
+    for_batch = with_settings(estimate, per_device_train_batch_size=rows, max_length=largest["slots"] // rows)
+    record |= {"largest_batch": {"rows": rows, "slots": largest["slots"]},
+               "estimate_largest_batch_gib": for_batch.peak_allocated / GiB, "estimate_settings": estimate.settings}
     if cuda:
         peak = torch.cuda.max_memory_allocated()
         flops = sum(bench_train.model_flops(b, estimate.shape, estimate.lora_parameter_count) for b in timed)
         device_peak = bench_train.peak_flops(torch.cuda.get_device_name(), None)
         record |= {"peak_memory_gib": peak / GiB, "peak_memory_kind": "cuda max allocated",
-                   "peak_over_estimate": peak / estimate.peak_allocated,
+                   "peak_over_estimate": peak / for_batch.peak_allocated,
                    "mfu": flops / seconds / device_peak if seconds and device_peak else None}
     else:
         record |= {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB,
@@ -310,6 +321,16 @@ def environment() -> dict:
     return fields
 
 
+def tf32_setting() -> str:
+    """cuBLAS's float32 matmul precision ("tf32" once load_base_model has enabled it on a GPU). Read through
+    torch's fp32_precision where it exists: transformers' enable_tf32 sets that API, and torch (2.9 and later) then
+    raises on any read of the legacy allow_tf32 flag."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    return matmul.fp32_precision if hasattr(matmul, "fp32_precision") else str(matmul.allow_tf32)
+
+
 def check_base(args, report: Report, budget: Budget, base: str, fmt, rows, shape_7b):
     """Both variants of one base with one loaded model, then exactness and decoding on it."""
     import torch
@@ -325,8 +346,7 @@ def check_base(args, report: Report, budget: Budget, base: str, fmt, rows, shape
         report("memory_estimate", base=base, variant=variant, **fields)
     training_args, model_args = parsed["padding_free"]
     trainer = build_trainer(model_args, training_args, rows, {}, AutoTokenizer.from_pretrained(args.model_dir))
-    report("load", base=base, seconds_since_start=args.budget_s - budget.left(),
-           tf32=str(getattr(torch.backends.cuda.matmul, "fp32_precision", torch.backends.cuda.matmul.allow_tf32)))
+    report("load", base=base, seconds_since_start=args.budget_s - budget.left(), tf32=tf32_setting())
     for variant in VARIANTS:
         if budget.left() < 0:
             report("skipped", base=base, variant=variant, reason="time budget")

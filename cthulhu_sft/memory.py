@@ -25,11 +25,13 @@ case: a batch padded, or a row packed, to max_length), summed over what autograd
         their input's dtype, and autocast does not reach them; else c)
     c = compute dtype bytes (2 under bf16 autocast), m = dropout mask bytes (bool: 1 on CUDA)
     LoRA on an input of width d: c*d (lora_A's input) + m*d (dropout mask) + c*rank (lora_B's input)
-    attention:  r*h (norm input) + q, k, v LoRA + c*(q + 2*kv) (the kernel's q, k, v) + c*q (its output)
+    norm:       4*h + 4: Mistral's RMSNorm casts its input to float32 and autograd keeps that copy (4 bytes per
+                element whatever r is) and the per-token rsqrt
+    attention:  norm + q, k, v LoRA + c*(q + 2*kv) (the kernel's q, k, v) + c*q (its output)
                 + 4*heads (logsumexp) + o LoRA  [+ r*h (norm output) + c*q (o's input) an 8-bit linear keeps]
                 sdpa (the default) gets a mask for padded or packed rows: then transformers repeats k and v to
                 q's width, and the float mask SDPA builds costs c*row; flash and flex attention take no mask.
-    MLP:        r*h (norm input) + gate, up LoRA + 3*p*i (SiLU input, its output, up's output) + down LoRA
+    MLP:        norm + gate, up LoRA + 3*p*i (SiLU input, its output, up's output) + down LoRA
                 [+ r*h + p*i that an 8-bit linear keeps]
     With activation checkpointing a layer keeps only its input, r*h, and one layer at a time is recomputed during
     the backward, except that non-reentrant checkpointing (use_reentrant: false) cannot free what an 8-bit linear
@@ -155,7 +157,7 @@ def layer_activation_bytes_per_token(
             return 0
         return c * width + (m * width if lora_dropout else 0) + c * lora_r
 
-    norm = r * h + 4  # RMSNorm keeps its float32 input and the per-token rsqrt
+    norm = 4 * h + 4  # RMSNorm keeps the float32 copy of its input (whatever r is) and the per-token rsqrt
     attention = (
         norm + (r * h if keeps else 0)
         + lora("q_proj", h) + lora("k_proj", h) + lora("v_proj", h)
@@ -259,7 +261,7 @@ def estimate_memory(
     masked = attn_implementation in (None, "sdpa")  # transformers' default is sdpa
     per_layer = tokens * layer_activation_bytes_per_token(
         shape, prec, lora_r, lora_targets(lora_target_modules), lora_dropout > 0, row_length, masked)
-    final = (2 * unquantized * h + 24) * tokens  # final norm's input, the hidden states the loss keeps
+    final = (4 * h + unquantized * h + 24) * tokens  # final norm's float32 input copy, the hidden states the loss keeps
     without_checkpointing = layers * per_layer + final
     with_checkpointing = layers * checkpointed_layer_bytes_per_token(shape, prec, use_reentrant) * tokens + final
 

@@ -55,7 +55,7 @@ def load_base_model(model_args, training_args):
     from trl import get_quantization_config
 
     allow_tf32()
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         dtype=model_args.dtype,
@@ -64,6 +64,15 @@ def load_base_model(model_args, training_args):
         quantization_config=get_quantization_config(model_args),
         device_map=None if sharded_with_fsdp() else {"": PartialState().device},
     )
+    if model_args.load_in_4bit:
+        import bitsandbytes as bnb
+
+        # On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit linear for an inference kernel without a
+        # backward at the first evaluation; training after it would lose the gradients through every 4-bit linear
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def allow_tf32() -> None:

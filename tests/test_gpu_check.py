@@ -1,9 +1,10 @@
 """benchmarks/gpu_check.py --smoke: the GPU check's own code on the CPU with the tiny model in bf16, end to end."""
 
+import importlib.util
 import json
 
 import pytest
-from conftest import PYTHON, run_script
+from conftest import PYTHON, REPO, run_script
 
 BASES = {"8bit": "Linear8bitLt", "4bit": "Linear4bit", "bf16": "Linear"}
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -58,3 +59,48 @@ def test_padding_free_is_exact_and_the_leak_control_shows(smoke):
     decode = [r for r in records if r["check"] == "decode"]
     assert sorted(r["base"] for r in decode) == sorted(BASES)
     assert all(r["tokens_per_s"] > 0 and 0 < r["new_tokens"] <= r["batch_size"] * 4 for r in decode)
+
+
+def test_peak_is_compared_with_the_estimate_of_the_largest_batch_trained(smoke):
+    """The worst-case estimate (estimate_gib: every row max_length long) overstates a step of shorter rows; the
+    GPU's peak is compared with the estimate for the largest micro-batch actually trained (a padding-free row of
+    its tokens, or the padded batch's rows), which memory.py gives for those settings."""
+    from transformers import AutoConfig
+
+    from cthulhu_sft.memory import GiB, ModelShape, estimate_memory
+
+    work, result = smoke
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(work / "cache" / "tiny"))
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    for record in (r for r in records if r["check"] == "training"):
+        batch = record["largest_batch"]
+        rows = 1 if record["variant"] == "padding_free" else batch["rows"]
+        assert batch["slots"] % rows == 0 and batch["slots"] >= record["tokens_per_micro_batch_max"]
+        assert 0 < record["estimate_largest_batch_gib"] <= record["estimate_gib"]
+        settings = record["estimate_settings"] | {"per_device_train_batch_size": rows,
+                                                  "max_length": batch["slots"] // rows}
+        assert record["estimate_largest_batch_gib"] == estimate_memory(shape, **settings).peak_allocated / GiB
+
+
+def test_the_check_reads_tf32_as_a_gpu_run_sets_it(tmp_path):
+    """On a GPU, load_base_model enables TF32 with transformers' enable_tf32, which sets torch.backends.fp32_precision
+    (torch >= 2.9's API); torch then raises on any read of the legacy torch.backends.cuda.matmul.allow_tf32 flag, so
+    a check that reads it reports every base as an error right after loading it. Emulated on the CPU by setting the
+    flag as enable_tf32 does, then running the bf16 base's smoke check in this process."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    previous = torch.backends.fp32_precision
+    torch.backends.fp32_precision = "tf32"
+    try:
+        code = gpu_check.main(["--smoke", "--bases", "bf16", "--out", str(tmp_path / "checks.jsonl"),
+                               "--cache_dir", str(tmp_path / "cache")])
+    finally:
+        torch.backends.fp32_precision = previous
+    records = [json.loads(line) for line in (tmp_path / "checks.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r for r in records if r["check"] == "error"] == [] and code == 0
+    [load] = [r for r in records if r["check"] == "load"]
+    assert load["tf32"] == "tf32"
+    assert {r["variant"] for r in records if r["check"] == "training"} == {"padding_free", "padded"}

@@ -140,9 +140,13 @@ def saved_activation_bytes(model, input_ids, saved: dict | None = None) -> int:
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_per_layer_activations_match_what_autograd_saves(checkpointing):
-    """The per-layer formula against a real LoRA forward on the CPU (float32: r = p = c = m = 4 bytes).
+@pytest.mark.parametrize("dtype, checkpointing", [
+    (torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.bfloat16, True)])
+def test_per_layer_activations_match_what_autograd_saves(dtype, checkpointing):
+    """The per-layer formula against a real LoRA forward on the CPU, in float32 (r = p = c = m = 4 bytes) and in
+    the shipped bf16 (r = p = c = 2; the CPU's dropout mask is bf16 too, and the LoRA weights are left in bf16 so
+    that nothing else is cast). In bf16, Mistral's RMSNorm still keeps a float32 copy of its input (4 bytes per
+    element whatever r is), which a formula counting r*h per norm would miss.
 
     Two models that differ only in depth give the bytes of one layer; the formula must match them exactly.
     """
@@ -155,10 +159,12 @@ def test_per_layer_activations_match_what_autograd_saves(checkpointing):
         torch.manual_seed(0)
         config = small_mistral_config(layers=layers)
         config._attn_implementation = "sdpa"
-        model = MistralForCausalLM(config)
+        model = MistralForCausalLM(config).to(dtype)
         if checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
-        model = get_peft_model(model, LoraConfig(r=rank, target_modules="all-linear", lora_dropout=0.1))
+        model = get_peft_model(model, LoraConfig(r=rank, target_modules="all-linear", lora_dropout=0.1),
+                               autocast_adapter_dtype=False)
+        assert {p.dtype for p in model.parameters()} == {dtype}
         if checkpointing:
             model.enable_input_require_grads()
         model.train()
@@ -166,12 +172,13 @@ def test_per_layer_activations_match_what_autograd_saves(checkpointing):
     per_layer = (measured[4] - measured[2]) / 2 / tokens
 
     shape = ModelShape.from_config(config)
+    size = dtype.itemsize
     if checkpointing:
-        assert per_layer == 4 * shape.hidden_size
+        assert per_layer == size * shape.hidden_size
         return
-    fp32 = Precision(residual=4, projection=4, compute=4, mask=4, linear_keeps_input=False)
+    prec = Precision(residual=size, projection=size, compute=size, mask=size, linear_keeps_input=False)
     expected = layer_activation_bytes_per_token(
-        shape, fp32, rank, ALL_LINEAR, lora_dropout=True, row_length=tokens, masked=False)
+        shape, prec, rank, ALL_LINEAR, lora_dropout=True, row_length=tokens, masked=False)
     assert per_layer == expected
 
 

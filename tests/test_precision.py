@@ -155,3 +155,37 @@ def test_every_base_loads_onto_this_process_device(tiny_model_dir, tmp_path, mon
     model = load_base_model(model_args, training_args)
     assert asked == [{"": PartialState().device}]
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_a_4bit_base_keeps_its_gradients_after_an_evaluation(tiny_model_dir, tmp_path):
+    """bitsandbytes (0.50) repacks a 4-bit linear's weights for its CPU inference kernel on the first eval-mode
+    forward without gradients (an evaluation, the knowledge check, gpu_check's exactness check) and from then on
+    multiplies through that kernel, which has no backward: training after an evaluation would lose the gradients
+    through every 4-bit linear, silently (a warning from torch). Only on CPUs with AVX512-BF16 (this check cannot
+    fail elsewhere); the gradients must be the same before and after an evaluation."""
+    from transformers import AutoTokenizer
+
+    from cthulhu_sft.training import build_trainer
+
+    training_args, model_args = parse_shipped_config(
+        "--model_name_or_path", str(tiny_model_dir), "--use_cpu", "true", "--report_to", "none",
+        "--eval_strategy", "no", "--output_dir", str(tmp_path / "out"), *BASES["4bit"])
+    rows = [{"input_ids": [1, 3, 4, 5, 6, 2], "labels": [-100, -100, 4, 5, 6, 2]}]
+    trainer = build_trainer(model_args, training_args, rows, {}, AutoTokenizer.from_pretrained(tiny_model_dir))
+    model, input_ids = trainer.model, torch.tensor([rows[0]["input_ids"]])
+
+    def lora_gradients():
+        model.train()
+        model.zero_grad()
+        torch.manual_seed(0)  # the same dropout masks
+        model(input_ids=input_ids, labels=input_ids).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if "lora_B" in name}
+
+    before = lora_gradients()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=input_ids)
+    after = lora_gradients()
+    assert before.keys() == after.keys() and len(before) == 14
+    for name in before:
+        assert torch.allclose(before[name], after[name]), name
