@@ -18,7 +18,8 @@ from .files import is_local_path, write_json_atomic
 
 # What a published adapter repo holds (knowledge_check.jsonl: every answer behind the card's numbers); checkpoints,
 # logs and training_args.bin stay local.
-RUN_PATTERNS = ["adapter_config.json", "adapter_model.safetensors", "tokenizer*", "special_tokens_map.json",
+ADAPTER_FILE = "adapter_model.safetensors"  # a run without it is not finished, whatever run.json says
+RUN_PATTERNS = ["adapter_config.json", ADAPTER_FILE, "tokenizer*", "special_tokens_map.json",
                 "chat_template.jinja", "README.md", "run.json", "config.yaml", "samples.jsonl", "knowledge_check.jsonl"]
 # What a published dataset repo holds: its card and the splits prepare_data.py writes.
 DATASET_PATTERNS = ["README.md", "train.jsonl", "eval.jsonl", "eval_known.jsonl"]
@@ -91,6 +92,9 @@ def push_run(output_dir: str, repo_id: str, private: bool | None = None) -> str:
     try:
         with open(os.path.join(output_dir, "adapter_config.json"), encoding="utf-8") as file:
             base = json.load(file).get("base_model_name_or_path") or ""
+        if not os.path.isfile(os.path.join(output_dir, ADAPTER_FILE)):
+            raise PushError(f"{output_dir} holds no {ADAPTER_FILE}: there is no adapter to publish (did the run "
+                            "finish? under FSDP, see fsdp_state_dict_type in the accelerate config)")
         if is_local_path(base):
             raise PushError(f"the adapter's base is the local folder {base}, which no one else can load: train with "
                             "--base_model_hub_id (e.g. mistralai/Mistral-7B-Instruct-v0.2), or set "

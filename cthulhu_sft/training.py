@@ -21,6 +21,7 @@ from transformers.trainer_callback import ExportableState
 
 from .config import fail
 from .format import CHAT_TEMPLATE, chat_template_mismatches
+from .hub import ADAPTER_FILE
 from .logs import SayOnce
 
 logger = logging.getLogger("train_sft")
@@ -114,7 +115,6 @@ def build_trainer(model_args, training_args, train_rows, eval_sets: dict, tokeni
     return trainer
 
 
-ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def save_adapter(trainer, output_dir: str) -> None:

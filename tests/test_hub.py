@@ -81,6 +81,18 @@ def test_a_refused_upload_is_a_safe_message_with_a_hint(tmp_path, hub_env, capsy
     assert VALID_TOKEN not in error
 
 
+def test_a_run_without_its_adapter_file_is_refused_before_contacting_the_hub(tmp_path, hub_env, capsys):
+    run = finished_run(tmp_path / "out", "mistralai/Mistral-7B-Instruct-v0.2")
+    (run / "adapter_model.safetensors").unlink()  # e.g. an FSDP run that saved no full state dict
+    (run / "run.json").write_text(json.dumps({"status": "finished", "publish": {"status": "pending"}}))
+    with RefusingHub(status=500) as refusing:
+        hub_env(refusing.url)
+        assert hub.main([str(run), "tester/adapter"]) == 1
+        assert refusing.requests == []
+    assert "holds no adapter_model.safetensors" in capsys.readouterr().err
+    assert json.loads((run / "run.json").read_text())["publish"]["status"] == "failed"
+
+
 def test_the_retry_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         hub.main([str(tmp_path), "tester/again"])
