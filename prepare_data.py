@@ -3,18 +3,23 @@
     python prepare_data.py                                        # crawl ja.wikipedia → data/*.jsonl and data/README.md
     python prepare_data.py --depth 2 --titles ネクロノミコン ルルイエ # a deeper crawl, plus pages outside the category
     python prepare_data.py --qa_api_url http://localhost:8000/v1 --qa_model Qwen/Qwen2.5-7B-Instruct
-                                                                  # plus factoid Q&A written by a model, kept when grounded
+                                                                  # facts written by an endpoint (on a CUDA machine
+                                                                  # the base model writes them without this)
+    python prepare_data.py --open_book_ratio 0.3                  # a share of the facts also asked open-book (RAFT)
     python prepare_data.py --from_json data_lora_formatted.json   # convert the old notebook's [{"text","output"}] file
     python prepare_data.py --push_to_hub user/cthulhu-qa          # and publish the dataset with its card
 
-Steps: crawl the category tree (every answer cached under --cache_dir, so a rerun makes no request and an
-interrupted one resumes) → clean each article's text → passages a user can ask about (sections, long ones cut
-between sentences), each asked in --phrasings wordings → optionally, factoid pairs written from each passage by an
-OpenAI-compatible endpoint, kept only when grounded → split by article (eval.jsonl: articles never trained);
-held-out questions about trained facts in eval_known.jsonl (one wording of each of up to 5 facts of a trained
-article, its other wordings trained; cloze probes for an article without one) → write the files and the
-dataset card (data/README.md, CC BY-SA 4.0 attribution) as one set → print what it did in numbers. --tokenizer and --max_tokens default to `model_name_or_path` and `max_length` in
-sft_config.yaml. The hand-written sample in data/sample/ is never replaced.
+Steps: crawl the category tree (every answer cached under --cache_dir, one run per cache, so a rerun makes no
+request and an interrupted one resumes; each page with its aliases) → clean each article's text → passages a user
+can ask about (sections, long ones cut between sentences), each asked in --phrasings wordings → facts written from
+each passage by a model (--qa_backend: endpoint, vLLM or transformers; none without one), kept only when their
+evidence is in the passage, every check passes and a verification says the passage states them; rewrites of each
+passage, verified → split by article (eval.jsonl: articles never trained); held-out questions about trained facts
+in eval_known.jsonl (one wording of each of up to 5 facts of a trained article, its other wordings trained; cloze
+probes for an article without one) → optionally open-book examples → write the files and the dataset card
+(data/README.md, CC BY-SA 4.0 attribution) as one set → print what it did in numbers. --tokenizer and
+--max_tokens default to `model_name_or_path` and `max_length` in sft_config.yaml. The hand-written sample in
+data/sample/ is never replaced.
 """
 
 import argparse
