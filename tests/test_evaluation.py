@@ -11,6 +11,7 @@ from cthulhu_sft.evaluation import (
     cached_source_texts,
     default_max_new_tokens,
     match_answers,
+    open_book_item,
     quiz_problems,
     read_answers,
     read_set,
@@ -19,6 +20,8 @@ from cthulhu_sft.evaluation import (
     wilson_interval,
 )
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.report import add_gaps
+from cthulhu_sft.retrieval import NOT_FOUND, Hit
 from cthulhu_sft.sets import Corpus
 from cthulhu_sft.wiki import Cache
 
@@ -26,6 +29,8 @@ REPORT_FIELDS = {
     "n", "accuracy", "accuracy_ci", "incorrect_rate", "not_attempted_rate", "accuracy_given_attempted", "empty",
     "empty_rate", "rouge_l_f1", "fact_recall", "hallucination_rate", "unsupported_term_rate", "abstention_rate",
     "non_japanese_rate", "eos_stop_rate", "truncated_rate", "judge_accuracy", "judge_agreement",
+    "citation_accuracy", "citation_rate", "passages_hold_answer_rate", "abstention_when_absent",
+    "abstention_when_present", "closed_share_of_open",
 }
 CTHULHU = {
     "instruction": "クトゥルフはどこで眠っていますか？",
@@ -160,6 +165,47 @@ def test_aggregate_marks_what_does_not_apply():
     assert summary["hallucination_rate"] == 0.0 and summary["unsupported_term_rate"] is None
     empty = aggregate([])
     assert empty["n"] == 0 and empty["empty"] == 0 and all(empty[key] is None for key in REPORT_FIELDS - {"n", "empty"})
+
+
+def open_item(row, answer, shown):
+    scores = score_item(row, answer, stopped=True, corpus=CORPUS)
+    return scores | open_book_item(row, answer, shown, scores, CORPUS)
+
+
+def test_open_book_citations_and_abstention_hand_worked():
+    """Citation accuracy counts correct answers whose cited, shown passage holds the answer; abstention is split by
+    whether the shown passages hold the answer."""
+    holds = Hit("クトゥルフ", "", "クトゥルフはルルイエに眠る。", 1, "")
+    other = Hit("ダゴン", "", "ダゴンは深きものどもの神。", 2, "")
+    items = [
+        open_item(CTHULHU, "ルルイエです[2]。", [other, holds]),  # correct, cites the passage that holds it
+        open_item(CTHULHU, "ルルイエです[1]。", [other, holds]),  # correct, cites the wrong passage
+        open_item(CTHULHU, "ルルイエです。", [holds]),  # correct, cites nothing
+        open_item(CTHULHU, "ルルイエです[3]。", [holds]),  # correct, cites a passage that was not shown
+        open_item(CTHULHU, NOT_FOUND, [other]),  # abstains where the passages lack the answer: right
+        open_item(CTHULHU, NOT_FOUND, [holds]),  # abstains where the answer was shown: a miss
+        open_item(CTHULHU, "ダゴンです[1]。", [other]),  # incorrect: no citation verdict
+    ]
+    assert [item["citation_correct"] for item in items] == [True, False, False, False, None, None, None]
+    assert [item["cites"] for item in items] == [True, True, False, False, False, False, True]
+    assert items[0]["sources"] == [{"title": "ダゴン", "section": "", "revid": 2},
+                                   {"title": "クトゥルフ", "section": "", "revid": 1}]
+    assert items[3]["cited"] == [3] and items[4]["cited"] == []
+    summary = aggregate(items)
+    assert summary["accuracy"] == pytest.approx(4 / 7)
+    assert summary["citation_accuracy"] == pytest.approx(1 / 4)
+    assert summary["citation_rate"] == pytest.approx(3 / 5)  # of the 5 answers that do not abstain
+    assert summary["passages_hold_answer_rate"] == pytest.approx(5 / 7)
+    assert summary["abstention_when_absent"] == pytest.approx(1 / 2)  # NOT_FOUND and ダゴン over [other]
+    assert summary["abstention_when_present"] == pytest.approx(1 / 5)
+    closed = aggregate([score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS),
+                        score_item(CTHULHU, "わかりません。", stopped=True, corpus=CORPUS)])
+    assert closed["citation_accuracy"] is None and closed["passages_hold_answer_rate"] is None
+    results = [{"set": "s", "model": "m", "book": "closed", "temperature": 0.0, **closed},
+               {"set": "s", "model": "m", "book": "open", "temperature": 0.0, **summary}]
+    add_gaps(results)
+    assert results[1]["closed_share_of_open"] == pytest.approx(0.5 / (4 / 7))
+    assert results[0]["closed_share_of_open"] is None
 
 
 def test_read_set_validates_the_optional_fields(tmp_path):
