@@ -112,7 +112,7 @@ def test_results_cover_every_set_model_and_temperature(evaluation, tiny_model_di
         assert set(result) == RESULT_FIELDS
         assert result["n"] == {"known": 2, "unseen": 2, "quiz": 2}[result["set"]]
         assert (result["accuracy"] is None) == (result["set"] == "unseen")  # no accepted answers there
-        for key in RESULT_FIELDS - {"set", "model", "temperature", "n", "accuracy_ci", "empty"}:
+        for key in RESULT_FIELDS - {"set", "model", "book", "temperature", "n", "accuracy_ci", "empty"}:
             assert result[key] is None or 0.0 <= result[key] <= 1.0, (key, result)
 
 
