@@ -394,3 +394,27 @@ def test_batches_are_sized_to_the_free_gpu_memory():
     assert fitting_batch_size(40 * 2**30, mistral, 300) == 64  # an A100 after training: the cap
     assert fitting_batch_size(2**30, mistral, 300) == int(0.4 * 2**30 // per_sequence) // 8 * 8 == 8
     assert fitting_batch_size(2**27, mistral, 300) == 1  # never 0
+
+
+def test_the_cards_reproduce_command_asks_open_book_only_when_the_check_did():
+    from cthulhu_sft.run_record import knowledge_view
+
+    result = aggregate([score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS)])
+    opened = aggregate([open_item(CTHULHU, "ルルイエです[1]。", [Hit("クトゥルフ", "", SOURCE, 1, "")])])
+    closed_only = {"status": "done", "repetition_penalty": 1.0, "batch_size": 8, "source_texts": "s.jsonl",
+                   "articles_with_text": 1, "open_book": None, "open_book_skipped": None,
+                   "sets": [{"name": "quiz", "path": "q.jsonl", "results": {"base": result, "adapter": result}}]}
+    view = knowledge_view(closed_only, {"model_name_or_path": "base-model"})
+    assert "--open_book" not in view["reproduce"] and not view["sets"][0]["open_rows"]
+    assert [(row["model"], row["book"]) for row in view["sets"][0]["rows"]] == [("base", "closed"), ("adapter", "closed")]
+    skipped = knowledge_view({**closed_only, "open_book_skipped": "no data/source_texts.jsonl to retrieve from"})
+    assert "Not asked open-book: no data/source_texts.jsonl to retrieve from." in skipped["notes"]
+    both = {**closed_only, "open_book": {"top_k": 2},
+            "sets": [{**closed_only["sets"][0], "open_book_results": {"base": opened, "adapter": opened},
+                      "retrieval": {"questions": 1, "recall@1": 1.0, "recall@3": 1.0, "recall@5": 1.0}}]}
+    view = knowledge_view(both, {"model_name_or_path": "base-model"})
+    assert view["reproduce"].endswith("--open_book --top_k 2 --sets quiz=q.jsonl")
+    assert [(row["model"], row["book"]) for row in view["sets"][0]["rows"]] == [
+        ("base", "closed"), ("base", "open"), ("adapter", "closed"), ("adapter", "open")]
+    assert view["sets"][0]["open_rows"][0]["citation_accuracy"] == "100.0 %"
+    assert view["sets"][0]["retrieval"].startswith("recall@1 1.000, recall@3 1.000")
