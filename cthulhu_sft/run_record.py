@@ -145,11 +145,15 @@ def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty
     source_texts = SOURCE_TEXTS if os.path.isfile(SOURCE_TEXTS) else None
     cache_dir = CACHE_DIR if os.path.isdir(CACHE_DIR) else None
     corpus = article_corpus(source_texts, cache_dir)
-    books = None
+    books, no_books = None, f"no {SOURCE_TEXTS} to retrieve from"
     if open_book and source_texts:
+        from .data import DataError
         from .retrieval import open_retriever
 
-        books = OpenBook(open_retriever(source_texts))
+        try:
+            books = OpenBook(open_retriever(source_texts))
+        except DataError as error:  # e.g. no article with text: the closed-book check still runs
+            no_books = str(error)
     entries, sets = [], []
     for path in files:
         entry = {"name": set_name(path), "path": path}
@@ -175,7 +179,7 @@ def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty
               "cache_dir": cache_dir, "articles_with_text": len(corpus.texts), "base_parameters": base_parameters(model),
               "open_book": {"top_k": books.top_k} if books else None, "sets": entries}
     if open_book and not books:
-        record["open_book_skipped"] = f"no {SOURCE_TEXTS} to retrieve from"
+        record["open_book_skipped"] = no_books
     if sets:
         batch_size = device_batch_size(model, longest_sequence(sets, fmt, open_book=books))
         decoding = Decoding(temperatures=[0.0], repetition_penalty=repetition_penalty, batch_size=batch_size)

@@ -418,3 +418,19 @@ def test_the_cards_reproduce_command_asks_open_book_only_when_the_check_did():
         ("base", "closed"), ("base", "open"), ("adapter", "closed"), ("adapter", "open")]
     assert view["sets"][0]["open_rows"][0]["citation_accuracy"] == "100.0 %"
     assert view["sets"][0]["retrieval"].startswith("recall@1 1.000, recall@3 1.000")
+
+
+def test_a_corpus_without_text_skips_the_knowledge_checks_open_book_not_the_check(tmp_path, monkeypatch, tiny_adapter_dir):
+    from cthulhu_sft.inference import load_model
+    from cthulhu_sft.run_record import knowledge_check
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "source_texts.jsonl", [{"title": "クトゥルフ", "text": ""}])
+    quiz = write_jsonl(tmp_path / "quiz.jsonl", [CTHULHU])
+    model = load_model(None, str(tiny_adapter_dir))
+    fmt = MistralFormat.from_pretrained(str(tiny_adapter_dir))
+    record = knowledge_check(model, fmt, [str(quiz)], 1, 1.0, str(tmp_path), open_book=True)
+    assert record["open_book"] is None and "no article has text to retrieve from" in record["open_book_skipped"]
+    [entry] = record["sets"]
+    assert entry["results"]["adapter"]["n"] == 1 and "open_book_results" not in entry
