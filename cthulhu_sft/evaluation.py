@@ -24,13 +24,16 @@ the crawl does not state counts as invented.
 
 Open book (`OpenBook`: a retriever over source_texts.jsonl, cthulhu_sft/retrieval.py): every row is also asked
 with the retriever's top passages in the user turn (retrieval.open_book_prompt), graded the same way, and
-`open_book_item` adds:
+`open_book_item` adds (the grades and scores are those of the answer without its citation marks, `graded_text`:
+a [1] is neither a number the answer claims nor a second candidate):
     sources         the passages shown, in their numbered order: title, section, revid.
     cited           the passage numbers the answer cites (retrieval.parse_citations), shown or not.
     cites           the answer cites at least one passage that was shown.
     citation_correct
-                    correct answers only (else None): a cited, shown passage contains an accepted answer
-                    (retrieval.citation_is_correct, with the same accepted forms as the grade).
+                    correct answers only (else None): the answer cites at least one passage, every number it
+                    cites was shown, and every passage it cites contains an accepted answer (metrics.
+                    answer_is_correct, with the same accepted forms as the grade): citing every passage, or a
+                    number that was not shown, is not a correct citation.
     passages_hold_answer
                     rows with `answers` only (else None): a shown passage contains an accepted answer; when it
                     does not, saying retrieval.NOT_FOUND (an abstention) is the right reply.
@@ -206,16 +209,28 @@ def score_item(row: dict, answer: str, stopped: bool | None, corpus: Corpus | No
     }
 
 
+def graded_text(answer: str) -> str:
+    """An open-book answer as it is graded: in metrics.normalize form, without its citation marks ([1], [1, 2],
+    【2】, 資料2; retrieval.CITATION)."""
+    return retrieval.CITATION.sub("", metrics.normalize(answer).translate(retrieval.BRACKETS))
+
+
+def score_open_book(row: dict, answer: str, stopped: bool | None, shown: list, corpus: Corpus) -> dict:
+    """An open-book answer's scores: score_item's of `graded_text`, and open_book_item's."""
+    scores = score_item(row, graded_text(answer), stopped, corpus)
+    return scores | open_book_item(row, answer, shown, scores, corpus)
+
+
 def open_book_item(row: dict, answer: str, shown: list, scores: dict, corpus: Corpus) -> dict:
     """An open-book answer's citation scores (see the module docstring), beside its score_item scores."""
     accepted = corpus.accepted(row.get("answers"))
     cited = retrieval.parse_citations(answer)
+    holds = lambda number: 1 <= number <= len(shown) and metrics.answer_is_correct(shown[number - 1].text, accepted)  # noqa: E731
     return {
         "sources": [{"title": hit.title, "section": hit.section, "revid": hit.revid} for hit in shown],
         "cited": cited,
         "cites": any(1 <= number <= len(shown) for number in cited),
-        "citation_correct": retrieval.citation_is_correct(answer, shown, accepted) if scores["grade"] == grading.CORRECT
-        else None,
+        "citation_correct": bool(cited) and all(map(holds, cited)) if scores["grade"] == grading.CORRECT else None,
         "passages_hold_answer": any(metrics.answer_is_correct(hit.text, accepted) for hit in shown) if accepted else None,
     }
 
@@ -241,11 +256,11 @@ def score_answers(label: str, answers: dict[str, dict[int, str]], sets: list[Eva
         scored = {id(row) for row in evaluated.scored}
         pairs = [(evaluated.rows[index], answer) for index, answer in sorted(answers.get(evaluated.name, {}).items())
                  if id(evaluated.rows[index]) in scored]
-        items = [score_item(row, answer, None, corpus) for row, answer in pairs]
-        if open_book is not None:
+        if open_book is None:
+            items = [score_item(row, answer, None, corpus) for row, answer in pairs]
+        else:
             prompts = open_book.prompts([row for row, _ in pairs], fmt)
-            for (row, answer), (_, shown), scores in zip(pairs, prompts, items):
-                scores.update(open_book_item(row, answer, shown, scores, corpus))
+            items = [score_open_book(row, answer, None, shown, corpus) for (row, answer), (_, shown) in zip(pairs, prompts)]
         _judge(judge, [row for row, _ in pairs], [answer for _, answer in pairs], items, corpus)
         results.append({"set": evaluated.name, "model": label, "book": book, "temperature": None, **aggregate(items)})
         generations += [generation_row(evaluated.name, label, None, row, answer, scores, book)
@@ -314,10 +329,11 @@ def _answer(model, fmt, label, name, rows, prompts, book, temperature, max_new_t
         repetition_penalty=decoding.repetition_penalty, seed=decoding.seed, batch_size=decoding.batch_size,
         progress=progress,
     )
-    items = [score_item(row, answer.text, answer.stopped, corpus) for row, answer in zip(rows, answers)]
     if book == "open":
-        for row, answer, (_, shown), scores in zip(rows, answers, prompts, items):
-            scores.update(open_book_item(row, answer.text, shown, scores, corpus))
+        items = [score_open_book(row, answer.text, answer.stopped, shown, corpus)
+                 for row, answer, (_, shown) in zip(rows, answers, prompts)]
+    else:
+        items = [score_item(row, answer.text, answer.stopped, corpus) for row, answer in zip(rows, answers)]
     _judge(judge, rows, [answer.text for answer in answers], items, corpus)
     output["results"].append({"set": name, "model": label, "book": book, "temperature": temperature, **aggregate(items)})
     for row, answer, scores, (nll, n) in zip(rows, answers, items, reference):

@@ -20,8 +20,10 @@
                           with a model grader (evaluate.py --judge_model): its accuracy, and the share of answers
                           that it grades as the rules do.
 Open book (rows answered with retrieved passages in the prompt, evaluation.open_book_item):
-    citation_accuracy     correct answers that cite a shown passage containing an accepted answer / correct
-                          answers: a right answer credited to the wrong passage, or to none, is not;
+    citation_accuracy     correct answers whose citations are all right / correct answers: they cite at least
+                          one passage, only passages that were shown, and only passages that contain an accepted
+                          answer (a right answer credited to the wrong passage, to none, or to every passage, is
+                          not);
     citation_rate         answers that cite a shown passage / answers that neither abstain nor are empty;
     passages_hold_answer_rate
                           rows with accepted answers whose shown passages contain one (retrieval's ceiling);
@@ -89,8 +91,10 @@ OPEN_BOOK_EXPLANATION = (
     "closed-book results so). Read it with *passages hold answer*, the share of questions whose shown passages "
     "contain an accepted answer: open-book accuracy cannot exceed it by honest means, and a low value is the "
     "retriever's fault, not the model's (recall@k under each set's heading: its own article among the top k "
-    "passages). *Citation accuracy*: of the correct open-book answers, the share that cite a shown passage "
-    "containing an accepted answer. *Cites*: answers (not abstaining, not empty) that cite a shown passage. "
+    "passages). *Citation accuracy*: of the correct open-book answers, the share whose citations are all right: "
+    "at least one, only passages that were shown, and each of them containing an accepted answer (citing every "
+    "passage is not right). Citation marks are removed before grading: [1] is neither a number the answer claims "
+    "nor a second candidate. *Cites*: answers (not abstaining, not empty) that cite a shown passage. "
     "*Abstains, answer not in passages*: where no shown passage holds an accepted answer, the share of answers "
     "that abstain, which is the right reply (on the unseen set, whose articles were never trained, this is the "
     "open-book abstention to look at); *abstains, answer in passages*: abstaining where the answer was shown."

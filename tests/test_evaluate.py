@@ -462,7 +462,7 @@ def test_open_book_run_asks_every_question_both_ways_in_the_exact_format(tmp_pat
     """The tiny model, in-process: each question closed-book and then with its passages, the prompts being
     retrieval.open_book_prompt's user turn (so the answers are generate()'s on them), every open-book measure
     aggregated from the answers written beside it."""
-    from cthulhu_sft.evaluation import OpenBook, open_book_item
+    from cthulhu_sft.evaluation import OpenBook, score_open_book
     from cthulhu_sft.retrieval import open_retriever
 
     script = load_script("evaluate")
@@ -484,8 +484,7 @@ def test_open_book_run_asks_every_question_both_ways_in_the_exact_format(tmp_pat
         rows = [row for row in outputs["rows"] if (row["set"], row["book"]) == (name, "open")]
         assert [row["answer"] for row in rows] == [answer.text for answer in expected]
         assert rows[0]["sources"] == [{"title": hit.title, "section": hit.section, "revid": hit.revid} for hit in prompts[0][1]]
-        scores = score_item(set_rows[0], rows[0]["answer"], rows[0]["stopped"], corpus)
-        scores |= open_book_item(set_rows[0], rows[0]["answer"], prompts[0][1], scores, corpus)
+        scores = score_open_book(set_rows[0], rows[0]["answer"], rows[0]["stopped"], prompts[0][1], corpus)
         assert {key: rows[0][key] for key in scores} == scores
         [result] = [r for r in outputs["report"]["results"] if (r["set"], r["book"]) == (name, "open")]
         expected_result = aggregate(rows)

@@ -11,12 +11,12 @@ from cthulhu_sft.evaluation import (
     cached_source_texts,
     default_max_new_tokens,
     match_answers,
-    open_book_item,
     quiz_problems,
     read_answers,
     read_set,
     read_source_texts,
     score_item,
+    score_open_book,
     wilson_interval,
 )
 from cthulhu_sft.format import MistralFormat
@@ -168,8 +168,7 @@ def test_aggregate_marks_what_does_not_apply():
 
 
 def open_item(row, answer, shown):
-    scores = score_item(row, answer, stopped=True, corpus=CORPUS)
-    return scores | open_book_item(row, answer, shown, scores, CORPUS)
+    return score_open_book(row, answer, True, shown, CORPUS)
 
 
 def test_open_book_citations_and_abstention_hand_worked():
@@ -185,27 +184,49 @@ def test_open_book_citations_and_abstention_hand_worked():
         open_item(CTHULHU, NOT_FOUND, [other]),  # abstains where the passages lack the answer: right
         open_item(CTHULHU, NOT_FOUND, [holds]),  # abstains where the answer was shown: a miss
         open_item(CTHULHU, "ダゴンです[1]。", [other]),  # incorrect: no citation verdict
+        open_item(CTHULHU, "ルルイエです[1][2]。", [other, holds]),  # correct, but cites every passage
     ]
-    assert [item["citation_correct"] for item in items] == [True, False, False, False, None, None, None]
-    assert [item["cites"] for item in items] == [True, True, False, False, False, False, True]
+    assert [item["citation_correct"] for item in items] == [True, False, False, False, None, None, None, False]
+    assert [item["cites"] for item in items] == [True, True, False, False, False, False, True, True]
     assert items[0]["sources"] == [{"title": "ダゴン", "section": "", "revid": 2},
                                    {"title": "クトゥルフ", "section": "", "revid": 1}]
     assert items[3]["cited"] == [3] and items[4]["cited"] == []
+    assert items[7]["grade"] == "correct" and items[7]["unsupported_terms"] == []  # [1][2]: no numbers, no list
     summary = aggregate(items)
-    assert summary["accuracy"] == pytest.approx(4 / 7)
-    assert summary["citation_accuracy"] == pytest.approx(1 / 4)
-    assert summary["citation_rate"] == pytest.approx(3 / 5)  # of the 5 answers that do not abstain
-    assert summary["passages_hold_answer_rate"] == pytest.approx(5 / 7)
+    assert summary["accuracy"] == pytest.approx(5 / 8)
+    assert summary["citation_accuracy"] == pytest.approx(1 / 5)
+    assert summary["citation_rate"] == pytest.approx(4 / 6)  # of the 6 answers that do not abstain
+    assert summary["passages_hold_answer_rate"] == pytest.approx(6 / 8)
     assert summary["abstention_when_absent"] == pytest.approx(1 / 2)  # NOT_FOUND and ダゴン over [other]
-    assert summary["abstention_when_present"] == pytest.approx(1 / 5)
+    assert summary["abstention_when_present"] == pytest.approx(1 / 6)
     closed = aggregate([score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS),
                         score_item(CTHULHU, "わかりません。", stopped=True, corpus=CORPUS)])
     assert closed["citation_accuracy"] is None and closed["passages_hold_answer_rate"] is None
     results = [{"set": "s", "model": "m", "book": "closed", "temperature": 0.0, **closed},
                {"set": "s", "model": "m", "book": "open", "temperature": 0.0, **summary}]
     add_gaps(results)
-    assert results[1]["closed_share_of_open"] == pytest.approx(0.5 / (4 / 7))
+    assert results[1]["closed_share_of_open"] == pytest.approx(0.5 / (5 / 8))
     assert results[0]["closed_share_of_open"] is None
+
+
+YEAR = {"instruction": "『クトゥルフの呼び声』が発表されたのは何年？", "response": "1928年です。", "answers": ["1928年"],
+        "title": "クトゥルフの呼び声"}
+YEAR_CORPUS = Corpus({"クトゥルフの呼び声": "ラヴクラフトが1926年に書き、1928年に発表した。"})
+
+
+@pytest.mark.parametrize("answer,grade", [
+    ("1928年です[2]。", "correct"),  # the citation is not a second number
+    ("1928年です。[1][3]", "correct"),  # nor two citations a list of candidates
+    ("1928年です【2】。", "correct"),
+    ("資料2によると1928年です。", "correct"),
+    ("1926年です[1]。", "incorrect"),
+    ("[1]", "not_attempted"),  # nothing but a citation: empty
+])
+def test_an_open_book_answer_is_graded_without_its_citation_marks(answer, grade):
+    shown = [Hit("クトゥルフの呼び声", "", "ラヴクラフトが1926年に書き、1928年に発表した。", 1, "")] * 3
+    scores = score_open_book(YEAR, answer, True, shown, YEAR_CORPUS)
+    assert scores["grade"] == grade and scores["unsupported_terms"] == [], scores
+    assert scores["empty"] is (answer == "[1]")
 
 
 def test_read_set_validates_the_optional_fields(tmp_path):
