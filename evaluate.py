@@ -116,6 +116,7 @@ class AnswersInput:
     matched: dict[str, dict[str, dict[int, str]]]  # book -> set -> row index -> answer
     ignored: dict[str, int]
     unmatched: list[str]
+    fmt: object = None  # open-book answers: the MistralFormat that measures their prompts (answers_format)
 
 
 @dataclass
@@ -196,6 +197,8 @@ def parse_args(argv=None) -> Plan:
         full = {name: evaluation.read_set(path) for name, path in set_paths.items()}
         sets = [evaluation.prepare_set(name, path, full[name][: options.limit], corpus) for name, path in set_paths.items()]
         answers = read_answers_input(options, label, sets)
+        if answers and any(answers.matched["open"].values()):
+            answers.fmt = answers_format(parser, load)
         open_book = None
         if options.open_book:
             if not source_texts:
@@ -240,6 +243,20 @@ def read_answers_input(options: EvaluateArguments, label: str | None, sets: list
             ignored[name] = ignored.get(name, 0) + count
         unmatched += book_unmatched
     return AnswersInput(options.answers, label, matched, ignored, unmatched)
+
+
+def answers_format(parser, load: LoadArguments):
+    """The tokenizer that measures the open-book prompts of answers made elsewhere, as evaluate.py would show them
+    to a model: that of --base_model, else sft_config.yaml's base (its tokenizer.model only, no weights)."""
+    from cthulhu_sft.config import sft_defaults
+    from cthulhu_sft.inference import load_format
+
+    base = load.base_model or sft_defaults()["model_name_or_path"]
+    try:
+        return load_format(base, None, load.revision)
+    except OSError as error:
+        parser.error(f"open-book --answers: the prompt's passages are cut to fit the tokenizer of {base}, which could "
+                     f"not be read ({type(error).__name__}); give --base_model FOLDER with its tokenizer.model")
 
 
 def _default(given: str | None, default: str, exists) -> str | None:
@@ -392,10 +409,9 @@ def score_answers(plan: Plan, results: dict, generations: list, judge) -> None:
             if entry["unanswered"][name]:
                 print(f"{answers.path}: {entry['unanswered'][name]} of {len(scored)} questions of set "
                       f"'{name}' have no answer; they are not scored", file=sys.stderr)
-        fmt = _format(plan) if book == "open" else None
         set_results, set_generations = evaluation.score_answers(
             answers.label, answers.matched[book], plan.sets, plan.corpus, judge,
-            open_book=plan.open_book if book == "open" else None, fmt=fmt)
+            open_book=plan.open_book if book == "open" else None, fmt=answers.fmt)
         results["results"] += set_results
         generations += set_generations
     report.add_gaps(results["results"])
@@ -438,16 +454,6 @@ def main(plan: Plan) -> None:
     print(markdown)
     print(report.console_table(results["results"]), file=sys.stderr)
     print(f"Wrote report.json, report.md, report.png and generations.jsonl to {options.output_dir}", file=sys.stderr)
-
-
-def _format(plan: Plan):
-    """The tokenizer that measures open-book prompts of answers made elsewhere: that of --base_model, else
-    sft_config.yaml's base (no weights are loaded)."""
-    from cthulhu_sft.config import sft_defaults
-    from cthulhu_sft.inference import load_format
-
-    base = plan.load.base_model or sft_defaults()["model_name_or_path"]
-    return load_format(base, None, plan.load.revision)
 
 
 def _judge(plan: Plan):

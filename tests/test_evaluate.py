@@ -293,6 +293,8 @@ def test_check_quiz_reads_the_crawl_cache(tmp_path, capsys):
         (["--models", "base", "--open_book", "--source_texts", ""], "--open_book retrieves from the crawled articles"),
         (["--models", "base", "--open_book", "--top_k", "0"], "--top_k must be at least 1, got 0"),
         (["--answers", "OPENED"], "OPENED:2: field 'book': an open-book answer needs --open_book"),
+        (["--answers", "OPENED", "--open_book", "--source_texts", "SOURCES"],
+         "open-book --answers: the prompt's passages are cut to fit the tokenizer of mistralai/Mistral-7B-Instruct-v0.2"),
         (["--answers", "AJAR", "--open_book"], "AJAR:1: field 'book': expected 'closed' or 'open', got \"ajar\""),
     ],
 )
@@ -303,6 +305,7 @@ def test_bad_arguments_are_refused_before_any_model_loads(arguments, message, ti
         "BADSET": str(write_jsonl(tmp_path / "bad.jsonl", [KNOWN[0], {**KNOWN[1], "answers": "太平洋"}])),
         "BADSOURCES": str(write_jsonl(tmp_path / "sources.jsonl", [SOURCE_TEXTS[0], {"text": "x"}])),
         "ANSWERS": str(write_jsonl(tmp_path / "ok_answers.jsonl", [{"set": "known", "instruction": STOP_QUESTION, "answer": ""}])),
+        "SOURCES": str(write_jsonl(tmp_path / "good_sources.jsonl", SOURCE_TEXTS)),
         "OPENED": str(write_jsonl(tmp_path / "open_answers.jsonl", [
             {"set": "known", "instruction": STOP_QUESTION, "answer": "x"},
             {"set": "known", "instruction": STOP_QUESTION, "answer": "x", "book": "open"}])),
