@@ -441,7 +441,8 @@ def test_the_cards_reproduce_command_asks_open_book_only_when_the_check_did():
     assert view["sets"][0]["retrieval"].startswith("recall@1 1.000, recall@3 1.000")
 
 
-def test_a_corpus_without_text_skips_the_knowledge_checks_open_book_not_the_check(tmp_path, monkeypatch, tiny_adapter_dir):
+@pytest.mark.slow
+def test_the_knowledge_check_asks_open_book_when_asked_and_the_corpus_has_text(tmp_path, monkeypatch, tiny_adapter_dir):
     from cthulhu_sft.inference import load_model
     from cthulhu_sft.run_record import knowledge_check
 
@@ -455,3 +456,10 @@ def test_a_corpus_without_text_skips_the_knowledge_checks_open_book_not_the_chec
     assert record["open_book"] is None and "no article has text to retrieve from" in record["open_book_skipped"]
     [entry] = record["sets"]
     assert entry["results"]["adapter"]["n"] == 1 and "open_book_results" not in entry
+    # with text, knowledge_check_open_book false asks closed book only, and says nothing of open book
+    write_jsonl(tmp_path / "data" / "source_texts.jsonl", [{"title": "クトゥルフ", "text": SOURCE}])
+    record = knowledge_check(model, fmt, [str(quiz)], 1, 1.0, str(tmp_path), open_book=False)
+    assert record["open_book"] is None and "open_book_skipped" not in record
+    assert "open_book_results" not in record["sets"][0] and "retrieval" not in record["sets"][0]
+    record = knowledge_check(model, fmt, [str(quiz)], 1, 1.0, str(tmp_path), open_book=True)
+    assert record["open_book"] == {"top_k": 3} and record["sets"][0]["open_book_results"]["adapter"]["n"] == 1
