@@ -12,7 +12,15 @@ For each model (the base alone, base + adapter, several adapters, a merged model
      crawled article), ROUGE-L, fact recall, EOS-stop and truncated rates. Definitions: cthulhu_sft/grading.py,
      cthulhu_sft/evaluation.py, cthulhu_sft/report.py.
 Answers made elsewhere (another model, an API, a person) are scored the same way with --answers, no model loaded:
-a JSONL of {"set", "instruction", "answer"}, matched to the set's rows by question, named in the report by --label.
+a JSONL of {"set", "instruction", "answer", optional "book"}, matched to the set's rows by question, named in the
+report by --label.
+With --open_book every question is also asked open-book: the retriever's --top_k passages of --source_texts in the
+prompt (cthulhu_sft/retrieval.py), the model asked to cite them or to say 「資料からは分かりません。」; both books are
+graded the same way and reported side by side, with citation accuracy, citation rate, abstention where the
+passages lack the answer, and closed-book accuracy as a share of open-book accuracy (cthulhu_sft/report.py). The
+sets' retrieval recall@1/3/5 of their own articles is printed first (no GPU needed for it). An --answers line
+with "book": "open" answers the question as asked with the passages that this retriever shows for it (`python -m
+cthulhu_sft.retrieval --json --top_k K "QUESTION"`), and needs --open_book.
 With --judge_api_url and --judge_model, a model grader (any OpenAI-compatible endpoint; its key in the environment
 variable --judge_api_key_env) also grades every answer (prompts/grade_ja.md), beside the rules.
 Rows with accepted answers whose titled article's text (--source_texts, --cache_dir) names none of them are left
@@ -22,6 +30,8 @@ out of the score and listed in the report; --check_quiz lists them and exits (1 
     python evaluate.py --models base tuned=output/cthulhu-mistral-7b-lora --load_in_8bit
     # another system's answers on the quiz, in the same table
     python evaluate.py --sets quiz=data/quiz/cthulhu_quiz_ja.jsonl --answers gpt_answers.jsonl --label gpt
+    # closed book and open book side by side, greedy
+    python evaluate.py --models base tuned=output/cthulhu-mistral-7b-lora --load_in_8bit --open_book --temperatures 0
     # the quiz's facts against the crawled articles
     python evaluate.py --check_quiz
 
@@ -35,10 +45,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cthulhu_sft import evaluation, report
+from cthulhu_sft import evaluation, report, retrieval
 from cthulhu_sft.config import CACHE_DIR, SOURCE_TEXTS, LoadArguments, from_sft_config
 from cthulhu_sft.data import DataError
-from cthulhu_sft.evaluation import Decoding, EvalSet
+from cthulhu_sft.evaluation import Decoding, EvalSet, OpenBook
 from cthulhu_sft.inference import model_location_problem
 from cthulhu_sft.judge import JudgeError, JudgeSettings
 from cthulhu_sft.sets import Corpus
@@ -62,6 +72,9 @@ class EvaluateArguments:
     source_texts: str | None = field(default=None, metadata={
         "help": f"JSONL of {{'title', 'text', 'aliases'}}: the articles' text, for the hallucination measures, the "
                 f"accepted answers' other names and the quiz check (default: {SOURCE_TEXTS} if present; '' for none)"})
+    open_book: bool = field(default=False, metadata={
+        "help": "also ask every question open-book: the retriever's top passages of --source_texts in the prompt"})
+    top_k: int = field(default=retrieval.DEFAULT_TOP_K, metadata={"help": "passages an open-book prompt shows"})
     cache_dir: str | None = field(default=None, metadata={
         "help": f"prepare_data.py's --cache_dir, whose pages are read for articles --source_texts lacks (default: "
                 f"{CACHE_DIR} if present; '' for none)"})
@@ -100,9 +113,10 @@ class AnswersInput:
 
     path: str
     label: str
-    matched: dict[str, dict[int, str]]
+    matched: dict[str, dict[str, dict[int, str]]]  # book -> set -> row index -> answer
     ignored: dict[str, int]
     unmatched: list[str]
+    fmt: object = None  # open-book answers: the MistralFormat that measures their prompts (answers_format)
 
 
 @dataclass
@@ -119,6 +133,7 @@ class Plan:
     specs: list[ModelSpec]
     answers: AnswersInput | None
     judge: JudgeSettings | None
+    open_book: OpenBook | None
 
 
 def parse_model_spec(spec: str) -> ModelSpec:
@@ -157,6 +172,8 @@ def parse_args(argv=None) -> Plan:
         parser.error("--max_new_tokens must be >= 1")
     if not 0 < options.top_p <= 1 or min(options.batch_size or 1, 1 if options.limit is None else options.limit) < 1:
         parser.error("need 0 < --top_p <= 1, --batch_size >= 1, --limit >= 1")
+    if options.top_k < 1:
+        parser.error(f"--top_k must be at least 1, got {options.top_k}")
     if bool(options.judge_api_url) != bool(options.judge_model):
         parser.error("a model grader needs both --judge_api_url URL and --judge_model NAME")
     specs = [parse_model_spec(spec) for spec in options.models]
@@ -179,11 +196,17 @@ def parse_args(argv=None) -> Plan:
         corpus = evaluation.article_corpus(source_texts, cache_dir)
         full = {name: evaluation.read_set(path) for name, path in set_paths.items()}
         sets = [evaluation.prepare_set(name, path, full[name][: options.limit], corpus) for name, path in set_paths.items()]
-        answers = None
-        if options.answers:
-            matched, ignored, unmatched = evaluation.match_answers(options.answers, evaluation.read_answers(options.answers),
-                                                                   {evaluated.name: evaluated.rows for evaluated in sets})
-            answers = AnswersInput(options.answers, label, matched, ignored, unmatched)
+        answers = read_answers_input(options, label, sets)
+        if answers and any(answers.matched["open"].values()):
+            answers.fmt = answers_format(parser, load)
+        open_book = None
+        if options.open_book:
+            if not source_texts:
+                parser.error(f"--open_book retrieves from the crawled articles: run prepare_data.py (it writes "
+                             f"{SOURCE_TEXTS}), or give --source_texts FILE")
+            open_book = OpenBook(retrieval.open_retriever(source_texts), top_k=options.top_k)
+            for evaluated in sets:
+                evaluated.retrieval = open_book.recall(evaluated.scored)
     except DataError as error:
         parser.error(str(error))
     if options.check_quiz and not corpus.texts:
@@ -200,7 +223,40 @@ def parse_args(argv=None) -> Plan:
             load_prompt(judge.prompt_file)
         except DataError as error:
             parser.error(str(error))
-    return Plan(options, load, sets, missing, corpus, source_texts, cache_dir, specs, answers, judge)
+    return Plan(options, load, sets, missing, corpus, source_texts, cache_dir, specs, answers, judge, open_book)
+
+
+def read_answers_input(options: EvaluateArguments, label: str | None, sets: list[EvalSet]) -> AnswersInput | None:
+    """--answers matched to the sets' rows, book by book; DataError for an open-book answer without --open_book."""
+    if not options.answers:
+        return None
+    lines = evaluation.read_answers(options.answers)
+    if not options.open_book and (line := next((a for a in lines if a["book"] == "open"), None)):
+        raise DataError(f"{options.answers}:{line['line']}: field 'book': an open-book answer needs --open_book (its "
+                        "citations are checked against the passages that the retriever shows)")
+    rows = {evaluated.name: evaluated.rows for evaluated in sets}
+    matched, ignored, unmatched = {}, {}, []
+    for book in ("closed", "open"):
+        own = [answer for answer in lines if answer["book"] == book]
+        matched[book], book_ignored, book_unmatched = evaluation.match_answers(options.answers, own, rows)
+        for name, count in book_ignored.items():
+            ignored[name] = ignored.get(name, 0) + count
+        unmatched += book_unmatched
+    return AnswersInput(options.answers, label, matched, ignored, unmatched)
+
+
+def answers_format(parser, load: LoadArguments):
+    """The tokenizer that measures the open-book prompts of answers made elsewhere, as evaluate.py would show them
+    to a model: that of --base_model, else sft_config.yaml's base (its tokenizer.model only, no weights)."""
+    from cthulhu_sft.config import sft_defaults
+    from cthulhu_sft.inference import load_format
+
+    base = load.base_model or sft_defaults()["model_name_or_path"]
+    try:
+        return load_format(base, None, load.revision)
+    except OSError as error:
+        parser.error(f"open-book --answers: the prompt's passages are cut to fit the tokenizer of {base}, which could "
+                     f"not be read ({type(error).__name__}); give --base_model FOLDER with its tokenizer.model")
 
 
 def _default(given: str | None, default: str, exists) -> str | None:
@@ -234,6 +290,10 @@ def announce_sets(plan: Plan) -> None:
     """Which sets are scored, and which default sets were not found (so none is skipped silently)."""
     scored = ", ".join(f"{evaluated.name} ({evaluated.path}, {len(evaluated.scored)} questions)" for evaluated in plan.sets)
     print(f"Scoring: {scored}", file=sys.stderr)
+    if plan.open_book:
+        for evaluated in plan.sets:
+            print(f"Retrieval, {evaluated.name}: the question's own article among the top k passages: "
+                  f"{report.recall_text(evaluated.retrieval)}", file=sys.stderr)
     if plan.missing_sets:
         missing = ", ".join(f"{name} ({path})" for name, path in plan.missing_sets.items())
         print(f"Not found, so not scored: {missing}; prepare_data.py builds them, or give --sets NAME=PATH",
@@ -305,7 +365,8 @@ def evaluate_models(plan: Plan, results: dict, generations: list, judge) -> None
     from cthulhu_sft.inference import load_format, load_model
 
     resolve_models(plan)
-    per_model = sum(len(evaluated.scored) for evaluated in plan.sets) * (1 + len(plan.options.temperatures))
+    books = 2 if plan.open_book else 1
+    per_model = sum(len(evaluated.scored) for evaluated in plan.sets) * (1 + books * len(plan.options.temperatures))
     load = plan.load
     with evaluation.progress_bar(len(plan.specs) * per_model, "evaluating") as bar:
         for spec in plan.specs:
@@ -314,9 +375,9 @@ def evaluate_models(plan: Plan, results: dict, generations: list, judge) -> None
             model = load_model(spec.base, spec.adapter, load_in_8bit=load.load_in_8bit, load_in_4bit=load.load_in_4bit,
                                dtype=load.dtype, trust_remote_code=load.trust_remote_code, revision=spec.revision)
             batch_size = plan.options.batch_size or evaluation.device_batch_size(
-                model, evaluation.longest_sequence(plan.sets, fmt, plan.options.max_new_tokens))
+                model, evaluation.longest_sequence(plan.sets, fmt, plan.options.max_new_tokens, plan.open_book))
             output = evaluation.evaluate_model(model, fmt, spec.label, plan.sets, decoding(plan, batch_size), plan.corpus,
-                                               progress=bar, judge=judge)
+                                               progress=bar, judge=judge, open_book=plan.open_book)
             results["models"].append({"label": spec.label, "base_model": spec.base, "adapter": spec.adapter,
                                       "batch_size": batch_size, "max_new_tokens": output["max_new_tokens"],
                                       "losses": output["losses"]})
@@ -338,16 +399,22 @@ def score_answers(plan: Plan, results: dict, generations: list, judge) -> None:
         print(f"{line}; left out", file=sys.stderr)
     if len(answers.unmatched) > 20:
         print(f"... and {len(answers.unmatched) - 20} more answers that match no question; left out", file=sys.stderr)
-    for evaluated in plan.sets:
-        scored = {id(row) for row in evaluated.scored}
-        answered = sum(id(evaluated.rows[index]) in scored for index in answers.matched[evaluated.name])
-        entry["unanswered"][evaluated.name] = len(scored) - answered
-        if entry["unanswered"][evaluated.name]:
-            print(f"{answers.path}: {entry['unanswered'][evaluated.name]} of {len(scored)} questions of set "
-                  f"'{evaluated.name}' have no answer; they are not scored", file=sys.stderr)
-    set_results, set_generations = evaluation.score_answers(answers.label, answers.matched, plan.sets, plan.corpus, judge)
-    results["results"] += set_results
-    generations += set_generations
+    books = [book for book, matched in answers.matched.items() if any(matched.values())] or ["closed"]
+    for book in books:
+        for evaluated in plan.sets:
+            scored = {id(row) for row in evaluated.scored}
+            answered = sum(id(evaluated.rows[index]) in scored for index in answers.matched[book][evaluated.name])
+            name = evaluated.name if book == "closed" else f"{evaluated.name} (open book)"
+            entry["unanswered"][name] = len(scored) - answered
+            if entry["unanswered"][name]:
+                print(f"{answers.path}: {entry['unanswered'][name]} of {len(scored)} questions of set "
+                      f"'{name}' have no answer; they are not scored", file=sys.stderr)
+        set_results, set_generations = evaluation.score_answers(
+            answers.label, answers.matched[book], plan.sets, plan.corpus, judge,
+            open_book=plan.open_book if book == "open" else None, fmt=answers.fmt)
+        results["results"] += set_results
+        generations += set_generations
+    report.add_gaps(results["results"])
     for name, count in answers.ignored.items():
         print(f"{answers.path}: {count} answers to set '{name}', which is not evaluated, are ignored", file=sys.stderr)
     results["models"].append(entry)
@@ -365,7 +432,8 @@ def main(plan: Plan) -> None:
             "temperatures": options.temperatures, "top_p": options.top_p, "max_new_tokens": options.max_new_tokens,
             "repetition_penalty": options.repetition_penalty, "seed": options.seed, "load_in_8bit": plan.load.load_in_8bit,
             "load_in_4bit": plan.load.load_in_4bit, "dtype": plan.load.dtype, "batch_size": options.batch_size,
-            "answers": options.answers,
+            "answers": options.answers, "open_book": options.open_book,
+            "top_k": options.top_k if options.open_book else None,
             "judge": {"api_url": plan.judge.api_url, "model": plan.judge.model} if plan.judge else None,
         },
         "sets": {evaluated.name: evaluated.summary() for evaluated in plan.sets},

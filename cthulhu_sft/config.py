@@ -45,6 +45,9 @@ class ScriptArguments:
     knowledge_check_files: list[str] = field(
         metadata={"help": "Short-answer sets (rows with `answers`) for the knowledge check; missing ones are reported."})
     knowledge_check_limit: int = field(metadata={"help": "At most this many questions per knowledge-check set."})
+    knowledge_check_open_book: bool = field(
+        metadata={"help": "Also ask the knowledge check open-book (passages of data/source_texts.jsonl in the prompt), "
+                          "when that file exists: closed and open book side by side."})
     license: str = field(metadata={"help": "License of the adapter in the model card."})
     card_datasets: list[str] = field(metadata={"help": "Hub dataset ids named in the model card's metadata."})
     hub_timeout: float = field(metadata={"help": "Seconds each Hub request may wait for an answer."})

@@ -21,13 +21,29 @@ What the hallucination measure cannot see: a wrong fact made of terms the corpus
 another story, a real author in the wrong role), an invention in common words (海底都市 for 氷の下), anything at
 all when no article text is given (then only the question and reference support terms); and a true fact that
 the crawl does not state counts as invented.
+
+Open book (`OpenBook`: a retriever over source_texts.jsonl, cthulhu_sft/retrieval.py): every row is also asked
+with the retriever's top passages in the user turn (retrieval.open_book_prompt), graded the same way, and
+`open_book_item` adds (the grades and scores are those of the answer without its citation marks, `graded_text`:
+a [1] is neither a number the answer claims nor a second candidate):
+    sources         the passages shown, in their numbered order: title, section, revid.
+    cited           the passage numbers the answer cites (retrieval.parse_citations), shown or not.
+    cites           the answer cites at least one passage that was shown.
+    citation_correct
+                    correct answers only (else None): the answer cites at least one passage, every number it
+                    cites was shown, and every passage it cites contains an accepted answer (metrics.
+                    answer_is_correct, with the same accepted forms as the grade): citing every passage, or a
+                    number that was not shown, is not a correct citation.
+    passages_hold_answer
+                    rows with `answers` only (else None): a shown passage contains an accepted answer; when it
+                    does not, saying retrieval.NOT_FOUND (an abstention) is the right reply.
 """
 
 import math
 import sys
 from dataclasses import dataclass, field
 
-from . import grading, metrics
+from . import grading, metrics, report, retrieval
 from .report import aggregate, wilson_interval  # noqa: F401  (re-exported: one import for the callers)
 from .sets import (  # noqa: F401  (re-exported: app.py reads source texts through this module)
     DEFAULT_SETS,
@@ -61,6 +77,7 @@ class EvalSet:
     rows: list[dict]
     checks: dict[str, list[dict]] = field(default_factory=dict)
     with_text: int = 0
+    retrieval: dict | None = None  # open book: OpenBook.recall of the scored rows
 
     @property
     def scored(self) -> list[dict]:
@@ -74,7 +91,8 @@ class EvalSet:
                                for row in self.checks.get(kind, [])]
         return {"path": self.path, "rows": len(self.rows), "scored": len(self.scored), "with_answers": with_answers,
                 "with_text": self.with_text, "excluded": listed("wrong"), "not_taught": listed("not_taught"),
-                "unchecked": with_answers - len(self.checks.get("checked", [])) - len(self.checks.get("wrong", []))}
+                "unchecked": with_answers - len(self.checks.get("checked", [])) - len(self.checks.get("wrong", [])),
+                **({"retrieval": self.retrieval} if self.retrieval is not None else {})}
 
 
 @dataclass
@@ -87,6 +105,28 @@ class Decoding:
     max_new_tokens: int | None = None
     seed: int = 0
     batch_size: int = CPU_BATCH_SIZE
+
+
+@dataclass
+class OpenBook:
+    """Open-book answering: the retriever of a source_texts.jsonl and how many passages the prompt shows."""
+
+    retriever: "retrieval.Retriever"
+    top_k: int = retrieval.DEFAULT_TOP_K
+    max_tokens: int = retrieval.PROMPT_MAX_TOKENS
+
+    def prompts(self, rows: list[dict], fmt) -> list[tuple[str, list]]:
+        """(user turn, passages shown) per row: the top_k best passages that fit max_tokens."""
+        return [retrieval.open_book_prompt(row["instruction"], self.retriever.search(row["instruction"], top_k=self.top_k),
+                                           fmt, max_tokens=self.max_tokens, top_k=self.top_k) for row in rows]
+
+    def recall(self, rows: list[dict]) -> dict | None:
+        """Retrieval recall@1/3/5 of the rows' own articles (rows with a `title`), as `python -m
+        cthulhu_sft.retrieval --recall` computes it; None when no row has a title."""
+        pairs = [(row["instruction"], row["title"]) for row in rows if row.get("title")]
+        if not pairs:
+            return None
+        return {"questions": len(pairs), **{f"recall@{k}": value for k, value in retrieval.recall_at_k(self.retriever, pairs).items()}}
 
 
 def prepare_set(name: str, path: str, rows: list[dict], corpus: Corpus) -> EvalSet:
@@ -121,14 +161,19 @@ def fitting_batch_size(free_bytes: int, config, tokens: int) -> int:
     return max(1, min(MAX_BATCH_SIZE, fitting // 8 * 8 or fitting))
 
 
-def longest_sequence(sets: list[EvalSet], fmt, max_new_tokens: int | None = None) -> int:
-    """Prompt plus answer tokens of the longest question of the sets, for sizing batches."""
+def longest_sequence(sets: list[EvalSet], fmt, max_new_tokens: int | None = None,
+                     open_book: OpenBook | None = None) -> int:
+    """Prompt plus answer tokens of the longest question of the sets (its open-book prompt too, with
+    `open_book`), for sizing batches."""
     longest = 0
     for evaluated in sets:
         rows = evaluated.scored
         if rows:
             new = max_new_tokens or default_max_new_tokens(rows, fmt)
-            prompt = max(len(fmt.encode_prompt([{"role": "user", "content": row["instruction"]}])) for row in rows)
+            turns = [row["instruction"] for row in rows]
+            if open_book is not None:
+                turns += [turn for turn, _ in open_book.prompts(rows, fmt)]
+            prompt = max(len(fmt.encode_prompt([{"role": "user", "content": turn}])) for turn in turns)
             longest = max(longest, prompt + new)
     return longest
 
@@ -164,27 +209,61 @@ def score_item(row: dict, answer: str, stopped: bool | None, corpus: Corpus | No
     }
 
 
-def generation_row(name: str, label: str, temperature, row: dict, answer: str, scores: dict) -> dict:
+def graded_text(answer: str) -> str:
+    """An open-book answer as it is graded: in metrics.normalize form, without its citation marks ([1], [1, 2],
+    【2】, 資料2; retrieval.CITATION)."""
+    return retrieval.CITATION.sub("", metrics.normalize(answer).translate(retrieval.BRACKETS))
+
+
+def score_open_book(row: dict, answer: str, stopped: bool | None, shown: list, corpus: Corpus) -> dict:
+    """An open-book answer's scores: score_item's of `graded_text`, and open_book_item's."""
+    scores = score_item(row, graded_text(answer), stopped, corpus)
+    return scores | open_book_item(row, answer, shown, scores, corpus)
+
+
+def open_book_item(row: dict, answer: str, shown: list, scores: dict, corpus: Corpus) -> dict:
+    """An open-book answer's citation scores (see the module docstring), beside its score_item scores."""
+    accepted = corpus.accepted(row.get("answers"))
+    cited = retrieval.parse_citations(answer)
+    holds = lambda number: 1 <= number <= len(shown) and metrics.answer_is_correct(shown[number - 1].text, accepted)  # noqa: E731
+    return {
+        "sources": [{"title": hit.title, "section": hit.section, "revid": hit.revid} for hit in shown],
+        "cited": cited,
+        "cites": any(1 <= number <= len(shown) for number in cited),
+        "citation_correct": bool(cited) and all(map(holds, cited)) if scores["grade"] == grading.CORRECT else None,
+        "passages_hold_answer": any(metrics.answer_is_correct(hit.text, accepted) for hit in shown) if accepted else None,
+    }
+
+
+def generation_row(name: str, label: str, temperature, row: dict, answer: str, scores: dict,
+                   book: str = "closed") -> dict:
     """One line of generations.jsonl."""
     return {
-        "set": name, "model": label, "temperature": temperature, "line": row["line"], "title": row.get("title"),
+        "set": name, "model": label, "book": book, "temperature": temperature, "line": row["line"], "title": row.get("title"),
         "kind": row.get("kind"), "instruction": row["instruction"], "reference": row["response"],
         "accepted": row.get("answers"), "answer": answer, **scores,
     }
 
 
 def score_answers(label: str, answers: dict[str, dict[int, str]], sets: list[EvalSet], corpus: Corpus,
-                  judge=None) -> tuple[list[dict], list[dict]]:
-    """Answers made elsewhere ({set: {row index: answer}}) scored as one more system: (results, generations)."""
+                  judge=None, open_book: OpenBook | None = None, fmt=None) -> tuple[list[dict], list[dict]]:
+    """Answers made elsewhere ({set: {row index: answer}}) scored as one more system: (results, generations).
+    With `open_book` (and `fmt`, which measures the prompt) they are open-book answers, their citations checked
+    against the passages evaluate.py's retriever shows for each question."""
+    book = "closed" if open_book is None else "open"
     results, generations = [], []
     for evaluated in sets:
         scored = {id(row) for row in evaluated.scored}
         pairs = [(evaluated.rows[index], answer) for index, answer in sorted(answers.get(evaluated.name, {}).items())
                  if id(evaluated.rows[index]) in scored]
-        items = [score_item(row, answer, None, corpus) for row, answer in pairs]
+        if open_book is None:
+            items = [score_item(row, answer, None, corpus) for row, answer in pairs]
+        else:
+            prompts = open_book.prompts([row for row, _ in pairs], fmt)
+            items = [score_open_book(row, answer, None, shown, corpus) for (row, answer), (_, shown) in zip(pairs, prompts)]
         _judge(judge, [row for row, _ in pairs], [answer for _, answer in pairs], items, corpus)
-        results.append({"set": evaluated.name, "model": label, "temperature": None, **aggregate(items)})
-        generations += [generation_row(evaluated.name, label, None, row, answer, scores)
+        results.append({"set": evaluated.name, "model": label, "book": book, "temperature": None, **aggregate(items)})
+        generations += [generation_row(evaluated.name, label, None, row, answer, scores, book)
                         for (row, answer), scores in zip(pairs, items)]
     return results, generations
 
@@ -199,22 +278,23 @@ def _judge(judge, rows, answers, items, corpus: Corpus) -> None:
 
 
 def evaluate_model(model, fmt, label: str, sets: list[EvalSet], decoding: Decoding, corpus: Corpus,
-                   progress=None, losses: bool = True, judge=None) -> dict:
-    """Answers every scored row of every set at each temperature with one loaded model, and scores them.
+                   progress=None, losses: bool = True, judge=None, open_book: OpenBook | None = None) -> dict:
+    """Answers every scored row of every set at each temperature with one loaded model, and scores them; with
+    `open_book`, each row is asked closed-book and then open-book (its passages in the prompt).
 
-    Returns {"results": [one aggregate per set and temperature], "generations": [one row per answer],
-    "max_new_tokens": {set: n}, "losses": {set: reference-answer loss} (with `losses`)}. `progress` (a tqdm
-    bar) advances by one per answer (and per reference loss).
+    Returns {"results": [one aggregate per set, temperature and book], "generations": [one row per answer],
+    "max_new_tokens": {set: n}, "losses": {set: reference-answer loss} (with `losses`)}. Open-book results carry
+    `closed_share_of_open` (report.add_gaps). `progress` (a tqdm bar) advances by one per answer (and per
+    reference loss).
     """
-    from .inference import generate
-
     output = {"results": [], "generations": [], "max_new_tokens": {}, "losses": {}}
+    books = ["closed"] + (["open"] if open_book is not None else [])
     for number, evaluated in enumerate(sets, 1):
         rows = evaluated.scored
         where = f"{label} {evaluated.name} (set {number}/{len(sets)})"
         if not rows:  # every row left out: the set is still reported, with n 0
-            output["results"] += [{"set": evaluated.name, "model": label, "temperature": temperature, **aggregate([])}
-                                  for temperature in decoding.temperatures]
+            output["results"] += [{"set": evaluated.name, "model": label, "book": book, "temperature": temperature,
+                                   **aggregate([])} for temperature in decoding.temperatures for book in books]
             continue
         max_new_tokens = decoding.max_new_tokens or default_max_new_tokens(rows, fmt)
         output["max_new_tokens"][evaluated.name] = max_new_tokens
@@ -226,23 +306,41 @@ def evaluate_model(model, fmt, label: str, sets: list[EvalSet], decoding: Decodi
             tokens = sum(n for _, n in reference)
             loss = sum(nll for nll, _ in reference) / tokens
             output["losses"][evaluated.name] = {"loss": loss, "perplexity": math.exp(loss), "answer_tokens": tokens}
+        prompts = {"closed": [(row["instruction"], None) for row in rows]}
+        if open_book is not None:
+            prompts["open"] = open_book.prompts(rows, fmt)
         for temperature in decoding.temperatures:
-            _describe(progress, f"{where}: T={temperature:g}")
-            answers = generate(
-                model, fmt, [[{"role": "user", "content": row["instruction"]}] for row in rows],
-                temperature=temperature, top_p=decoding.top_p, max_new_tokens=max_new_tokens,
-                repetition_penalty=decoding.repetition_penalty, seed=decoding.seed, batch_size=decoding.batch_size,
-                progress=progress,
-            )
-            items = [score_item(row, answer.text, answer.stopped, corpus) for row, answer in zip(rows, answers)]
-            _judge(judge, rows, [answer.text for answer in answers], items, corpus)
-            output["results"].append({"set": evaluated.name, "model": label, "temperature": temperature, **aggregate(items)})
-            for row, answer, scores, (nll, n) in zip(rows, answers, items, reference):
-                output["generations"].append({
-                    **generation_row(evaluated.name, label, temperature, row, answer.text, scores),
-                    "new_tokens": len(answer.token_ids), "reference_loss": nll / n if n else None,
-                })
+            for book in books:
+                _describe(progress, f"{where}: T={temperature:g}" + (", open book" if book == "open" else ""))
+                _answer(model, fmt, label, evaluated.name, rows, prompts[book], book, temperature, max_new_tokens,
+                        decoding, corpus, judge, reference, progress, output)
+    report.add_gaps(output["results"])
     return output
+
+
+def _answer(model, fmt, label, name, rows, prompts, book, temperature, max_new_tokens, decoding, corpus, judge,
+            reference, progress, output) -> None:
+    """One set at one temperature and book: generate, score, aggregate, into `output`."""
+    from .inference import generate
+
+    answers = generate(
+        model, fmt, [[{"role": "user", "content": turn}] for turn, _ in prompts],
+        temperature=temperature, top_p=decoding.top_p, max_new_tokens=max_new_tokens,
+        repetition_penalty=decoding.repetition_penalty, seed=decoding.seed, batch_size=decoding.batch_size,
+        progress=progress,
+    )
+    if book == "open":
+        items = [score_open_book(row, answer.text, answer.stopped, shown, corpus)
+                 for row, answer, (_, shown) in zip(rows, answers, prompts)]
+    else:
+        items = [score_item(row, answer.text, answer.stopped, corpus) for row, answer in zip(rows, answers)]
+    _judge(judge, rows, [answer.text for answer in answers], items, corpus)
+    output["results"].append({"set": name, "model": label, "book": book, "temperature": temperature, **aggregate(items)})
+    for row, answer, scores, (nll, n) in zip(rows, answers, items, reference):
+        output["generations"].append({
+            **generation_row(name, label, temperature, row, answer.text, scores, book),
+            "new_tokens": len(answer.token_ids), "reference_loss": nll / n if n else None,
+        })
 
 
 def _describe(progress, text: str) -> None:

@@ -19,8 +19,22 @@
     judge_accuracy, judge_agreement
                           with a model grader (evaluate.py --judge_model): its accuracy, and the share of answers
                           that it grades as the rules do.
+Open book (rows answered with retrieved passages in the prompt, evaluation.open_book_item):
+    citation_accuracy     correct answers whose citations are all right / correct answers: they cite at least
+                          one passage, only passages that were shown, and only passages that contain an accepted
+                          answer (a right answer credited to the wrong passage, to none, or to every passage, is
+                          not);
+    citation_rate         answers that cite a shown passage / answers that neither abstain nor are empty;
+    passages_hold_answer_rate
+                          rows with accepted answers whose shown passages contain one (retrieval's ceiling);
+    abstention_when_absent, abstention_when_present
+                          answers that abstain (retrieval.NOT_FOUND is one) among the rows whose passages do not
+                          / do contain an accepted answer: the first is right (higher is better), the second a miss;
+    closed_share_of_open  (add_gaps) the closed-book accuracy of the same set, model and temperature over this
+                          open-book accuracy: how much of what the model can answer with the article in front of
+                          it, it answers from memory (EntiGraph reports closed-book results so).
 A measure that does not apply is None (null): accuracy without `answers`, fact recall without reference terms,
-the stop rates of answers made elsewhere, the judge's without one.
+the stop rates of answers made elsewhere, the judge's without one, the open-book measures of closed-book rows.
 """
 
 import math
@@ -45,6 +59,14 @@ MEASURES = [
     ("eos_stop_rate", "EOS stop", True),
     ("truncated_rate", "truncated", False),
 ]
+OPEN_BOOK_MEASURES = [
+    ("closed_share_of_open", "closed / open", True),
+    ("citation_accuracy", "citation accuracy", True),
+    ("citation_rate", "cites", True),
+    ("passages_hold_answer_rate", "passages hold answer", True),
+    ("abstention_when_absent", "abstains, answer not in passages", True),
+    ("abstention_when_present", "abstains, answer in passages", False),
+]
 EXPLANATION = (
     "**Grades** (rows with accepted short answers, as SimpleQA grades): *correct* — the answer commits to an accepted "
     "answer (named whole, not negated, not one candidate among several, in Japanese); *incorrect* — it names another "
@@ -59,6 +81,23 @@ EXPLANATION = (
     "text was given; and a true fact the crawl lacks counts as invented. Truncated: answers cut at max_new_tokens. "
     "A good adapter raises known and quiz accuracy over the base without raising unseen hallucination. Definitions: "
     "cthulhu_sft/grading.py, cthulhu_sft/report.py and cthulhu_sft/metrics.py."
+)
+OPEN_BOOK_EXPLANATION = (
+    "**Open book** (`--open_book`): each question is asked twice, closed-book (the question alone) and open-book "
+    "(the retriever's top passages of the crawled articles, numbered, in the prompt; the model is asked to cite "
+    "them as [1] and to answer 「資料からは分かりません。」 when they do not hold the answer), graded the same way. "
+    "*closed / open* is the closed-book accuracy as a share of the open-book accuracy of the same model: how much of "
+    "what it can answer with the article in front of it, it answers from memory (1.0: all; EntiGraph reports "
+    "closed-book results so). Read it with *passages hold answer*, the share of questions whose shown passages "
+    "contain an accepted answer: open-book accuracy cannot exceed it by honest means, and a low value is the "
+    "retriever's fault, not the model's (recall@k under each set's heading: its own article among the top k "
+    "passages). *Citation accuracy*: of the correct open-book answers, the share whose citations are all right: "
+    "at least one, only passages that were shown, and each of them containing an accepted answer (citing every "
+    "passage is not right). Citation marks are removed before grading: [1] is neither a number the answer claims "
+    "nor a second candidate. *Cites*: answers (not abstaining, not empty) that cite a shown passage. "
+    "*Abstains, answer not in passages*: where no shown passage holds an accepted answer, the share of answers "
+    "that abstain, which is the right reply (on the unseen set, whose articles were never trained, this is the "
+    "open-book abstention to look at); *abstains, answer in passages*: abstaining where the answer was shown."
 )
 
 
@@ -106,7 +145,31 @@ def aggregate(items: list[dict]) -> dict:
         "truncated_rate": _share([not stopped for stopped in stops]),
         "judge_accuracy": _share([item["judge_grade"] == CORRECT for item in judged]),
         "judge_agreement": _share([item["judge_grade"] == item["grade"] for item in judged]),
+        **open_book_measures(items, answering),
     }
+
+
+def open_book_measures(items: list[dict], answering: list[dict]) -> dict:
+    """The open-book measures (see the module docstring); None for closed-book items."""
+    held = [item.get("passages_hold_answer") for item in items]
+    return {
+        "citation_accuracy": _share([item["citation_correct"] for item in items if item.get("citation_correct") is not None]),
+        "citation_rate": _share([item["cites"] for item in answering if "cites" in item]),
+        "passages_hold_answer_rate": _share([flag for flag in held if flag is not None]),
+        "abstention_when_absent": _share([item["abstained"] for item, flag in zip(items, held) if flag is False]),
+        "abstention_when_present": _share([item["abstained"] for item, flag in zip(items, held) if flag is True]),
+        "closed_share_of_open": None,
+    }
+
+
+def add_gaps(results: list[dict]) -> None:
+    """Sets each open-book result's closed_share_of_open: the closed-book accuracy of its set, model and
+    temperature over its own accuracy (None without both, or when the open-book accuracy is 0)."""
+    closed = {(r["set"], r["model"], r["temperature"]): r for r in results if r.get("book") == "closed"}
+    for result in results:
+        twin = closed.get((result["set"], result["model"], result["temperature"]))
+        if result.get("book") == "open" and twin is not None and twin["accuracy"] is not None and result["accuracy"]:
+            result["closed_share_of_open"] = twin["accuracy"] / result["accuracy"]
 
 
 def _share(flags: list[bool]) -> float | None:
@@ -123,45 +186,59 @@ def _arrow(up: bool | None) -> str:
 
 def console_table(results: list[dict]) -> str:
     """One line per set, model and temperature: n, correct with its interval, not attempted, hallucination."""
-    lines = [f"{'set':<10} {'model':<14} {'T':>4} {'n':>5}  {'correct (95 % interval)':<26} {'not att.':>8} "
+    lines = [f"{'set':<10} {'model':<14} {'book':<6} {'T':>4} {'n':>5}  {'correct (95 % interval)':<26} {'not att.':>8} "
              f"{'halluc.':>8} {'empty':>6}"]
     for result in results:
         low, high = result["accuracy_ci"] or (None, None)
         interval = f"{fmt_number(result['accuracy'])} ({fmt_number(low)}–{fmt_number(high)})" if low is not None else "–"
         temperature = "–" if result["temperature"] is None else f"{result['temperature']:g}"
-        lines.append(f"{result['set']:<10} {result['model']:<14} {temperature:>4} {result['n']:>5}  {interval:<26} "
+        lines.append(f"{result['set']:<10} {result['model']:<14} {result.get('book', 'closed'):<6} {temperature:>4} "
+                     f"{result['n']:>5}  {interval:<26} "
                      f"{fmt_number(result['not_attempted_rate']):>8} {fmt_number(result['hallucination_rate']):>8} "
                      f"{result['empty']:>6}")
     return "\n".join(lines)
 
 
 def markdown_report(report: dict) -> str:
-    """A table per set: one line per model (or answers file) and temperature."""
+    """A table per set: one line per model (or answers file), book and temperature."""
     lines = ["# Evaluation", ""]
     if report.get("missing_sets"):
         lines += ["Not found, so not scored: " + ", ".join(f"{name} (`{path}`)" for name, path in report["missing_sets"].items()), ""]
     losses = {(model["label"], name): loss for model in report["models"] for name, loss in model.get("losses", {}).items()}
     judge = any(result.get("judge_accuracy") is not None for result in report["results"])
+    open_book = any(result.get("book") == "open" for result in report["results"])
+    extra = OPEN_BOOK_MEASURES if open_book else []
     for name, info in report["sets"].items():
         lines += [f"## {name}", "", set_summary(info), ""]
-        titles = [f"{title}{_arrow(up)}" for _, title, up in MEASURES] + (["judge: correct", "judge agrees"] if judge else [])
-        lines.append("| model | temperature | n | " + " | ".join(titles) + " | reference loss ↓ |")
-        lines.append("|---|---:|---:|" + "---:|" * (len(titles) + 1))
+        titles = [f"{title}{_arrow(up)}" for _, title, up in MEASURES + extra] + (
+            ["judge: correct", "judge agrees"] if judge else [])
+        lines.append("| model | book | temperature | n | " + " | ".join(titles) + " | reference loss ↓ |")
+        lines.append("|---|---|---:|---:|" + "---:|" * (len(titles) + 1))
         for result in (result for result in report["results"] if result["set"] == name):
-            cells = [result["model"], "–" if result["temperature"] is None else f"{result['temperature']:g}", str(result["n"])]
-            for key, _, _ in MEASURES:
-                cells.append(fmt_number(result[key]))
+            cells = [result["model"], result.get("book", "closed"),
+                     "–" if result["temperature"] is None else f"{result['temperature']:g}", str(result["n"])]
+            for key, _, _ in MEASURES + extra:
+                cells.append(fmt_number(result.get(key)))
                 if key == "accuracy" and result["accuracy_ci"]:
                     cells[-1] += " ({:.3f}–{:.3f})".format(*result["accuracy_ci"])
                 if key == "empty_rate" and result["empty"]:
                     cells[-1] += f" ({result['empty']})"
             if judge:
                 cells += [fmt_number(result.get("judge_accuracy")), fmt_number(result.get("judge_agreement"))]
-            cells.append(fmt_number((losses.get((result["model"], name)) or {}).get("loss")))
+            loss = (losses.get((result["model"], name)) or {}).get("loss") if result.get("book") != "open" else None
+            cells.append(fmt_number(loss))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [EXPLANATION, ""]
+    lines += [EXPLANATION, ""] + ([OPEN_BOOK_EXPLANATION, ""] if open_book else [])
     return "\n".join(lines)
+
+
+def recall_text(recall: dict | None) -> str:
+    """'recall@1 0.500, recall@3 1.000, recall@5 1.000 (2 questions)' of OpenBook.recall."""
+    if not recall:
+        return "no question names its article (`title`)"
+    values = ", ".join(f"{key} {value:.3f}" for key, value in recall.items() if key.startswith("recall@"))
+    return f"{values} ({recall['questions']} questions)"
 
 
 def set_summary(info: dict) -> str:
@@ -177,6 +254,8 @@ def set_summary(info: dict) -> str:
                  "(scored; listed in report.json).")
     if info["unchecked"]:
         text += f" {info['unchecked']} with accepted answers unchecked (no article text)."
+    if "retrieval" in info:
+        text += f" Open book: the question's own article among the top k passages: {recall_text(info['retrieval'])}."
     return text
 
 
@@ -209,7 +288,8 @@ def report_figure(report: dict):
             xs = [index + (offset - (len(results) - 1) / 2) * width for index in range(len(MEASURES))]
             values = [result[key] for key, _, _ in MEASURES]
             temperature = "" if result["temperature"] is None else f" T={result['temperature']:g}"
-            bars = axis.bar(xs, [value or 0.0 for value in values], width, label=f"{result['model']}{temperature}",
+            book = " open book" if result.get("book") == "open" else ""
+            bars = axis.bar(xs, [value or 0.0 for value in values], width, label=f"{result['model']}{book}{temperature}",
                             edgecolor="black", linewidth=0.6)
             tops = [value or 0.0 for value in values]
             if result["accuracy_ci"]:

@@ -19,6 +19,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from .config import CACHE_DIR, SOURCE_TEXTS, recipe
 from .data import write_jsonl_atomic
 from .files import is_local_path, write_json_atomic, write_text_atomic
+from .report import OPEN_BOOK_MEASURES, recall_text
 
 logger = logging.getLogger("train_sft")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "huggingface_hub")
@@ -113,11 +114,15 @@ def answer_samples(model, fmt, script_args, output_dir: str) -> list[dict]:
     return samples
 
 
-def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty: float, output_dir: str) -> dict:
+def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty: float, output_dir: str,
+                    open_book: bool = False) -> dict:
     """Answers the first `limit` rows of each set at temperature 0 with the adapter and with it disabled (PEFT's
     disable_adapter: the base, no second copy in memory), through evaluation.evaluate_model: the pipeline of
     evaluate.py, so that the card's reproduce command (`reproduce_command`) gives the same numbers. The articles'
-    text comes from data/source_texts.jsonl and the crawl cache, as evaluate.py reads them by default.
+    text comes from data/source_texts.jsonl and the crawl cache, as evaluate.py reads them by default. With
+    `open_book` and data/source_texts.jsonl, each question is also asked open-book (evaluate.py --open_book): the
+    closed-book results are each set's `results`, the open-book ones its `open_book_results`, beside its
+    retrieval recall.
 
     A missing or unusable set is reported in its entry, not raised; quiz items whose article names none of their
     accepted answers are left out and counted, as evaluate.py does. Every answer with its grade and scores goes to
@@ -125,6 +130,7 @@ def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty
     """
     from .evaluation import (
         Decoding,
+        OpenBook,
         article_corpus,
         device_batch_size,
         evaluate_model,
@@ -139,6 +145,15 @@ def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty
     source_texts = SOURCE_TEXTS if os.path.isfile(SOURCE_TEXTS) else None
     cache_dir = CACHE_DIR if os.path.isdir(CACHE_DIR) else None
     corpus = article_corpus(source_texts, cache_dir)
+    books, no_books = None, f"no {SOURCE_TEXTS} to retrieve from"
+    if open_book and source_texts:
+        from .data import DataError
+        from .retrieval import open_retriever
+
+        try:
+            books = OpenBook(open_retriever(source_texts))
+        except DataError as error:  # e.g. no article with text: the closed-book check still runs
+            no_books = str(error)
     entries, sets = [], []
     for path in files:
         entry = {"name": set_name(path), "path": path}
@@ -157,23 +172,36 @@ def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty
         if not any(row.get("answers") for row in evaluated.scored):
             entry["error"] = "no question with accepted short answers (`answers`)"
             continue
+        if books is not None:
+            entry["retrieval"] = books.recall(evaluated.scored)
         sets.append(evaluated)
     record = {"status": "done", "temperature": 0, "repetition_penalty": repetition_penalty, "source_texts": source_texts,
               "cache_dir": cache_dir, "articles_with_text": len(corpus.texts), "base_parameters": base_parameters(model),
-              "sets": entries}
+              "open_book": {"top_k": books.top_k} if books else None, "sets": entries}
+    if open_book and not books:
+        record["open_book_skipped"] = no_books
     if sets:
-        batch_size = device_batch_size(model, longest_sequence(sets, fmt))
+        batch_size = device_batch_size(model, longest_sequence(sets, fmt, open_book=books))
         decoding = Decoding(temperatures=[0.0], repetition_penalty=repetition_penalty, batch_size=batch_size)
         logger.info(f"knowledge check: {', '.join(f'{s.name} ({len(s.scored)} questions)' for s in sets)}, each answered "
-                    f"by the base and the adapter, greedy, in batches of {batch_size}")
-        with progress_bar(2 * sum(len(evaluated.scored) for evaluated in sets), "knowledge check") as bar:
+                    f"by the base and the adapter, {'closed and open book, ' if books else ''}greedy, in batches of "
+                    f"{batch_size}")
+        answers = 2 * (2 if books else 1) * sum(len(evaluated.scored) for evaluated in sets)
+        with progress_bar(answers, "knowledge check") as bar:
             with model.disable_adapter():
-                base = evaluate_model(model, fmt, "base", sets, decoding, corpus, progress=bar, losses=False)
-            adapter = evaluate_model(model, fmt, "adapter", sets, decoding, corpus, progress=bar, losses=False)
-        by_set = {(result["model"], result["set"]): result for result in base["results"] + adapter["results"]}
+                base = evaluate_model(model, fmt, "base", sets, decoding, corpus, progress=bar, losses=False,
+                                      open_book=books)
+            adapter = evaluate_model(model, fmt, "adapter", sets, decoding, corpus, progress=bar, losses=False,
+                                     open_book=books)
+        by_set = {(result["model"], result["set"], result["book"]): result
+                  for result in base["results"] + adapter["results"]}
         for entry in entries:
             if "error" not in entry:
-                entry["results"] = {label: _without_set(by_set[(label, entry["name"])]) for label in ("base", "adapter")}
+                entry["results"] = {label: _without_set(by_set[(label, entry["name"], "closed")])
+                                    for label in ("base", "adapter")}
+                if books:
+                    entry["open_book_results"] = {label: _without_set(by_set[(label, entry["name"], "open")])
+                                                  for label in ("base", "adapter")}
                 entry["max_new_tokens"] = adapter["max_new_tokens"].get(entry["name"])
         record["batch_size"] = batch_size
         write_jsonl_atomic(os.path.join(output_dir, "knowledge_check.jsonl"), base["generations"] + adapter["generations"])
@@ -184,7 +212,7 @@ def knowledge_check(model, fmt, files: list[str], limit: int, repetition_penalty
 
 
 def _without_set(result: dict) -> dict:
-    return {key: value for key, value in result.items() if key not in ("set", "model", "temperature")}
+    return {key: value for key, value in result.items() if key not in ("set", "model", "book", "temperature")}
 
 
 def base_parameters(model) -> int | None:
@@ -222,7 +250,8 @@ def after_training(model, fmt, script_args, output_dir) -> dict:
         return {"status": "skipped", "reason": "knowledge_check is false"}
     try:
         check = knowledge_check(model, fmt, script_args.knowledge_check_files, script_args.knowledge_check_limit,
-                                script_args.sample_repetition_penalty, output_dir)
+                                script_args.sample_repetition_penalty, output_dir,
+                                open_book=script_args.knowledge_check_open_book)
     except Exception as error:
         logger.warning(f"knowledge check failed: {type(error).__name__}: {error}")
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
@@ -335,26 +364,24 @@ def knowledge_view(knowledge: dict, config: dict | None = None) -> dict:
     if knowledge.get("status") != "done":
         return knowledge
     config = config or {}
-    view = {"status": "done", "sets": [], "notes": base_notes(knowledge, config)}
+    view = {"status": "done", "sets": [], "notes": base_notes(knowledge, config),
+            "open_book": bool(knowledge.get("open_book"))}
     for entry in knowledge["sets"]:
-        card_set = {"name": entry["name"], "path": entry["path"], "error": entry.get("error"), "rows": [], "notes": []}
+        card_set = {"name": entry["name"], "path": entry["path"], "error": entry.get("error"), "rows": [], "notes": [],
+                    "open_rows": [], "retrieval": None}
         for label, result in entry.get("results", {}).items():
-            low, high = result["accuracy_ci"] or (None, None)
-            card_set["rows"].append({
-                "model": label, "n": result["n"], "accuracy": percent(result["accuracy"]),
-                "interval": f"{percent(low)}–{percent(high)}" if low is not None else "–",
-                "incorrect_rate": percent(result["incorrect_rate"]),
-                "not_attempted_rate": percent(result["not_attempted_rate"]),
-                "hallucination_rate": percent(result["hallucination_rate"]),
-                "empty": result["empty"], "non_japanese_rate": percent(result["non_japanese_rate"]),
-                "truncated_rate": percent(result["truncated_rate"]),
-            })
-            qualifiers = [f"{percent(result[key])} {what}" for key, what in QUALIFIERS if result.get(key)]
-            if qualifiers:
-                card_set["notes"].append(f"{label}: {', '.join(qualifiers)} of its answers"
-                                         + (" — its accuracy and hallucination rate describe few real answers."
-                                            if (result.get("non_japanese_rate") or 0) >= 0.5
-                                            or (result.get("truncated_rate") or 0) >= 0.5 else "."))
+            books = [("closed", result)] + ([("open", entry["open_book_results"][label])]
+                                            if "open_book_results" in entry else [])
+            for book, measured in books:
+                card_set["rows"].append(card_row(label, book, measured))
+                note = qualifier_note(label + (" (open book)" if book == "open" else ""), measured)
+                if note:
+                    card_set["notes"].append(note)
+            if "open_book_results" in entry:
+                card_set["open_rows"].append({"model": label, **{key: percent(entry["open_book_results"][label][key])
+                                                                 for key, _, _ in OPEN_BOOK_MEASURES}})
+        if entry.get("retrieval"):
+            card_set["retrieval"] = recall_text(entry["retrieval"])
         if entry.get("excluded_by_quiz_check"):
             card_set["notes"].append(f"{entry['excluded_by_quiz_check']} question(s) left out: the crawled text of their "
                                      "article names none of their accepted answers.")
@@ -368,6 +395,28 @@ def knowledge_view(knowledge: dict, config: dict | None = None) -> dict:
             "no knowledge_check_files were given"}
     view["reproduce"] = reproduce_command(knowledge, config)
     return view
+
+
+def qualifier_note(label: str, result: dict) -> str | None:
+    """What qualifies a row's numbers (not attempted, empty, non-Japanese, truncated answers), if anything does."""
+    qualifiers = [f"{percent(result[key])} {what}" for key, what in QUALIFIERS if result.get(key)]
+    if not qualifiers:
+        return None
+    few = (result.get("non_japanese_rate") or 0) >= 0.5 or (result.get("truncated_rate") or 0) >= 0.5
+    return f"{label}: {', '.join(qualifiers)} of its answers" + (
+        " — its accuracy and hallucination rate describe few real answers." if few else ".")
+
+
+def card_row(label: str, book: str, result: dict) -> dict:
+    """One line of a set's table on the card."""
+    low, high = result["accuracy_ci"] or (None, None)
+    return {
+        "model": label, "book": book, "n": result["n"], "accuracy": percent(result["accuracy"]),
+        "interval": f"{percent(low)}–{percent(high)}" if low is not None else "–",
+        "incorrect_rate": percent(result["incorrect_rate"]), "not_attempted_rate": percent(result["not_attempted_rate"]),
+        "hallucination_rate": percent(result["hallucination_rate"]), "empty": result["empty"],
+        "non_japanese_rate": percent(result["non_japanese_rate"]), "truncated_rate": percent(result["truncated_rate"]),
+    }
 
 
 def base_notes(knowledge: dict, config: dict) -> list[str]:
@@ -385,6 +434,8 @@ def base_notes(knowledge: dict, config: dict) -> list[str]:
     if not knowledge.get("articles_with_text"):
         notes.append(f"No article text was available ({SOURCE_TEXTS}, {CACHE_DIR}/): hallucination was checked against "
                      "the question and the reference answer only, and the quiz's answers were not checked.")
+    if knowledge.get("open_book_skipped"):
+        notes.append(f"Not asked open-book: {knowledge['open_book_skipped']}.")
     return notes
 
 
@@ -410,6 +461,8 @@ def reproduce_command(knowledge: dict, config: dict) -> str:
     if knowledge.get("limit"):
         parts += ["--limit", str(knowledge["limit"])]
     parts += ["--source_texts", knowledge.get("source_texts") or "", "--cache_dir", knowledge.get("cache_dir") or ""]
+    if knowledge.get("open_book"):
+        parts += ["--open_book", "--top_k", str(knowledge["open_book"]["top_k"])]
     parts += ["--sets", *(f"{entry['name']}={entry['path']}" for entry in knowledge["sets"] if "results" in entry)]
     return " ".join(shlex.quote(part) for part in parts)
 

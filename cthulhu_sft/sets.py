@@ -200,8 +200,12 @@ def quiz_problems(rows: list[dict], corpus: Corpus) -> list[dict]:
     return check_rows(rows, corpus)["wrong"]
 
 
+BOOKS = ("closed", "open")
+
+
 def read_answers(path: str | os.PathLike) -> list[dict]:
-    """Answers made elsewhere: JSONL of {"set", "instruction", "answer"} (other fields ignored)."""
+    """Answers made elsewhere: JSONL of {"set", "instruction", "answer", optional "book"} ("closed", the default:
+    the question alone; "open": asked with the passages evaluate.py --open_book shows); other fields ignored."""
     return load_items(path, _to_answer)
 
 
@@ -213,7 +217,10 @@ def _to_answer(item) -> tuple[dict | None, str | None]:
             return None, f"field '{name}': missing, empty or not a string"
     if not isinstance(item.get("answer"), str):
         return None, "field 'answer': missing or not a string"
-    return {"set": item["set"].strip(), "instruction": item["instruction"], "answer": item["answer"]}, None
+    book = item.get("book", "closed")
+    if book not in BOOKS:
+        return None, f"field 'book': expected 'closed' or 'open', got {json.dumps(book, ensure_ascii=False)}"
+    return {"set": item["set"].strip(), "instruction": item["instruction"], "answer": item["answer"], "book": book}, None
 
 
 def question_key(question: str) -> str:

@@ -48,12 +48,15 @@ TEMPERATURES = [0.0, 0.7]
 MODELS = ["base", "tuned", "stopper"]
 SETS = {"known": KNOWN, "unseen": UNSEEN, "quiz": QUIZ}
 RESULT_FIELDS = {
-    "set", "model", "temperature", "n", "accuracy", "accuracy_ci", "incorrect_rate", "not_attempted_rate",
+    "set", "model", "book", "temperature", "n", "accuracy", "accuracy_ci", "incorrect_rate", "not_attempted_rate",
     "accuracy_given_attempted", "empty", "empty_rate", "rouge_l_f1", "fact_recall", "hallucination_rate",
     "unsupported_term_rate", "abstention_rate", "non_japanese_rate", "eos_stop_rate", "truncated_rate",
-    "judge_accuracy", "judge_agreement",
+    "judge_accuracy", "judge_agreement", "citation_accuracy", "citation_rate", "passages_hold_answer_rate",
+    "abstention_when_absent", "abstention_when_present", "closed_share_of_open",
 }
-GENERATION_FIELDS = {"set", "model", "temperature", "instruction", "answer", "grade", "correct", "empty", "abstained",
+OPEN_BOOK_FIELDS = {"citation_accuracy", "citation_rate", "passages_hold_answer_rate", "abstention_when_absent",
+                    "abstention_when_present", "closed_share_of_open"}
+GENERATION_FIELDS = {"set", "model", "book", "temperature", "instruction", "answer", "grade", "correct", "empty", "abstained",
                      "japanese", "unsupported_terms", "hallucinated", "truncated"}
 CORPUS = Corpus({source["title"]: source["text"] for source in SOURCE_TEXTS})
 
@@ -109,7 +112,7 @@ def test_results_cover_every_set_model_and_temperature(evaluation, tiny_model_di
         assert set(result) == RESULT_FIELDS
         assert result["n"] == {"known": 2, "unseen": 2, "quiz": 2}[result["set"]]
         assert (result["accuracy"] is None) == (result["set"] == "unseen")  # no accepted answers there
-        for key in RESULT_FIELDS - {"set", "model", "temperature", "n", "accuracy_ci", "empty"}:
+        for key in RESULT_FIELDS - {"set", "model", "book", "temperature", "n", "accuracy_ci", "empty"}:
             assert result[key] is None or 0.0 <= result[key] <= 1.0, (key, result)
 
 
@@ -227,6 +230,7 @@ def test_answers_made_elsewhere_are_scored_with_the_same_measures(tmp_path):
     assert results["known"]["n"] == 1 and results["known"]["hallucination_rate"] == 1.0
     assert results["unseen"]["non_japanese_rate"] == 1.0 and results["unseen"]["hallucination_rate"] == 0.0
     assert all(r["eos_stop_rate"] is None and r["truncated_rate"] is None for r in results.values())
+    assert all(r["book"] == "closed" and all(r[key] is None for key in OPEN_BOOK_FIELDS) for r in results.values())
     rows = {row["instruction"]: row for row in outputs["rows"]}
     assert rows[KNOWN[1]["instruction"]]["unsupported_terms"] == ["南極"]
     assert rows[QUIZ[0]["instruction"]]["correct"] is True and rows[QUIZ[2]["instruction"]]["abstained"] is True
@@ -235,7 +239,7 @@ def test_answers_made_elsewhere_are_scored_with_the_same_measures(tmp_path):
     assert f"{answers}:6: field 'instruction': not a question of set 'quiz'; left out" in result.stderr
     assert "1 of 2 questions of set 'known' have no answer" in result.stderr
     assert "1 answers to set 'other', which is not evaluated, are ignored" in result.stderr
-    assert "| gpt | – | 2 |" in (tmp_path / "report/report.md").read_text(encoding="utf-8")
+    assert "| gpt | closed | – | 2 |" in (tmp_path / "report/report.md").read_text(encoding="utf-8")
 
 
 def test_check_quiz_lists_rows_whose_answers_are_not_in_their_article(tmp_path, capsys):
@@ -286,6 +290,12 @@ def test_check_quiz_reads_the_crawl_cache(tmp_path, capsys):
         (["--models", "base", "--limit", "0"], "--limit >= 1"),
         (["--models", "base", "--source_texts", "BADSOURCES"], "BADSOURCES:2: field 'title': missing or not a string"),
         (["--models", "base", "--cache_dir", "MISSING"], "--cache_dir MISSING: no such folder"),
+        (["--models", "base", "--open_book", "--source_texts", ""], "--open_book retrieves from the crawled articles"),
+        (["--models", "base", "--open_book", "--top_k", "0"], "--top_k must be at least 1, got 0"),
+        (["--answers", "OPENED"], "OPENED:2: field 'book': an open-book answer needs --open_book"),
+        (["--answers", "OPENED", "--open_book", "--source_texts", "SOURCES"],
+         "open-book --answers: the prompt's passages are cut to fit the tokenizer of mistralai/Mistral-7B-Instruct-v0.2"),
+        (["--answers", "AJAR", "--open_book"], "AJAR:1: field 'book': expected 'closed' or 'open', got \"ajar\""),
     ],
 )
 def test_bad_arguments_are_refused_before_any_model_loads(arguments, message, tiny_adapter_dir, tmp_path, capsys):
@@ -295,6 +305,12 @@ def test_bad_arguments_are_refused_before_any_model_loads(arguments, message, ti
         "BADSET": str(write_jsonl(tmp_path / "bad.jsonl", [KNOWN[0], {**KNOWN[1], "answers": "太平洋"}])),
         "BADSOURCES": str(write_jsonl(tmp_path / "sources.jsonl", [SOURCE_TEXTS[0], {"text": "x"}])),
         "ANSWERS": str(write_jsonl(tmp_path / "ok_answers.jsonl", [{"set": "known", "instruction": STOP_QUESTION, "answer": ""}])),
+        "SOURCES": str(write_jsonl(tmp_path / "good_sources.jsonl", SOURCE_TEXTS)),
+        "OPENED": str(write_jsonl(tmp_path / "open_answers.jsonl", [
+            {"set": "known", "instruction": STOP_QUESTION, "answer": "x"},
+            {"set": "known", "instruction": STOP_QUESTION, "answer": "x", "book": "open"}])),
+        "AJAR": str(write_jsonl(tmp_path / "bad_book.jsonl", [
+            {"set": "known", "instruction": STOP_QUESTION, "answer": "x", "book": "ajar"}])),
     }
     script = load_script("evaluate")
     argv = [replacements.get(argument, argument) for argument in arguments]
@@ -359,8 +375,8 @@ def test_a_set_without_answers_is_still_reported(tmp_path, capsys):
     assert list(results) == list(SETS) and {r["model"] for r in results.values()} == {"answers"}  # the file's name
     assert results["quiz"]["n"] == 1 and results["quiz"]["accuracy"] == 1.0
     assert results["known"]["n"] == 0 and results["known"]["empty"] == 0
-    assert all(results["known"][key] is None for key in RESULT_FIELDS - {"set", "model", "n", "empty"})
-    assert "| answers | – | 0 |" in capsys.readouterr().out
+    assert all(results["known"][key] is None for key in RESULT_FIELDS - {"set", "model", "book", "n", "empty"})
+    assert "| answers | closed | – | 0 |" in capsys.readouterr().out
 
 
 def test_the_default_run_names_the_sets_it_scored_and_those_it_could_not_find(tmp_path, monkeypatch, capsys):
@@ -379,3 +395,103 @@ def test_the_default_run_names_the_sets_it_scored_and_those_it_could_not_find(tm
     assert "Not found, so not scored: known (`data/eval_known.jsonl`), unseen (`data/eval.jsonl`)" in markdown
     assert json.loads((tmp_path / "output/eval/report.json").read_text())["missing_sets"] == {
         "known": "data/eval_known.jsonl", "unseen": "data/eval.jsonl"}
+
+
+# Open book: its own small sets, each question's article in SOURCE_TEXTS or (ハスター) not crawled at all.
+OPEN_SETS = {
+    "known": [KNOWN[1]],  # ルルイエ: 太平洋, which its article states
+    "quiz": [QUIZ[0]],  # クトゥルフ: ラヴクラフト, which its article states
+    "unseen": [{"instruction": "ハスターの異名は？", "response": "名状しがたいものです。", "answers": ["名状しがたいもの"],
+                "title": "ハスター"}],  # a never-trained article the retriever does not hold: NOT_FOUND is right
+}
+
+
+def write_open_inputs(folder) -> list[str]:
+    sets = [f"{name}={write_jsonl(folder / f'{name}.jsonl', rows)}" for name, rows in OPEN_SETS.items()]
+    (folder / "cache").mkdir()
+    return ["--sets", *sets, "--source_texts", str(write_jsonl(folder / "sources.jsonl", SOURCE_TEXTS)),
+            "--cache_dir", str(folder / "cache"), "--open_book"]
+
+
+def test_open_book_answers_made_elsewhere_are_graded_beside_closed_book(tmp_path, tiny_model_dir, capsys):
+    """--answers with "book": "open" lines: graded as the closed-book ones are, their citations checked against the
+    passages the retriever shows ([1] is the question's own article here, the only passage that shares a word)."""
+    from cthulhu_sft.retrieval import NOT_FOUND
+
+    ask = lambda name, answer, book="closed": {"set": name, "instruction": OPEN_SETS[name][0]["instruction"],  # noqa: E731
+                                               "answer": answer, "book": book}
+    answers = write_jsonl(tmp_path / "answers.jsonl", [
+        ask("known", "南太平洋です。"), ask("known", "南太平洋の海底です[2]。", "open"),  # cites a passage not shown
+        ask("quiz", "わかりません。"), ask("quiz", "ラヴクラフトです[1]。", "open"),
+        ask("unseen", "ハスターは黄衣の王です。"), ask("unseen", NOT_FOUND, "open"),
+    ])
+    script = load_script("evaluate")
+    script.main(script.parse_args([*write_open_inputs(tmp_path), "--answers", str(answers), "--label", "gpt",
+                                   "--base_model", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")]))
+    err = capsys.readouterr().err
+    outputs = read_outputs(tmp_path / "out")
+    results = {(r["set"], r["book"]): r for r in outputs["report"]["results"]}
+    assert list(results) == [(name, book) for book in ("closed", "open") for name in OPEN_SETS]
+    assert all(set(r) == RESULT_FIELDS for r in results.values())
+    known, quiz, unseen = (results[(name, "open")] for name in OPEN_SETS)
+    assert results[("known", "closed")]["accuracy"] == known["accuracy"] == 1.0
+    assert known["closed_share_of_open"] == 1.0 and known["citation_accuracy"] == 0.0  # right, but cites nothing shown
+    assert known["citation_rate"] == 0.0 and known["passages_hold_answer_rate"] == 1.0
+    assert results[("quiz", "closed")]["accuracy"] == 0.0 and quiz["accuracy"] == 1.0
+    assert quiz["closed_share_of_open"] == 0.0 and quiz["citation_accuracy"] == 1.0 and quiz["citation_rate"] == 1.0
+    assert unseen["passages_hold_answer_rate"] == 0.0 and unseen["abstention_when_absent"] == 1.0
+    assert unseen["abstention_when_present"] is None and unseen["not_attempted_rate"] == 1.0
+    assert unseen["closed_share_of_open"] is None  # no open-book accuracy to be a share of
+    assert all(results[(name, "closed")][key] is None for name in OPEN_SETS for key in OPEN_BOOK_FIELDS)
+    rows = {(row["set"], row["book"]): row for row in outputs["rows"]}
+    assert rows[("quiz", "open")]["sources"] == [{"title": "クトゥルフ", "section": "", "revid": None}]
+    assert rows[("quiz", "open")]["cited"] == [1] and rows[("known", "open")]["cited"] == [2]
+    assert rows[("unseen", "open")]["sources"] == [] and rows[("unseen", "open")]["grade"] == "not_attempted"
+    assert "sources" not in rows[("quiz", "closed")]
+    # the sets' retrieval recall, printed first and in the report
+    assert "Retrieval, known: the question's own article among the top k passages: recall@1 1.000, recall@3 1.000, " \
+           "recall@5 1.000 (1 questions)" in err
+    assert "recall@3 0.000" in err.split("Retrieval, unseen")[1].splitlines()[0]
+    assert outputs["report"]["sets"]["quiz"]["retrieval"] == {"questions": 1, "recall@1": 1.0, "recall@3": 1.0,
+                                                             "recall@5": 1.0}
+    assert outputs["report"]["config"]["open_book"] is True and outputs["report"]["config"]["top_k"] == 3
+    markdown = (tmp_path / "out/report.md").read_text(encoding="utf-8")
+    assert "| gpt | open | – | 1 |" in markdown and "| gpt | closed | – | 1 |" in markdown
+    assert "closed / open ↑" in markdown and "the closed-book accuracy as a share of the open-book accuracy" in markdown
+
+
+@pytest.mark.slow
+def test_open_book_run_asks_every_question_both_ways_in_the_exact_format(tmp_path, tiny_model_dir, capsys):
+    """The tiny model, in-process: each question closed-book and then with its passages, the prompts being
+    retrieval.open_book_prompt's user turn (so the answers are generate()'s on them), every open-book measure
+    aggregated from the answers written beside it."""
+    from cthulhu_sft.evaluation import OpenBook, score_open_book
+    from cthulhu_sft.retrieval import open_retriever
+
+    script = load_script("evaluate")
+    script.main(script.parse_args(["--models", "base", "--base_model", str(tiny_model_dir), *write_open_inputs(tmp_path),
+                                   "--temperatures", "0", "--max_new_tokens", "6", "--batch_size", "2",
+                                   "--output_dir", str(tmp_path / "out")]))
+    assert "Retrieval, quiz: the question's own article among the top k passages: recall@1 1.000" in capsys.readouterr().err
+    outputs = read_outputs(tmp_path / "out")
+    assert [(r["set"], r["book"]) for r in outputs["report"]["results"]] == [
+        (name, book) for name in OPEN_SETS for book in ("closed", "open")]
+    fmt = MistralFormat.from_pretrained(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir), None)
+    open_book = OpenBook(open_retriever(tmp_path / "sources.jsonl"))
+    corpus = Corpus({source["title"]: source["text"] for source in SOURCE_TEXTS})
+    for name, set_rows in OPEN_SETS.items():
+        prompts = open_book.prompts(set_rows, fmt)
+        expected = generate(model, fmt, [[{"role": "user", "content": turn}] for turn, _ in prompts], temperature=0,
+                            max_new_tokens=6)
+        rows = [row for row in outputs["rows"] if (row["set"], row["book"]) == (name, "open")]
+        assert [row["answer"] for row in rows] == [answer.text for answer in expected]
+        assert rows[0]["sources"] == [{"title": hit.title, "section": hit.section, "revid": hit.revid} for hit in prompts[0][1]]
+        scores = score_open_book(set_rows[0], rows[0]["answer"], rows[0]["stopped"], prompts[0][1], corpus)
+        assert {key: rows[0][key] for key in scores} == scores
+        [result] = [r for r in outputs["report"]["results"] if (r["set"], r["book"]) == (name, "open")]
+        expected_result = aggregate(rows)
+        expected_result.pop("accuracy_ci")
+        expected_result.pop("closed_share_of_open")
+        assert expected_result == pytest.approx({key: result[key] for key in expected_result})
+    assert "ルルイエ（R'lyeh）は南太平洋に沈んだ都市。" in open_book.prompts(OPEN_SETS["known"], fmt)[0][0]

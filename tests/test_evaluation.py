@@ -16,9 +16,12 @@ from cthulhu_sft.evaluation import (
     read_set,
     read_source_texts,
     score_item,
+    score_open_book,
     wilson_interval,
 )
 from cthulhu_sft.format import MistralFormat
+from cthulhu_sft.report import add_gaps
+from cthulhu_sft.retrieval import NOT_FOUND, Hit
 from cthulhu_sft.sets import Corpus
 from cthulhu_sft.wiki import Cache
 
@@ -26,6 +29,8 @@ REPORT_FIELDS = {
     "n", "accuracy", "accuracy_ci", "incorrect_rate", "not_attempted_rate", "accuracy_given_attempted", "empty",
     "empty_rate", "rouge_l_f1", "fact_recall", "hallucination_rate", "unsupported_term_rate", "abstention_rate",
     "non_japanese_rate", "eos_stop_rate", "truncated_rate", "judge_accuracy", "judge_agreement",
+    "citation_accuracy", "citation_rate", "passages_hold_answer_rate", "abstention_when_absent",
+    "abstention_when_present", "closed_share_of_open",
 }
 CTHULHU = {
     "instruction": "クトゥルフはどこで眠っていますか？",
@@ -160,6 +165,68 @@ def test_aggregate_marks_what_does_not_apply():
     assert summary["hallucination_rate"] == 0.0 and summary["unsupported_term_rate"] is None
     empty = aggregate([])
     assert empty["n"] == 0 and empty["empty"] == 0 and all(empty[key] is None for key in REPORT_FIELDS - {"n", "empty"})
+
+
+def open_item(row, answer, shown):
+    return score_open_book(row, answer, True, shown, CORPUS)
+
+
+def test_open_book_citations_and_abstention_hand_worked():
+    """Citation accuracy counts correct answers whose cited, shown passage holds the answer; abstention is split by
+    whether the shown passages hold the answer."""
+    holds = Hit("クトゥルフ", "", "クトゥルフはルルイエに眠る。", 1, "")
+    other = Hit("ダゴン", "", "ダゴンは深きものどもの神。", 2, "")
+    items = [
+        open_item(CTHULHU, "ルルイエです[2]。", [other, holds]),  # correct, cites the passage that holds it
+        open_item(CTHULHU, "ルルイエです[1]。", [other, holds]),  # correct, cites the wrong passage
+        open_item(CTHULHU, "ルルイエです。", [holds]),  # correct, cites nothing
+        open_item(CTHULHU, "ルルイエです[3]。", [holds]),  # correct, cites a passage that was not shown
+        open_item(CTHULHU, NOT_FOUND, [other]),  # abstains where the passages lack the answer: right
+        open_item(CTHULHU, NOT_FOUND, [holds]),  # abstains where the answer was shown: a miss
+        open_item(CTHULHU, "ダゴンです[1]。", [other]),  # incorrect: no citation verdict
+        open_item(CTHULHU, "ルルイエです[1][2]。", [other, holds]),  # correct, but cites every passage
+    ]
+    assert [item["citation_correct"] for item in items] == [True, False, False, False, None, None, None, False]
+    assert [item["cites"] for item in items] == [True, True, False, False, False, False, True, True]
+    assert items[0]["sources"] == [{"title": "ダゴン", "section": "", "revid": 2},
+                                   {"title": "クトゥルフ", "section": "", "revid": 1}]
+    assert items[3]["cited"] == [3] and items[4]["cited"] == []
+    assert items[7]["grade"] == "correct" and items[7]["unsupported_terms"] == []  # [1][2]: no numbers, no list
+    summary = aggregate(items)
+    assert summary["accuracy"] == pytest.approx(5 / 8)
+    assert summary["citation_accuracy"] == pytest.approx(1 / 5)
+    assert summary["citation_rate"] == pytest.approx(4 / 6)  # of the 6 answers that do not abstain
+    assert summary["passages_hold_answer_rate"] == pytest.approx(6 / 8)
+    assert summary["abstention_when_absent"] == pytest.approx(1 / 2)  # NOT_FOUND and ダゴン over [other]
+    assert summary["abstention_when_present"] == pytest.approx(1 / 6)
+    closed = aggregate([score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS),
+                        score_item(CTHULHU, "わかりません。", stopped=True, corpus=CORPUS)])
+    assert closed["citation_accuracy"] is None and closed["passages_hold_answer_rate"] is None
+    results = [{"set": "s", "model": "m", "book": "closed", "temperature": 0.0, **closed},
+               {"set": "s", "model": "m", "book": "open", "temperature": 0.0, **summary}]
+    add_gaps(results)
+    assert results[1]["closed_share_of_open"] == pytest.approx(0.5 / (5 / 8))
+    assert results[0]["closed_share_of_open"] is None
+
+
+YEAR = {"instruction": "『クトゥルフの呼び声』が発表されたのは何年？", "response": "1928年です。", "answers": ["1928年"],
+        "title": "クトゥルフの呼び声"}
+YEAR_CORPUS = Corpus({"クトゥルフの呼び声": "ラヴクラフトが1926年に書き、1928年に発表した。"})
+
+
+@pytest.mark.parametrize("answer,grade", [
+    ("1928年です[2]。", "correct"),  # the citation is not a second number
+    ("1928年です。[1][3]", "correct"),  # nor two citations a list of candidates
+    ("1928年です【2】。", "correct"),
+    ("資料2によると1928年です。", "correct"),
+    ("1926年です[1]。", "incorrect"),
+    ("[1]", "not_attempted"),  # nothing but a citation: empty
+])
+def test_an_open_book_answer_is_graded_without_its_citation_marks(answer, grade):
+    shown = [Hit("クトゥルフの呼び声", "", "ラヴクラフトが1926年に書き、1928年に発表した。", 1, "")] * 3
+    scores = score_open_book(YEAR, answer, True, shown, YEAR_CORPUS)
+    assert scores["grade"] == grade and scores["unsupported_terms"] == [], scores
+    assert scores["empty"] is (answer == "[1]")
 
 
 def test_read_set_validates_the_optional_fields(tmp_path):
@@ -348,3 +415,51 @@ def test_batches_are_sized_to_the_free_gpu_memory():
     assert fitting_batch_size(40 * 2**30, mistral, 300) == 64  # an A100 after training: the cap
     assert fitting_batch_size(2**30, mistral, 300) == int(0.4 * 2**30 // per_sequence) // 8 * 8 == 8
     assert fitting_batch_size(2**27, mistral, 300) == 1  # never 0
+
+
+def test_the_cards_reproduce_command_asks_open_book_only_when_the_check_did():
+    from cthulhu_sft.run_record import knowledge_view
+
+    result = aggregate([score_item(CTHULHU, "ルルイエです。", stopped=True, corpus=CORPUS)])
+    opened = aggregate([open_item(CTHULHU, "ルルイエです[1]。", [Hit("クトゥルフ", "", SOURCE, 1, "")])])
+    closed_only = {"status": "done", "repetition_penalty": 1.0, "batch_size": 8, "source_texts": "s.jsonl",
+                   "articles_with_text": 1, "open_book": None, "open_book_skipped": None,
+                   "sets": [{"name": "quiz", "path": "q.jsonl", "results": {"base": result, "adapter": result}}]}
+    view = knowledge_view(closed_only, {"model_name_or_path": "base-model"})
+    assert "--open_book" not in view["reproduce"] and not view["sets"][0]["open_rows"]
+    assert [(row["model"], row["book"]) for row in view["sets"][0]["rows"]] == [("base", "closed"), ("adapter", "closed")]
+    skipped = knowledge_view({**closed_only, "open_book_skipped": "no data/source_texts.jsonl to retrieve from"})
+    assert "Not asked open-book: no data/source_texts.jsonl to retrieve from." in skipped["notes"]
+    both = {**closed_only, "open_book": {"top_k": 2},
+            "sets": [{**closed_only["sets"][0], "open_book_results": {"base": opened, "adapter": opened},
+                      "retrieval": {"questions": 1, "recall@1": 1.0, "recall@3": 1.0, "recall@5": 1.0}}]}
+    view = knowledge_view(both, {"model_name_or_path": "base-model"})
+    assert view["reproduce"].endswith("--open_book --top_k 2 --sets quiz=q.jsonl")
+    assert [(row["model"], row["book"]) for row in view["sets"][0]["rows"]] == [
+        ("base", "closed"), ("base", "open"), ("adapter", "closed"), ("adapter", "open")]
+    assert view["sets"][0]["open_rows"][0]["citation_accuracy"] == "100.0 %"
+    assert view["sets"][0]["retrieval"].startswith("recall@1 1.000, recall@3 1.000")
+
+
+@pytest.mark.slow
+def test_the_knowledge_check_asks_open_book_when_asked_and_the_corpus_has_text(tmp_path, monkeypatch, tiny_adapter_dir):
+    from cthulhu_sft.inference import load_model
+    from cthulhu_sft.run_record import knowledge_check
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "source_texts.jsonl", [{"title": "クトゥルフ", "text": ""}])
+    quiz = write_jsonl(tmp_path / "quiz.jsonl", [CTHULHU])
+    model = load_model(None, str(tiny_adapter_dir))
+    fmt = MistralFormat.from_pretrained(str(tiny_adapter_dir))
+    record = knowledge_check(model, fmt, [str(quiz)], 1, 1.0, str(tmp_path), open_book=True)
+    assert record["open_book"] is None and "no article has text to retrieve from" in record["open_book_skipped"]
+    [entry] = record["sets"]
+    assert entry["results"]["adapter"]["n"] == 1 and "open_book_results" not in entry
+    # with text, knowledge_check_open_book false asks closed book only, and says nothing of open book
+    write_jsonl(tmp_path / "data" / "source_texts.jsonl", [{"title": "クトゥルフ", "text": SOURCE}])
+    record = knowledge_check(model, fmt, [str(quiz)], 1, 1.0, str(tmp_path), open_book=False)
+    assert record["open_book"] is None and "open_book_skipped" not in record
+    assert "open_book_results" not in record["sets"][0] and "retrieval" not in record["sets"][0]
+    record = knowledge_check(model, fmt, [str(quiz)], 1, 1.0, str(tmp_path), open_book=True)
+    assert record["open_book"] == {"top_k": 3} and record["sets"][0]["open_book_results"]["adapter"]["n"] == 1

@@ -26,6 +26,14 @@ QUIZ = [
     {"instruction": "ルルイエに眠るのは誰？", "response": "クトゥルフです。", "answers": ["クトゥルフ", "クトゥルー"],
      "title": "ルルイエ", "kind": "being"},
 ]
+# The crawled articles of the knowledge check's questions (data/source_texts.jsonl where training runs): both
+# answers are in them, so the check also asks open book.
+SOURCE_TEXTS = [
+    {"title": "ネクロノミコン", "text": "ネクロノミコンは狂えるアラブ人アブドゥル・アルハザードが著したとされる魔道書。",
+     "source": "https://ja.wikipedia.org/wiki/ネクロノミコン", "revid": 202, "split": "train"},
+    {"title": "ルルイエ", "text": "ルルイエは南太平洋の海底に沈んだ都市で、クトゥルフが眠っている。",
+     "source": "https://ja.wikipedia.org/wiki/ルルイエ", "revid": 101, "split": "train"},
+]
 SECRET = "hf_TESTSECRETtoken0123456789abcdef"
 ACCELERATE = os.path.join(os.path.dirname(PYTHON), "accelerate")
 
@@ -39,7 +47,7 @@ def write_jsonl(path, rows):
 def train_args(model_dir, data_dir, output_dir, *extra):
     train = write_jsonl(data_dir / "train.jsonl", QA)
     evaluation = write_jsonl(data_dir / "eval.jsonl", QA)
-    return ["train_sft.py", "--config", "sft_config.yaml", "--bf16", "false", "--dtype", "float32",
+    return [str(REPO / "train_sft.py"), "--config", str(REPO / "sft_config.yaml"), "--bf16", "false", "--dtype", "float32",
             "--model_name_or_path", str(model_dir), "--train_file", str(train), "--eval_file", str(evaluation),
             "--output_dir", str(output_dir), "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "1",
             "--report_to", "none", *map(str, extra)]
@@ -47,16 +55,18 @@ def train_args(model_dir, data_dir, output_dir, *extra):
 
 def launch(args, **kwargs):
     """The documented command: accelerate launch --quiet (on the CPU)."""
-    return run_script([ACCELERATE, "launch", "--quiet", "--config_file", "accelerate_config.yaml", "--cpu", *args],
-                      **kwargs)
+    return run_script([ACCELERATE, "launch", "--quiet", "--config_file", str(REPO / "accelerate_config.yaml"), "--cpu",
+                       *args], **kwargs)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
-    """A run that memorises three answers, checks its knowledge, then fails to upload to a Hub that accepted its
-    token and repo before training."""
+    """A run that memorises three answers, checks its knowledge closed and open book (it runs in `root`, whose
+    data/source_texts.jsonl holds the articles), then fails to upload to a Hub that accepted its token and repo
+    before training."""
     root = tmp_path_factory.mktemp("trained")
     quiz = write_jsonl(root / "quiz.jsonl", QUIZ)
+    write_jsonl(root / "data" / "source_texts.jsonl", SOURCE_TEXTS)
     hub = LoopbackHub(token=SECRET, upload_status=400)
     args = train_args(
         tiny_model_dir, root / "data", root / "out",
@@ -68,7 +78,7 @@ def trained(tiny_model_dir, tmp_path_factory):
         "--base_model_hub_id", "mistralai/Mistral-7B-Instruct-v0.2", "--card_datasets", "tester/cthulhu-qa",
         "--push_to_hub", "--hub_model_id", "tester/cthulhu-test",
     )
-    result = launch(args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"})
+    result = launch(args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"}, cwd=root)
     hub.close()
     return result, root / "out", hub
 
@@ -144,10 +154,21 @@ def test_knowledge_check_compares_base_and_adapter_in_run_json_and_card(trained)
     assert 0 <= low <= adapter["accuracy"] <= high <= 1
     card = ModelCard.load(out / "README.md").text
     assert "What this adapter learned" in card
-    rows = {line.split("|")[1].strip(): line for line in card.splitlines() if line.startswith(("| base |", "| adapter |"))}
-    assert f"| {100 * adapter['accuracy']:.1f} % |" in rows["adapter"] and "| 2 |" in rows["adapter"]
-    assert f"| {100 * base['accuracy']:.1f} % |" in rows["base"]
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in card.splitlines()
+            if line.startswith(("| base |", "| adapter |"))}
+    assert f"| {100 * adapter['accuracy']:.1f} % |" in rows[("adapter", "closed")] and "| 2 |" in rows[("adapter", "closed")]
+    assert f"| {100 * base['accuracy']:.1f} % |" in rows[("base", "closed")]
     assert "file not found" in card and "python evaluate.py --models base" in card
+    # closed and open book side by side, with the open-book measures and the retrieval recall
+    assert check["open_book"] == {"top_k": 3} and quiz["retrieval"]["recall@1"] == 1.0
+    for label in ("base", "adapter"):
+        opened = quiz["open_book_results"][label]
+        assert opened["n"] == 2 and opened["passages_hold_answer_rate"] == 1.0
+        assert f"| {100 * opened['accuracy']:.1f} % |" in rows[(label, "open")]
+        share = "–" if opened["closed_share_of_open"] is None else f"{100 * opened['closed_share_of_open']:.1f} %"
+        assert any(line.startswith(f"| {label} | {share} |") for line in card.splitlines())  # the open-book table
+    assert "Retrieval: the question's own article among the top k passages: recall@1 1.000" in card
+    assert "--open_book --top_k 3" in card
 
 
 def test_the_cards_reproduce_command_gives_the_cards_numbers(trained, tmp_path, monkeypatch):
@@ -163,15 +184,19 @@ def test_the_cards_reproduce_command_gives_the_cards_numbers(trained, tmp_path, 
     command = re.search(r"```bash\n(python evaluate\.py [^\n]*)\n```", card)[1]
     argv = [f"adapter={out}" if part == "adapter=tester/cthulhu-test" else part for part in shlex.split(command)[2:]]
     assert "--batch_size" in argv and "--load_in_8bit" in argv and argv[argv.index("--temperatures") + 1] == "0"
-    monkeypatch.chdir(REPO)  # where training ran
+    monkeypatch.chdir(out.parent)  # where training ran
     script = load_script("evaluate")
     script.main(script.parse_args([*argv, "--output_dir", str(tmp_path / "eval")]))
     report = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
     check = json.loads((out / "run.json").read_text())["knowledge_check"]
     [quiz] = [entry for entry in check["sets"] if "results" in entry]
+    assert "--open_book" in argv
     for label in ("base", "adapter"):
-        [reproduced] = [r for r in report["results"] if (r["set"], r["model"], r["temperature"]) == (quiz["name"], label, 0.0)]
-        assert {key: reproduced[key] for key in quiz["results"][label]} == quiz["results"][label], label
+        for book, results in (("closed", quiz["results"]), ("open", quiz["open_book_results"])):
+            [reproduced] = [r for r in report["results"]
+                            if (r["set"], r["model"], r["book"], r["temperature"]) == (quiz["name"], label, book, 0.0)]
+            assert {key: reproduced[key] for key in results[label]} == results[label], (label, book)
+    assert report["sets"][quiz["name"]]["retrieval"] == quiz["retrieval"]
     # and answer for answer: the knowledge check's answers beside the card are those evaluate.py gives
     checked = [json.loads(line) for line in (out / "knowledge_check.jsonl").read_text(encoding="utf-8").splitlines()]
     again = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -179,12 +204,14 @@ def test_the_cards_reproduce_command_gives_the_cards_numbers(trained, tmp_path, 
     assert [{k: v for k, v in row.items() if k not in drop} for row in again] == \
         [{k: v for k, v in row.items() if k not in drop} for row in checked]
     # what qualifies the numbers is on the card, and the table reached the console
-    assert "tiny test model" in card and "local folder" in card and "No article text was available" in card
+    assert "tiny test model" in card and "local folder" in card and "No article text was available" not in card
+    assert {row["book"] for row in checked} == {"closed", "open"}
+    assert all(row["sources"][0]["title"] == row["title"] for row in checked if row["book"] == "open")
     assert "| not attempted |" in card and "cut at max_new_tokens" in card
     console = result.stdout + result.stderr
     assert "knowledge check (temperature 0):" in console and "correct (95 % interval)" in console
-    assert re.search(r"quiz +adapter +0 +2 ", console)
-    assert "in batches of 8" in console and "adapter quiz (set 1/1): T=0" in console  # the progress bar
+    assert re.search(r"quiz +adapter +closed +0 +2 ", console) and re.search(r"quiz +adapter +open +0 +2 ", console)
+    assert "in batches of 8" in console and "adapter quiz (set 1/1): T=0, open book" in console  # the progress bar
 
 
 def test_saved_config_reproduces_the_run_settings(trained):
