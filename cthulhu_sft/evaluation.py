@@ -225,12 +225,12 @@ def open_book_item(row: dict, answer: str, shown: list, scores: dict, corpus: Co
     """An open-book answer's citation scores (see the module docstring), beside its score_item scores."""
     accepted = corpus.accepted(row.get("answers"))
     cited = retrieval.parse_citations(answer)
-    holds = lambda number: 1 <= number <= len(shown) and metrics.answer_is_correct(shown[number - 1].text, accepted)  # noqa: E731
     return {
         "sources": [{"title": hit.title, "section": hit.section, "revid": hit.revid} for hit in shown],
         "cited": cited,
         "cites": any(1 <= number <= len(shown) for number in cited),
-        "citation_correct": bool(cited) and all(map(holds, cited)) if scores["grade"] == grading.CORRECT else None,
+        "citation_correct": (retrieval.citation_is_correct(answer, shown, accepted)
+                             if scores["grade"] == grading.CORRECT else None),
         "passages_hold_answer": any(metrics.answer_is_correct(hit.text, accepted) for hit in shown) if accepted else None,
     }
 

@@ -492,10 +492,12 @@ def parse_citations(answer: str) -> list[int]:
 
 
 def citation_is_correct(answer: str, shown: list[Hit], accepted: list[str]) -> bool:
-    """Whether the answer cites a shown passage that contains an accepted answer (metrics.answer_is_correct);
-    an answer that cites nothing, or only numbers that were not shown, is not."""
-    return any(1 <= number <= len(shown) and metrics.answer_is_correct(shown[number - 1].text, accepted)
-               for number in parse_citations(answer))
+    """Whether the answer cites at least one passage, and every passage it cites was shown and contains an accepted
+    answer (metrics.answer_is_correct). Citing nothing, a number not shown, or every passage at once (one of which
+    holds the answer) is not correct."""
+    cited = parse_citations(answer)
+    return bool(cited) and all(1 <= number <= len(shown) and metrics.answer_is_correct(shown[number - 1].text, accepted)
+                               for number in cited)
 
 
 def with_citation(answer: str, number: int) -> str:

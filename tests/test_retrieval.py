@@ -460,12 +460,12 @@ def test_citations_are_parsed(answer, expected):
     assert parse_citations(answer) == expected
 
 
-def test_citation_is_correct_only_when_a_cited_passage_holds_an_accepted_answer():
+def test_citation_is_correct_only_when_every_cited_passage_holds_an_accepted_answer():
     shown = [Hit("ネクロノミコン", "来歴", "原題は『アル・アジフ』である。", 1, ""),
              Hit("ルルイエ", "", "ルルイエは南太平洋に沈んでいる。", 2, "")]
     accepted = ["アル・アジフ", "Al Azif"]
     assert citation_is_correct("アルアジフです[1]。", shown, accepted)
-    assert citation_is_correct("アル・アジフです[2][1]。", shown, accepted)  # one cited passage holds it
+    assert not citation_is_correct("アル・アジフです[2][1]。", shown, accepted)  # citing every passage games it
     assert not citation_is_correct("アル・アジフです[2]。", shown, accepted)  # the wrong passage
     assert not citation_is_correct("アル・アジフです。", shown, accepted)  # no citation
     assert not citation_is_correct("アル・アジフです[3]。", shown, accepted)  # not shown
