@@ -11,14 +11,17 @@
 * Checks, each a named reason counted in the Report (REASONS): per fact, the evidence occurs verbatim in the
   passage (after NFKC and whitespace folding) and is at most two sentences (a whole passage would ground
   anything it names); the short answer occurs in the evidence and in the answer, and is short; every key term
-  of the answer (cthulhu_sft.metrics, the evaluation's own terms) is in the evidence or the title, and every
-  date of it (年月, 月日) is written so in the evidence (not recombined from two); no kanji compound of three or
+  of the answer (cthulhu_sft.metrics, the evaluation's own terms, and its titles in 『』「」 and kanji place names)
+  is in the evidence or the title, every date of it (年月, 月日, also 1913年の8月, 千九百十三年八月) is written so in
+  the evidence (not recombined from two), every number with its unit or counter (730年, not 730日), and a short
+  answer that is a year is the only year of the answer (the verdict never sees the short answer); no kanji compound of three or
   more characters is made up (each piece of it is in the passage, the title or a short list of everyday words:
   霧ヶ浜, 深海教団); the answer adds no negation the evidence lacks and does not open by pointing back
   (「また、」「彼らが」「この都市の」); nothing holds the verdict prompt's tags or JSON. Per question: it names the
-  subject, points at no text the reader cannot see (nor quotes a heading), does not hold its own answer, every
+  subject (or a part of its name the passage uses for it alone: ラヴクラフト, ウィルバー), adds no negation, points at no text the reader cannot see (nor quotes a heading), does not hold its own answer, every
   key term of it is in the evidence or the title, it invents no compound, is new, and fits the length limit.
-  A fact with fewer than 2 questions left is rejected.
+  A fact with fewer than 2 questions left is rejected. A question two facts ask goes to the first that verification
+  keeps (a false fact never takes it from a true one).
 * Verification: these checks are blind to a real span that does not support the answer (a relation swap: the
   evidence names both people). So each surviving question/answer is put, one per request, between
   <passage>, <question> and <answer> tags to the same backend (or a judge model) at temperature 0, json_schema
@@ -40,8 +43,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cthulhu_sft.data import DataError
-from cthulhu_sft.examples import CONNECTIVE, REFERRING, Fact, Passage, normalize_question
-from cthulhu_sft.metrics import is_abstention, is_japanese, match_form, unsupported_terms
+from cthulhu_sft.examples import CONNECTIVE, NAME_JOINERS, REFERRING, Fact, Passage, normalize_question
+from cthulhu_sft.metrics import (
+    is_abstention,
+    is_japanese,
+    match_form,
+    named_terms,
+    normalize,
+    unsupported_terms,
+    western_years,
+)
 from cthulhu_sft.writers import AnswerCache, Request, Usage, WriterError, ask
 
 logger = logging.getLogger(__name__)
@@ -107,8 +118,12 @@ REASONS = {
     "answer_ungrounded": "a key term of the answer is in neither the evidence nor the title (per fact)",
     "date_not_in_evidence": "a date of the answer (年月, 月日) is not written so in the evidence: a date recombined "
                             "from two (per fact)",
+    "unit_not_in_evidence": "a number of the answer is not written with the same unit or counter in the evidence "
+                            "(730日 where it says 730年) (per fact)",
+    "ambiguous_answer": "the short answer is a year and the answer states another: which one the questions ask, "
+                        "neither a check nor the verdict can tell (per fact)",
     "invented_term": "a kanji compound the passage does not hold (per fact, or per question)",
-    "negation": "the answer holds a negation the evidence lacks (per fact)",
+    "negation": "the answer (or a question) holds a negation the evidence lacks (per fact, or per question)",
     "points_back": "the answer opens with a pointer or a connective (「また、」「彼らが」「この都市の」) (per fact)",
     "too_few_questions": f"fewer than {MIN_QUESTIONS} questions passed their checks (per fact)",
     "unsupported": f"verification left fewer than {MIN_QUESTIONS} questions the passage answers so (per fact)",
@@ -136,7 +151,8 @@ POINTING = re.compile(
     r"下記|後述|文章中|文中|記事中|与えられた|提示された|passage|the text|this section|this article",
     re.I,
 )
-NEGATION = re.compile(r"(?<![少危幼切汚程])(?<!間も)(?:ない|なかっ|なく|ません|ずに|無い|無かっ|無く|非ず)")
+NEGATION = re.compile(r"(?<![少危幼切汚程])(?<!間も)(?:ない|なかっ|なく|ません|ずに|無い|無かっ|無く|非ず)"
+                      r"|(?<![まはわいみ\u4E00-\u9FFF])ず(?=[、。，．]|して|とも)")  # 侵入せず、 (not まず、 はず。 必ず、)
 COMPOUND = re.compile(r"[\u3005\u30F5\u30F6\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF]{3,}")  # kanji, 々, ヵ, ヶ
 KANJI_NUMBER = re.compile(r"[〇一二三四五六七八九十百千万億兆年月日]+")
 # Everyday words a correct answer or question may use though the passage does not (pieces of a compound)
@@ -144,13 +160,19 @@ EVERYDAY = frozenset(
     "作品 小説 短編 長編 中編 作家 作者 著者 人物 登場 名前 名称 存在 場所 地名 時期 年代 神話 神格 種族 生物 都市 物語 "
     "発表 執筆 創作 出版 刊行 掲載 雑誌 作中 設定 関係 正体 特徴 由来 意味 起源 舞台 主人公 何者 信仰 崇拝 初出 原作 翻訳 "
     "日本語 英語 呼称 別名 名義 題名 表題 一作 代表作 作品名 登場人物 神話体系 架空 邪神 旧支配者 外なる神 何年 何月 何日 何歳 何人 何語 誕生 誕生日 生年 没年 出身 出身地 "
-    "国籍 職業 両親 父親 母親 子供 祖父 祖母 兄弟 姉妹 夫婦 最初 最後 初登場 現在 当時 以前 以後 一般 主要 重要 代表 一覧".split()
+    "国籍 職業 両親 父親 母親 子供 祖父 祖母 兄弟 姉妹 夫婦 最初 最後 初登場 現在 当時 以前 以後 一般 主要 重要 代表 一覧 "
+    "出生 出生地 生地 生誕 命日 死去 死亡 没年月日 生年月日 結婚 配偶者 息子 家族 一族 子孫 創始 創始者 創造 創作者 執筆者 "
+    "著作 作風 文学 単行本 短編集 連載 出版社 編集者 訳者 翻訳者 原題 邦題 言語 故郷 生涯 晩年 港町 老人 青年".split()
 )
 # Single characters that join known pieces into a compound (「米国人作家」, 「登場年」, 「作家名」)
-AFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌初各全同元旧新")
+AFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌初各全同元旧新社訳語")  # 出版社, 日本語訳, ラテン語訳者
 # What would let a fact speak to its own verdict prompt: its tags, JSON braces, the verdict's key
 TAGS = re.compile(r"</?(?:passage|question|answer)\s*>|[{}｛｝]|supported", re.I)
 SENTENCE_END = re.compile(r"[。！？!?]+")
+KANJI_DIGIT = re.compile(r"(?<![〇一二三四五六七八九十百千])[〇一二三四五六七八九十](?=[月日])")  # 八月; match_form does 十二月
+COUNTED = re.compile(r"\d+(?:\.\d+)?(?:年|月|日|歳|才|人|名|巻|部|冊|作|話|章|回|世紀|年代|年間|か月|ヶ月|日間|時間|"
+                     r"メートル|マイル|フィート|キロ|トン|ドル|円|パーセント|%)")  # 730年頃 is not 730日
+YEAR = re.compile(r"\d{3,4}(?=年)")
 DATE = re.compile(r"\d{1,4}年\d{1,2}月(?:\d{1,2}日)?|\d{1,2}月\d{1,2}日")  # in match_form: kanji numerals as digits
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 POLITE_END = re.compile(r"(?:です|でした|である|だ|とされる|とされています|と呼ばれる|と呼ばれています)?[。．.!！]*$")
@@ -316,6 +338,47 @@ def invented_compounds(text: str, passage: Passage) -> list[str]:
     return invented
 
 
+def ungrounded(text: str, *support: str) -> set[str]:
+    """The key terms of `text` no support text holds, and its names that key terms miss (titles in 『』「」, kanji
+    place names: 「ダンウィッチの惨劇」 where the passage says 「ダンウィッチの怪」)."""
+    held = "\n".join(map(match_form, support))
+    return unsupported_terms(text, *support) | {name for name in named_terms(text) if match_form(name) not in held}
+
+
+def date_form(text: str) -> str:
+    """match_form with era years as Western years and one-kanji months and days in digits (千九百十三年八月 →
+    1913年8月), where DATE finds dates."""
+    text = re.sub(r"(\d年)の(?=\d{1,2}月)|(\d月)の(?=\d{1,2}日)", r"\1\2", match_form(western_years(normalize(text))))
+    return KANJI_DIGIT.sub(lambda match: str("〇一二三四五六七八九十".index(match[0])), text)
+
+
+def other_years(answer: str, short: str) -> set[str]:
+    """The years of the answer besides the short answer's, when the short answer is a year: which of them the
+    question asks, no check (nor the verdict, which never sees the short answer) can tell."""
+    years = set(YEAR.findall(date_form(short)))
+    return set(YEAR.findall(date_form(answer))) - years if years else set()
+
+
+def subject_names(passage: Passage) -> list[str]:
+    """The subject, and each part of its name (at least 3 characters: ラヴクラフト of ハワード・フィリップス・ラヴクラフト,
+    ウィルバー of ウィルバー・ウェイトリー) that the passage uses alone or only within the subject's name (not a part
+    another person of the passage shares and the passage never uses alone), normalised as questions are."""
+    subject = normalize(passage.subject)
+    parts = [part for part in re.split(f"[{NAME_JOINERS}]", subject) if len(part) >= 3 and part != subject]
+    names = re.findall(rf"[\u30A1-\u30FA\u30FC]+(?:[{NAME_JOINERS}][\u30A1-\u30FA\u30FC]+)*", normalize(passage.text))
+    wanted = [subject]
+    for part in parts:
+        others = [name for name in names if name not in (subject, part) and part in re.split(f"[{NAME_JOINERS}]", name)]
+        if part in names or not others:
+            wanted.append(part)
+    return [normalize_question(name) for name in wanted]
+
+
+def names_subject(question: str, passage: Passage) -> bool:
+    asked = normalize_question(question)
+    return any(name in asked for name in subject_names(passage))
+
+
 def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> str | None:
     """The first check (REASONS) a fact fails, or None."""
     if not evidence.strip() or fold(evidence) not in fold(passage.text):
@@ -332,10 +395,14 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
         return "not_japanese"
     if is_abstention(answer):
         return "abstains"
-    if unsupported_terms(answer, evidence, passage.title):
+    if ungrounded(answer, evidence, passage.title):
         return "answer_ungrounded"
-    if any(date not in match_form(evidence) for date in DATE.findall(match_form(answer))):
+    if any(date not in date_form(evidence) for date in DATE.findall(date_form(answer))):
         return "date_not_in_evidence"
+    if any(number not in date_form(evidence) for number in COUNTED.findall(date_form(answer))):
+        return "unit_not_in_evidence"
+    if other_years(answer, short):
+        return "ambiguous_answer"
     if invented_compounds(answer, passage):
         return "invented_term"
     if negations(answer) > negations(evidence):
@@ -350,11 +417,13 @@ def question_rejection(question: str, evidence: str, short: str, passage: Passag
     headings = [heading for heading in re.split("のうち", passage.section) if heading]
     if POINTING.search(question) or any(f"「{heading.strip('「」')}」" in question for heading in headings):
         return "points_at_text"
-    if normalize_question(passage.subject) not in normalize_question(question):
+    if not names_subject(question, passage):
         return "no_subject"
     if match_form(short) in match_form(question):
         return "gives_away"
-    if unsupported_terms(question, evidence, passage.title):
+    if negations(question) > negations(evidence):
+        return "negation"
+    if ungrounded(question, evidence, passage.title):
         return "question_ungrounded"
     if invented_compounds(question, passage):
         return "invented_term"
@@ -420,8 +489,7 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
                             count=n), "qa_facts", FACTS_SCHEMA, TEMPERATURE, max_tokens)
              for p, n in zip(passages, counts)]
     answers = ask(writer, asked, cache, report, "facts (passages)")
-    taken = set(seen)  # questions of the dataset and of candidates so far: none is asked twice
-    candidates = [c for passage, answer in zip(passages, answers) for c in read_facts(answer, passage, taken, fits, report)]
+    candidates = [c for passage, answer in zip(passages, answers) for c in read_facts(answer, passage, seen, fits, report)]
 
     rewritten = []
     if rewrites:
@@ -442,12 +510,15 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
     checks += [(prompts.rewrite_verdict, p, {"rewrite": text}) for p, text in rewritten]
     verdicts = verified(judge, checks, cache, verify, report)
     position, kept_facts = 0, []
-    for candidate in candidates:
+    for candidate in candidates:  # a question two candidates ask goes to the first verified (a false one takes none)
         questions = [q for q, ok in zip(candidate.questions, verdicts[position:]) if ok]
         report.rejected["question_unsupported"] += len(candidate.questions) - len(questions)
         position += len(candidate.questions)
+        asked = len(questions)
+        questions = [q for q in questions if normalize_question(q) not in seen]
+        report.rejected["duplicate"] += asked - len(questions)
         if len(questions) < MIN_QUESTIONS:
-            report.rejected["unsupported"] += 1
+            report.rejected["unsupported" if asked < MIN_QUESTIONS else "too_few_questions"] += 1
             continue
         seen.update(map(normalize_question, questions))
         kept_facts.append(Fact(candidate.passage, candidate.evidence, candidate.short_answer, candidate.answer, questions))
@@ -460,8 +531,8 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
 
 
 def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Report) -> list[Candidate]:
-    """The facts of one answer that pass every check but verification, their questions added to `taken`; each
-    failure counted."""
+    """The facts of one answer that pass every check but verification (their questions not in `taken`, the
+    dataset's, nor asked twice by one fact); each failure counted."""
     if answer.get("skipped") == "too_large":
         report.rejected["too_large"] += 1
         return []
@@ -495,7 +566,6 @@ def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Re
         if len(questions) < MIN_QUESTIONS:
             report.rejected["too_few_questions"] += 1
             continue
-        taken.update(map(normalize_question, questions))
         candidates.append(Candidate(passage, evidence, short, text, questions))
     return candidates
 

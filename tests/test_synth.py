@@ -531,3 +531,48 @@ def test_a_completion_of_the_wrong_shape_is_read_as_an_empty_answer(tmp_path, bo
         server.always = Reply(body=body)
         facts, _, report = run(server, tmp_path, passages=[RULUIE], rewrites=0, verify=0)
     assert not facts and report.rejected == {"malformed": 1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks found by the probe (tests/test_fact_probe.py): too strict for normal Japanese, or blind to a false kind
+
+BORN = "ウィルバーは1913年に生まれ、1928年8月に死亡した"
+WILBUR_CASES = [
+    (fact(BORN, "1928年", f"{W}は1928年の8月に死亡しました。", f"{W}はいつ死亡しましたか？", f"{W}の没年月は？"), None),
+    (fact(BORN, "1913年", f"{W}は1913年の8月に生まれました。", f"{W}はいつ生まれましたか？", f"{W}の生年月は？"),
+     "date_not_in_evidence"),  # recombined across の
+    (fact(BORN, "1913年", f"{W}は千九百十三年八月に生まれました。", f"{W}はいつ生まれましたか？", f"{W}の生年月は？"),
+     "date_not_in_evidence"),  # recombined in kanji numerals
+    (fact(BORN, "1913年", f"{W}は1913年に生まれ、1928年8月に死亡しました。", f"{W}は何年に死亡しましたか？",
+          f"{W}の没年は？"), "ambiguous_answer"),  # the short answer, another year than the one asked
+    (fact("ウィルバーは1913年に生まれ", "1913", f"{W}は1913日をかけて生まれました。", f"{W}の誕生にかかった日数は？",
+          f"{W}は何日かけて生まれましたか？"), "unit_not_in_evidence"),
+    (fact("ウィルバーは「ダンウィッチの怪」に登場する", "ダンウィッチの怪", f"{W}は「ダンウィッチの怪」に登場せず、別の作品に現れます。",
+          f"{W}が登場する作品は？", f"{W}はどの小説に出てきますか？"), "negation"),
+    (fact("ウィルバーは「ダンウィッチの怪」に登場する", "ダンウィッチ", f"{W}は「ダンウィッチの惨劇」に登場します。",
+          f"{W}が登場する作品の舞台は？", f"{W}が出てくる小説の舞台は？"), "answer_ungrounded"),  # an invented title
+    (fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
+          "ウィルバーの父親は誰ですか？", "ウィルバーの父の名前を教えてください。"), None),  # the subject by its given name
+    (fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
+          "ウェイトリーの父親は誰ですか？", "ウェイトリーの父の名前は？"), "too_few_questions"),  # a name Lavinia shares
+    (fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
+          f"{W}の父親は誰ですか？", f"{W}の父でないのは誰ですか？"), "too_few_questions"),  # a negated question
+]
+
+
+@pytest.mark.parametrize("item, reason", WILBUR_CASES)
+def test_dates_units_negations_titles_and_short_names_in_facts_about_a_person(tmp_path, item, reason):
+    with OpenAIServer(facts_writer({W: [item]})) as server:
+        facts, _, report = run(server, tmp_path, passages=[WILBUR], rewrites=0, verify=0)
+    assert len(facts) == (0 if reason else 1)
+    assert reason is None or report.rejected[reason] == 1
+
+
+def test_a_false_fact_asked_by_a_true_facts_question_does_not_take_it_from_the_true_one(tmp_path):
+    swapped = fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}はヨグ＝ソトースの父です。",
+                   f"{W}の父は誰ですか？", f"{W}は誰の父ですか？")
+    true = TRUE_FACTS[W][0]  # asks 「…の父は誰ですか？」 too
+    with OpenAIServer(facts_writer({W: [swapped, true]}), verdict=lambda p, q, answer: answer == true["answer"]) as server:
+        facts, _, report = run(server, tmp_path, passages=[WILBUR], rewrites=0)
+    assert [(f.answer, f.questions) for f in facts] == [(true["answer"], true["questions"])]
+    assert report.rejected == {"question_unsupported": 2, "unsupported": 1}
