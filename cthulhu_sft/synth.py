@@ -13,12 +13,12 @@
   anything it names); the short answer occurs in the evidence and in the answer, and is short; every key term
   of the answer (cthulhu_sft.metrics, the evaluation's own terms, and its titles in 『』「」 and kanji place names)
   is in the evidence or the title, every date of it (年月, 月日, also 1913年の8月, 千九百十三年八月) is written so in
-  the evidence (not recombined from two), every number with its unit or counter (730年, not 730日), and a short
-  answer that is a year is the only year of the answer (the verdict never sees the short answer); no kanji compound of three or
+  the evidence (not recombined from two), every number with its unit or counter (730年, not 730日); no kanji compound of three or
   more characters is made up (each piece of it is in the passage, the title or a short list of everyday words:
   霧ヶ浜, 深海教団); the answer adds no negation the evidence lacks and does not open by pointing back
   (「また、」「彼らが」「この都市の」); nothing holds the verdict prompt's tags or JSON. Per question: it names the
-  subject (or a part of its name the passage uses for it alone: ラヴクラフト, ウィルバー), adds no negation, points at no text the reader cannot see (nor quotes a heading), does not hold its own answer, every
+  subject (or a part of its name the passage uses for it alone: ラヴクラフト, ウィルバー), adds no negation, asks the short answer's year where the answer
+  states two (its words fit that year's clause best: the verdict never sees the short answer), points at no text the reader cannot see (nor quotes a heading), does not hold its own answer, every
   key term of it is in the evidence or the title, it invents no compound, is new, and fits the length limit.
   A fact with fewer than 2 questions left is rejected. A question two facts ask goes to the first that verification
   keeps (a false fact never takes it from a true one).
@@ -120,8 +120,9 @@ REASONS = {
                             "from two (per fact)",
     "unit_not_in_evidence": "a number of the answer is not written with the same unit or counter in the evidence "
                             "(730日 where it says 730年) (per fact)",
-    "ambiguous_answer": "the short answer is a year and the answer states another: which one the questions ask, "
-                        "neither a check nor the verdict can tell (per fact)",
+    "asks_another_year": "the short answer is a year, the answer states another, and the question's words do not fit "
+                         "the short answer's part of the answer better (1913年 asked by 「何年に殺されましたか」 of "
+                         "「1913年に生まれ、1928年に殺された」): the verdict never sees the short answer (per question)",
     "invented_term": "a kanji compound the passage does not hold (per fact, or per question)",
     "negation": "the answer (or a question) holds a negation the evidence lacks (per fact, or per question)",
     "points_back": "the answer opens with a pointer or a connective (「また、」「彼らが」「この都市の」) (per fact)",
@@ -140,7 +141,7 @@ REASONS = {
                          "prompt's tags (per rewrite)",
     "rewrite_not_japanese": "the rewrite is empty or not Japanese (per rewrite)",
     "rewrite_copy": "the rewrite is the passage itself, or a piece of it, or another rewrite (per rewrite)",
-    "rewrite_ungrounded": "a key term of the rewrite is not in the passage or the title (per rewrite)",
+    "rewrite_ungrounded": "a key term, title or date of the rewrite is not in the passage or the title (per rewrite)",
     "rewrite_invented": "a kanji compound the passage does not hold (per rewrite)",
     "rewrite_negation": "the rewrite holds more negations than the passage (per rewrite)",
     "rewrite_points_back": "the rewrite opens with a pointer or a connective (per rewrite)",
@@ -352,11 +353,24 @@ def date_form(text: str) -> str:
     return KANJI_DIGIT.sub(lambda match: str("〇一二三四五六七八九十".index(match[0])), text)
 
 
-def other_years(answer: str, short: str) -> set[str]:
-    """The years of the answer besides the short answer's, when the short answer is a year: which of them the
-    question asks, no check (nor the verdict, which never sees the short answer) can tell."""
+def asks_another_year(question: str, answer: str, short: str, subject: str) -> bool:
+    """Whether the short answer is a year, the answer states another, and the question does not share more pairs of
+    characters with the clause stating the short answer's year than with the other's: then nothing says which
+    year it asks (the verdict sees the question and the answer sentence, which holds both, never the short
+    answer)."""
     years = set(YEAR.findall(date_form(short)))
-    return set(YEAR.findall(date_form(answer))) - years if years else set()
+    if not years:
+        return False
+    drop = match_form(subject)
+
+    def pairs(text: str) -> set[str]:
+        text = date_form(text).replace(drop, "")
+        return {text[i:i + 2] for i in range(len(text) - 1) if not re.search(r"[\d、。？?]", text[i:i + 2])}
+
+    asked = pairs(question)
+    clauses = [(set(YEAR.findall(clause)), len(pairs(clause) & asked)) for clause in re.split("[、。，]", date_form(answer))]
+    own = max((score for found, score in clauses if found & years), default=0)
+    return any(score >= own for found, score in clauses if found - years)
 
 
 def subject_names(passage: Passage) -> list[str]:
@@ -401,8 +415,6 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
         return "date_not_in_evidence"
     if any(number not in date_form(evidence) for number in COUNTED.findall(date_form(answer))):
         return "unit_not_in_evidence"
-    if other_years(answer, short):
-        return "ambiguous_answer"
     if invented_compounds(answer, passage):
         return "invented_term"
     if negations(answer) > negations(evidence):
@@ -412,7 +424,7 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
     return None
 
 
-def question_rejection(question: str, evidence: str, short: str, passage: Passage) -> str | None:
+def question_rejection(question: str, evidence: str, short: str, answer: str, passage: Passage) -> str | None:
     """The first check (REASONS) a question fails on its own, or None."""
     headings = [heading for heading in re.split("のうち", passage.section) if heading]
     if POINTING.search(question) or any(f"「{heading.strip('「」')}」" in question for heading in headings):
@@ -423,6 +435,8 @@ def question_rejection(question: str, evidence: str, short: str, passage: Passag
         return "gives_away"
     if negations(question) > negations(evidence):
         return "negation"
+    if asks_another_year(question, answer, short, passage.subject):
+        return "asks_another_year"
     if ungrounded(question, evidence, passage.title):
         return "question_ungrounded"
     if invented_compounds(question, passage):
@@ -435,7 +449,8 @@ def rewrite_rejection(text: str, passage: Passage, kept: list[str]) -> str | Non
         return "rewrite_not_japanese"
     if fold(text) in fold(passage.text) or fold(text) in map(fold, kept):
         return "rewrite_copy"
-    if unsupported_terms(text, passage.text, passage.title):
+    if ungrounded(text, passage.text, passage.title) or any(date not in date_form(passage.text)
+                                                            for date in DATE.findall(date_form(text))):
         return "rewrite_ungrounded"
     if invented_compounds(text, passage):
         return "rewrite_invented"
@@ -554,7 +569,7 @@ def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Re
         questions = []
         for question in map(str.strip, item["questions"]):
             report.questions_offered += 1
-            reason = question_rejection(question, evidence, short, passage)
+            reason = question_rejection(question, evidence, short, text, passage)
             if reason is None and normalize_question(question) in taken | set(map(normalize_question, questions)):
                 reason = "duplicate"
             if reason is None and not fits(question, text):

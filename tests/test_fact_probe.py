@@ -85,6 +85,10 @@ TRUE = [
     fact("work appeared in", WIL, LEAD, "ラヴクラフトの短編小説「ダンウィッチの怪」に登場する人物", "ダンウィッチの怪",
          "ウィルバー・ウェイトリーはラヴクラフトの短編小説「ダンウィッチの怪」の登場人物です。",
          "ウィルバー・ウェイトリーが登場する作品は何ですか？", "ウィルバー・ウェイトリーはどの小説に出てくる人物ですか？"),
+    fact("death year beside the birth year", WIL, LEAD,
+         "1913年2月2日にダンウィッチで生まれ、1928年8月にミスカトニック大学の図書館に侵入しようとして番犬に殺された", "1928年",
+         "ウィルバー・ウェイトリーは1913年に生まれ、1928年8月に殺されました。",
+         "ウィルバー・ウェイトリーは何年に殺されましたか？", "ウィルバー・ウェイトリーが番犬に殺されたのは何年ですか？"),
     fact("year written", INS, LEAD, "ラヴクラフトが1931年に執筆した中編小説", "1931年", "『インスマスを覆う影』は1931年に執筆されました。",
          "『インスマスを覆う影』は何年に書かれましたか？", "インスマスを覆う影が執筆されたのはいつですか？"),
     fact("publisher", INS, LEAD, "1936年にヴィジョナリー・パブリッシングから単行本として刊行された", "ヴィジョナリー・パブリッシング",
@@ -154,7 +158,7 @@ FALSE = [
     (fact("short answer in another role", WIL, LEAD,
           "1913年2月2日にダンウィッチで生まれ、1928年8月にミスカトニック大学の図書館に侵入しようとして番犬に殺された", "1913年",
           "ウィルバー・ウェイトリーは1913年に生まれ、1928年8月に番犬に殺されました。",
-          "ウィルバー・ウェイトリーは何年に殺されましたか？", "ウィルバー・ウェイトリーの没年は何年ですか？"), "ambiguous_answer"),
+          "ウィルバー・ウェイトリーは何年に殺されましたか？", "ウィルバー・ウェイトリーの没年は何年ですか？"), "too_few_questions"),
     (fact("era date, wrong conversion", INS, LEAD, "1936年にヴィジョナリー・パブリッシングから単行本として刊行された", "1936年",
           "『インスマスを覆う影』の単行本は1936年（昭和10年）に刊行されました。",
           "『インスマスを覆う影』の単行本が出たのは何年ですか？", "インスマスを覆う影の単行本の刊行年は？"), "answer_ungrounded"),
@@ -182,8 +186,11 @@ FALSE = [
           "『インスマスを覆う影』で住民を崇拝しているのは誰ですか？", "インスマスを覆う影で町の人々を崇めるのは何者ですか？"), None),
 ]
 KINDS = {item["kind"]: check for item, check in FALSE}
-ALL = TRUE + [item for item, _ in FALSE]
-TRUTH = {(q, item["fact"]["answer"]): item in TRUE for item in ALL for q in item["fact"]["questions"]}
+ALL = [item for item, _ in FALSE] + TRUE  # the false first: none may take a question from a true one
+# A verifier sees the question and the answer sentence, never the short answer: for this kind it truthfully says yes
+RIGHT_PAIRS = {"short answer in another role"}
+TRUTH = {(q, item["fact"]["answer"]): item in TRUE or item["kind"] in RIGHT_PAIRS
+         for item in ALL for q in item["fact"]["questions"]}
 
 
 def probe_writer(prompt: str) -> str:

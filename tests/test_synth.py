@@ -544,7 +544,9 @@ WILBUR_CASES = [
     (fact(BORN, "1913年", f"{W}は千九百十三年八月に生まれました。", f"{W}はいつ生まれましたか？", f"{W}の生年月は？"),
      "date_not_in_evidence"),  # recombined in kanji numerals
     (fact(BORN, "1913年", f"{W}は1913年に生まれ、1928年8月に死亡しました。", f"{W}は何年に死亡しましたか？",
-          f"{W}の没年は？"), "ambiguous_answer"),  # the short answer, another year than the one asked
+          f"{W}の没年は？"), "too_few_questions"),  # the short answer, another year than the one asked (or one can't tell)
+    (fact(BORN, "1928年", f"{W}は1913年に生まれ、1928年8月に死亡しました。", f"{W}は何年に死亡しましたか？",
+          f"{W}が死亡したのは何年のことですか？"), None),  # the year the questions' words fit
     (fact("ウィルバーは1913年に生まれ", "1913", f"{W}は1913日をかけて生まれました。", f"{W}の誕生にかかった日数は？",
           f"{W}は何日かけて生まれましたか？"), "unit_not_in_evidence"),
     (fact("ウィルバーは「ダンウィッチの怪」に登場する", "ダンウィッチの怪", f"{W}は「ダンウィッチの怪」に登場せず、別の作品に現れます。",
@@ -576,3 +578,10 @@ def test_a_false_fact_asked_by_a_true_facts_question_does_not_take_it_from_the_t
         facts, _, report = run(server, tmp_path, passages=[WILBUR], rewrites=0)
     assert [(f.answer, f.questions) for f in facts] == [(true["answer"], true["questions"])]
     assert report.rejected == {"question_unsupported": 2, "unsupported": 1}
+
+
+def test_a_rewrite_that_names_a_work_the_passage_does_not_is_ungrounded(tmp_path):
+    invented = "ルルイエは、南太平洋の海底に沈んだとされる架空の都市で、1928年の短編「深淵の呼び声」に登場する。"
+    with OpenAIServer(facts_writer({}), verdict=lambda *texts: True, rewriter=lambda subject, passage: invented) as server:
+        _, rewrites, report = run(server, tmp_path, passages=[RULUIE], rewrites=1)
+    assert not rewrites and report.rejected == {"rewrite_ungrounded": 1}
