@@ -24,7 +24,8 @@
   keeps (a false fact never takes it from a true one).
 * Verification: these checks are blind to a real span that does not support the answer (a relation swap: the
   evidence names both people). So each surviving question/answer is put, one per request, between
-  <passage>, <question> and <answer> tags to the same backend (or a judge model) at temperature 0, json_schema
+  <passage>, <question> and <answer> tags (and the short answer in <short_answer>: the answer sentence may hold
+  two years or names, and only the short answer is the gold) to the same backend (or a judge model) at temperature 0, json_schema
   `qa_verdict` `{"supported": true|false}`, `verify` times; it stays on a majority of true. Verdicts are cached
   like answers. verify=0 turns this off, and the Report says so.
 * Rewrites (knowledge augmentation): each passage rewritten `rewrites` times in other words (json_schema
@@ -66,7 +67,7 @@ REWRITE_VERDICT_PROMPT = PROMPTS / "qa_rewrite_verdict_ja.md"
 # The placeholders each prompt needs, and those it may use besides
 PLACEHOLDERS = {
     "facts": (("{passage}",), ("{title}", "{subject}", "{section}", "{count}")),
-    "verdict": (("{passage}", "{question}", "{answer}"), ("{title}", "{subject}")),
+    "verdict": (("{passage}", "{question}", "{answer}"), ("{title}", "{subject}", "{short_answer}")),
     "rewrite": (("{passage}",), ("{title}", "{subject}", "{section}", "{variant}")),
     "rewrite_verdict": (("{passage}", "{rewrite}"), ("{title}", "{subject}")),
 }
@@ -168,7 +169,7 @@ EVERYDAY = frozenset(
 # Single characters that join known pieces into a compound (「米国人作家」, 「登場年」, 「作家名」)
 AFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌初各全同元旧新社訳語")  # 出版社, 日本語訳, ラテン語訳者
 # What would let a fact speak to its own verdict prompt: its tags, JSON braces, the verdict's key
-TAGS = re.compile(r"</?(?:passage|question|answer)\s*>|[{}｛｝]|supported", re.I)
+TAGS = re.compile(r"</?(?:passage|question|answer|short_answer)\s*>|[{}｛｝]|supported", re.I)
 SENTENCE_END = re.compile(r"[。！？!?]+")
 KANJI_DIGIT = re.compile(r"(?<![〇一二三四五六七八九十百千])[〇一二三四五六七八九十](?=[月日])")  # 八月; match_form does 十二月
 COUNTED = re.compile(r"\d+(?:\.\d+)?(?:年|月|日|歳|才|人|名|巻|部|冊|作|話|章|回|世紀|年代|年間|か月|ヶ月|日間|時間|"
@@ -521,7 +522,8 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
     if judge is not writer:
         writer.close()
 
-    checks = [(prompts.verdict, c.passage, {"question": q, "answer": c.answer}) for c in candidates for q in c.questions]
+    checks = [(prompts.verdict, c.passage, {"question": q, "answer": c.answer, "short_answer": c.short_answer})
+              for c in candidates for q in c.questions]
     checks += [(prompts.rewrite_verdict, p, {"rewrite": text}) for p, text in rewritten]
     verdicts = verified(judge, checks, cache, verify, report)
     position, kept_facts = 0, []
