@@ -345,11 +345,18 @@ def invented_compounds(text: str, passage: Passage) -> list[str]:
     return invented
 
 
+def states(text: str, short: str) -> bool:
+    """Whether the text holds the short answer, in match_form or with era years as Western ones (昭和3年 = 1928年)."""
+    return match_form(short) in match_form(text) or date_form(short) in date_form(text)
+
+
 def ungrounded(text: str, *support: str) -> set[str]:
-    """The key terms of `text` no support text holds, and its names that key terms miss (titles in 『』「」, kanji
-    place names: 「ダンウィッチの惨劇」 where the passage says 「ダンウィッチの怪」)."""
+    """The key terms of `text` no support text holds, era years compared as Western ones, and its names that key
+    terms miss (titles in 『』「」, kanji place names: 「ダンウィッチの惨劇」 where the passage says 「ダンウィッチの怪」)."""
     held = "\n".join(map(match_form, support))
-    return unsupported_terms(text, *support) | {name for name in named_terms(text) if match_form(name) not in held}
+    support = tuple(western_years(normalize(piece)) for piece in support)
+    return (unsupported_terms(western_years(normalize(text)), *support)
+            | {name for name in named_terms(text) if match_form(name) not in held})
 
 
 def date_form(text: str) -> str:
@@ -405,11 +412,11 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
         return "evidence_not_in_passage"
     if len(fold(evidence)) > MAX_EVIDENCE_CHARS or len(SENTENCE_END.findall(evidence.rstrip("。！？!? "))) >= MAX_EVIDENCE_SENTENCES:
         return "evidence_too_broad"
-    if not match_form(short) or match_form(short) not in match_form(evidence):
+    if not match_form(short) or not states(evidence, short):
         return "short_answer_not_in_evidence"
     if len(short) > MAX_SHORT_ANSWER_CHARS:
         return "short_answer_too_long"
-    if match_form(short) not in match_form(answer):
+    if not states(answer, short):
         return "short_answer_not_in_answer"
     if not answer or not is_japanese(answer):
         return "not_japanese"
@@ -437,7 +444,7 @@ def question_rejection(question: str, evidence: str, short: str, answer: str, pa
         return "points_at_text"
     if not names_subject(question, passage):
         return "no_subject"
-    if match_form(short) in match_form(question):
+    if states(question, short):
         return "gives_away"
     if negations(question) > negations(evidence):
         return "negation"

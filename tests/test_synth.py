@@ -185,6 +185,10 @@ FACT_CASES = [
     ({"answer": "ルルイエは南太平洋の海底に沈んだとされる都市ではありません。"}, "negation"),
     ({"answer": "また、ルルイエは南太平洋の海底に沈んだとされる都市です。"}, "points_back"),
     ({"answer": "この都市は南太平洋の海底に沈んだとされています。"}, "points_back"),
+    ({"evidence": "1928年の短編に登場する", "short_answer": "1928年", "answer": "ルルイエは昭和3年の短編に登場します。"}, None),
+    ({"evidence": "1928年の短編に登場する", "short_answer": "昭和3年", "answer": "ルルイエは昭和3年の短編に登場します。"}, None),
+    ({"evidence": "1928年の短編に登場する", "short_answer": "昭和4年", "answer": "ルルイエは昭和4年の短編に登場します。"},
+     "short_answer_not_in_evidence"),  # another era year than the passage's
     ({"questions": ["ルルイエはどこの海底に沈んだとされていますか？"]}, "too_few_questions"),
     ({"questions": "ルルイエはどこ？"}, "malformed_fact"),
     ({"evidence": 5}, "malformed_fact"),
