@@ -319,9 +319,17 @@ def negations(text: str) -> int:
     return len(NEGATION.findall(text))
 
 
-def points_back(text: str) -> bool:
-    text = text.lstrip("「『 ")
+def points_back(text: str, passage: Passage) -> bool:
+    """Whether the text opens with a pointer or a connective, not with a name of the subject (『彼方より』 is a work)."""
+    if text.startswith("『") or any(text.lstrip("「 ").startswith(name) for name in (passage.subject, passage.title)):
+        return False
+    text = text.lstrip("「 ")
     return bool(REFERRING.match(text) or CONNECTIVE.match(text))
+
+
+def abstains(answer: str) -> bool:
+    """is_abstention, but for the words of titles in 『』「」 and of English names (The Dream-Quest of Unknown Kadath)."""
+    return is_abstention(re.sub(r"『[^』]*』|「[^」]*」|[A-Za-z][A-Za-z'’.:,\- ]*", "", answer))
 
 
 def invented_compounds(text: str, passage: Passage) -> list[str]:
@@ -420,7 +428,7 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
         return "short_answer_not_in_answer"
     if not answer or not is_japanese(answer):
         return "not_japanese"
-    if is_abstention(answer):
+    if abstains(answer):
         return "abstains"
     if ungrounded(answer, evidence, passage.title):
         return "answer_ungrounded"
@@ -432,7 +440,7 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
         return "invented_term"
     if negations(answer) > negations(evidence):
         return "negation"
-    if points_back(answer):
+    if points_back(answer, passage):
         return "points_back"
     return None
 
@@ -469,7 +477,7 @@ def rewrite_rejection(text: str, passage: Passage, kept: list[str]) -> str | Non
         return "rewrite_invented"
     if negations(text) > negations(passage.text):
         return "rewrite_negation"
-    if points_back(text):
+    if points_back(text, passage):
         return "rewrite_points_back"
     return None
 

@@ -598,3 +598,23 @@ def test_the_verdict_sees_the_short_answer_and_a_fact_cannot_fake_its_tag(tmp_pa
         prompts = server.prompts("qa_verdict")
     assert {tagged(prompt, "short_answer") for prompt in prompts} == {"南太平洋"} and len(prompts) == 2
     assert report.rejected == {"malformed_fact": 1}
+
+
+BEYOND = Passage("彼方より", "彼方より", "", "「彼方より」（From Beyond）は、ラヴクラフトが1920年に執筆した短編小説。",
+                 ["「彼方より」とはどのような作品ですか？"])
+KADATH = Passage("未知なるカダスを夢に求めて", "未知なるカダスを夢に求めて", "",
+                 "『未知なるカダスを夢に求めて』（原題: The Dream-Quest of Unknown Kadath）は、ラヴクラフトの長編小説。",
+                 ["『未知なるカダスを夢に求めて』とはどのような作品ですか？"])
+
+
+@pytest.mark.parametrize("passage, item", [
+    (BEYOND, fact("ラヴクラフトが1920年に執筆した短編小説", "1920年", "『彼方より』は1920年に執筆された短編小説です。",
+                  "「彼方より」は何年に執筆されましたか？", "彼方よりが書かれたのは何年ですか？")),  # a title that opens with 彼
+    (KADATH, fact("原題: The Dream-Quest of Unknown Kadath", "The Dream-Quest of Unknown Kadath",
+                  "『未知なるカダスを夢に求めて』の原題は The Dream-Quest of Unknown Kadath です。",
+                  "未知なるカダスを夢に求めての原題は何ですか？", "『未知なるカダスを夢に求めて』の英語の題名は？")),  # Unknown
+])
+def test_a_title_that_looks_like_a_pointer_or_an_abstention_is_a_name(tmp_path, passage, item):
+    with OpenAIServer(facts_writer({passage.subject: [item]})) as server:
+        facts, _, report = run(server, tmp_path, passages=[passage], rewrites=0, verify=0)
+    assert not report.rejected and [f.answer for f in facts] == [item["answer"]]
