@@ -12,12 +12,12 @@
   passage (after NFKC and whitespace folding) and is at most two sentences (a whole passage would ground
   anything it names); the short answer occurs in the evidence and in the answer, and is short; every key term
   of the answer (cthulhu_sft.metrics, the evaluation's own terms, and its titles in 『』「」 and kanji place names)
-  is in the evidence or the title, every date of it (年月, 月日, also 1913年の8月, 千九百十三年八月) is written so in
+  is in the evidence, the title or an alias of the article, every date of it (年月, 月日, also 1913年の8月, 千九百十三年八月) is written so in
   the evidence (not recombined from two), every number with its unit or counter (730年, not 730日); no kanji compound of three or
   more characters is made up (each piece of it is in the passage, the title or a short list of everyday words:
   霧ヶ浜, 深海教団); the answer adds no negation the evidence lacks and does not open by pointing back
   (「また、」「彼らが」「この都市の」); nothing holds the verdict prompt's tags or JSON. Per question: it names the
-  subject (or a part of its name the passage uses for it alone: ラヴクラフト, ウィルバー), adds no negation, asks the short answer's year where the answer
+  subject (or an alias of its article, or a part of its name the passage uses for it alone: ラヴクラフト, ウィルバー), adds no negation, asks the short answer's year where the answer
   states two (its words fit that year's clause best: the verdict never sees the short answer), points at no text the reader cannot see (nor quotes a heading), does not hold its own answer, every
   key term of it is in the evidence or the title, it invents no compound, is new, and fits the length limit.
   A fact with fewer than 2 questions left is rejected. A question two facts ask goes to the first that verification
@@ -394,14 +394,15 @@ def asks_another_year(question: str, answer: str, short: str, subject: str) -> b
     return any(score >= own for found, score in clauses if found - years)
 
 
-def subject_names(passage: Passage) -> list[str]:
-    """The subject, and each part of its name (at least 3 characters: ラヴクラフト of ハワード・フィリップス・ラヴクラフト,
-    ウィルバー of ウィルバー・ウェイトリー) that the passage uses alone or only within the subject's name (not a part
-    another person of the passage shares and the passage never uses alone), normalised as questions are."""
+def subject_names(passage: Passage, aliases=()) -> list[str]:
+    """The subject, its article's `aliases` (redirects, English title, the lead's readings: wiki.page_aliases), and
+    each part of its name (at least 3 characters: ラヴクラフト of ハワード・フィリップス・ラヴクラフト, ウィルバー of
+    ウィルバー・ウェイトリー) that the passage uses alone or only within the subject's name (not a part another
+    person of the passage shares and the passage never uses alone), normalised as questions are."""
     subject = normalize(passage.subject)
     parts = [part for part in re.split(f"[{NAME_JOINERS}]", subject) if len(part) >= 3 and part != subject]
     names = re.findall(rf"[\u30A1-\u30FA\u30FC]+(?:[{NAME_JOINERS}][\u30A1-\u30FA\u30FC]+)*", normalize(passage.text))
-    wanted = [subject]
+    wanted = [subject, *(alias for alias in aliases if len(normalize_question(alias)) >= 2)]
     for part in parts:
         others = [name for name in names if name not in (subject, part) and part in re.split(f"[{NAME_JOINERS}]", name)]
         if part in names or not others:
@@ -409,12 +410,12 @@ def subject_names(passage: Passage) -> list[str]:
     return [normalize_question(name) for name in wanted]
 
 
-def names_subject(question: str, passage: Passage) -> bool:
+def names_subject(question: str, passage: Passage, aliases=()) -> bool:
     asked = normalize_question(question)
-    return any(name in asked for name in subject_names(passage))
+    return any(name in asked for name in subject_names(passage, aliases))
 
 
-def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> str | None:
+def fact_rejection(evidence: str, short: str, answer: str, passage: Passage, aliases=()) -> str | None:
     """The first check (REASONS) a fact fails, or None."""
     if not evidence.strip() or fold(evidence) not in fold(passage.text):
         return "evidence_not_in_passage"
@@ -430,7 +431,7 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
         return "not_japanese"
     if abstains(answer):
         return "abstains"
-    if ungrounded(answer, evidence, passage.title):
+    if ungrounded(answer, evidence, passage.title, *aliases):
         return "answer_ungrounded"
     if any(date not in date_form(evidence) for date in DATE.findall(date_form(answer))):
         return "date_not_in_evidence"
@@ -445,12 +446,13 @@ def fact_rejection(evidence: str, short: str, answer: str, passage: Passage) -> 
     return None
 
 
-def question_rejection(question: str, evidence: str, short: str, answer: str, passage: Passage) -> str | None:
+def question_rejection(question: str, evidence: str, short: str, answer: str, passage: Passage,
+                       aliases=()) -> str | None:
     """The first check (REASONS) a question fails on its own, or None."""
     headings = [heading for heading in re.split("のうち", passage.section) if heading]
     if POINTING.search(question) or any(f"「{heading.strip('「」')}」" in question for heading in headings):
         return "points_at_text"
-    if not names_subject(question, passage):
+    if not names_subject(question, passage, aliases):
         return "no_subject"
     if states(question, short):
         return "gives_away"
@@ -458,7 +460,7 @@ def question_rejection(question: str, evidence: str, short: str, answer: str, pa
         return "negation"
     if asks_another_year(question, answer, short, passage.subject):
         return "asks_another_year"
-    if ungrounded(question, evidence, passage.title):
+    if ungrounded(question, evidence, passage.title, *aliases):
         return "question_ungrounded"
     if invented_compounds(question, passage):
         return "invented_term"
@@ -507,13 +509,15 @@ class Candidate:
 
 def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerCache, *, judge=None,
                verify: int = VERIFY, rewrites: int = REWRITES, facts: int = FACTS, seen: set[str] | None = None, fits=None,
-               max_tokens: int = MAX_TOKENS) -> tuple[list[Fact], list[tuple[Passage, str]], Report]:
+               max_tokens: int = MAX_TOKENS, aliases: dict[str, list[str]] | None = None
+               ) -> tuple[list[Fact], list[tuple[Passage, str]], Report]:
     """(kept facts, kept rewrites as (passage, text), report), in passage order.
 
     `writer` writes facts and rewrites, `judge` (default: the writer) gives the verdicts; when they differ the
     writer is closed (a local one frees the GPU) before the judge is used. `seen` holds the normalised questions
     already in the dataset and gains the kept ones; `fits(question, answer)` says whether an example is within the
-    length limit. Raises writers.WriterError when the writer fails (what it answered is cached).
+    length limit; `aliases` ({title: other names}, source_texts' `aliases`) are names a question may call the
+    subject by. Raises writers.WriterError when the writer fails (what it answered is cached).
     """
     judge = judge or writer
     seen = set() if seen is None else seen
@@ -525,7 +529,9 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
                             count=n), "qa_facts", FACTS_SCHEMA, TEMPERATURE, max_tokens)
              for p, n in zip(passages, counts)]
     answers = ask(writer, asked, cache, report, "facts (passages)")
-    candidates = [c for passage, answer in zip(passages, answers) for c in read_facts(answer, passage, seen, fits, report)]
+    aliases = aliases or {}
+    candidates = [c for passage, answer in zip(passages, answers)
+                  for c in read_facts(answer, passage, seen, fits, report, aliases.get(passage.title, ()))]
 
     rewritten = []
     if rewrites:
@@ -567,7 +573,7 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
     return kept_facts, kept_rewrites, report
 
 
-def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Report) -> list[Candidate]:
+def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Report, aliases=()) -> list[Candidate]:
     """The facts of one answer that pass every check but verification (their questions not in `taken`, the
     dataset's, nor asked twice by one fact); each failure counted."""
     if answer.get("skipped") == "too_large":
@@ -584,14 +590,14 @@ def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Re
             report.rejected["malformed_fact"] += 1
             continue
         evidence, short, text = item["evidence"].strip(), item["short_answer"].strip(), item["answer"].strip()
-        reason = fact_rejection(evidence, short, text, passage)
+        reason = fact_rejection(evidence, short, text, passage, aliases)
         if reason:
             report.rejected[reason] += 1
             continue
         questions = []
         for question in map(str.strip, item["questions"]):
             report.questions_offered += 1
-            reason = question_rejection(question, evidence, short, text, passage)
+            reason = question_rejection(question, evidence, short, text, passage, aliases)
             if reason is None and normalize_question(question) in taken | set(map(normalize_question, questions)):
                 reason = "duplicate"
             if reason is None and not fits(question, text):

@@ -52,10 +52,10 @@ TRUE = [
          "クトゥルフの英語表記は何ですか？", "クトゥルフは英語でどう綴りますか？"),
     fact("resting place", CTH, LEAD, "太平洋の海底に沈んだ都市ルルイエで眠っているとされる", "ルルイエ",
          "クトゥルフは太平洋の海底に沈んだ都市ルルイエで眠っているとされます。",
-         "クトゥルフが眠っているとされる海底都市の名前は？", "クトゥルフの封印場所とされる都市はどこですか？"),
+         "クトゥルフが眠っているとされる海底都市の名前は？", "クトゥルーの封印場所とされる都市はどこですか？"),  # a redirect
     fact("appearance", CTH, LEAD, "タコに似た頭部と、ドラゴンのような翼を持つ姿で描かれる", "タコ",
          "クトゥルフはタコに似た頭部を持つ姿で描かれます。",
-         "クトゥルフの頭部は何に似ていますか？", "クトゥルフの外見的特徴として、頭は何に似た形ですか？"),
+         "Cthulhuの頭部は何に似ていますか？", "クトゥルフの外見的特徴として、頭は何に似た形ですか？"),  # the lead's name
     fact("worshippers", CTH, LEAD, "深きものどもに崇拝されている", "深きものども", "クトゥルフは深きものどもに崇拝されています。",
          "クトゥルフを崇拝しているのは誰ですか？", "クトゥルフの信奉者として知られる種族は何ですか？"),
     fact("work (real author)", CTH, LEAD, "ハワード・フィリップス・ラヴクラフトの小説『クトゥルフの呼び声』に登場する",
@@ -113,7 +113,7 @@ TRUE = [
          "『インスマスを覆う影』を単行本で刊行した出版社はどこですか？", "インスマスを覆う影の単行本はどこから出ましたか？"),
     fact("setting (state)", INS, LEAD, "マサチューセッツ州の寂れた港町インスマスを舞台に", "マサチューセッツ州",
          "『インスマスを覆う影』の舞台の港町はマサチューセッツ州にあります。",
-         "『インスマスを覆う影』の舞台となる港町はどの州にありますか？", "インスマスを覆う影で描かれる港町はどの州にありますか？"),
+         "『インスマスを覆う影』の舞台となる港町はどの州にありますか？", "「インスマウスの影」で描かれる港町はどの州にありますか？"),
     fact("character", INS, "あらすじ", "酒浸りの老人ザドック・アレンから", "ザドック・アレン",
          "『インスマスを覆う影』で語り手に話をする酒浸りの老人はザドック・アレンです。",
          "『インスマスを覆う影』で語り手に話を聞かせる老人の名前は？", "インスマスを覆う影に登場する酒浸りの老人は誰ですか？"),
@@ -232,6 +232,8 @@ def prepare(tmp_path, tokenizer_dir, verdict, *extra) -> tuple[dict[str, list[di
     for title, text in PAGES.items():
         wiki.add_page(title, extract=text)
     wiki.add_redirect("ラヴクラフト", HPL)
+    wiki.add_redirect("クトゥルー", CTH)
+    wiki.add_redirect("インスマウスの影", INS)
     with MediaWikiServer(wiki) as server, OpenAIServer(probe_writer, verdict=verdict) as writer:
         code = prepare_data.main(["--api_url", server.url, "--tokenizer", str(tokenizer_dir), "--cache_dir",
                                   str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out"), "--request_interval", "0",
