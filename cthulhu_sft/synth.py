@@ -9,7 +9,8 @@
   answer the name, number or phrase asked for, the answer a short self-contained sentence, two or more
   questions asking that fact in different words.
 * Checks, each a named reason counted in the Report (REASONS): per fact, the evidence occurs verbatim in the
-  passage (after NFKC and whitespace folding) and is at most two sentences (a whole passage would ground
+  passage (after NFKC and whitespace folding, punctuation, brackets and name separators aside, the passage's
+  parenthesised asides optional) and is at most two sentences (a whole passage would ground
   anything it names); the short answer occurs in the evidence and in the answer, and is short; every key term
   of the answer (cthulhu_sft.metrics, the evaluation's own terms, and its titles in 『』「」 and kanji place names)
   is in the evidence, the title or an alias of the article, every date of it (年月, 月日, also 1913年の8月, 千九百十三年八月) is written so in
@@ -181,6 +182,9 @@ COUNTED = re.compile(r"\d+(?:\.\d+)?(?:年|月|日|歳|才|人|名|巻|部|冊|�
                      r"メートル|マイル|フィート|キロ|トン|ドル|円|パーセント|%)")  # 730年頃 is not 730日
 YEAR = re.compile(r"\d{3,4}(?=年)")
 DATE = re.compile(r"\d{1,4}年\d{1,2}月(?:\d{1,2}日)?|\d{1,2}月\d{1,2}日")  # in match_form: kanji numerals as digits
+MARKS = r"[、。,.!?:;・=゠\-‐–—―〜~「」『』【】〈〉《》\"'“”‘’]+"  # after NFKC
+PUNCTUATION = re.compile(rf"(?<![0-9]){MARKS}|{MARKS}(?![0-9])")  # but between two digits: 1,000; 3.5; 1、2巻
+ASIDE = re.compile(r"\([^()]*\)")  # after NFKC: （…） is (…)
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 POLITE_END = re.compile(r"(?:です|でした|である|だ|とされる|とされています|と呼ばれる|と呼ばれています)?[。．.!！]*$")
 SHORT_ANSWER_CHARS = 20
@@ -315,6 +319,17 @@ def fold(text: str) -> str:
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
 
 
+def quotes(evidence: str, text: str) -> bool:
+    """Whether the evidence is a verbatim span of the text: in NFKC, without whitespace, punctuation, brackets and
+    name separators (a writer's 「」 for 『』, ・ for ＝, ， for 、), and optionally without the text's parenthesised
+    asides (「ラヴクラフト（1890年 - 1937年）は」 quoted as 「ラヴクラフトは」)."""
+    def compact(piece: str) -> str:
+        return PUNCTUATION.sub("", fold(piece))
+
+    span = compact(evidence)
+    return bool(span) and (span in compact(text) or span in compact(ASIDE.sub("", unicodedata.normalize("NFKC", text))))
+
+
 def negations(text: str) -> int:
     return len(NEGATION.findall(text))
 
@@ -417,7 +432,7 @@ def names_subject(question: str, passage: Passage, aliases=()) -> bool:
 
 def fact_rejection(evidence: str, short: str, answer: str, passage: Passage, aliases=()) -> str | None:
     """The first check (REASONS) a fact fails, or None."""
-    if not evidence.strip() or fold(evidence) not in fold(passage.text):
+    if not evidence.strip() or not quotes(evidence, passage.text):
         return "evidence_not_in_passage"
     if len(fold(evidence)) > MAX_EVIDENCE_CHARS or len(SENTENCE_END.findall(evidence.rstrip("。！？!? "))) >= MAX_EVIDENCE_SENTENCES:
         return "evidence_too_broad"

@@ -16,6 +16,7 @@ from cthulhu_sft.examples import Passage
 from cthulhu_sft.synth import (
     FACTS_PROMPT,
     Report,
+    fact_rejection,
     load_prompt,
     load_prompts,
     render,
@@ -43,6 +44,7 @@ def fact(evidence, short, answer, *questions) -> dict:
 
 
 W = "ウィルバー・ウェイトリー"
+HPL_TITLE = "ハワード・フィリップス・ラヴクラフト"
 TRUE_FACTS = {
     W: [fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
              f"{W}の父は誰ですか？", f"{W}の父親の名前を教えてください。"),
@@ -618,3 +620,34 @@ def test_a_title_that_looks_like_a_pointer_or_an_abstention_is_a_name(tmp_path, 
     with OpenAIServer(facts_writer({passage.subject: [item]})) as server:
         facts, _, report = run(server, tmp_path, passages=[passage], rewrites=0, verify=0)
     assert not report.rejected and [f.answer for f in facts] == [item["answer"]]
+
+
+@pytest.mark.parametrize("evidence, kept", [
+    ("ウィルバーの父はヨグ・ソトースである", True),  # another name separator
+    ("ウィルバーは1913年に生まれ，1928年8月に死亡した", True),  # another comma
+    ("ウィルバーは『ダンウィッチの怪』に登場する", True),  # other brackets
+    ("ウィルバーは「ダンウィッチの怪」に登場した", False),  # another word
+])
+def test_evidence_is_verbatim_punctuation_brackets_and_separators_aside(tmp_path, evidence, kept):
+    item = fact(evidence, "1913年" if "1913" in evidence else "ヨグ＝ソトース" if "ソトース" in evidence else "ダンウィッチの怪",
+                "", f"{W}について教えてください。", f"{W}とは誰ですか？")
+    item["answer"] = f"{W}は{item['short_answer']}に関係します。"
+    assert (fact_rejection(evidence, item["short_answer"], item["answer"], WILBUR) != "evidence_not_in_passage") == kept
+
+
+def test_evidence_may_leave_out_the_passages_parenthesised_asides():
+    lead = Passage(HPL_TITLE, HPL_TITLE, "", f"{HPL_TITLE}（Howard Phillips Lovecraft、1890年8月20日 - 1937年3月15日）は、"
+                   "アメリカ合衆国の小説家。", [])
+    assert fact_rejection(f"{HPL_TITLE}は、アメリカ合衆国の小説家", "アメリカ合衆国", "ラヴクラフトはアメリカ合衆国の小説家です。",
+                          lead) is None
+    assert fact_rejection(f"{HPL_TITLE}は、イギリスの小説家", "イギリス", "ラヴクラフトはイギリスの小説家です。",
+                          lead) == "evidence_not_in_passage"
+
+
+def test_punctuation_between_digits_still_counts_in_evidence():
+    volumes = Passage("クトゥルフ神話", "クトゥルフ神話", "", "全集は第1、2巻が1975年に出た。深さは3.5メートルとされる。", [])
+    assert fact_rejection("第12巻が1975年に出た", "12巻", "クトゥルフ神話の第12巻は1975年に出ました。", volumes) == \
+        "evidence_not_in_passage"
+    assert fact_rejection("深さは35メートルとされる", "35メートル", "クトゥルフ神話では深さは35メートルです。", volumes) == \
+        "evidence_not_in_passage"
+    assert fact_rejection("深さは3.5メートルとされる", "3.5メートル", "クトゥルフ神話では深さは3.5メートルです。", volumes) is None
