@@ -177,6 +177,7 @@ FACT_CASES = [
     ({"evidence": ""}, "evidence_not_in_passage"),
     ({"evidence": RULUIE.text}, None),  # two sentences: still one fact's evidence
     ({"short_answer": "大西洋"}, "short_answer_not_in_evidence"),
+    ({"short_answer": "南太平洋です。"}, None),  # a polite ending is not part of the short answer
     ({"short_answer": ""}, "short_answer_not_in_evidence"),
     ({"short_answer": "架空の都市"}, "short_answer_not_in_answer"),
     ({"evidence": RULUIE.text, "short_answer": RULUIE.text, "answer": RULUIE.text}, "short_answer_too_long"),
