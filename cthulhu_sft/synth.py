@@ -150,8 +150,9 @@ REASONS = {
     "rewrite_unsupported": "verification: the rewrite states what the passage does not (per rewrite)",
 }
 POINTING = re.compile(
-    r"この(?:節|項|章|段落|文章|文|記事|テキスト|資料|一覧|表|パッセージ)|本文|本節|本章|本稿|本記事|上記|上述|前述|"
-    r"下記|後述|文章中|文中|記事中|与えられた|提示された|passage|the text|this section|this article",
+    r"この(?:節|項|章|段落|文章|文(?![化学字明献書体])|記事|テキスト|資料|一覧|表(?![記現題紙])|パッセージ)|(?<!日)本文(?![化学])|"
+    r"本節|本章|本稿|本記事|上記|上述|前述|下記|後述|文章中|文中|記事中|"
+    r"(?:与えられた|提示された)(?:文章|文|テキスト|資料|記事|節|情報|パッセージ)|passage|the text|this section|this article",
     re.I,
 )
 NEGATION = re.compile(r"(?<![少危幼切汚程])(?<!間も)(?:ない|なかっ|なく|ません|ずに|無い|無かっ|無く|非ず)"

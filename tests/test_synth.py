@@ -19,6 +19,7 @@ from cthulhu_sft.synth import (
     fact_rejection,
     load_prompt,
     load_prompts,
+    question_rejection,
     render,
     short_answer,
     synthesize,
@@ -652,3 +653,15 @@ def test_punctuation_between_digits_still_counts_in_evidence():
     assert fact_rejection("深さは35メートルとされる", "35メートル", "クトゥルフ神話では深さは35メートルです。", volumes) == \
         "evidence_not_in_passage"
     assert fact_rejection("深さは3.5メートルとされる", "3.5メートル", "クトゥルフ神話では深さは3.5メートルです。", volumes) is None
+
+
+@pytest.mark.parametrize("question, reason", [
+    ("ウィルバー・ウェイトリーに与えられた役割は何ですか？", None),  # 与えられた alone points at nothing
+    ("ウィルバー・ウェイトリーの父は日本文学で何と呼ばれますか？", None),  # 日本文学 holds 本文
+    ("与えられた文章で、ウィルバー・ウェイトリーの父は誰ですか？", "points_at_text"),
+    ("この文によると、ウィルバー・ウェイトリーの父は誰ですか？", "points_at_text"),
+])
+def test_a_question_points_at_text_only_by_words_that_point(question, reason):
+    found = question_rejection(question, "ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
+                               WILBUR)
+    assert (found == "points_at_text") == (reason == "points_at_text")
