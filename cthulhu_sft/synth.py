@@ -155,7 +155,7 @@ POINTING = re.compile(
     r"(?:与えられた|提示された)(?:文章|文|テキスト|資料|記事|節|情報|パッセージ)|passage|the text|this section|this article",
     re.I,
 )
-NEGATION = re.compile(r"(?<![少危幼切汚程])(?<!間も)(?:ない|なかっ|なく|ません|ずに|無い|無かっ|無く|非ず)"
+NEGATION = re.compile(r"(?<![少危幼切汚程])(?<!間も)(?<!まも)(?<!ほど)(?:ない|なかっ|なく|ません|ずに|無い|無かっ|無く|非ず)"
                       r"|(?<![まはわいみ\u4E00-\u9FFF])ず(?=[、。，．]|して|とも)")  # 侵入せず、 (not まず、 はず。 必ず、)
 COMPOUND = re.compile(r"[\u3005\u30F5\u30F6\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF]{3,}")  # kanji, 々, ヵ, ヶ
 KANJI_NUMBER = re.compile(r"[〇一二三四五六七八九十百千万億兆年月日]+")

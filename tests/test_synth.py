@@ -187,6 +187,7 @@ FACT_CASES = [
     ({"answer": "ルルイエは南太平洋の海底に沈んだとされ、クトゥルフが眠る都市です。"}, "answer_ungrounded"),
     ({"answer": "ルルイエは南太平洋の海底に沈んだとされる深海都市群です。"}, "invented_term"),
     ({"answer": "ルルイエは南太平洋の海底に沈んだとされる都市ではありません。"}, "negation"),
+    ({"answer": "ルルイエは南太平洋の海底にまもなく沈んだとされる都市です。"}, None),  # まもなく, ほどなく: soon, not a negation
     ({"answer": "また、ルルイエは南太平洋の海底に沈んだとされる都市です。"}, "points_back"),
     ({"answer": "この都市は南太平洋の海底に沈んだとされています。"}, "points_back"),
     ({"evidence": "1928年の短編に登場する", "short_answer": "1928年", "answer": "ルルイエは昭和3年の短編に登場します。"}, None),
