@@ -391,9 +391,9 @@ def date_form(text: str) -> str:
 
 
 def asks_another_year(question: str, answer: str, short: str, subject: str) -> bool:
-    """Whether the short answer is a year, the answer states another, and the question does not share more pairs of
-    characters with the clause stating the short answer's year than with the other's: then nothing says which
-    year it asks (the verdict sees the question and the answer sentence, which holds both, never the short
+    """Whether the short answer is a year, a clause of the answer states another (and not the short answer's), and
+    the question does not share more pairs of characters with the clause stating the short answer's year than with
+    that one: then nothing says which year it asks (the verdict sees the question and the answer sentence, which holds both, never the short
     answer)."""
     years = set(YEAR.findall(date_form(short)))
     if not years:
@@ -407,7 +407,7 @@ def asks_another_year(question: str, answer: str, short: str, subject: str) -> b
     asked = pairs(question)
     clauses = [(set(YEAR.findall(clause)), len(pairs(clause) & asked)) for clause in re.split("[、。，]", date_form(answer))]
     own = max((score for found, score in clauses if found & years), default=0)
-    return any(score >= own for found, score in clauses if found - years)
+    return any(score >= own for found, score in clauses if found - years and not found & years)
 
 
 def subject_names(passage: Passage, aliases=()) -> list[str]:

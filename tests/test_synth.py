@@ -556,6 +556,8 @@ WILBUR_CASES = [
           f"{W}の没年は？"), "too_few_questions"),  # the short answer, another year than the one asked (or one can't tell)
     (fact(BORN, "1928年", f"{W}は1913年に生まれ、1928年8月に死亡しました。", f"{W}は何年に死亡しましたか？",
           f"{W}が死亡したのは何年のことですか？"), None),  # the year the questions' words fit
+    (fact(BORN, "1913年", f"{W}（1913年 - 1928年8月）は1913年に生まれました。", f"{W}の生年は？",
+          f"{W}は何年の生まれですか？"), None),  # both years in one clause: the verdict, which sees the short answer
     (fact("ウィルバーは1913年に生まれ", "1913", f"{W}は1913日をかけて生まれました。", f"{W}の誕生にかかった日数は？",
           f"{W}は何日かけて生まれましたか？"), "unit_not_in_evidence"),
     (fact("ウィルバーは「ダンウィッチの怪」に登場する", "ダンウィッチの怪", f"{W}は「ダンウィッチの怪」に登場せず、別の作品に現れます。",
