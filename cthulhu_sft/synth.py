@@ -173,6 +173,13 @@ EVERYDAY = frozenset(
     "発行 世界 地球 宇宙 次元 最高 上位 下位 奉仕 封印 居場所 出現 米国 英国 日本 中国 欧州 研究 学者 考古学 人類学 "
     "民俗学 探検 調査 大陸 南極 北極 中心 回数 作品集 全集 選集 長男 長女 次男 本名 筆名 旧姓".split()
 )
+# Katakana words of everyday Japanese a question or answer may use though the passage does not: key terms count
+# katakana as names (metrics), but 「…のフルネームは？」「…のデビュー作は？」 name nothing
+EVERYDAY_KATAKANA = frozenset(
+    "フルネーム ファーストネーム ラストネーム ペンネーム ニックネーム スペル タイトル ジャンル テーマ モチーフ ストーリー "
+    "シリーズ キャラクター デビュー ホラー ファンタジー ミステリー ゲーム メディア イメージ モデル ルーツ エピソード シーン "
+    "プロット キーワード カテゴリー グループ メンバー ファン オリジナル バージョン".split()
+)
 # Single characters that join known pieces into a compound (「米国人作家」, 「登場年」, 「作家名」)
 AFFIXES = frozenset("年月日名人者家中的性化上下内外後前時期型版作誌初各全同元旧新社訳語地先頃集題隊団異別南北東西何神源")  # 出版社, ラテン語訳者
 # What would let a fact speak to its own verdict prompt: its tags, JSON braces, the verdict's key
@@ -379,7 +386,7 @@ def ungrounded(text: str, *support: str) -> set[str]:
     terms miss (titles in 『』「」, kanji place names: 「ダンウィッチの惨劇」 where the passage says 「ダンウィッチの怪」)."""
     held = "\n".join(map(match_form, support))
     support = tuple(western_years(normalize(piece)) for piece in support)
-    return (unsupported_terms(western_years(normalize(text)), *support)
+    return ((unsupported_terms(western_years(normalize(text)), *support) - EVERYDAY_KATAKANA)
             | {name for name in named_terms(text) if match_form(name) not in held})
 
 

@@ -662,9 +662,12 @@ def test_punctuation_between_digits_still_counts_in_evidence():
     ("ウィルバー・ウェイトリーに与えられた役割は何ですか？", None),  # 与えられた alone points at nothing
     ("ウィルバー・ウェイトリーの父は日本文学で何と呼ばれますか？", None),  # 日本文学 holds 本文
     ("与えられた文章で、ウィルバー・ウェイトリーの父は誰ですか？", "points_at_text"),
+    ("ウィルバー・ウェイトリーの父のフルネームは？", None),  # everyday katakana is no name to ground
+    ("ウィルバー・ウェイトリーの父親のニックネームは？", None),
     ("この文によると、ウィルバー・ウェイトリーの父は誰ですか？", "points_at_text"),
 ])
-def test_a_question_points_at_text_only_by_words_that_point(question, reason):
+def test_a_question_points_at_text_only_by_words_that_point_and_everyday_katakana_is_no_name(question, reason):
     found = question_rejection(question, "ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
                                WILBUR)
     assert (found == "points_at_text") == (reason == "points_at_text")
+    assert found != "question_ungrounded" or "文学" in question
