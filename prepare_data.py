@@ -451,7 +451,8 @@ def run(args) -> int:
     facts, rewrites, report = [], [], Report.without_writer()
     if prompts is not None:
         try:
-            facts, rewrites, report = write_facts(args, passages, prompts, questions, fits)
+            facts, rewrites, report = write_facts(args, passages, prompts, questions, fits,
+                                                  {page["title"]: page.get("aliases") or [] for page in pages})
         except WriterError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -490,7 +491,7 @@ def run(args) -> int:
     return push(out_dir, args) if args.push_to_hub else 0
 
 
-def write_facts(args, passages, prompts, seen, fits):
+def write_facts(args, passages, prompts, seen, fits, aliases):
     """Step 4: the writer (and judge) of --qa_backend, asked through the cache; a local one frees the GPU after."""
     settings = dict(url=args.qa_api_url, concurrency=args.qa_concurrency, timeout=args.qa_timeout,
                     retries=args.qa_retries, batch_size=args.qa_batch_size)
@@ -503,7 +504,7 @@ def write_facts(args, passages, prompts, seen, fits):
     try:
         return synthesize(passages, writer, prompts, AnswerCache(Path(args.cache_dir) / "qa"), judge=judge,
                           verify=args.qa_verify, rewrites=args.rewrites, facts=args.qa_facts, seen=seen, fits=fits,
-                          max_tokens=args.qa_max_tokens)
+                          max_tokens=args.qa_max_tokens, aliases=aliases)
     finally:
         writer.close()
         judge.close()

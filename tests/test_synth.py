@@ -16,8 +16,10 @@ from cthulhu_sft.examples import Passage
 from cthulhu_sft.synth import (
     FACTS_PROMPT,
     Report,
+    fact_rejection,
     load_prompt,
     load_prompts,
+    question_rejection,
     render,
     short_answer,
     synthesize,
@@ -43,6 +45,7 @@ def fact(evidence, short, answer, *questions) -> dict:
 
 
 W = "ウィルバー・ウェイトリー"
+HPL_TITLE = "ハワード・フィリップス・ラヴクラフト"
 TRUE_FACTS = {
     W: [fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
              f"{W}の父は誰ですか？", f"{W}の父親の名前を教えてください。"),
@@ -175,6 +178,7 @@ FACT_CASES = [
     ({"evidence": ""}, "evidence_not_in_passage"),
     ({"evidence": RULUIE.text}, None),  # two sentences: still one fact's evidence
     ({"short_answer": "大西洋"}, "short_answer_not_in_evidence"),
+    ({"short_answer": "南太平洋です。"}, None),  # a polite ending is not part of the short answer
     ({"short_answer": ""}, "short_answer_not_in_evidence"),
     ({"short_answer": "架空の都市"}, "short_answer_not_in_answer"),
     ({"evidence": RULUIE.text, "short_answer": RULUIE.text, "answer": RULUIE.text}, "short_answer_too_long"),
@@ -183,8 +187,13 @@ FACT_CASES = [
     ({"answer": "ルルイエは南太平洋の海底に沈んだとされ、クトゥルフが眠る都市です。"}, "answer_ungrounded"),
     ({"answer": "ルルイエは南太平洋の海底に沈んだとされる深海都市群です。"}, "invented_term"),
     ({"answer": "ルルイエは南太平洋の海底に沈んだとされる都市ではありません。"}, "negation"),
+    ({"answer": "ルルイエは南太平洋の海底にまもなく沈んだとされる都市です。"}, None),  # まもなく, ほどなく: soon, not a negation
     ({"answer": "また、ルルイエは南太平洋の海底に沈んだとされる都市です。"}, "points_back"),
     ({"answer": "この都市は南太平洋の海底に沈んだとされています。"}, "points_back"),
+    ({"evidence": "1928年の短編に登場する", "short_answer": "1928年", "answer": "ルルイエは昭和3年の短編に登場します。"}, None),
+    ({"evidence": "1928年の短編に登場する", "short_answer": "昭和3年", "answer": "ルルイエは昭和3年の短編に登場します。"}, None),
+    ({"evidence": "1928年の短編に登場する", "short_answer": "昭和4年", "answer": "ルルイエは昭和4年の短編に登場します。"},
+     "short_answer_not_in_evidence"),  # another era year than the passage's
     ({"questions": ["ルルイエはどこの海底に沈んだとされていますか？"]}, "too_few_questions"),
     ({"questions": "ルルイエはどこ？"}, "malformed_fact"),
     ({"evidence": 5}, "malformed_fact"),
@@ -531,3 +540,134 @@ def test_a_completion_of_the_wrong_shape_is_read_as_an_empty_answer(tmp_path, bo
         server.always = Reply(body=body)
         facts, _, report = run(server, tmp_path, passages=[RULUIE], rewrites=0, verify=0)
     assert not facts and report.rejected == {"malformed": 1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks found by the probe (tests/test_fact_probe.py): too strict for normal Japanese, or blind to a false kind
+
+BORN = "ウィルバーは1913年に生まれ、1928年8月に死亡した"
+WILBUR_CASES = [
+    (fact(BORN, "1928年", f"{W}は1928年の8月に死亡しました。", f"{W}はいつ死亡しましたか？", f"{W}の没年月は？"), None),
+    (fact(BORN, "1913年", f"{W}は1913年の8月に生まれました。", f"{W}はいつ生まれましたか？", f"{W}の生年月は？"),
+     "date_not_in_evidence"),  # recombined across の
+    (fact(BORN, "1913年", f"{W}は千九百十三年八月に生まれました。", f"{W}はいつ生まれましたか？", f"{W}の生年月は？"),
+     "date_not_in_evidence"),  # recombined in kanji numerals
+    (fact(BORN, "1913年", f"{W}は1913年に生まれ、1928年8月に死亡しました。", f"{W}は何年に死亡しましたか？",
+          f"{W}の没年は？"), "too_few_questions"),  # the short answer, another year than the one asked (or one can't tell)
+    (fact(BORN, "1928年", f"{W}は1913年に生まれ、1928年8月に死亡しました。", f"{W}は何年に死亡しましたか？",
+          f"{W}が死亡したのは何年のことですか？"), None),  # the year the questions' words fit
+    (fact(BORN, "1913年", f"{W}（1913年 - 1928年8月）は1913年に生まれました。", f"{W}の生年は？",
+          f"{W}は何年の生まれですか？"), None),  # both years in one clause: the verdict, which sees the short answer
+    (fact("ウィルバーは1913年に生まれ", "1913", f"{W}は1913日をかけて生まれました。", f"{W}の誕生にかかった日数は？",
+          f"{W}は何日かけて生まれましたか？"), "unit_not_in_evidence"),
+    (fact("ウィルバーは「ダンウィッチの怪」に登場する", "ダンウィッチの怪", f"{W}は「ダンウィッチの怪」に登場せず、別の作品に現れます。",
+          f"{W}が登場する作品は？", f"{W}はどの小説に出てきますか？"), "negation"),
+    (fact("ウィルバーは「ダンウィッチの怪」に登場する", "ダンウィッチ", f"{W}は「ダンウィッチの惨劇」に登場します。",
+          f"{W}が登場する作品の舞台は？", f"{W}が出てくる小説の舞台は？"), "answer_ungrounded"),  # an invented title
+    (fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
+          "ウィルバーの父親は誰ですか？", "ウィルバーの父の名前を教えてください。"), None),  # the subject by its given name
+    (fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
+          "ウェイトリーの父親は誰ですか？", "ウェイトリーの父の名前は？"), "too_few_questions"),  # a name Lavinia shares
+    (fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
+          f"{W}の父親は誰ですか？", f"{W}の父でないのは誰ですか？"), "too_few_questions"),  # a negated question
+]
+
+
+@pytest.mark.parametrize("item, reason", WILBUR_CASES)
+def test_dates_units_negations_titles_and_short_names_in_facts_about_a_person(tmp_path, item, reason):
+    with OpenAIServer(facts_writer({W: [item]})) as server:
+        facts, _, report = run(server, tmp_path, passages=[WILBUR], rewrites=0, verify=0)
+    assert len(facts) == (0 if reason else 1)
+    assert reason is None or report.rejected[reason] == 1
+
+
+def test_a_false_fact_asked_by_a_true_facts_question_does_not_take_it_from_the_true_one(tmp_path):
+    swapped = fact("ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}はヨグ＝ソトースの父です。",
+                   f"{W}の父は誰ですか？", f"{W}は誰の父ですか？")
+    true = TRUE_FACTS[W][0]  # asks 「…の父は誰ですか？」 too
+    with OpenAIServer(facts_writer({W: [swapped, true]}), verdict=lambda p, q, answer: answer == true["answer"]) as server:
+        facts, _, report = run(server, tmp_path, passages=[WILBUR], rewrites=0)
+    assert [(f.answer, f.questions) for f in facts] == [(true["answer"], true["questions"])]
+    assert report.rejected == {"question_unsupported": 2, "unsupported": 1}
+
+
+def test_a_rewrite_that_names_a_work_the_passage_does_not_is_ungrounded(tmp_path):
+    invented = "ルルイエは、南太平洋の海底に沈んだとされる架空の都市で、1928年の短編「深淵の呼び声」に登場する。"
+    with OpenAIServer(facts_writer({}), verdict=lambda *texts: True, rewriter=lambda subject, passage: invented) as server:
+        _, rewrites, report = run(server, tmp_path, passages=[RULUIE], rewrites=1)
+    assert not rewrites and report.rejected == {"rewrite_ungrounded": 1}
+
+
+def test_the_verdict_sees_the_short_answer_and_a_fact_cannot_fake_its_tag(tmp_path):
+    faked = {**GOOD, "short_answer": "南太平洋", "answer": "ルルイエは南太平洋の海底に沈んだとされる都市です。</short_answer>"}
+    with OpenAIServer(facts_writer({"ルルイエ": [GOOD, faked]}), verdict=lambda *texts: True) as server:
+        _, _, report = run(server, tmp_path, passages=[RULUIE], rewrites=0)
+        prompts = server.prompts("qa_verdict")
+    assert {tagged(prompt, "short_answer") for prompt in prompts} == {"南太平洋"} and len(prompts) == 2
+    assert report.rejected == {"malformed_fact": 1}
+
+
+BEYOND = Passage("彼方より", "彼方より", "", "「彼方より」（From Beyond）は、ラヴクラフトが1920年に執筆した短編小説。",
+                 ["「彼方より」とはどのような作品ですか？"])
+KADATH = Passage("未知なるカダスを夢に求めて", "未知なるカダスを夢に求めて", "",
+                 "『未知なるカダスを夢に求めて』（原題: The Dream-Quest of Unknown Kadath）は、ラヴクラフトの長編小説。",
+                 ["『未知なるカダスを夢に求めて』とはどのような作品ですか？"])
+
+
+@pytest.mark.parametrize("passage, item", [
+    (BEYOND, fact("ラヴクラフトが1920年に執筆した短編小説", "1920年", "『彼方より』は1920年に執筆された短編小説です。",
+                  "「彼方より」は何年に執筆されましたか？", "彼方よりが書かれたのは何年ですか？")),  # a title that opens with 彼
+    (KADATH, fact("原題: The Dream-Quest of Unknown Kadath", "The Dream-Quest of Unknown Kadath",
+                  "『未知なるカダスを夢に求めて』の原題は The Dream-Quest of Unknown Kadath です。",
+                  "未知なるカダスを夢に求めての原題は何ですか？", "『未知なるカダスを夢に求めて』の英語の題名は？")),  # Unknown
+])
+def test_a_title_that_looks_like_a_pointer_or_an_abstention_is_a_name(tmp_path, passage, item):
+    with OpenAIServer(facts_writer({passage.subject: [item]})) as server:
+        facts, _, report = run(server, tmp_path, passages=[passage], rewrites=0, verify=0)
+    assert not report.rejected and [f.answer for f in facts] == [item["answer"]]
+
+
+@pytest.mark.parametrize("evidence, kept", [
+    ("ウィルバーの父はヨグ・ソトースである", True),  # another name separator
+    ("ウィルバーは1913年に生まれ，1928年8月に死亡した", True),  # another comma
+    ("ウィルバーは『ダンウィッチの怪』に登場する", True),  # other brackets
+    ("ウィルバーは「ダンウィッチの怪」に登場した", False),  # another word
+])
+def test_evidence_is_verbatim_punctuation_brackets_and_separators_aside(tmp_path, evidence, kept):
+    item = fact(evidence, "1913年" if "1913" in evidence else "ヨグ＝ソトース" if "ソトース" in evidence else "ダンウィッチの怪",
+                "", f"{W}について教えてください。", f"{W}とは誰ですか？")
+    item["answer"] = f"{W}は{item['short_answer']}に関係します。"
+    assert (fact_rejection(evidence, item["short_answer"], item["answer"], WILBUR) != "evidence_not_in_passage") == kept
+
+
+def test_evidence_may_leave_out_the_passages_parenthesised_asides():
+    lead = Passage(HPL_TITLE, HPL_TITLE, "", f"{HPL_TITLE}（Howard Phillips Lovecraft、1890年8月20日 - 1937年3月15日）は、"
+                   "アメリカ合衆国の小説家。", [])
+    assert fact_rejection(f"{HPL_TITLE}は、アメリカ合衆国の小説家", "アメリカ合衆国", "ラヴクラフトはアメリカ合衆国の小説家です。",
+                          lead) is None
+    assert fact_rejection(f"{HPL_TITLE}は、イギリスの小説家", "イギリス", "ラヴクラフトはイギリスの小説家です。",
+                          lead) == "evidence_not_in_passage"
+
+
+def test_punctuation_between_digits_still_counts_in_evidence():
+    volumes = Passage("クトゥルフ神話", "クトゥルフ神話", "", "全集は第1、2巻が1975年に出た。深さは3.5メートルとされる。", [])
+    assert fact_rejection("第12巻が1975年に出た", "12巻", "クトゥルフ神話の第12巻は1975年に出ました。", volumes) == \
+        "evidence_not_in_passage"
+    assert fact_rejection("深さは35メートルとされる", "35メートル", "クトゥルフ神話では深さは35メートルです。", volumes) == \
+        "evidence_not_in_passage"
+    assert fact_rejection("深さは3.5メートルとされる", "3.5メートル", "クトゥルフ神話では深さは3.5メートルです。", volumes) is None
+
+
+@pytest.mark.parametrize("question, reason", [
+    ("ウィルバー・ウェイトリーに与えられた役割は何ですか？", None),  # 与えられた alone points at nothing
+    ("ウィルバー・ウェイトリーの父は日本文学で何と呼ばれますか？", None),  # 日本文学 holds 本文
+    ("与えられた文章で、ウィルバー・ウェイトリーの父は誰ですか？", "points_at_text"),
+    ("ウィルバー・ウェイトリーの父のフルネームは？", None),  # everyday katakana is no name to ground
+    ("ウィルバー・ウェイトリーの父親のニックネームは？", None),
+    ("この文によると、ウィルバー・ウェイトリーの父は誰ですか？", "points_at_text"),
+])
+def test_a_question_points_at_text_only_by_words_that_point_and_everyday_katakana_is_no_name(question, reason):
+    found = question_rejection(question, "ウィルバーの父はヨグ＝ソトースである", "ヨグ＝ソトース", f"{W}の父はヨグ＝ソトースです。",
+                               WILBUR)
+    assert (found == "points_at_text") == (reason == "points_at_text")
+    assert found != "question_ungrounded" or "文学" in question
