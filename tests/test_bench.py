@@ -9,7 +9,7 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import PYTHON, REPO, run_script
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,10 @@ def table_rows(text: str, first_cell: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_packing_and_padding_free_give_each_example_its_own_loss(bench, tiny_model_dir, capsys):
-    bench.main(["--exactness", "--model", str(tiny_model_dir)])  # in-process: the check loads its models itself
-    rows = table_rows(capsys.readouterr().out, "attention")
+def test_packing_and_padding_free_give_each_example_its_own_loss(tiny_model_dir):
+    result = run_script([PYTHON, "benchmarks/bench_train.py", "--exactness", "--model", str(tiny_model_dir)], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table_rows(result.stdout, "attention")
     attentions = {row[0] for row in rows}
     assert {"sdpa", "eager", "flex_attention"} <= attentions
     for attention, batching, loss, alone, _ in rows:
@@ -87,14 +88,17 @@ def test_packing_and_padding_free_give_each_example_its_own_loss(bench, tiny_mod
 
 
 @pytest.mark.slow
-def test_each_variant_trains_and_is_measured(bench, tiny_model_dir, tmp_path, capsys):
+def test_each_variant_trains_and_is_measured(tiny_model_dir, tmp_path):
     results_file = tmp_path / "RESULTS.md"
     results_file.write_text("# Results\n", encoding="utf-8")
     variants = ["padded+ckpt+8bit", "packing+no-ckpt+4bit"]  # padding-free+ckpt+8bit is what every training test runs
-    # The driver in-process (it only writes the data and starts each variant's own process, as on a GPU)
-    bench.main(["--model", str(tiny_model_dir), "--variants", *variants, "--batch_size", "2", "--warmup", "1",
-                "--steps", "1", "--append_to", str(results_file)])
-    raw = re.search(r"raw results: (\S+)", capsys.readouterr().err).group(1)
+    result = run_script(
+        [PYTHON, "benchmarks/bench_train.py", "--model", str(tiny_model_dir), "--variants", *variants,
+         "--batch_size", "2", "--warmup", "1", "--steps", "1", "--append_to", str(results_file)],
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    raw = re.search(r"raw results: (\S+)", result.stderr).group(1)
     measured = {entry["variant"]: entry for entry in json.loads(open(raw, encoding="utf-8").read())}
     assert list(measured) == variants
     for variant, entry in measured.items():
