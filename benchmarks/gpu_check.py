@@ -365,10 +365,10 @@ def check_base(args, report: Report, budget: Budget, base: str, fmt, rows, shape
             report("skipped", base=base, check_skipped="decode", batch_size=batch_size, reason="time budget")
             continue
         report("decode", base=base, **decode_speed(trainer.model, fmt, batch_size, args.decode_tokens))
-    trainer.accelerator.free_memory()  # the next base needs the GPU memory this one holds
-    del trainer
-    gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # the next base needs the GPU memory this one holds (on the CPU: seconds of gc)
+        trainer.accelerator.free_memory()
+        del trainer
+        gc.collect()
         torch.cuda.empty_cache()
 
 

@@ -1,20 +1,43 @@
 """benchmarks/gpu_check.py --smoke: the GPU check's own code on the CPU with the tiny model in bf16, end to end."""
 
+import contextlib
 import importlib.util
+import io
 import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, run_script
+from conftest import REPO
+
+GPU_CHECK = REPO / "benchmarks" / "gpu_check.py"
 
 BASES = {"8bit": "Linear8bitLt", "4bit": "Linear4bit", "bf16": "Linear"}
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def cache_with_the_tiny_model(work: Path, tiny_model_dir: Path) -> Path:
+    """A --cache_dir that already holds the tiny model (the one the check would write there: same builder, seed)."""
+    (work / "cache").mkdir()
+    (work / "cache" / "tiny").symlink_to(tiny_model_dir, target_is_directory=True)
+    return work / "cache"
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, tiny_model_dir):
+    """`python benchmarks/gpu_check.py --smoke ...` run as __main__ in this process (no second import of torch and
+    the libraries): its stdout and stderr, and its exit status as returncode."""
     work = tmp_path_factory.mktemp("gpu-check")
-    result = run_script([PYTHON, "benchmarks/gpu_check.py", "--smoke", "--out", str(work / "checks.jsonl"),
-                         "--cache_dir", str(work / "cache")], timeout=600)
+    argv = [str(GPU_CHECK), "--smoke", "--out", str(work / "checks.jsonl"),
+            "--cache_dir", str(cache_with_the_tiny_model(work, tiny_model_dir))]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+            pytest.raises(SystemExit) as exited:
+        patch.setattr(sys, "argv", argv)
+        runpy.run_path(str(GPU_CHECK), run_name="__main__")
+    result = subprocess.CompletedProcess(argv, exited.value.code, stdout.getvalue(), stderr.getvalue())
     return work, result
 
 
@@ -82,21 +105,21 @@ def test_peak_is_compared_with_the_estimate_of_the_largest_batch_trained(smoke):
         assert record["estimate_largest_batch_gib"] == estimate_memory(shape, **settings).peak_allocated / GiB
 
 
-def test_the_check_reads_tf32_as_a_gpu_run_sets_it(tmp_path):
+def test_the_check_reads_tf32_as_a_gpu_run_sets_it(tmp_path, tiny_model_dir):
     """On a GPU, load_base_model enables TF32 with transformers' enable_tf32, which sets torch.backends.fp32_precision
     (torch >= 2.9's API); torch then raises on any read of the legacy torch.backends.cuda.matmul.allow_tf32 flag, so
     a check that reads it reports every base as an error right after loading it. Emulated on the CPU by setting the
     flag as enable_tf32 does, then running the bf16 base's smoke check in this process."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     previous = torch.backends.fp32_precision
     torch.backends.fp32_precision = "tf32"
     try:
         code = gpu_check.main(["--smoke", "--bases", "bf16", "--out", str(tmp_path / "checks.jsonl"),
-                               "--cache_dir", str(tmp_path / "cache")])
+                               "--cache_dir", str(cache_with_the_tiny_model(tmp_path, tiny_model_dir))])
     finally:
         torch.backends.fp32_precision = previous
     records = [json.loads(line) for line in (tmp_path / "checks.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -41,6 +41,8 @@ def test_notebook_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
         "OUTPUT_DIR": str(output_dir),
         "TRAIN_ARGS": f"--model_name_or_path {tiny_model_dir} --load_in_8bit false --dtype float32 --bf16 false "
                       "--max_steps 2 --report_to none --sample_max_new_tokens 4 --knowledge_check false "
+                      # micro-batches of 2, not sft_config's 8 x 2: a step of 16 examples costs seconds on the CPU
+                      "--per_device_train_batch_size 2 --gradient_accumulation_steps 1 "
                       "--train_file data/sample/train.jsonl --eval_file data/sample/eval.jsonl",
         "LOAD_ARGS": "",
         "QUESTION": question,
