@@ -1,9 +1,15 @@
 """One answer against its accepted short answers: correct, incorrect or not attempted, as SimpleQA grades.
 
     correct        the answer commits to an accepted form: it names one (matched as a whole word or name), does
-                   not negate it (「ラヴクラフトではありません」), does not offer it as one candidate among others of
-                   the same kind (「A、B、Cのいずれか」「1926年か1927年」「AまたはB」), and is in Japanese. A single
-                   hedged answer (「たぶんラヴクラフトだと思います」) is correct, as in SimpleQA.
+                   not negate it (「ラヴクラフトではありません」「ラヴクラフトだとは思えません」; a double negation
+                   affirms: 「ラヴクラフト以外にありえません」「間違いなく」), does not offer it as one candidate among
+                   others of the same kind (「A、B、Cのいずれか」「A・B・Cのいずれか」「1926年か1927年」「AまたはB」
+                   「A and B」), does not take it back for another (「Aです。いや、Bです。」), does not use it only to
+                   name something else (「ラヴクラフトの友人」「クトゥルフの落とし子」「アーカム・ハウス」「ダゴン秘密
+                   教団」, a longer title 『ラヴクラフト全集』 unless the question asks for a work), and is in
+                   Japanese. A single hedged answer (「たぶんラヴクラフトだと思います」「わかりませんが、おそらく
+                   ラヴクラフトです」) is correct, as in SimpleQA. A negated other name offers nothing:
+                   「ダーレスではありません」 alone gives no answer.
     not attempted  the answer is empty (no letter or digit), or abstains (「わかりません」「はっきりしたことは言えま
                    せん」「その点については私の知識の範囲外です」「正確な作者は不明です」, with or without an apology:
                    metrics.ABSTENTION) without offering a candidate and without negating an accepted form, or — as
@@ -14,6 +20,7 @@
 
 Accepted forms are compared in a folded form (`fold`): NFKC and lower case (full/half width, Ｈ → h), Japanese
 era years as Western years (昭和3年 → 1928年, 平成元年 → 1989年), kanji numerals as digits (千九百二十八 → 1928),
+a two-digit year as the accepted year it ends (’28 → 1928; 28年 without the apostrophe is another number),
 ヴ as ブ, no long-vowel marks (ナイアーラトテップ = ナイアラトテップ), no name separators (・ = ゠ spaces dashes)
 nor quotes and brackets; where a separator was, a word boundary is kept. A match must be whole:
     katakana and Latin  not continued by a letter of the same script (「ハリウッド」 does not name ハリ); a
@@ -36,7 +43,10 @@ sentence with the accepted form holds both a candidate and a marker of choice (�
 
 Known limits: an answer that names two accepted forms and negates one (「クトゥルフではなくクトゥルーです」) is
 incorrect; a candidate written in hiragana or as a common noun is not seen; a negation further than the clause
-of the name (「ラヴクラフトが書いたという説は、今では否定されています」) is not seen.
+of the name (「ラヴクラフトが書いたという説は、今では否定されています」) is not seen; a list written with ・ and no
+word of choice reads as one name (「ラヴクラフト・ダーレス・スミスです」); letters as list labels (「A. ラヴクラフト
+B. ダーレス」) are not seen; a vague range beside the answer (「1920年代のどこか、たぶん1928年」) is a hedged single
+answer; the long-vowel fold makes ハリー name ハリ; a prefix word (「ネオ・ラヴクラフト」) is not seen.
 """
 
 import functools
@@ -57,7 +67,7 @@ SENTENCE_END = "。！？!?\n"
 SUFFIX = r"(?:年|年代|氏|さん|様|先生|ら)?"
 LIST_JOIN = re.compile(  # | marks where a boundary character (a bracket, a space) was
     SUFFIX + r"(?:だった|でした|です|など|なの|だ)?"
-    r"\|?(?:(?:、|,|/|と|や|か|及び|および|または|もしくは|あるいは|或いは|ないし|から|~|〜|～|ー|or|either|\?)\|?)+$"
+    r"\|?(?:(?:、|,|/|と|や|か|及び|および|または|もしくは|あるいは|或いは|ないし|から|~|〜|～|ー|or|either|and|&|\?)\|?)+(?:[a-z0-9]\|)?$"
 )
 CHOICE = re.compile(r"いずれ|どれか|どちらか|どっちか|どれ(?:で|な)|または|もしくは|あるいは|或いは|ないし|それとも|候補|"
                     r"のうちの?(?:一|ひと)つ|(?:^|\|)(?:or|either)(?:\||$)")
@@ -65,10 +75,24 @@ CHOICE = re.compile(r"いずれ|どれか|どちらか|どっちか|どれ(?:で
 POSSIBILITY = re.compile(r"^(?:年|氏|さん)?(?:だ|です|の|という|とする|とも)?(?:かもしれ|かも知れ|可能性|説|考えられ|言われ|いわれ)")
 # A negation of the name just before it in the same clause: 「ラヴクラフトではありません」「ラヴクラフトの作品ではなく」
 NEGATION = re.compile(
-    r"^[^、,。！？!?\n]{0,12}?(?:(?:では|じゃ|で)(?:は)?(?:ありません|ございません|ない|無い|なく|無く|なかった)"
-    r"(?!(?:です|でしょう|だろう|のです|んです|ん)?か(?!もしれ|も知れ))|とは(?:違|異な|言え|言い切れ|限ら|断定でき)|以外"
-    r"|(?:という|とする|とした)?のは(?:誤|間違)|は(?:誤り|間違い)|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
+    r"^[^、,。！？!?\n]{0,12}?(?:(?:では|じゃ|で)(?:は|も)?(?:ありません|ございません|ない|無い|なく|無く|なかった|あり得|ありえ|有り得)"
+    r"(?!(?:です|でしょう|だろう|のです|んです|ん)?か(?!もしれ|も知れ))|とは(?:違|異な|言え|言い切れ|限ら|断定でき)|以外(?!(?:に|と)(?:は)?(?:ありえ|あり得|有り得|考えられ|い(?:ない|ません)))|を除"
+    r"|とは(?:思え|思わ|思いません|考えられ(?:ません|ない))|(?:はず|わけ)(?:が|は)(?:ありません|ない|無い)"
+    r"|(?:という|とする|とした)?のは(?:誤|間違)|は(?:誤り|間違い(?!な|あり))|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
 )
+# The accepted name as a modifier of another answer: 「ラヴクラフトの友人」「クトゥルフの落とし子」「ラヴクラフトと共作した…」
+RELATION = re.compile(
+    r"^(?:氏|さん)?(?:の|と)[^、,。！？!?\n]{0,6}?(友人|友達|親友|弟子|師匠|妻|夫|父|母|息子|娘|兄|弟|姉|妹|子孫|末裔|眷属|落とし子|"
+    r"従者|使者|化身|信者|信奉者|崇拝者|後継者|文通相手|仲間|知人|恋人|共作|合作|共著|文通|親交|影響を受け)")
+# ... or the first word of an organisation's or a place's name: 「アーカム・ハウス」「ダゴン秘密教団」「ダゴン神殿」
+ORGANISATION = re.compile(r"^(?:秘密)?(教団|教会|結社|協会|財団|研究所|大学|図書館|博物館|出版|書房|社(?!会)|神社|神殿|寺院|賞|ハウス|クラブ)")
+# A later candidate that takes the accepted answer back: 「ラヴクラフトです。いや、ダーレスです。」
+CORRECTION = re.compile(r"(?:^|[。、,!?])(?:あ|あっ|おっと)?、?(?:いや|いいえ)|訂正|間違え|言い間違|失礼し|正しくは|撤回")
+# Both names of a pair negated across a comma: 「ラヴクラフトでも、ダーレスでもありません」
+NEITHER = re.compile(r"^でも[、,][^。！？!?\n]{0,15}?でも(?:ありません|ない|なく)")
+# A question that asks for a work, whose title may hold more than its accepted short form (『狂気の山脈にて』 for 狂気の山)
+WORK_QUESTION = re.compile(r"(?:短編|長編|中編|作品|小説|連作|シリーズ|ライトノベル|ゲーム|題名|タイトル|戯曲|集|論|詩|映画|漫画)"
+                           r"(?:の(?:題名|名前|タイトル))?(?:は|を)?(?:何|なん|どれ|\?|？)")
 NAME_TAIL_MIN = 3
 # A name given as the answer: 「ラヴクラフトです」「ラヴクラフトが書きました」, not 「ラヴクラフトの友人です」
 ANSWER_SLOT = re.compile(r"^(?:年|氏|さん)?(?:です|でした|だ|でしょう|でございます|が|という|とされ|と考えられ|[。!?]|$)")
@@ -76,7 +100,7 @@ ANSWER_SLOT = re.compile(r"^(?:年|氏|さん)?(?:です|でした|だ|でしょ
 COMMON_WORDS = frozenset(
     "データ ソース アクセス インターネット ウェブ サイト システム モデル トレーニング テキスト リソース ファン ホラー "
     "ジャンル シリーズ ストーリー キャラクター クイズ イメージ ケース ポイント レベル タイプ テーマ ヒント パターン "
-    "ルール リスト メモリ エラー ai or either not".split()
+    "ルール リスト メモリ エラー ノーコメント コメント ai or either not and".split()
 )
 INITIALS_MAX = 3  # what may be left of an answer beside the name it gives (ＨＰ) without making it non-Japanese
 ITEM_FILLER = 4  # what a list item may hold beside its candidate (です, でしょう, a number)
@@ -194,20 +218,21 @@ def _common_words() -> frozenset[str]:
     return frozenset(fold(word).text for word in COMMON_WORDS)
 
 
-def candidate_spans(folded: Folded, numeric: bool, answer: str = "") -> list[tuple[int, int]]:
+def candidate_spans(folded: Folded, numeric: bool, answer: str = "", parts: bool = False) -> list[tuple[int, int]]:
     """The spans of the answer's numbers (numeric) or names: katakana or Latin runs, kanji proper nouns, titles in
-    『』 (of `answer`)."""
+    『』 (of `answer`); with `parts`, each part of a katakana name between separators."""
     text = folded.text
     if numeric:
         return [match.span() for match in re.finditer(r"[0-9]+(?:\.[0-9]+)?", text)]
     spans = []
-    for match in re.finditer(r"[\u30A1-\u30FA\u30FC\u31F0-\u31FFa-z\u00DF-\u00F6\u00F8-\u024F]+", text):
+    for match in re.finditer(r"[\u30A1-\u30FA\u30FC\u31F0-\u31FF]+|[a-z\u00DF-\u00F6\u00F8-\u024F]+", text):
         start, end = match.span()
         if script(text[start]) == "katakana":  # a katakana name with a kanji tail: ムー大陸 (folded ム大陸)
             end += len(re.match(r"[\u3005\u4E00-\u9FFF]*", text[end:])[0])
         cuts = [start] + sorted(b for b in folded.boundaries if start < b < end) + [end]
         latin = script(text[start]) == "latin"
-        pieces = list(zip(cuts, cuts[1:])) if latin else [(start, end)]  # Latin words keep their spaces
+        # Latin words keep their spaces; katakana name parts (ラヴクラフト・ダーレス・スミス) only when asked (parts)
+        pieces = list(zip(cuts, cuts[1:])) if latin or parts else [(start, end)]
         spans += [piece for piece in pieces if piece[1] - piece[0] >= 2 and text[piece[0]:piece[1]] not in _common_words()]
     if not metrics.is_japanese(text):  # an English sentence's words are not candidates (metrics.claimed_terms)
         spans = []
@@ -230,7 +255,7 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
     supports, so that an abstention that states one is an answer (rows without accepted answers; with them, a
     candidate of the same kind decides)."""
     folded = fold(answer)
-    if not re.search(r"\w", folded.text):
+    if not re.search(r"[^\W_]", folded.text):
         return Grade(NOT_ATTEMPTED if accepted else None, True, False, "empty")
     abstains = metrics.is_abstention(answer) or metrics.ABSTENTION.search(normalize(answer)) is not None
     if not accepted:
@@ -238,16 +263,28 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         return Grade(None, False, abstained, "abstains" if abstained else "no accepted answers")
     forms = accepted_forms(accepted)
     numeric = all(re.fullmatch(r"[0-9]+(?:\.[0-9]+)?年?", form) for form, _ in forms)
+    if numeric:
+        folded = fold(_with_short_years(answer, forms))
     named = occurrences(folded, forms)
     question_text = fold(question).text
     candidates = candidate_spans(folded, numeric, answer)
-    others = [span for span in candidates if _is_other(folded, span, named, forms, question_text)]
-    negated = [span for span in named if _negated(folded, span)]
-    if negated:
+    others = [span for span in candidates if _is_other(folded, span, named, forms, question_text, numeric)]
+    others = [span for span in others if not _negated(folded, span)]  # 「ダーレスではありません」 offers nothing
+    titles = [] if WORK_QUESTION.search(normalize(question)) else [
+        fold(title).text for title in re.findall(r"『([^『』]+)』", normalize(answer))]
+    modifiers = [span for span in named if _names_something_else(folded, span, question_text, titles)]
+    if modifiers and len(modifiers) == len(named):
+        return Grade(INCORRECT, False, False, "names something else by the accepted answer")
+    named = [span for span in named if span not in modifiers]
+    if any(_negated(folded, span) for span in named):
         return Grade(INCORRECT, False, False, "negates an accepted answer")
     if named:
-        if _hedged(folded, named, others):
+        parts = [] if numeric else [span for span in candidate_spans(folded, False, answer, parts=True)
+                                    if _is_other(folded, span, named, forms, question_text)]
+        if _hedged(folded, named, others, parts):
             return Grade(INCORRECT, False, False, "one of several candidates")
+        if _taken_back(folded, named, others):
+            return Grade(INCORRECT, False, False, "takes the accepted answer back")
         if not _japanese_apart_from(folded, named):
             return Grade(INCORRECT, False, False, "not in Japanese")
         return Grade(CORRECT, False, False, "names an accepted answer")
@@ -257,28 +294,70 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         return Grade(NOT_ATTEMPTED, False, not unsupported, "abstains")
     if not metrics.is_japanese(answer):
         return Grade(INCORRECT, False, False, "not in Japanese")
-    if any(ANSWER_SLOT.match(folded.text[end:]) for start, end in candidates if _is_other(folded, (start, end), named, forms, "")):
+    if any(_in_answer_slot(folded.text, end) for start, end in candidates if _is_other(folded, (start, end), named, forms, "")):
         return Grade(INCORRECT, False, False, "answers with a name of the question")  # 「ラヴクラフトです」 to 「…の死後…」
     # Neither the answer nor another one, nothing against it: as SimpleQA, not attempted (「有名な作家です」)
     return Grade(NOT_ATTEMPTED, False, False, "gives no answer")
 
 
-def _is_other(folded: Folded, span, named, forms, question_text: str) -> bool:
-    """Whether a candidate span is another answer: not an accepted form or part of one, not in the question."""
+def _is_other(folded: Folded, span, named, forms, question_text: str, numeric: bool = False) -> bool:
+    """Whether a candidate span is another answer: not an accepted form or part of a name (a number is whole: 28 is
+    not 1928), not in the question."""
     start, end = span
     term = folded.text[start:end]
     if any(start < other_end and other_start < end for other_start, other_end in named):
         return False
-    if any(term in form for form, _ in forms):  # a part of an accepted name (エドガー of エドガー・ホフマン・プライス)
+    if any(term == form if numeric else term in form for form, _ in forms):  # エドガー of エドガー・ホフマン・プライス
         return False
     core = re.match(r"[^\u3005\u4E00-\u9FFF]*", term)[0] or term  # クトゥルフ of クトゥルフ神話
     return not (question_text and (term in question_text or core in question_text))
 
 
+def _with_short_years(answer: str, forms) -> str:
+    """The answer with a two-digit year (’28) as the accepted year it abbreviates (1928)."""
+    years = {form[:4] for form, _ in forms if re.fullmatch(r"[0-9]{4}年?", form)}
+
+    def expand(match):
+        return next((year for year in sorted(years) if year.endswith(match[1])), match[0])
+
+    return re.sub(r"'([0-9]{2})(?![0-9])", expand, normalize(answer))
+
+
+def _names_something_else(folded: Folded, span, question_text: str, titles: list[str]) -> bool:
+    """Whether the accepted name only qualifies another answer (RELATION, ORGANISATION) that the question does not
+    ask about (「ラヴクラフトの弟子です」 answers 「誰の弟子ですか」), or is part of a longer title in 『』 (folded; none
+    when the question asks for a work)."""
+    start, end = span
+    for title in titles:
+        if any(match.start() <= start and end <= match.end() and len(title) > end - start
+               for match in re.finditer(re.escape(title), folded.text)):
+            return True  # 『ラヴクラフト全集』
+    rest = folded.text[end:]
+    match = RELATION.match(rest) or ORGANISATION.match(rest)
+    return match is not None and match[1] not in question_text
+
+
+def _in_answer_slot(text: str, end: int) -> bool:
+    """Whether the name ending at `end` is given as the answer (ANSWER_SLOT); a subject whose sentence ends in a noun
+    describes the answer instead (「クトゥルフが眠る都市です」)."""
+    match = ANSWER_SLOT.match(text[end:])
+    if not match or match[0] != "が":
+        return match is not None
+    rest = text[end:_sentence(text, end)[1]]
+    return not re.search(r"(?<![のん])(?:です|でした|だ|である|でしょう)$", rest)
+
+
+def _taken_back(folded: Folded, named, others) -> bool:
+    """Whether a candidate after the last accepted name corrects it (CORRECTION between them)."""
+    last = max(end for _, end in named)
+    later = [start for start, _ in others if start >= last]  # `others` holds no negated candidate
+    return any(CORRECTION.search(folded.text[last:start]) for start in later)
+
+
 def _negated(folded: Folded, span) -> bool:
     start, end = span
     text = folded.text
-    if NEGATION.match(text[end:]):
+    if NEGATION.match(text[end:]) or NEITHER.match(text[end:]):
         return True
     before = text[max(0, start - 3):start]
     return before.endswith("not") and (start - 3 in folded.boundaries or start - 3 <= 0)
@@ -290,7 +369,9 @@ def _sentence(text: str, position: int) -> tuple[int, int]:
     return start, min(ends, default=len(text))
 
 
-def _hedged(folded: Folded, named, others) -> bool:
+def _hedged(folded: Folded, named, others, parts=()) -> bool:
+    """Whether the accepted name is one candidate among others; `parts`: other katakana name parts, which count in
+    a sentence of choice (「ラヴクラフト・ダーレス・スミスのいずれか」)."""
     text = folded.text
     spans = sorted(named + others)
     for (left_start, left_end), (right_start, right_end) in zip(spans, spans[1:]):
@@ -299,7 +380,7 @@ def _hedged(folded: Folded, named, others) -> bool:
             return True
     named_sentences = {_sentence(text, start) for start, _ in named}
     for sentence_start, sentence_end in named_sentences:
-        inside = [span for span in others if sentence_start <= span[0] < sentence_end]
+        inside = [span for span in [*others, *parts] if sentence_start <= span[0] < sentence_end]
         if inside and CHOICE.search(_marked(folded, sentence_start, sentence_end)):
             return True
     items = {"named": set(), "other": set()}  # sentences or lines that are one candidate alone: a list written down

@@ -117,7 +117,7 @@ ABSTENTION = re.compile(
         r"(情報|知識|資料|データ)(が|は)?(不足|足りません|足りない)", r"(記録|資料|情報)(が|は)?残って(い|お)?(ません|ない)",
         r"(お役に立て|お力になれ)(ず|ません)", r"(回答|お答え|答え)(を|は)?(差し)?控え", r"(思い|心)当たり(が)?(ません|ありません|ない)",
         r"(調べ|確認)(る|が)必要", r"アクセスでき(ません|ない)", r"(データ|情報|知識)に(は)?含まれて(い|お)?(ません|ない)",
-        r"はっきり(しません|しない)", r"わかんない", r"^\W*さあ\W", r"\bnot (sure|certain)\b", r"\bno answer\b", r"^\W*(申し訳(ありません|ございません)|すみません|ごめんなさい)\W*$",
+        r"はっきり(しません|しない)", r"わかんない", r"ノー?コメント", r"^\W*さあ\W", r"\bnot (sure|certain)\b", r"\bno answer\b", r"^\W*(申し訳(ありません|ございません)|すみません|ごめんなさい)\W*$",
     ])
 )
 APOLOGY = re.compile(r"申し訳|すみません|ごめんなさい|恐れ入ります|sorry")
@@ -283,7 +283,8 @@ class SupportIndex:
 
 
 def unsupported(terms: set[str], *support_texts: str, index: SupportIndex | None = None) -> set[str]:
-    """The terms (key terms or named_terms, normalised) that neither a support text nor the index supports."""
+    """The terms (key terms or named_terms, normalised) that neither a support text nor the index supports; a term
+    inside another unsupported one is one invention with it (浜町 of 霧ヶ浜町)."""
     terms = set(terms)
     for text in support_texts:
         if not terms:
@@ -292,7 +293,7 @@ def unsupported(terms: set[str], *support_texts: str, index: SupportIndex | None
         terms = {term for term in terms if not _supports(term, numbers, compact)}
     if index is not None:
         terms = {term for term in terms if not index.supports(term)}
-    return terms
+    return {term for term in terms if not any(term != other and term in other for other in terms)}  # 浜町 of 霧ヶ浜町
 
 
 # Titles in 『』 or 「」 (short, no sentence inside), and kanji names of places and organisations by their suffix:
