@@ -4,10 +4,13 @@
                    not negate it (「ラヴクラフトではありません」「ラヴクラフトだとは思えません」; a double negation
                    affirms: 「ラヴクラフト以外にありえません」「間違いなく」), does not offer it as one candidate among
                    others of the same kind (「A、B、Cのいずれか」「A・B・Cのいずれか」「1926年か1927年」「AまたはB」
-                   「A and B」), does not take it back for another (「Aです。いや、Bです。」), does not use it only to
-                   name something else (「ラヴクラフトの友人」「クトゥルフの落とし子」「アーカム・ハウス」「ダゴン秘密
-                   教団」, a longer title 『ラヴクラフト全集』 unless the question asks for a work), and is in
-                   Japanese. A single hedged answer (「たぶんラヴクラフトだと思います」「わかりませんが、おそらく
+                   「A and B」「A説とB説」「Aか誰か」), does not take it back for another (「Aです。いや、Bです。」
+                   「実際に書いたのはB」), does not use it only to name something else (「ラヴクラフトの友人」
+                   「クトゥルフの落とし子」「アーカム・ハウス」「ダゴン秘密教団」「1890年代」「1928年の前年」, a
+                   longer title 『ラヴクラフト全集』 unless the question asks for a work), does not leave it open
+                   (「ラヴクラフトかどうかはわかりません」: not attempted), and is in Japanese. Candidates listed as
+                   context do not hedge an answer stated last in a clause of its own (「A、B、Cらが活躍した時代の作品
+                   で、作者はAです」). A single hedged answer (「たぶんラヴクラフトだと思います」「わかりませんが、おそらく
                    ラヴクラフトです」) is correct, as in SimpleQA. A negated other name offers nothing:
                    「ダーレスではありません」 alone gives no answer.
     not attempted  the answer is empty (no letter or digit), or abstains (「わかりません」「はっきりしたことは言えま
@@ -64,7 +67,7 @@ BOUNDARY = re.compile(r"[\s・·•‧⋅=゠\-‐‑‒–—―−'\"“”「
 REMOVED = re.compile(BOUNDARY.pattern + r"+|(?<![0-9])\.|\.(?![0-9])")
 SENTENCE_END = "。！？!?\n"
 # What may stand between two listed candidates: a suffix, then list punctuation or a word of choice
-SUFFIX = r"(?:年|年代|氏|さん|様|先生|ら)?"
+SUFFIX = r"(?:年|年代|氏|さん|様|先生|ら|説)?"
 LIST_JOIN = re.compile(  # | marks where a boundary character (a bracket, a space) was
     SUFFIX + r"(?:だった|でした|です|など|なの|だ)?"
     r"\|?(?:(?:、|,|/|と|や|か|及び|および|または|もしくは|あるいは|或いは|ないし|から|~|〜|～|ー|or|either|and|&|\?)\|?)+(?:[a-z0-9]\|)?$"
@@ -87,9 +90,21 @@ RELATION = re.compile(
 # ... or the first word of an organisation's or a place's name: 「アーカム・ハウス」「ダゴン秘密教団」「ダゴン神殿」
 ORGANISATION = re.compile(r"^(?:秘密)?(教団|教会|結社|協会|財団|研究所|大学|図書館|博物館|出版|書房|社(?!会)|神社|神殿|寺院|賞|ハウス|クラブ)")
 # A later candidate that takes the accepted answer back: 「ラヴクラフトです。いや、ダーレスです。」
-CORRECTION = re.compile(r"(?:^|[。、,!?])(?:あ|あっ|おっと)?、?(?:いや|いいえ)|訂正|間違え|言い間違|失礼し|正しくは|撤回")
+CORRECTION = re.compile(r"(?:^|[。、,!?])(?:あ|あっ|おっと)?、?(?:いや|いいえ)|訂正|間違え|言い間違|失礼|正しくは|撤回|"
+                        r"言いたいところ|(?:実際|本当|実)(?:に|は)[^。!?]{0,10}のは")
 # Both names of a pair negated across a comma: 「ラヴクラフトでも、ダーレスでもありません」
-NEITHER = re.compile(r"^でも[、,][^。！？!?\n]{0,15}?でも(?:ありません|ない|なく)")
+# ... and negations across a comma: 「ラヴクラフトでも、ダーレスでもありません」「ラヴクラフト、ではなく」「…とされますが、誤りです」
+NEITHER = re.compile(r"^でも[、,][^。！？!?\n]{0,15}?でも(?:ありません|ない|なく)|^[、,](?:では|じゃ)(?:なく|ない)"
+                     r"|^(?:と|という)[^。！？!?\n]{0,14}?が[、,](?:それは|これは)?(?:誤|間違い(?!な)|誤解|俗説)")
+# Not a commitment: 「ラヴクラフトかどうかはわかりません」
+WHETHER = re.compile(r"^[^、,。！？!?\n]{0,8}?(?:かどうか|か否か)")
+# A vague alternative beside the accepted name: 「ラヴクラフト、または彼の友人たちの誰か」「ラヴクラフトか誰か」
+VAGUE = re.compile(r"誰か|どなたか|何か|どこか|その他|他の|ほかの|別の")
+# A year as the edge of a span or of a decade: 「1890年代」「1928年の前年」「1928年以降」
+RELATIVE_YEAR = re.compile(r"^年?(?:代|の?(?:前年|翌年|前々年|翌々年)|以前|以降|より(?:前|後)|の(?:前|後)(?:[にのでだ。]|$))")
+# A clause of its own that states the answer last: 「…、作者はラヴクラフトです。」 (after は or が, nothing after it)
+FRAME = re.compile(r"(?:は|が)\|?$")
+CLOSE = re.compile(r"^(?:氏|さん)?(?:本人)?(?:です|でした|だ|である)?\|?[。!?]*$")
 # A question that asks for a work, whose title may hold more than its accepted short form (『狂気の山脈にて』 for 狂気の山)
 WORK_QUESTION = re.compile(r"(?:短編|長編|中編|作品|小説|連作|シリーズ|ライトノベル|ゲーム|題名|タイトル|戯曲|集|論|詩|映画|漫画)"
                            r"(?:の(?:題名|名前|タイトル))?(?:は|を)?(?:何|なん|どれ|\?|？)")
@@ -275,13 +290,13 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
     modifiers = [span for span in named if _names_something_else(folded, span, question_text, titles)]
     if modifiers and len(modifiers) == len(named):
         return Grade(INCORRECT, False, False, "names something else by the accepted answer")
-    named = [span for span in named if span not in modifiers]
+    named = [span for span in named if span not in modifiers and not WHETHER.match(folded.text[span[1]:])]
     if any(_negated(folded, span) for span in named):
         return Grade(INCORRECT, False, False, "negates an accepted answer")
     if named:
         parts = [] if numeric else [span for span in candidate_spans(folded, False, answer, parts=True)
                                     if _is_other(folded, span, named, forms, question_text)]
-        if _hedged(folded, named, others, parts):
+        if _hedged(folded, named, others, parts) and not _states_last(folded, named, [*others, *parts]):
             return Grade(INCORRECT, False, False, "one of several candidates")
         if _taken_back(folded, named, others):
             return Grade(INCORRECT, False, False, "takes the accepted answer back")
@@ -323,6 +338,19 @@ def _with_short_years(answer: str, forms) -> str:
     return re.sub(r"'([0-9]{2})(?![0-9])", expand, normalize(answer))
 
 
+def _states_last(folded: Folded, named, others) -> bool:
+    """Whether the answer ends on a clause of its own that states an accepted name (FRAME, CLOSE): the candidates
+    before it were context (「ラヴクラフト、ダーレス、スミスらが活躍した時代の作品で、作者はラヴクラフトです」)."""
+    text = folded.text
+    start, end = max(named)
+    if any(other[0] > start for other in others):
+        return False
+    clause = max(text.rfind(mark, 0, start) for mark in "、,。!?") + 1
+    before = _marked(folded, clause, start)
+    return bool(FRAME.search(before) and CLOSE.match(_marked(folded, end, len(text)))
+                and not any(clause <= other[0] for other in others) and not CHOICE.search(before))
+
+
 def _names_something_else(folded: Folded, span, question_text: str, titles: list[str]) -> bool:
     """Whether the accepted name only qualifies another answer (RELATION, ORGANISATION) that the question does not
     ask about (「ラヴクラフトの弟子です」 answers 「誰の弟子ですか」), or is part of a longer title in 『』 (folded; none
@@ -333,6 +361,8 @@ def _names_something_else(folded: Folded, span, question_text: str, titles: list
                for match in re.finditer(re.escape(title), folded.text)):
             return True  # 『ラヴクラフト全集』
     rest = folded.text[end:]
+    if re.fullmatch(r"[0-9]+年?", folded.text[start:end]) and RELATIVE_YEAR.match(rest):
+        return True
     match = RELATION.match(rest) or ORGANISATION.match(rest)
     return match is not None and match[1] not in question_text
 
@@ -381,8 +411,11 @@ def _hedged(folded: Folded, named, others, parts=()) -> bool:
     named_sentences = {_sentence(text, start) for start, _ in named}
     for sentence_start, sentence_end in named_sentences:
         inside = [span for span in [*others, *parts] if sentence_start <= span[0] < sentence_end]
-        if inside and CHOICE.search(_marked(folded, sentence_start, sentence_end)):
+        marked = _marked(folded, sentence_start, sentence_end)
+        if (inside or VAGUE.search(marked)) and CHOICE.search(marked):
             return True
+    if any(re.match(r"(?:か|や)(?:誰か|どなたか|何か|どこか)", text[end:]) for _, end in named):
+        return True
     items = {"named": set(), "other": set()}  # sentences or lines that are one candidate alone: a list written down
     for kind, spans in (("named", named), ("other", others)):
         for start, end in spans:
