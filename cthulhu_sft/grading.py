@@ -44,8 +44,7 @@ sentence with the accepted form holds both a candidate and a marker of choice (�
 もしくは あるいは ないし or either 候補), when a candidate is offered as a possibility (「ダーレスかもしれません」
 「ダーレスの可能性も」「ダーレスという説も」), or when another sentence asks a candidate (「ラヴクラフト？ダーレス？」).
 
-Known limits: an answer that names two accepted forms and negates one (「クトゥルフではなくクトゥルーです」) is
-incorrect; a candidate written in hiragana or as a common noun is not seen; a negation further than the clause
+Known limits: a candidate written in hiragana or as a common noun is not seen; a negation further than the clause
 of the name (「ラヴクラフトが書いたという説は、今では否定されています」) is not seen; a list written with ・ and no
 word of choice reads as one name (「ラヴクラフト・ダーレス・スミスです」); letters as list labels (「A. ラヴクラフト
 B. ダーレス」) are not seen; a vague range beside the answer (「1920年代のどこか、たぶん1928年」) is a hedged single
@@ -81,7 +80,7 @@ NEGATION = re.compile(
     r"^[^、,。！？!?\n]{0,12}?(?:(?:では|じゃ|で)(?:は|も)?(?:ありません|ございません|ない|無い|なく|無く|なかった|あり得|ありえ|有り得)"
     r"(?!(?:です|でしょう|だろう|のです|んです|ん)?か(?!もしれ|も知れ))|とは(?:違|異な|言え|言い切れ|限ら|断定でき)|以外(?!(?:に|と)(?:は)?(?:ありえ|あり得|有り得|考えられ|い(?:ない|ません)))|を除"
     r"|とは(?:思え|思わ|思いません|考えられ(?:ません|ない))|(?:はず|わけ)(?:が|は)(?:ありません|ない|無い)"
-    r"|(?:という|とする|とした)?のは(?:誤|間違)|は(?:誤り|間違い(?!な|あり))|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
+    r"|(?:という|とする|とした)?のは(?:誤|間違)|(?:と|という)?(?:勘違い|誤解|誤認)|は(?:誤り|間違い(?!な|あり))|(?:は|とは|と)?(?:関係|無関係)(?:が)?(?:ありません|ない|です))"
 )
 # The accepted name as a modifier of another answer: 「ラヴクラフトの友人」「クトゥルフの落とし子」「ラヴクラフトと共作した…」
 RELATION = re.compile(
@@ -95,7 +94,7 @@ CORRECTION = re.compile(r"(?:^|[。、,!?])(?:あ|あっ|おっと)?、?(?:い�
 # Both names of a pair negated across a comma: 「ラヴクラフトでも、ダーレスでもありません」
 # ... and negations across a comma: 「ラヴクラフトでも、ダーレスでもありません」「ラヴクラフト、ではなく」「…とされますが、誤りです」
 NEITHER = re.compile(r"^でも[、,][^。！？!?\n]{0,15}?でも(?:ありません|ない|なく)|^[、,](?:では|じゃ)(?:なく|ない)"
-                     r"|^(?:と|という)[^。！？!?\n]{0,14}?が[、,](?:それは|これは)?(?:誤|間違い(?!な)|誤解|俗説)")
+                     r"|^(?:と|という|って)[^。！？!?\n]{0,14}?(?:が|けど|けれど)[、,]?(?:それは|これは)?(?:誤|間違い(?!な)|誤解|俗説|違)")
 # Not a commitment: 「ラヴクラフトかどうかはわかりません」
 WHETHER = re.compile(r"^[^、,。！？!?\n]{0,8}?(?:かどうか|か否か)")
 # A vague alternative beside the accepted name: 「ラヴクラフト、または彼の友人たちの誰か」「ラヴクラフトか誰か」
@@ -118,6 +117,12 @@ COMMON_WORDS = frozenset(
     "ルール リスト メモリ エラー ノーコメント コメント ai or either not and".split()
 )
 INITIALS_MAX = 3  # what may be left of an answer beside the name it gives (ＨＰ) without making it non-Japanese
+# ... or its other name parts in Latin letters (Howard Phillips Lovecraft, 『北極星』（Polaris）): at most this many words,
+# none of them English sentence words
+NAME_WORDS_MAX = 3
+SENTENCE_WORDS = metrics.ENGLISH_STOPWORDS | frozenset(
+    "wrote written writer created author think maybe probably perhaps answer name yes no not i he she his her who "
+    "sure was is".split())
 ITEM_FILLER = 4  # what a list item may hold beside its candidate (です, でしょう, a number)
 
 
@@ -291,8 +296,10 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
     if modifiers and len(modifiers) == len(named):
         return Grade(INCORRECT, False, False, "names something else by the accepted answer")
     named = [span for span in named if span not in modifiers and not WHETHER.match(folded.text[span[1]:])]
-    if any(_negated(folded, span) for span in named):
-        return Grade(INCORRECT, False, False, "negates an accepted answer")
+    negated = [span for span in named if _negated(folded, span)]
+    if negated and not any(span > max(negated) and _in_answer_slot(folded.text, span[1]) for span in named):
+        return Grade(INCORRECT, False, False, "negates an accepted answer")  # not 「クトゥルフではなくクトゥルーです」
+    named = [span for span in named if span not in negated]
     if named:
         parts = [] if numeric else [span for span in candidate_spans(folded, False, answer, parts=True)
                                     if _is_other(folded, span, named, forms, question_text)]
@@ -448,4 +455,8 @@ def _japanese_apart_from(folded: Folded, named) -> bool:
     rest.append(_marked(folded, position, len(folded.text)))
     words = re.sub(r"(?:^|(?<=[|\W]))[a-z](?=[|\W]|$)", "", "|".join(rest)).replace("|", " ")
     letters = [character for character in words if character.isalpha()]
-    return len(letters) <= INITIALS_MAX or metrics.is_japanese(words)
+    if len(letters) <= INITIALS_MAX or metrics.is_japanese(words):
+        return True
+    latin = re.findall(r"[a-z\u00DF-\u024F]+", words)
+    return (len(latin) <= NAME_WORDS_MAX and not SENTENCE_WORDS & set(latin) and not re.search(r"[、,/&]", words)
+            and metrics.is_japanese(re.sub(r"[a-z\u00DF-\u024F]+", "", words)))

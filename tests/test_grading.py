@@ -42,7 +42,7 @@ ARKHAM = {"instruction": "ミスカトニック大学がある架空の町の名
 GOD = {"instruction": "インスマスの住民が崇める海の神の名前は？", "response": "ダゴンです。", "answers": ["ダゴン"],
        "title": "クトゥルフ神話", "kind": "being"}
 HOWARD = {"instruction": "『英雄コナン』シリーズを書き、ラヴクラフトと文通した作家は？", "response": "ロバート・E・ハワードです。",
-          "answers": ["ロバート・E・ハワード"], "title": "ロバート・E・ハワード", "kind": "person"}
+          "answers": ["ロバート・E・ハワード", "Robert E. Howard"], "title": "ロバート・E・ハワード", "kind": "person"}
 SOURCE_TEXTS = [
     {"title": "クトゥルフの呼び声 (小説)", "text": "『クトゥルフの呼び声』はハワード・フィリップス・ラヴクラフトの小説。"
      "1926年に執筆され、1928年2月にウィアード・テイルズ誌に掲載された。"},
@@ -633,6 +633,57 @@ CASES += [
     (YEAR, "1928年前後です。", C),
     (YEAR, "1928年の前年です。", W),
 ]
+# A fourth: negations across a comma, names in Latin letters beside or instead of the Japanese one, era-year lists.
+CASES += [
+    (AUTHOR, "ラヴクラフトやダーレス", W),
+    (AUTHOR, "ラヴクラフト、ダーレスなど", W),
+    (AUTHOR, "ラヴクラフトもしくはダーレスのいずれか", W),
+    (YEAR, "1926年、1927年、1928年", W),
+    (YEAR, "昭和2年か3年", W),
+    (YEAR, "昭和3年か4年", W),
+    (YEAR, "1928年（もしくは1929年）", W),
+    (AUTHOR, "ラヴクラフトではありませんよ。", W),
+    (AUTHOR, "ラヴクラフトではないです、ダーレスです。", W),
+    (AUTHOR, "それはラヴクラフトではない。", W),
+    (AUTHOR, "残念ながらラヴクラフトではありません。", W),
+    (AUTHOR, "ラヴクラフトって言う人もいるけど違う。", W),
+    (AUTHOR, "ラヴクラフトと思われがちですが、違います。", W),
+    (AUTHOR, "ラヴクラフトだと勘違いされがちですが、ダーレスです。", W),
+    (AUTHOR, "ラヴクラフトだと誤解されがちです。", W),
+    (KYOTO, "京都大学です。", W),
+    (AUTHOR, "Howard Phillips Lovecraft", C),
+    (AUTHOR, "ラヴクラフト（Howard Phillips Lovecraft）", C),
+    (AUTHOR, "Lovecraft, Derleth", W),
+    (AUTHOR, "Derleth or Lovecraft", W),
+    (AUTHOR, "It was Lovecraft.", W),
+    (AUTHOR, "わかりませんが、ラヴクラフトかもしれません。", C),
+    (AUTHOR, "わかりません。ラヴクラフト？", C),
+    (AUTHOR, "ラヴクラフトです。わかりませんけど。", C),
+    (AUTHOR, "知りませんが、ダーレスでしょう。", W),
+    (YEAR, "自信がありませんが、昭和3年だと思います。", C),
+    (AUTHOR, "\u200b", N),
+    (AUTHOR, "。。。", N),
+    (HOWARD, "Robert E. Howard", C),
+    (HOWARD, "ロバート・E・ハワード（Robert Ervin Howard）です。", C),
+    (HOWARD, "ロバート・E・ハワードかクラーク・アシュトン・スミス", W),
+    (HOWARD, "ハワードではなくスミスです。", W),
+    (PRICE, "E・ホフマン・プライスと、ラヴクラフトです。", C),
+    (PRICE, "ホフマン・プライスかダーレスです。", W),
+    (BORN, "1890年（明治23年）8月20日です。", C),
+    (BORN, "明治23年ではなく明治24年です。", W),
+    (BORN, "明治二十三年か二十四年", W),
+    (POLARIS, "『北極星』（Polaris）です。", C),
+    (POLARIS, "『北極星』か『ダゴン』です。", W),
+    (POLARIS, "北極星ではありません。", W),
+    (NYAR, "ニャルラトテップではなくナイアーラトテップです。", C),
+    (NYAR, "ナイアーラトテップ、別名ニャルラトテップです。", C),
+    (NYAR, "ナイアーラトテップかアザトースのどちらか", W),
+    (NYAR, "ナイアーラトテップではありません。", W),
+    (BEING, "クトゥルー、あるいはダゴン", W),
+    (BEING, "ク・リトル・リトルかもしれません。", C),
+    (BEING, "大いなるクトゥルフ（Great Cthulhu）です。", C),
+    (BEING, "クトゥルフではなくクトゥルーです。", C),  # two names of one being, one negated
+]
 # Questions without accepted answers: only the hallucination measure applies.
 DAGON = {"instruction": "ダゴンとは何ですか？", "response": "深きものどもが崇める神です。", "title": "クトゥルフ神話"}
 HALLUCINATIONS = [
@@ -689,12 +740,16 @@ HALLUCINATIONS = [
     ("ダゴンはインスマスの沖の悪魔の暗礁に棲む神です。", ["インスマス"]),
     ("ダゴンは霧ヶ浜の神で、ルルイエにも眠る。", ["霧ヶ浜"]),
     ("ダゴンは『黄衣の王』と『深淵の王』に現れる。", ["深淵の王"]),
+    ("ダゴンは深きものどもの神で、インスマスで崇拝されます。", ["インスマス"]),
+    ("ダゴンは1937年に亡くなったラヴクラフトの神です。", []),
+    ("ダゴンは平成元年に登場しました。", ["1989"]),
+    ("ダゴンはロードアイランド州プロビデンスの神です。", []),
 ]
 
 
 def blank(answer: str) -> bool:
     """What a careful grader calls empty: nothing but spaces and punctuation."""
-    return not answer.strip(" \u3000\n\t。.?？!！…・ー―〜「」（）_＿♪")
+    return not answer.strip(" \u3000\u200b\n\t。.?？!！…・ー―〜「」（）_＿♪")
 
 
 def write_jsonl(path, rows):
@@ -766,8 +821,8 @@ def test_empty_answers_never_lower_the_hallucination_rate(tmp_path):
 
 def test_era_years_are_neither_wrong_nor_invented(graded):
     _, generations = graded
-    for index, (_, answer, _) in enumerate(CASES):
-        if "昭和3年" in answer or "明治23年" in answer:
+    for index, (_, answer, verdict) in enumerate(CASES):
+        if ("昭和3年" in answer or "明治23年" in answer) and verdict == C:
             assert generations[index + 1]["unsupported_terms"] == [], answer
 
 
