@@ -823,7 +823,7 @@ def test_era_years_are_neither_wrong_nor_invented(graded):
     _, generations = graded
     for index, (_, answer, verdict) in enumerate(CASES):
         if ("昭和3年" in answer or "明治23年" in answer) and verdict == C:
-            assert generations[index + 1]["unsupported_terms"] == [], answer
+            assert not {"1928", "1890", "3", "23"} & set(generations[index + 1]["unsupported_terms"]), answer
 
 
 def test_report_explains_the_grades_and_what_hallucination_cannot_see(graded, tmp_path_factory):
