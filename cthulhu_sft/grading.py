@@ -43,8 +43,15 @@ candidate is listed next to the accepted form (、 , / と や か または も
 sentence with the accepted form holds both a candidate and a marker of choice (いずれか どれか どちらか または
 もしくは あるいは ないし or either 候補), when a candidate is offered as a possibility (「ダーレスかもしれません」
 「ダーレスの可能性も」「ダーレスという説も」), or when another sentence asks a candidate (「ラヴクラフト？ダーレス？」).
+A name of the question hedges too when a word of choice joins it to the accepted form (「ダーレスかリン・カーター」 to a
+question about Derleth's successor). Words that no dictionary calls a name (titles written without 『』: 無名都市,
+魔女の家の夢) hedge when they stand beside the accepted form with a word of choice (または もしくは あるいは, or か
+after a kanji or katakana word: 「無名都市か狂気の山脈にて」), in a list ended by など or ら, beside it with 、 or ・ in a
+sentence of choice, or in a later clause of possibility or correction (「…、魔女の家の夢かもしれません」「いや、魔女の
+家の夢です」). A short answer to a question for a work that offers such words alone (「千夜一夜です」) is incorrect.
 
-Known limits: a candidate written in hiragana or as a common noun is not seen; a negation further than the clause
+Known limits: a candidate written in hiragana or ending in hiragana (闇に棲みつくもの) is seen only beside a word of
+choice or in a list; a negation further than the clause
 of the name (「ラヴクラフトが書いたという説は、今では否定されています」) is not seen; a list written with ・ and no
 word of choice reads as one name (「ラヴクラフト・ダーレス・スミスです」); letters as list labels (「A. ラヴクラフト
 B. ダーレス」) are not seen; a vague range beside the answer (「1920年代のどこか、たぶん1928年」) is a hedged single
@@ -107,6 +114,27 @@ CLOSE = re.compile(r"^(?:氏|さん)?(?:本人)?(?:です|でした|だ|であ�
 # A question that asks for a work, whose title may hold more than its accepted short form (『狂気の山脈にて』 for 狂気の山)
 WORK_QUESTION = re.compile(r"(?:短編|長編|中編|作品|小説|連作|シリーズ|ライトノベル|ゲーム|題名|タイトル|戯曲|集|論|詩|映画|漫画)"
                            r"(?:の(?:題名|名前|タイトル))?(?:は|を)?(?:何|なん|どれ|\?|？)")
+# Words of choice that hedge whatever stands beside the accepted name (「狂気の山または魔女の家の夢」), unless it points
+# back (「ルルイエ、もしくはそれに似た都市」)
+CHOICE_WORD = r"(?:または|もしくは|あるいは|或いは|ないし|それとも)"
+# After the accepted name, the rest of its word may come first (狂気の山 of 狂気の山脈にて)
+WORD_REST = r"(?:(?![はがをにでともの])[^\W_◎]{1,4}?)?"
+CHOICE_AFTER = re.compile(WORD_REST + SUFFIX + r"\|?[、,]?" + CHOICE_WORD + r"\|?[、,]?(?!それ|その|これ|この|あれ|あの|彼|同様|似た)[^\W_]")
+CHOICE_BEFORE = re.compile(r"[^\W_]{2}" + SUFFIX + r"\|?[、,]?" + CHOICE_WORD + r"\|?[、,]?$")
+# A word written in kanji or katakana just before or after 「か」: 「千夜一夜か無名都市です」「無名都市か魔犬」
+OR_WORD_BEFORE = re.compile(r"(?<![何誰])[\u3005\u4E00-\u9FFF\u30A1-\u30FA]か\|?$")
+OR_WORD_AFTER = re.compile(WORD_REST + SUFFIX + r"か\|?[、,]?[\u3005\u4E00-\u9FFF\u30A1-\u30FA]{2}")
+# A later clause that offers or corrects to something else, written in any words: 「…、魔女の家の夢かもしれません」
+# 「…。いや、魔女の家の夢です」; not 「違うかもしれません」
+NOUN_PHRASE = r"[\u3005\u4E00-\u9FFF\u30A1-\u30FA](?:[\u3005\u4E00-\u9FFF\u30A1-\u30FAー]|の(?!で|に))+"
+LATER_ALTERNATIVE = re.compile(
+    r"(?:^|[、,。!?])(?:でも|しかし|ただ|あるいは|もしかすると|もしかしたら)?[、,]?(?![違間誤別他])" + NOUN_PHRASE
+    + r"(?:だった|でした|です|だ|の)?(?:かもしれ|かも知れ|可能性)"
+    r"|(?:^|[、,。!?])(?:あ[、,]?)?(?:いや|いいえ)[、,]?(?![違間誤別他本冗確])" + NOUN_PHRASE + r"(?:だった|でした|です|だ)[。!?]*$")
+# What a question for a work is not answered by: a generic description (「ラヴクラフトの短編です」)
+# A list of words beside the accepted name, ended by など or ら: 「ラムジー・キャンベル、逢空万太などです」
+LISTED_AFTER = re.compile(WORD_REST + SUFFIX + r"(?:(?:[、,][^\W_◎][^、,。!?◎]{0,19}?)+など|(?:[、,]" + NOUN_PHRASE + r")+ら(?![しれ]))")
+GENERIC_HEAD = re.compile(r"(?:作品|小説|短編|長編|中編|物語|話|本|書|もの|作|シリーズ|連作|戯曲|詩|ゲーム|評論|集|作家|人物|人|名作|傑作)$")
 NAME_TAIL_MIN = 3
 # A name given as the answer: 「ラヴクラフトです」「ラヴクラフトが書きました」, not 「ラヴクラフトの友人です」
 ANSWER_SLOT = re.compile(r"^(?:年|氏|さん)?(?:です|でした|だ|でしょう|でございます|が|という|とされ|と考えられ|[。!?]|$)")
@@ -290,6 +318,8 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
     candidates = candidate_spans(folded, numeric, answer)
     others = [span for span in candidates if _is_other(folded, span, named, forms, question_text, numeric)]
     others = [span for span in others if not _negated(folded, span)]  # 「ダーレスではありません」 offers nothing
+    asked = [span for span in candidates if span not in others and not _negated(folded, span)  # the question's names
+             and _is_other(folded, span, named, forms, "", numeric)]
     titles = [] if WORK_QUESTION.search(normalize(question)) else [
         fold(title).text for title in re.findall(r"『([^『』]+)』", normalize(answer))]
     modifiers = [span for span in named if _names_something_else(folded, span, question_text, titles)]
@@ -303,9 +333,9 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
     if named:
         parts = [] if numeric else [span for span in candidate_spans(folded, False, answer, parts=True)
                                     if _is_other(folded, span, named, forms, question_text)]
-        if _hedged(folded, named, others, parts) and not _states_last(folded, named, [*others, *parts]):
+        if _hedged(folded, named, others, parts, asked, numeric) and not _states_last(folded, named, [*others, *parts]):
             return Grade(INCORRECT, False, False, "one of several candidates")
-        if _taken_back(folded, named, others):
+        if _taken_back(folded, named, [*others, *asked]):
             return Grade(INCORRECT, False, False, "takes the accepted answer back")
         if not _japanese_apart_from(folded, named):
             return Grade(INCORRECT, False, False, "not in Japanese")
@@ -318,6 +348,8 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         return Grade(INCORRECT, False, False, "not in Japanese")
     if any(_in_answer_slot(folded.text, end) for start, end in candidates if _is_other(folded, (start, end), named, forms, "")):
         return Grade(INCORRECT, False, False, "answers with a name of the question")  # 「ラヴクラフトです」 to 「…の死後…」
+    if WORK_QUESTION.search(normalize(question)) and _names_a_title(folded):
+        return Grade(INCORRECT, False, False, "names another title")  # 「千夜一夜です」 to 「…の短編は何ですか」
     # Neither the answer nor another one, nothing against it: as SimpleQA, not attempted (「有名な作家です」)
     return Grade(NOT_ATTEMPTED, False, False, "gives no answer")
 
@@ -406,20 +438,56 @@ def _sentence(text: str, position: int) -> tuple[int, int]:
     return start, min(ends, default=len(text))
 
 
-def _hedged(folded: Folded, named, others, parts=()) -> bool:
+def _listed_beside(folded: Folded, masked: str, start: int, end: int) -> bool:
+    """Whether another word is listed just before or after the accepted name (、 or a separator between them)."""
+    before = masked[max(0, start - 2):start]
+    word = r"[\u3005\u4E00-\u9FFF\u30A1-\u30FAa-z]"  # a name's first or last letter, not a word of choice (、または)
+    rest = re.match(WORD_REST + r"(?=[、,]" + word + ")", masked[end:])  # the rest of the name's word (狂気の山脈にて)
+    end = end + len(rest[0]) if rest else next((b for b in sorted(folded.boundaries) if end <= b <= end + 4
+                                                 and re.match(r"[^\W_◎]{0,4}$", masked[end:b])), end)
+    after = masked[end:end + 2]
+    return (bool(re.match(r"[、,]" + word, after)) or end in folded.boundaries and bool(re.match(word, after))
+            or bool(re.search(word + r"[、,]$", before)) or start in folded.boundaries and bool(re.search(word + "$", before)))
+
+
+def _names_a_title(folded: Folded) -> bool:
+    """Whether a short answer of one clause offers a title in plain words (「千夜一夜です」, not 「有名な短編です」)."""
+    match = re.fullmatch(r"(?:それは|答えは|正解は)?([^、,。!?]{2,20}?)(?:です|でした|だ|である)?[。!?]*", folded.text)
+    return bool(match) and not GENERIC_HEAD.search(match[1]) and not re.search(r"[ぁ-ゖ]$", match[1])
+
+
+def _hedged(folded: Folded, named, others, parts=(), asked=(), numeric=False) -> bool:
     """Whether the accepted name is one candidate among others; `parts`: other katakana name parts, which count in
-    a sentence of choice (「ラヴクラフト・ダーレス・スミスのいずれか」)."""
+    a sentence of choice (「ラヴクラフト・ダーレス・スミスのいずれか」); `asked`: the question's names, which count
+    beside a word of choice (「ダーレスかリン・カーターです」 to a question about Derleth's successor); words of choice
+    and later alternatives hedge whatever words they offer (CHOICE_AFTER, LATER_ALTERNATIVE)."""
     text = folded.text
-    spans = sorted(named + others)
+    spans = sorted(named + others + list(asked))
     for (left_start, left_end), (right_start, right_end) in zip(spans, spans[1:]):
         pair = {(left_start, left_end), (right_start, right_end)}
-        if pair & set(named) and pair & set(others) and LIST_JOIN.match(_marked(folded, left_end, right_start)):
+        gap = _marked(folded, left_end, right_start)
+        if pair & set(named) and pair & set(others) and LIST_JOIN.match(gap):
             return True
+        if pair & set(named) and pair & set(asked) and re.fullmatch(SUFFIX + r"\|?[、,]?(?:か|/|or|\?|" + CHOICE_WORD + r")\|?", gap):
+            return True
+    masked = list(text)  # the accepted names blanked out, so that a word beside a word of choice is another one
+    for start, end in named:
+        masked[start:end] = "◎" * (end - start)
+    masked = "".join(masked)
+    for start, end in named:
+        after, before = masked[end:], masked[:start]
+        if CHOICE_AFTER.match(after) or CHOICE_BEFORE.search(before):
+            return True
+        if not numeric and (OR_WORD_AFTER.match(after) or OR_WORD_BEFORE.search(before) or LISTED_AFTER.match(after)):
+            return True
+    if not numeric and LATER_ALTERNATIVE.search(masked[max(end for _, end in named):]):
+        return True
     named_sentences = {_sentence(text, start) for start, _ in named}
     for sentence_start, sentence_end in named_sentences:
         inside = [span for span in [*others, *parts] if sentence_start <= span[0] < sentence_end]
         marked = _marked(folded, sentence_start, sentence_end)
-        if (inside or VAGUE.search(marked)) and CHOICE.search(marked):
+        listed = any(sentence_start <= start < sentence_end and _listed_beside(folded, masked, start, end) for start, end in named)
+        if (inside or listed or VAGUE.search(marked)) and CHOICE.search(marked):
             return True
     if any(re.match(r"(?:か|や)(?:誰か|どなたか|何か|どこか)", text[end:]) for _, end in named):
         return True

@@ -43,6 +43,12 @@ GOD = {"instruction": "インスマスの住民が崇める海の神の名前は
        "title": "クトゥルフ神話", "kind": "being"}
 HOWARD = {"instruction": "『英雄コナン』シリーズを書き、ラヴクラフトと文通した作家は？", "response": "ロバート・E・ハワードです。",
           "answers": ["ロバート・E・ハワード", "Robert E. Howard"], "title": "ロバート・E・ハワード", "kind": "person"}
+CARTER = {"instruction": "『クトゥルー神話の神神』などを書き、ダーレスの後に神話の体系化を進めたアメリカの作家は誰ですか？",
+          "response": "『クトゥルー神話の神神』を書いたのはリン・カーターです。", "answers": ["リン・カーター", "Lin Carter"],
+          "title": "リン・カーター", "kind": "person"}
+MADNESS = {"instruction": "ミスカトニック大学の南極探検隊が人類以前の廃都を発見する、ラヴクラフトの長編は何ですか？",
+           "response": "南極の廃都を描いたのは、ラヴクラフトの長編『狂気の山脈にて』です。", "answers": ["狂気の山", "At the Mountains of Madness"],
+           "title": "狂気の山脈にて", "kind": "work"}
 SOURCE_TEXTS = [
     {"title": "クトゥルフの呼び声 (小説)", "text": "『クトゥルフの呼び声』はハワード・フィリップス・ラヴクラフトの小説。"
      "1926年に執筆され、1928年2月にウィアード・テイルズ誌に掲載された。"},
@@ -683,6 +689,40 @@ CASES += [
     (BEING, "ク・リトル・リトルかもしれません。", C),
     (BEING, "大いなるクトゥルフ（Great Cthulhu）です。", C),
     (BEING, "クトゥルフではなくクトゥルーです。", C),  # two names of one being, one negated
+]
+# A fifth, on the quiz's own rows: the question's names as alternatives, titles written in plain words (no 『』).
+CASES += [
+    (CARTER, "リン・カーターです。", C),
+    (CARTER, "ダーレスかリン・カーターです。", W),
+    (CARTER, "リン・カーターまたはダーレス", W),
+    (CARTER, "リン・カーターもしくはダーレスのどちらか", W),
+    (CARTER, "リン・カーターです。いや、ダーレスです。", W),
+    (CARTER, "リン・カーターだと思いますが、ダーレスかもしれません。", W),
+    (CARTER, "ダーレスの後を継いだリン・カーターです。", C),
+    (CARTER, "ダーレスです。", W),
+    (CARTER, "リン・カーター、逢空万太などです。", W),
+    (MADNESS, "『狂気の山脈にて』です。", C),
+    (MADNESS, "狂気の山脈にてです。", C),
+    (MADNESS, "狂気の山脈にて、無名都市、魔女の家の夢のいずれかです。", W),
+    (MADNESS, "狂気の山脈にて・無名都市・魔女の家の夢のどれかです。", W),
+    (MADNESS, "無名都市か狂気の山脈にてです。", W),
+    (MADNESS, "魔女の家の夢か狂気の山脈にて", W),
+    (MADNESS, "狂気の山脈にてか無名都市", W),
+    (MADNESS, "狂気の山脈にてまたは魔女の家の夢", W),
+    (MADNESS, "狂気の山脈にてもしくは無名都市のどちらか", W),
+    (MADNESS, "狂気の山脈にて、無名都市などです。", W),
+    (MADNESS, "狂気の山脈にてだと思いますが、魔女の家の夢かもしれません。", W),
+    (MADNESS, "狂気の山脈にてです。いや、魔女の家の夢です。", W),
+    (MADNESS, "無名都市です。", W),
+    (MADNESS, "千夜一夜です。", W),
+    (MADNESS, "ラヴクラフトの長編です。", N),
+    (MADNESS, "有名な長編小説です。", N),
+    (MADNESS, "狂気の山脈にてです。南極を舞台にした長編で、ミスカトニック大学の探検隊が登場します。", C),
+    (MADNESS, "狂気の山脈にてです。南極が舞台だったかもしれません。", C),
+    (MADNESS, "狂気の山脈にてだと思いますが、違うかもしれません。", C),
+    (MADNESS, "狂気の山脈にてではありません。", W),
+    (PLACE, "ルルイエです。南太平洋に沈んでいるかもしれません。", C),
+    (AUTHOR, "ラヴクラフトです。ただし異説もあるかもしれません。", C),
 ]
 # Questions without accepted answers: only the hallucination measure applies.
 DAGON = {"instruction": "ダゴンとは何ですか？", "response": "深きものどもが崇める神です。", "title": "クトゥルフ神話"}
