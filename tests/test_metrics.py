@@ -225,6 +225,7 @@ def test_answer_is_correct(answer, accepted, correct):
         ("わからんです。", True),
         ("私には答えられない質問です。", True),
         ("覚えていません。", True),
+        ("ダゴンは人間の知らない太古の神です。", False),  # not knowing ascribed to others is a statement
         ("クトゥルフはルルイエで眠っています。", False),
         ("ルルイエは太平洋にあります。その正確な位置を人間は知りません。", False),  # not in the first sentence
         ("", False),
