@@ -295,7 +295,8 @@ def unsupported(terms: set[str], *support_texts: str, index: SupportIndex | None
         terms = {term for term in terms if not _supports(term, numbers, compact)}
     if index is not None:
         terms = {term for term in terms if not index.supports(term)}
-    return {term for term in terms if not any(term != other and term in other for other in terms)}  # 浜町 of 霧ヶ浜町
+    names = {term for term in terms if not is_number(term)}
+    return {term for term in terms if is_number(term) or not any(term != other and term in other for other in names)}  # 浜町 of 霧ヶ浜町
 
 
 # Titles in 『』 or 「」 (short, no sentence inside), and kanji names of places and organisations by their suffix:
