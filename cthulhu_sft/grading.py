@@ -23,7 +23,9 @@
 
 Accepted forms are compared in a folded form (`fold`): NFKC and lower case (full/half width, Ｈ → h), Japanese
 era years as Western years (昭和3年 → 1928年, 平成元年 → 1989年), kanji numerals as digits (千九百二十八 → 1928),
-a two-digit year as the accepted year it ends (’28 → 1928; 28年 without the apostrophe is another number),
+a two-digit year as the accepted year it ends (’28 → 1928; 28年 without the apostrophe is another number), one
+kanji numeral before a counter as a digit (三部作 → 3部作; an accepted number with its counter, 46歳, is graded as a
+number and accepts the bare number, 享年46),
 ヴ as ブ, no long-vowel marks (ナイアーラトテップ = ナイアラトテップ), no name separators (・ = ゠ spaces dashes)
 nor quotes and brackets; where a separator was, a word boundary is kept. A match must be whole:
     katakana and Latin  not continued by a letter of the same script (「ハリウッド」 does not name ハリ); a
@@ -135,6 +137,10 @@ LATER_ALTERNATIVE = re.compile(
 # A list of words beside the accepted name, ended by など or ら: 「ラムジー・キャンベル、逢空万太などです」
 LISTED_AFTER = re.compile(WORD_REST + SUFFIX + r"(?:(?:[、,][^\W_◎][^、,。!?◎]{0,19}?)+など|(?:[、,]" + NOUN_PHRASE + r")+ら(?![しれ]))")
 GENERIC_HEAD = re.compile(r"(?:作品|小説|短編|長編|中編|物語|話|本|書|もの|作|シリーズ|連作|戯曲|詩|ゲーム|評論|集|作家|人物|人|名作|傑作)$")
+# A number with its counter (46歳, 3部作): graded as a number; one kanji numeral before a counter is a digit (三部作)
+COUNTER = r"(?:年|歳|才|人|巻|冊|部作|回|世紀|年間|日|か月|ヶ月|号|章|柱|匹)"
+NUMERIC_FORM = re.compile(r"[0-9]+(?:\.[0-9]+)?" + COUNTER + "?")
+ONE_KANJI_COUNT = re.compile(r"(?<![〇一二三四五六七八九十百千万])([一二三四五六七八九])(?=(?:部作|冊|巻|歳|才|人|回|世紀|柱|匹|か月|ヶ月))")
 NAME_TAIL_MIN = 3
 # A name given as the answer: 「ラヴクラフトです」「ラヴクラフトが書きました」, not 「ラヴクラフトの友人です」
 ANSWER_SLOT = re.compile(r"^(?:年|氏|さん)?(?:です|でした|だ|でしょう|でございます|が|という|とされ|と考えられ|[。!?]|$)")
@@ -176,6 +182,7 @@ def fold(text: str) -> Folded:
     text = western_years(normalize(text))
     if metrics.KANJI_NUMERAL.search(text):
         text = metrics._with_digits(text)
+    text = ONE_KANJI_COUNT.sub(lambda match: str(metrics.KANJI_DIGITS[match[1]]), text)
     text = fold_kana(text).replace("\n", "。")
     pieces, boundaries, length, last = [], set(), 0, 0
     for match in REMOVED.finditer(text):
@@ -211,8 +218,8 @@ def accepted_forms(accepted: list[str]) -> list[tuple[str, bool]]:
             form = fold("".join(parts[start:])).text
             if form and (start == 0 or len(form) >= NAME_TAIL_MIN and script(form[0]) in ("katakana", "latin")):
                 forms[form] = forms.get(form, True) and start > 0
-        if re.fullmatch(r"[0-9]+年", fold(answer).text):
-            forms.setdefault(fold(answer).text[:-1], False)
+        if NUMERIC_FORM.fullmatch(fold(answer).text) and not fold(answer).text[-1].isdigit():  # 1928 of 1928年, 46 of 46歳
+            forms.setdefault(re.match(r"[0-9.]+", fold(answer).text)[0], False)
     return sorted(forms.items(), key=lambda item: len(item[0]), reverse=True)
 
 
@@ -310,7 +317,7 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
         abstained = abstains and not unsupported
         return Grade(None, False, abstained, "abstains" if abstained else "no accepted answers")
     forms = accepted_forms(accepted)
-    numeric = all(re.fullmatch(r"[0-9]+(?:\.[0-9]+)?年?", form) for form, _ in forms)
+    numeric = all(NUMERIC_FORM.fullmatch(form) for form, _ in forms)
     if numeric:
         folded = fold(_with_short_years(answer, forms))
     named = occurrences(folded, forms)

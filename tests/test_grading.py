@@ -49,6 +49,11 @@ CARTER = {"instruction": "『クトゥルー神話の神神』などを書き、
 MADNESS = {"instruction": "ミスカトニック大学の南極探検隊が人類以前の廃都を発見する、ラヴクラフトの長編は何ですか？",
            "response": "南極の廃都を描いたのは、ラヴクラフトの長編『狂気の山脈にて』です。", "answers": ["狂気の山", "At the Mountains of Madness"],
            "title": "狂気の山脈にて", "kind": "work"}
+AGE = {"instruction": "ラヴクラフトは何歳で亡くなりましたか？", "response": "46歳で亡くなりました。", "answers": ["46歳"],
+       "title": "ラヴクラフトの生涯", "kind": "other"}
+ALAZIF = {"instruction": "作中の設定で、アブドゥル・アルハザードが『アル・アジフ』を書いたのは西暦何年ですか？",
+          "response": "作中の設定では、『アル・アジフ』は730年ごろダマスカスで書かれました。", "answers": ["730"], "title": "ネクロノミコン",
+          "kind": "year"}
 SOURCE_TEXTS = [
     {"title": "クトゥルフの呼び声 (小説)", "text": "『クトゥルフの呼び声』はハワード・フィリップス・ラヴクラフトの小説。"
      "1926年に執筆され、1928年2月にウィアード・テイルズ誌に掲載された。"},
@@ -723,6 +728,22 @@ CASES += [
     (MADNESS, "狂気の山脈にてではありません。", W),
     (PLACE, "ルルイエです。南太平洋に沈んでいるかもしれません。", C),
     (AUTHOR, "ラヴクラフトです。ただし異説もあるかもしれません。", C),
+]
+# A sixth: numbers with a counter (46歳, 3部作) and kanji numerals that Sudachi splits (七百三十).
+CASES += [
+    (ALAZIF, "730年頃です。", C),
+    (ALAZIF, "七百三十年頃です。", C),
+    (ALAZIF, "西暦七三〇年", C),
+    (ALAZIF, "730年か738年です。", W),
+    (ALAZIF, "七百三十八年です。", W),
+    (AGE, "46歳です。", C),
+    (AGE, "四十六歳で亡くなりました。", C),
+    (AGE, "享年46", C),
+    (AGE, "46歳か47歳です。", W),
+    (AGE, "46か47歳", W),
+    (AGE, "47歳です。", W),
+    (AGE, "46歳ではありません。", W),
+    (AGE, "よく覚えていません。", N),
 ]
 # Questions without accepted answers: only the hallucination measure applies.
 DAGON = {"instruction": "ダゴンとは何ですか？", "response": "深きものどもが崇める神です。", "title": "クトゥルフ神話"}
