@@ -10,7 +10,7 @@
                    longer title 『ラヴクラフト全集』 unless the question asks for a work), does not leave it open
                    (「ラヴクラフトかどうかはわかりません」: not attempted), and is in Japanese. Candidates listed as
                    context do not hedge an answer stated last in a clause of its own (「A、B、Cらが活躍した時代の作品
-                   で、作者はAです」). A single hedged answer (「たぶんラヴクラフトだと思います」「わかりませんが、おそらく
+                   で、作者はAです」) nor one stated alone first (「Aです。なお、のちにA、B、Cらが書き継ぎました」). A single hedged answer (「たぶんラヴクラフトだと思います」「わかりませんが、おそらく
                    ラヴクラフトです」) is correct, as in SimpleQA. A negated other name offers nothing:
                    「ダーレスではありません」 alone gives no answer.
     not attempted  the answer is empty (no letter or digit), or abstains (「わかりません」「はっきりしたことは言えま
@@ -340,7 +340,8 @@ def grade_answer(answer: str, accepted: list[str] | None, question: str = "", un
     if named:
         parts = [] if numeric else [span for span in candidate_spans(folded, False, answer, parts=True)
                                     if _is_other(folded, span, named, forms, question_text)]
-        if _hedged(folded, named, others, parts, asked, numeric) and not _states_last(folded, named, [*others, *parts]):
+        stated = _stated_first(folded, named, [*others, *parts, *asked]) or named  # a later list of context repeats it
+        if _hedged(folded, stated, others, parts, asked, numeric) and not _states_last(folded, named, [*others, *parts]):
             return Grade(INCORRECT, False, False, "one of several candidates")
         if _taken_back(folded, named, [*others, *asked]):
             return Grade(INCORRECT, False, False, "takes the accepted answer back")
@@ -382,6 +383,20 @@ def _with_short_years(answer: str, forms) -> str:
         return next((year for year in sorted(years) if year.endswith(match[1])), match[0])
 
     return re.sub(r"'([0-9]{2})(?![0-9])", expand, normalize(answer))
+
+
+def _stated_first(folded: Folded, named, candidates) -> list:
+    """The accepted names of the answer's first sentence when it states one alone, before any other candidate
+    (「オーガスト・ダーレスです。なお、後にダーレス、スミス、ブロックらが関わりました。」); else []."""
+    text = folded.text
+    if min([*named, *candidates]) not in named:
+        return []
+    start, end = _sentence(text, min(named)[0])
+    marked = _marked(folded, start, end)
+    inside = [span for span in named if start <= span[0] < end]
+    if any(start <= span[0] < end for span in candidates) or CHOICE.search(marked) or VAGUE.search(marked):
+        return []
+    return inside if any(_in_answer_slot(text, span[1]) for span in inside) else []
 
 
 def _states_last(folded: Folded, named, others) -> bool:

@@ -745,6 +745,17 @@ CASES += [
     (AGE, "46歳ではありません。", W),
     (AGE, "よく覚えていません。", N),
 ]
+# A seventh: the answer stated first, then a list of context that repeats it; answers in a model's usual shapes.
+CASES += [
+    (DERLETH, "体系化したのはオーガスト・ダーレスです。なお、神話は後にダーレス、スミス、ブロックらが書き継ぎました。", C),
+    (PRICE, "E・ホフマン・プライスです。ラヴクラフト、プライス、ダーレスらの合作は他にもあります。", C),
+    (DERLETH, "ダーレス、スミス、ブロックらが書き継ぎました。体系化したのはダーレスです。", C),
+    (DERLETH, "ダーレス、スミス、ブロックらが書き継ぎました。", W),
+    (AUTHOR, "答え：ラヴクラフト\n説明：『クトゥルフの呼び声』はラヴクラフトの短編小説です。", C),
+    (AUTHOR, "ご質問ありがとうございます。『クトゥルフの呼び声』はラヴクラフトの短編小説です。参考になれば幸いです。", C),
+    (AUTHOR, "確か、ラヴクラフトだったと思います。", C),
+    (AUTHOR, "私の記憶ではラヴクラフトです。", C),
+]
 # Questions without accepted answers: only the hallucination measure applies.
 DAGON = {"instruction": "ダゴンとは何ですか？", "response": "深きものどもが崇める神です。", "title": "クトゥルフ神話"}
 HALLUCINATIONS = [
