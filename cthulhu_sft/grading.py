@@ -10,8 +10,9 @@
                    longer title 『ラヴクラフト全集』 unless the question asks for a work), does not leave it open
                    (「ラヴクラフトかどうかはわかりません」: not attempted), and is in Japanese. Candidates listed as
                    context do not hedge an answer stated last in a clause of its own (「A、B、Cらが活躍した時代の作品
-                   で、作者はAです」) nor one stated alone first (「Aです。なお、のちにA、B、Cらが書き継ぎました」). A single hedged answer (「たぶんラヴクラフトだと思います」「わかりませんが、おそらく
-                   ラヴクラフトです」) is correct, as in SimpleQA. A negated other name offers nothing:
+                   で、作者はAです」) nor one stated alone first (「Aです。なお、のちにA、B、Cらが書き継ぎました」).
+                   A single hedged answer (「たぶんラヴクラフトだと思います」「わかりませんが、おそらくラヴクラフト
+                   です」) is correct, as in SimpleQA. A negated other name offers nothing:
                    「ダーレスではありません」 alone gives no answer.
     not attempted  the answer is empty (no letter or digit), or abstains (「わかりません」「はっきりしたことは言えま
                    せん」「その点については私の知識の範囲外です」「正確な作者は不明です」, with or without an apology:
@@ -31,7 +32,8 @@ nor quotes and brackets; where a separator was, a word boundary is kept. A match
     katakana and Latin  not continued by a letter of the same script (「ハリウッド」 does not name ハリ); a
                         name may be preceded by initials or given names (H・P・ラヴクラフト names ラヴクラフト);
                         an accepted form as the data writes it may be the first part of a longer name after a
-                        separator (ソニア names ソニア・グリーン, so アーカム names アーカム・ハウス), a name tail
+                        separator (ソニア names ソニア・グリーン; not before an organisation word: アーカム・ハウス
+                        is a publisher, ORGANISATION), a name tail
                         derived from it may not (ハワード of ロバート・E・ハワード is not in ハワード・フィリップス…)
     digits              not continued by a digit (1926 is not 19)
     kanji               starting at a word boundary (SudachiPy, short units: 京都 is not in 東京都); a form as the
@@ -53,8 +55,8 @@ sentence of choice, or in a later clause of possibility or correction (「…、
 家の夢です」). A short answer to a question for a work that offers such words alone (「千夜一夜です」) is incorrect.
 
 Known limits: a candidate written in hiragana or ending in hiragana (闇に棲みつくもの) is seen only beside a word of
-choice or in a list; a negation further than the clause
-of the name (「ラヴクラフトが書いたという説は、今では否定されています」) is not seen; a list written with ・ and no
+choice or in a list; a negation further than the clause of the name (「ラヴクラフトが書いたという説は、今では否定
+されています」) is not seen; a list written with ・ and no
 word of choice reads as one name (「ラヴクラフト・ダーレス・スミスです」); letters as list labels (「A. ラヴクラフト
 B. ダーレス」) are not seen; a vague range beside the answer (「1920年代のどこか、たぶん1928年」) is a hedged single
 answer; the long-vowel fold makes ハリー name ハリ; a prefix word (「ネオ・ラヴクラフト」) is not seen.
