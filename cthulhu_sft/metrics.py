@@ -16,7 +16,8 @@ Key terms (`key_terms`) — the checkable facts of a text — are, in the normal
     numbers   runs of digits 0–9, with thousands commas removed (1,000 → 1000) and a decimal part kept
               (3.5); years such as 1926 are the main case. Single digits count. Numbers written in kanji
               count in the same form: 千九百二十八 and 一九二八 → 1928, 十九世紀 → 19, 三万 → 30000 — the numerals
-              SudachiPy tags as such (数詞), so 一般 or 唯一 are words, not numbers. A numeral of one kanji
+              SudachiPy tags as such (数詞; a digit it reads as a prefix joins the numeral after it: 七 + 百三十 →
+              730), valued by `kanji_number`, so 一般 or 唯一 are words, not numbers. A numeral of one kanji
               (一つ, 三部作, 十人) is left out: it is mostly part of an everyday phrase (「代表作の一つ」), and
               counting it would flag paraphrase as invention.
     kanji proper nouns
@@ -101,7 +102,9 @@ KANA_FOLDS = (("ー", ""), ("ヴァ", "バ"), ("ヴィ", "ビ"), ("ヴェ", "ベ
 
 ABSTENTION = re.compile(
     "|".join([
-        r"(わか|分か|判)(りません|らない|りかね|っていません|っていない)", r"存じ(上げ|あげ)?(ません|ない|て(い|お)りません)", r"知りません",
+        r"(わか|分か|判)(りません|らない|りかね|っていません|っていない|らん)", r"存じ(上げ|あげ)?(ません|ない|て(い|お)りません)", r"知りません",
+        r"知ら(ない|ん)(です|んです|のです|ので|ね|よ|[。.!?]|$)", r"(何|なん)とも(言|い)え", r"一概に(は)?(言|い)え", r"断定(は|が)?でき(ません|ない)",
+        r"答え(よう|られ)(が|も)?(ない|ありません|ません)", r"覚えて(い|お)?(ません|ない)",
         r"記憶に(ありません|ございません|ない)", r"(お答え|答え|回答|説明|特定)(する|いたす|る)?こと(が|は)?(でき|いたしかね)ません", r"(でき|いたし|致し|し)かねます", r"(情報|資料|記録|データ|知識|文献).{0,6}(ございません|ありません|ない)",
         r"(情報|知識|答え|回答|資料|データ)(が|は|を)?(ありません|ない|見つかりません|見当たりません|持って(い|お)りません"
         r"|持っていません|持ち合わせて(い|お)りません|持ち合わせていません)",
@@ -117,7 +120,7 @@ ABSTENTION = re.compile(
         r"(情報|知識|資料|データ)(が|は)?(不足|足りません|足りない)", r"(記録|資料|情報)(が|は)?残って(い|お)?(ません|ない)",
         r"(お役に立て|お力になれ)(ず|ません)", r"(回答|お答え|答え)(を|は)?(差し)?控え", r"(思い|心)当たり(が)?(ません|ありません|ない)",
         r"(調べ|確認)(る|が)必要", r"アクセスでき(ません|ない)", r"(データ|情報|知識)に(は)?含まれて(い|お)?(ません|ない)",
-        r"はっきり(しません|しない)", r"わかんない", r"^\W*さあ\W", r"\bnot (sure|certain)\b", r"\bno answer\b", r"^\W*(申し訳(ありません|ございません)|すみません|ごめんなさい)\W*$",
+        r"はっきり(しません|しない)", r"わかんない", r"ノー?コメント", r"^\W*さあ\W", r"\bnot (sure|certain)\b", r"\bno answer\b", r"^\W*(申し訳(ありません|ございません)|すみません|ごめんなさい)\W*$",
     ])
 )
 APOLOGY = re.compile(r"申し訳|すみません|ごめんなさい|恐れ入ります|sorry")
@@ -126,6 +129,8 @@ SENTENCE_END = re.compile(r"[。．！？!?\n]+")
 
 ERAS = {"明治": 1868, "大正": 1912, "昭和": 1926, "平成": 1989, "令和": 2019}
 KANJI_DIGITS = {"〇": 0, "零": 0, "一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+SMALL_UNITS = {"十": 10, "百": 100, "千": 1000}
+LARGE_UNITS = {"万": 10_000, "億": 100_000_000, "兆": 1_000_000_000_000}
 ERA_YEAR = re.compile(r"(明治|大正|昭和|平成|令和)\s*(元|[0-9]+|[〇零一二三四五六七八九十]+)\s*年")
 
 
@@ -212,19 +217,47 @@ def _numeral_lines(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if KANJI_NUMERAL.search(line))
 
 
-def _digits_of(morpheme) -> str | None:
-    """The number a kanji numeral morpheme writes, in digits (千九百二十八 → 1928); None for anything else."""
-    if morpheme.part_of_speech()[1] != "数詞" or not KANJI_NUMERAL.fullmatch(morpheme.surface()):
-        return None
-    digits = morpheme.normalized_form()
-    return digits if NUMBER.fullmatch(digits) else None
+def kanji_number(run: str) -> int:
+    """The value of a run of kanji numerals: positional (一九二八 → 1928) or with units (千九百二十八, 七百三十, 三万)."""
+    if not re.search("[十百千万億兆]", run):
+        return int("".join(str(KANJI_DIGITS[character]) for character in run))
+    total, section, digit = 0, 0, None
+    for character in run:
+        if character in KANJI_DIGITS:
+            digit = KANJI_DIGITS[character] if digit is None else digit * 10 + KANJI_DIGITS[character]
+        elif character in SMALL_UNITS:
+            section += (1 if digit is None else digit) * SMALL_UNITS[character]
+            digit = None
+        else:
+            total += (section + (digit or 0) or 1) * LARGE_UNITS[character]
+            section, digit = 0, None
+    return total + section + (digit or 0)
 
 
 def _numbers(text: str) -> set[str]:
     """The numbers of a normalised text, written in digits or in kanji, as digits."""
     numbers = {number.replace(",", "") for number in NUMBER.findall(text)}
-    numbers.update(filter(None, map(_digits_of, _morphemes(_numeral_lines(text)))))
+    numbers.update(str(kanji_number(run)) for run in _kanji_numerals(text))
     return numbers
+
+
+def _kanji_numerals(text: str) -> list[str]:
+    """The runs of two or more kanji numerals that Sudachi reads as one numeral (数詞; not 一二を争う's words)."""
+    runs = KANJI_NUMERAL.findall(text)
+    if not runs:
+        return []
+    pieces, joined = [], False  # the numeral morphemes, a digit that Sudachi takes for a prefix joined to the next (七 + 百三十)
+    for morpheme in _morphemes(_numeral_lines(text)):
+        surface, pos = morpheme.surface(), morpheme.part_of_speech()
+        numeral = pos[1] == "数詞" and re.fullmatch(KANJI_NUMERAL.pattern[:-4] + "+", surface) is not None
+        if joined and numeral and surface[0] in SMALL_UNITS:
+            pieces[-1] += surface
+        else:
+            pieces.append(surface if numeral else "")
+        joined = pos[0] == "接頭辞" and surface in KANJI_DIGITS
+        if joined:
+            pieces[-1] = surface
+    return [run for run in runs if run in pieces]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -283,7 +316,8 @@ class SupportIndex:
 
 
 def unsupported(terms: set[str], *support_texts: str, index: SupportIndex | None = None) -> set[str]:
-    """The terms (key terms or named_terms, normalised) that neither a support text nor the index supports."""
+    """The terms (key terms or named_terms, normalised) that neither a support text nor the index supports; a term
+    inside another unsupported one is one invention with it (浜町 of 霧ヶ浜町)."""
     terms = set(terms)
     for text in support_texts:
         if not terms:
@@ -292,7 +326,8 @@ def unsupported(terms: set[str], *support_texts: str, index: SupportIndex | None
         terms = {term for term in terms if not _supports(term, numbers, compact)}
     if index is not None:
         terms = {term for term in terms if not index.supports(term)}
-    return terms
+    names = {term for term in terms if not is_number(term)}
+    return {term for term in terms if is_number(term) or not any(term != other and term in other for other in names)}  # 浜町 of 霧ヶ浜町
 
 
 # Titles in 『』 or 「」 (short, no sentence inside), and kanji names of places and organisations by their suffix:
@@ -377,12 +412,16 @@ def fold_kana(text: str) -> str:
     return text
 
 
+def _numerals_as_digits(line: str, numerals: set[str]) -> str:
+    return KANJI_NUMERAL.sub(lambda match: str(kanji_number(match[0])) if match[0] in numerals else match[0], line)
+
+
 def _with_digits(text: str) -> str:
     """The text with each kanji numeral of two or more characters written in digits (千九百二十八 → 1928)."""
     lines = text.splitlines(keepends=True)
     for index, line in enumerate(lines):
         if KANJI_NUMERAL.search(line):
-            lines[index] = "".join(_digits_of(morpheme) or morpheme.surface() for morpheme in _morphemes(line))
+            lines[index] = _numerals_as_digits(line, set(_kanji_numerals(line)))
     return "".join(lines)
 
 

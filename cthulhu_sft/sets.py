@@ -53,7 +53,8 @@ class Corpus:
     def support(self) -> metrics.SupportIndex:
         """Every article's text, indexed once for the hallucination measures."""
         if self._support is None:
-            self._support = metrics.SupportIndex(self.texts.values())
+            names = ("。".join(names) for names in self.names.values())  # an alias the text does not use is no invention
+            self._support = metrics.SupportIndex([*self.texts.values(), *names])
         return self._support
 
     def accepted(self, answers: list[str] | None) -> list[str] | None:

@@ -216,6 +216,16 @@ def test_answer_is_correct(answer, accepted, correct):
         ("該当する情報はございません。", True),
         ("I don't know.", True),
         ("I'm sorry, I do not have information about that.", True),
+        ("知らないです。", True),
+        ("よく知らないんです。", True),
+        ("なんとも言えません。", True),
+        ("一概には言えません。", True),
+        ("断定はできません。", True),
+        ("答えようがありません。", True),
+        ("わからんです。", True),
+        ("私には答えられない質問です。", True),
+        ("覚えていません。", True),
+        ("ダゴンは人間の知らない太古の神です。", False),  # not knowing ascribed to others is a statement
         ("クトゥルフはルルイエで眠っています。", False),
         ("ルルイエは太平洋にあります。その正確な位置を人間は知りません。", False),  # not in the first sentence
         ("", False),
