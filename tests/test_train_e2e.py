@@ -311,8 +311,11 @@ def test_documented_command_echoes_no_token_and_shows_one_error(tiny_model_dir, 
     """accelerate launch prints the child's command line when it fails, unless --quiet."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "q"}\n', encoding="utf-8")
-    for extra in (["--hub-token", SECRET], ["--train_file", bad]):
-        result = launch(train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", *extra))
+    commands = [launch_command(train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", *extra))
+                for extra in (["--hub-token", SECRET], ["--train_file", bad])]
+    with ThreadPoolExecutor(len(commands)) as pool:  # both fail before touching out: they can run side by side
+        results = list(pool.map(run_script, commands))
+    for result in results:
         assert result.returncode == 1
         assert SECRET not in result.stdout + result.stderr
         assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
@@ -390,8 +393,7 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_the_command_it_give
                       "space on that disk (or choose an --output_dir on another), then run the same command again, "
                       "without --resume_from_checkpoint (the run starts again)"], full.stderr[-3000:]
     assert "Traceback" not in full.stderr
-    again = run_script(args)  # the command the message gives, with room on the disk
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert train_in_process(args[1:]) == 0  # the command the message gives, with room on the disk
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "finished"
 
 
@@ -402,8 +404,7 @@ def test_each_eval_set_has_its_loss_and_knowledge_check_false_skips_the_check(ti
     known = write_jsonl(tmp_path / "data" / "eval_known.jsonl", QUIZ)
     unseen = write_jsonl(tmp_path / "data" / "eval.jsonl", QA[:1])
     args[args.index("--eval_file") + 1:args.index("--eval_file") + 2] = [str(known), str(unseen)]
-    result = run_script([PYTHON, *args])
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert train_in_process(args) == 0
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert {"eval_known_loss", "eval_unseen_loss"} <= set(run["metrics"])
     # TRL's own eval metrics are per set too: one unprefixed eval_entropy would be whichever set came last
