@@ -6,12 +6,15 @@ reference answers, answers in the exact format and of the length the data asks f
 the answers written beside it, quiz rows whose answers are not in their article left out, files written.
 """
 
+import io
 import json
 import math
+from contextlib import redirect_stderr, redirect_stdout
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PYTHON, STOP_QUESTION, load_script, run_script
+from conftest import PYTHON, REPO, STOP_QUESTION, load_script, run_script
 
 from cthulhu_sft.evaluation import aggregate, default_max_new_tokens, score_item
 from cthulhu_sft.format import IGNORE_INDEX, MistralFormat
@@ -84,13 +87,17 @@ def read_outputs(report_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def evaluation(tiny_adapter_dir, eos_model_dir, tmp_path_factory):
+    """evaluate.py's main in this process, as its command line runs it (from the repository), with what it prints;
+    the command itself runs in a process of its own in test_answers_made_elsewhere_are_scored_with_the_same_measures."""
     folder = tmp_path_factory.mktemp("evaluate")
-    result = run_script([
-        PYTHON, "evaluate.py", "--models", "base", f"tuned={tiny_adapter_dir}", f"stopper={eos_model_dir}",
-        *write_inputs(folder), "--temperatures", *map(str, TEMPERATURES), "--batch_size", "4",
-        "--output_dir", str(folder / "report"),
-    ])
-    assert result.returncode == 0, result.stderr
+    argv = ["--models", "base", f"tuned={tiny_adapter_dir}", f"stopper={eos_model_dir}", *write_inputs(folder),
+            "--temperatures", *map(str, TEMPERATURES), "--batch_size", "4", "--output_dir", str(folder / "report")]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    script = load_script("evaluate")
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
+        patch.chdir(REPO)
+        script.main(script.parse_args(argv))
+    result = SimpleNamespace(stdout=stdout.getvalue(), stderr=stderr.getvalue())
     return {"result": result, **read_outputs(folder / "report")}
 
 

@@ -3,9 +3,10 @@
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import PYTHON, REPO, run_script
+from conftest import PYTHON, REPO, load_script, run_script
 from hub_server import LoopbackHub
 
 pytestmark = pytest.mark.slow
@@ -55,8 +56,24 @@ def train_args(model_dir, data_dir, output_dir, *extra):
 
 def launch(args, **kwargs):
     """The documented command: accelerate launch --quiet (on the CPU)."""
-    return run_script([ACCELERATE, "launch", "--quiet", "--config_file", str(REPO / "accelerate_config.yaml"), "--cpu",
-                       *args], **kwargs)
+    return run_script(launch_command(args), **kwargs)
+
+
+def launch_command(args):
+    return [ACCELERATE, "launch", "--quiet", "--config_file", str(REPO / "accelerate_config.yaml"), "--cpu", *args]
+
+
+def train_in_process(args):
+    """train_sft.py's main in this process, on the arguments train_args gives (its script path first); returns the
+    exit code (0 when it returns), as the script's would be. Runs that need no process of their own save seconds of
+    imports."""
+    from cthulhu_sft.config import parse_args
+
+    try:
+        load_script("train_sft").main(*parse_args(list(map(str, args[1:]))))
+    except SystemExit as exit:
+        return exit.code
+    return 0
 
 
 @pytest.fixture(scope="module")
@@ -294,8 +311,11 @@ def test_documented_command_echoes_no_token_and_shows_one_error(tiny_model_dir, 
     """accelerate launch prints the child's command line when it fails, unless --quiet."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "q"}\n', encoding="utf-8")
-    for extra in (["--hub-token", SECRET], ["--train_file", bad]):
-        result = launch(train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", *extra))
+    commands = [launch_command(train_args(tiny_model_dir, tmp_path / "data", tmp_path / "out", *extra))
+                for extra in (["--hub-token", SECRET], ["--train_file", bad])]
+    with ThreadPoolExecutor(len(commands)) as pool:  # both fail before touching out: they can run side by side
+        results = list(pool.map(run_script, commands))
+    for result in results:
         assert result.returncode == 1
         assert SECRET not in result.stdout + result.stderr
         assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
@@ -314,17 +334,23 @@ def test_a_resumed_run_ends_with_the_adapter_and_figures_of_an_uninterrupted_one
               "--logging_steps", 1, "--per_device_train_batch_size", 1, "--lora_dropout", 0.1,
               "--sample_prompts", "x", "--sample_max_new_tokens", 2, "--knowledge_check", "false"]
     hooks = str(REPO / "tests" / "train_with_hooks.py")
-    whole = run_script([PYTHON, *train_args(tiny_model_dir, tmp_path / "data", tmp_path / "whole", *common)])
-    assert whole.returncode == 0, whole.stderr[-3000:]
     args = train_args(tiny_model_dir, tmp_path / "data", tmp_path / "cut", *common)
-    args[0] = hooks
-    killed = run_script([PYTHON, *args], env={"CTHULHU_TEST_DIE_AFTER": "3"})
-    assert killed.returncode == 9 and not (tmp_path / "cut" / "adapter_model.safetensors").exists()
-    killed_at_the_end = run_script([PYTHON, *args, "--resume_from_checkpoint", "true"],
-                                   env={"CTHULHU_TEST_DIE_AFTER": "6"})
+    whole_args = train_args(tiny_model_dir, tmp_path / "data", tmp_path / "whole", *common)
+
+    def killed_twice():  # only the runs that kill themselves need a process of their own
+        killed = run_script([PYTHON, hooks, *args[1:]], env={"CTHULHU_TEST_DIE_AFTER": "3"})
+        finished = (tmp_path / "cut" / "adapter_model.safetensors").exists()
+        killed_at_the_end = run_script([PYTHON, hooks, *args[1:], "--resume_from_checkpoint", "true"],
+                                       env={"CTHULHU_TEST_DIE_AFTER": "6"})
+        return killed, finished, killed_at_the_end
+
+    with ThreadPoolExecutor(1) as pool:  # the uninterrupted run trains here meanwhile
+        cut = pool.submit(killed_twice)
+        assert train_in_process(whole_args) == 0
+        killed, finished_after_the_first, killed_at_the_end = cut.result()
+    assert killed.returncode == 9 and not finished_after_the_first, killed.stderr[-3000:]
     assert killed_at_the_end.returncode == 9 and not (tmp_path / "cut" / "adapter_model.safetensors").exists()
-    resumed = run_script([PYTHON, *args, "--resume_from_checkpoint", "true"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert train_in_process([*args, "--resume_from_checkpoint", "true"]) == 0
 
     state = json.loads((tmp_path / "cut" / "checkpoint-6" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5, 6]
@@ -367,8 +393,7 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_the_command_it_give
                       "space on that disk (or choose an --output_dir on another), then run the same command again, "
                       "without --resume_from_checkpoint (the run starts again)"], full.stderr[-3000:]
     assert "Traceback" not in full.stderr
-    again = run_script(args)  # the command the message gives, with room on the disk
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert train_in_process(args[1:]) == 0  # the command the message gives, with room on the disk
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "finished"
 
 
@@ -379,8 +404,7 @@ def test_each_eval_set_has_its_loss_and_knowledge_check_false_skips_the_check(ti
     known = write_jsonl(tmp_path / "data" / "eval_known.jsonl", QUIZ)
     unseen = write_jsonl(tmp_path / "data" / "eval.jsonl", QA[:1])
     args[args.index("--eval_file") + 1:args.index("--eval_file") + 2] = [str(known), str(unseen)]
-    result = run_script([PYTHON, *args])
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert train_in_process(args) == 0
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert {"eval_known_loss", "eval_unseen_loss"} <= set(run["metrics"])
     # TRL's own eval metrics are per set too: one unprefixed eval_entropy would be whichever set came last
