@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -47,6 +48,27 @@ def write_temporary(path: str | os.PathLike, text: str) -> Path:
             error.filename, error.filename2 = str(path), None
         raise
     return temporary
+
+
+def remove_stale_temporaries(root: str | os.PathLike) -> None:
+    """Removes the temporary files (`.NAME.PID-HEX.tmp`, as write_temporary names them) that a killed run left in
+    root's subfolders; a file whose process still runs is another run's write in flight and is left alone."""
+    for temporary in Path(root).glob("*/.*.tmp"):
+        if not _being_written(temporary):
+            temporary.unlink(missing_ok=True)
+
+
+def _being_written(temporary: Path) -> bool:
+    match = re.search(r"\.(\d+)-[0-9a-f]+\.tmp$", temporary.name)
+    if not match or int(match.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_local_path(name: str) -> bool:

@@ -41,7 +41,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cthulhu_sft.data import DataError
@@ -195,7 +195,6 @@ PUNCTUATION = re.compile(rf"(?<![0-9]){MARKS}|{MARKS}(?![0-9])")  # but between 
 ASIDE = re.compile(r"\([^()]*\)")  # after NFKC: （…） is (…)
 FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 POLITE_END = re.compile(r"(?:です|でした|である|だ|とされる|とされています|と呼ばれる|と呼ばれています)?[。．.!！]*$")
-SHORT_ANSWER_CHARS = 20
 NO_WRITER = ("no model-written questions: this set holds recitations (and cloze probes) only. To have a model write "
              "checked facts and rewrites, pass --qa_api_url URL --qa_model NAME (an OpenAI-compatible endpoint), or run "
              "on a CUDA machine (the base model writes them), or --qa_backend vllm|transformers [--qa_model NAME].")
@@ -507,27 +506,8 @@ def rewrite_rejection(text: str, passage: Passage, kept: list[str]) -> str | Non
     return None
 
 
-def short_answer(answer: str) -> str | None:
-    """The answer as a term ('1928年です。' → '1928年'), when it is one: a few characters, not ending in kana."""
-    core = POLITE_END.sub("", answer.strip()).strip().strip("「」『』")
-    if not core or len(core) > SHORT_ANSWER_CHARS or "、" in core or re.search(r"[\u3040-\u309F]$", core):
-        return None
-    return core
-
-
 # ---------------------------------------------------------------------------------------------------
 # The pipeline
-
-
-@dataclass
-class Candidate:
-    """A fact that passed its checks, with the questions that passed theirs (verification decides the rest)."""
-
-    passage: Passage
-    evidence: str
-    short_answer: str
-    answer: str
-    questions: list[str]
 
 
 def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerCache, *, judge=None,
@@ -587,7 +567,7 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
             report.rejected["unsupported" if asked < MIN_QUESTIONS else "too_few_questions"] += 1
             continue
         seen.update(map(normalize_question, questions))
-        kept_facts.append(Fact(candidate.passage, candidate.evidence, candidate.short_answer, candidate.answer, questions))
+        kept_facts.append(replace(candidate, questions=questions))
     kept_rewrites = [pair for pair, ok in zip(rewritten, verdicts[position:]) if ok]
     report.rejected["rewrite_unsupported"] += len(rewritten) - len(kept_rewrites)
     report.facts_kept, report.rewrites_kept = len(kept_facts), len(kept_rewrites)
@@ -596,7 +576,7 @@ def synthesize(passages: list[Passage], writer, prompts: Prompts, cache: AnswerC
     return kept_facts, kept_rewrites, report
 
 
-def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Report, aliases=()) -> list[Candidate]:
+def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Report, aliases=()) -> list[Fact]:
     """The facts of one answer that pass every check but verification (their questions not in `taken`, the
     dataset's, nor asked twice by one fact); each failure counted."""
     if answer.get("skipped") == "too_large":
@@ -633,7 +613,7 @@ def read_facts(answer: dict, passage: Passage, taken: set[str], fits, report: Re
         if len(questions) < MIN_QUESTIONS:
             report.rejected["too_few_questions"] += 1
             continue
-        candidates.append(Candidate(passage, evidence, short, text, questions))
+        candidates.append(Fact(passage, evidence, short, text, questions))
     return candidates
 
 

@@ -43,7 +43,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
-from .files import write_text_atomic
+from .files import remove_stale_temporaries, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -466,8 +466,7 @@ class Cache:
         self.root = Path(root) / site_key(api_url)
         self.refresh = refresh
         self.saved = 0  # files written since opened: what an interrupted run leaves to resume from
-        for stale in self.root.glob("*/.*.tmp"):
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(self.root)
 
     def path(self, kind: str, title: str) -> Path:
         return self.root / kind / safe_filename(title)

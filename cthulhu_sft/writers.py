@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cthulhu_sft.files import write_json_atomic
+from cthulhu_sft.files import remove_stale_temporaries, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,7 @@ class AnswerCache:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        for stale in self.root.glob("*/.*.tmp"):
-            if not writing(stale):
-                stale.unlink(missing_ok=True)
+        remove_stale_temporaries(self.root)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -124,21 +122,6 @@ class AnswerCache:
 
     def save(self, key: str, answer: dict) -> None:
         write_json_atomic(self.path(key), answer)
-
-
-def writing(temporary: Path) -> bool:
-    """Whether the process that is writing `temporary` (files.write_temporary names it .NAME.PID-HEX.tmp) still runs:
-    another run's file in flight is not a killed run's leftover."""
-    match = re.search(r"\.(\d+)-[0-9a-f]+\.tmp$", temporary.name)
-    if not match or int(match.group(1)) == os.getpid():
-        return False
-    try:
-        os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ask(writer, requests: list[Request], cache: AnswerCache, usage: Usage, desc: str) -> list[dict]:

@@ -21,7 +21,6 @@ from cthulhu_sft.synth import (
     load_prompts,
     question_rejection,
     render,
-    short_answer,
     synthesize,
 )
 from cthulhu_sft.writers import MAX_ANSWER_BYTES, AnswerCache, OpenAIWriter, WriterError
@@ -361,12 +360,6 @@ def test_a_prompt_file_without_its_placeholders_is_bad_input(tmp_path):
     with pytest.raises(DataError, match="cannot read"):
         load_prompts(tmp_path / "missing.md")
     assert load_prompts(FACTS_PROMPT).facts == FACTS_PROMPT.read_text(encoding="utf-8")
-
-
-@pytest.mark.parametrize("answer, short", [("1928年です。", "1928年"), ("『ウィアード・テイルズ』です。", "ウィアード・テイルズ"),
-                                           ("南極", "南極"), ("太平洋の底に沈んでいます。", None)])
-def test_short_answers_of_plain_answers(answer, short):
-    assert short_answer(answer) == short
 
 
 def test_a_run_without_a_writer_says_what_it_lacks_and_how_to_get_it():
