@@ -65,7 +65,7 @@ from cthulhu_sft.inference import (  # noqa: E402
     stream_answer,
 )
 from cthulhu_sft.metrics import KANJI, is_japanese, key_terms, normalize, unsupported_terms  # noqa: E402
-from cthulhu_sft.retrieval import open_book_prompt, open_retriever, parse_citations, revision_url  # noqa: E402
+from cthulhu_sft.retrieval import open_book_turn, open_retriever, parse_citations, revision_url  # noqa: E402
 
 ADAPTER_VARIABLE = "CTHULHU_ADAPTER"  # the adapter's Hub id on a Space, where no arguments can be given
 ARGS_VARIABLE = "CTHULHU_APP_ARGS"  # further arguments on a Space, e.g. "--load_in_8bit"
@@ -284,8 +284,7 @@ class ChatApp:
             return
         turn, shown = question, []
         if open_book:
-            turn, shown = open_book_prompt(question, self.retriever.search(question, top_k=self.book.top_k), self.fmt,
-                                           top_k=self.book.top_k)
+            turn, shown = open_book_turn(self.retriever, question, self.fmt, top_k=self.book.top_k)
         options = dict(
             temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens),
             repetition_penalty=self.decoding.repetition_penalty, seed=None,

@@ -172,10 +172,9 @@ def main(args) -> None:
         """The user turn for a question, and the passages it shows (none when closed book)."""
         if args.retriever is None:
             return question, []
-        from cthulhu_sft.retrieval import open_book_prompt
+        from cthulhu_sft.retrieval import open_book_turn
 
-        hits = args.retriever.search(question, top_k=args.top_k)
-        return open_book_prompt(question, hits, fmt, top_k=args.top_k)
+        return open_book_turn(args.retriever, question, fmt, top_k=args.top_k)
 
     # 3a. One prompt, streamed to stdout.
     if args.prompt is not None:

@@ -115,10 +115,18 @@ class OpenBook:
     top_k: int = retrieval.DEFAULT_TOP_K
     max_tokens: int = retrieval.PROMPT_MAX_TOKENS
 
+    turns: dict = field(default_factory=dict, repr=False)  # (question, fmt) -> prompts(): asked more than once a set
+
     def prompts(self, rows: list[dict], fmt) -> list[tuple[str, list]]:
-        """(user turn, passages shown) per row: the top_k best passages that fit max_tokens."""
-        return [retrieval.open_book_prompt(row["instruction"], self.retriever.search(row["instruction"], top_k=self.top_k),
-                                           fmt, max_tokens=self.max_tokens, top_k=self.top_k) for row in rows]
+        """(user turn, passages shown) per row: the top_k best passages that fit max_tokens (retrieval.open_book_turn),
+        each question retrieved once however often its set is answered (sizing, then each model)."""
+        return [self.turn(row["instruction"], fmt) for row in rows]
+
+    def turn(self, question: str, fmt) -> tuple[str, list]:
+        key = (question, id(fmt))
+        if key not in self.turns or self.turns[key][0] is not fmt:
+            self.turns[key] = fmt, retrieval.open_book_turn(self.retriever, question, fmt, self.top_k, self.max_tokens)
+        return self.turns[key][1]
 
     def recall(self, rows: list[dict]) -> dict | None:
         """Retrieval recall@1/3/5 of the rows' own articles (rows with a `title`), as `python -m

@@ -460,6 +460,12 @@ def render_open_book(question: str, hits: list[Hit]) -> str:
     return f"資料：\n{blocks}\n\n{instruction}\n\n質問：{question}" if hits else f"{instruction}\n\n質問：{question}"
 
 
+def open_book_turn(retriever: "Retriever", question: str, fmt, top_k: int = DEFAULT_TOP_K,
+                   max_tokens: int = PROMPT_MAX_TOKENS) -> tuple[str, list[Hit]]:
+    """(user turn, the passages it shows) for a question: the retriever's top_k passages through open_book_prompt."""
+    return open_book_prompt(question, retriever.search(question, top_k=top_k), fmt, max_tokens=max_tokens, top_k=top_k)
+
+
 def open_book_prompt(question: str, hits: list[Hit], fmt, max_tokens: int = PROMPT_MAX_TOKENS,
                      top_k: int = DEFAULT_TOP_K) -> tuple[str, list[Hit]]:
     """(user turn, the passages it shows): the first `top_k` hits, in order, each kept whole when the user turn
