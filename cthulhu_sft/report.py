@@ -67,6 +67,7 @@ OPEN_BOOK_MEASURES = [
     ("abstention_when_absent", "abstains, answer not in passages", True),
     ("abstention_when_present", "abstains, answer in passages", False),
 ]
+JUDGE_MEASURES = [("judge_accuracy", "judge: correct", None), ("judge_agreement", "judge agrees", None)]
 EXPLANATION = (
     "**Grades** (rows with accepted short answers, as SimpleQA grades): *correct* — the answer commits to an accepted "
     "answer (named whole, not negated, not one candidate among several, in Japanese); *incorrect* — it names another "
@@ -207,24 +208,21 @@ def markdown_report(report: dict) -> str:
     losses = {(model["label"], name): loss for model in report["models"] for name, loss in model.get("losses", {}).items()}
     judge = any(result.get("judge_accuracy") is not None for result in report["results"])
     open_book = any(result.get("book") == "open" for result in report["results"])
-    extra = OPEN_BOOK_MEASURES if open_book else []
+    measures = MEASURES + (OPEN_BOOK_MEASURES if open_book else []) + (JUDGE_MEASURES if judge else [])
     for name, info in report["sets"].items():
         lines += [f"## {name}", "", set_summary(info), ""]
-        titles = [f"{title}{_arrow(up)}" for _, title, up in MEASURES + extra] + (
-            ["judge: correct", "judge agrees"] if judge else [])
+        titles = [f"{title}{_arrow(up)}" for _, title, up in measures]
         lines.append("| model | book | temperature | n | " + " | ".join(titles) + " | reference loss ↓ |")
         lines.append("|---|---|---:|---:|" + "---:|" * (len(titles) + 1))
         for result in (result for result in report["results"] if result["set"] == name):
             cells = [result["model"], result.get("book", "closed"),
                      "–" if result["temperature"] is None else f"{result['temperature']:g}", str(result["n"])]
-            for key, _, _ in MEASURES + extra:
+            for key, _, _ in measures:
                 cells.append(fmt_number(result.get(key)))
                 if key == "accuracy" and result["accuracy_ci"]:
                     cells[-1] += " ({:.3f}–{:.3f})".format(*result["accuracy_ci"])
                 if key == "empty_rate" and result["empty"]:
                     cells[-1] += f" ({result['empty']})"
-            if judge:
-                cells += [fmt_number(result.get("judge_accuracy")), fmt_number(result.get("judge_agreement"))]
             loss = (losses.get((result["model"], name)) or {}).get("loss") if result.get("book") != "open" else None
             cells.append(fmt_number(loss))
             lines.append("| " + " | ".join(cells) + " |")
