@@ -241,7 +241,7 @@ def sources_html(shown: list, answer_text: str) -> str:
     cited = set(parse_citations(answer_text))
     items = []
     for number, hit in enumerate(shown, start=1):
-        heading = html.escape(f"{hit.title}／{hit.section}" if hit.section else hit.title)
+        heading = html.escape(hit.heading)
         url = revision_url(hit.url, hit.revid)
         link = f'<a href="{html.escape(url)}" target="_blank">{heading}</a>' if url.startswith(("https://", "http://")) \
             else heading

@@ -127,7 +127,7 @@ def print_sources(shown: list, answer_text: str) -> None:
     cited = set(parse_citations(answer_text))
     print("資料 / sources (* = 引用 / cited):")
     for number, hit in enumerate(shown, start=1):
-        heading = f"{hit.title}／{hit.section}" if hit.section else hit.title
+        heading = hit.heading
         print(f"{'*' if number in cited else ' '} [{number}] {heading}  {revision_url(hit.url, hit.revid) or '-'}")
 
 

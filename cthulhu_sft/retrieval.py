@@ -122,6 +122,11 @@ class Hit:
     url: str
     score: float = 0.0
 
+    @property
+    def heading(self) -> str:
+        """How prompts and source lists name the passage: 'title／section', or the title for the lead."""
+        return f"{self.title}／{self.section}" if self.section else self.title
+
     def as_json(self) -> dict:
         return {**asdict(self), "revision_url": revision_url(self.url, self.revid)}
 
@@ -449,8 +454,7 @@ def save_once(retriever: Retriever, folder: Path) -> None:
 
 
 def passage_block(number: int, hit: Hit) -> str:
-    heading = f"{hit.title}／{hit.section}" if hit.section else hit.title
-    return f"[{number}] {heading}\n{hit.text}"
+    return f"[{number}] {hit.heading}\n{hit.text}"
 
 
 def render_open_book(question: str, hits: list[Hit]) -> str:
